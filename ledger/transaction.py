@@ -1,0 +1,157 @@
+"""Transactions: what a sender signs, how it is encoded, and its id.
+
+A transaction is valid on its own (stateless checks: sizes, ranges, chain id,
+signature) before the state decides whether it can apply (nonce, balance).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from ledger import crypto
+from ledger.address import ADDRESS_SIZE, address_of
+from ledger.codec import MAX_AMOUNT, DecodeError, Reader, Writer
+
+TX_FORMAT = 1
+MAX_CHAIN_ID = 64
+MAX_PAYLOAD = 256
+# format + chain id + nonce + sender + recipient + amount + fee + kind + payload + signature
+MAX_TX_SIZE = 1 + 4 + MAX_CHAIN_ID + 8 + 33 + 20 + 8 + 8 + 1 + 4 + MAX_PAYLOAD + 64
+
+CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+
+
+class TxKind(IntEnum):
+    TRANSFER = 0
+
+
+class InvalidTransaction(ValueError):
+    """A transaction that fails a stateless check; `reason` is a stable code, `field` the culprit."""
+
+    def __init__(self, reason: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    chain_id: str
+    nonce: int
+    sender: bytes  # compressed public key, 33 bytes
+    recipient: bytes  # account id, 20 bytes
+    amount: int
+    fee: int
+    kind: int = TxKind.TRANSFER
+    payload: bytes = b""
+    signature: bytes = b""
+    # Derived once: the encoding is hashed for the id and stored raw.
+    _encoded: bytes = field(default=b"", compare=False, repr=False)
+
+    # --- encoding -------------------------------------------------------------------------
+    def unsigned_bytes(self) -> bytes:
+        return (
+            Writer()
+            .u8(TX_FORMAT)
+            .text(self.chain_id)
+            .u64(self.nonce)
+            .fixed(self.sender, crypto.PUBLIC_KEY_SIZE)
+            .fixed(self.recipient, ADDRESS_SIZE)
+            .u64(self.amount)
+            .u64(self.fee)
+            .u8(self.kind)
+            .var_bytes(self.payload)
+            .bytes()
+        )
+
+    def encode(self) -> bytes:
+        if not self._encoded:
+            if len(self.signature) != crypto.SIGNATURE_SIZE:
+                raise ValueError("transaction is not signed")
+            object.__setattr__(self, "_encoded", self.unsigned_bytes() + self.signature)
+        return self._encoded
+
+    @property
+    def id(self) -> bytes:
+        return crypto.sha256(self.encode())
+
+    @property
+    def sender_address(self) -> bytes:
+        return address_of(self.sender)
+
+    @property
+    def cost(self) -> int:
+        return self.amount + self.fee
+
+    @classmethod
+    def decode(cls, data: bytes) -> Transaction:
+        if len(data) > MAX_TX_SIZE:
+            raise DecodeError("transaction", f"{len(data)} bytes exceeds the limit of {MAX_TX_SIZE}")
+        reader = Reader(data)
+        tx = cls.read(reader)
+        reader.finish()
+        return tx
+
+    @classmethod
+    def read(cls, reader: Reader) -> Transaction:
+        start = reader.pos
+        version = reader.u8("format")
+        if version != TX_FORMAT:
+            raise DecodeError("format", f"unknown transaction format {version}")
+        chain_id = reader.text("chain_id", MAX_CHAIN_ID)
+        nonce = reader.amount("nonce")
+        sender = reader.fixed(crypto.PUBLIC_KEY_SIZE, "sender")
+        recipient = reader.fixed(ADDRESS_SIZE, "recipient")
+        amount = reader.amount("amount")
+        fee = reader.amount("fee")
+        kind = reader.u8("kind")
+        payload = reader.var_bytes("payload", MAX_PAYLOAD)
+        signature = reader.fixed(crypto.SIGNATURE_SIZE, "signature")
+        encoded = bytes(reader.data[start : reader.pos])
+        return cls(chain_id, nonce, sender, recipient, amount, fee, kind, payload, signature, encoded)
+
+    # --- signing --------------------------------------------------------------------------
+    def signed(self, key: crypto.PrivateKey) -> Transaction:
+        if key.public_key != self.sender:
+            raise ValueError("the signing key is not the sender's")
+        signature = key.sign(crypto.DOMAIN_TX, self.unsigned_bytes())
+        return Transaction(
+            self.chain_id, self.nonce, self.sender, self.recipient, self.amount, self.fee,
+            self.kind, self.payload, signature,
+        )
+
+    def signature_valid(self) -> bool:
+        return crypto.verify(self.sender, crypto.DOMAIN_TX, self.unsigned_bytes(), self.signature)
+
+    # --- stateless validity ----------------------------------------------------------------
+    def check_stateless(self, chain_id: str, verify_signature: bool = True) -> None:
+        """Raise InvalidTransaction unless the transaction could be valid on `chain_id`."""
+        if self.chain_id != chain_id:
+            raise InvalidTransaction(
+                "wrong_chain", f"transaction is for chain '{self.chain_id}', this is '{chain_id}'", "chain_id"
+            )
+        if self.kind != TxKind.TRANSFER:
+            raise InvalidTransaction("unknown_kind", f"unknown transaction kind {self.kind}", "kind")
+        if self.amount <= 0:
+            raise InvalidTransaction("zero_amount", "amount must be positive", "amount")
+        if not (0 <= self.amount <= MAX_AMOUNT and 0 <= self.fee <= MAX_AMOUNT):
+            raise InvalidTransaction("amount_overflow", f"amount and fee are at most {MAX_AMOUNT}", "amount")
+        if self.amount + self.fee > MAX_AMOUNT:
+            raise InvalidTransaction("amount_overflow", "amount plus fee overflows 63 bits", "amount")
+        if not crypto.is_valid_public_key(self.sender):
+            raise InvalidTransaction("bad_public_key", "sender is not a valid compressed public key", "sender")
+        if verify_signature:
+            if not crypto.is_low_s(self.signature):
+                raise InvalidTransaction("high_s_signature", "signature is not in low-S form", "signature")
+            if not self.signature_valid():
+                raise InvalidTransaction("bad_signature", "signature does not verify for the sender", "signature")
+
+
+def new_transfer(
+    key: crypto.PrivateKey, chain_id: str, nonce: int, recipient: bytes, amount: int, fee: int = 0,
+    payload: bytes = b"",
+) -> Transaction:
+    """Build and sign a transfer."""
+    return Transaction(chain_id, nonce, key.public_key, recipient, amount, fee, TxKind.TRANSFER, payload).signed(key)
