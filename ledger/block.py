@@ -129,6 +129,9 @@ class Block:
         if header_size > MAX_HEADER_SIZE:
             raise DecodeError("header", "header too large")
         header_end = reader.pos + header_size
+        if header_end > reader.end:
+            # Without this the header reader would run past the data and fail inside struct.
+            raise DecodeError("header", "truncated")
         header = BlockHeader.read(Reader(data, reader.pos, header_end))
         reader.pos = header_end
         if header.tx_count > max_transactions:
