@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from ledger.codec import MAX_AMOUNT, Reader, Writer
+from ledger.codec import MAX_AMOUNT, DecodeError, Reader, Writer
 from ledger.transaction import Transaction
 
 Account = tuple[int, int]  # (balance, nonce)
@@ -119,11 +119,19 @@ def encode_undo(undo: Mapping[bytes, Account | None]) -> bytes:
 def decode_undo(data: bytes) -> dict[bytes, Account | None]:
     reader = Reader(data)
     undo: dict[bytes, Account | None] = {}
+    previous = b""
     for _ in range(reader.u32("undo.count")):
         address = reader.fixed(20, "undo.address")
-        if reader.u8("undo.exists"):
+        # Strictly increasing addresses and a 0/1 flag: the encoding of a record is unique.
+        if address <= previous:
+            raise DecodeError("undo.address", "addresses must be sorted and distinct")
+        previous = address
+        exists = reader.u8("undo.exists")
+        if exists == 1:
             undo[address] = (reader.amount("undo.balance"), reader.amount("undo.nonce"))
-        else:
+        elif exists == 0:
             undo[address] = None
+        else:
+            raise DecodeError("undo.exists", f"flag {exists} is neither 0 nor 1")
     reader.finish()
     return undo
