@@ -115,7 +115,7 @@ class Mempool:
         # Stateless checks depend only on the transaction bytes and our chain id, so the
         # outcome can be replayed for a re-submitted id without verifying again.
         self._checked: OrderedDict[bytes, InvalidTransaction | None] = OrderedDict()
-        self._checked_limit = verified_cache_size or max(2 * capacity, 1024)
+        self._checked_limit = verified_cache_size or max(capacity, 1024)
 
     # --- queries --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -285,13 +285,19 @@ class Mempool:
         """After a block commits (`accounts()` already shows the new state): drop its
         transactions, the pending ones its nonces made stale, and those the senders'
         new balances no longer cover (from the tail, so no gap appears)."""
-        txs = list(txs)
-        affected = {tx.sender_address for tx in txs}
-        self.revalidate(affected)
+        ids = []
+        affected = set()
+        by_id = self._by_id
         for tx in txs:
+            tx_id = tx.id
+            ids.append(tx_id)
+            entry = by_id.get(tx_id)
+            affected.add(entry.sender if entry is not None else tx.sender_address)
+        self.revalidate(affected)
+        for tx_id in ids:
             # Normally already gone (its nonce is below the committed one); this covers an
             # accounts() that lags behind the block.
-            entry = self._by_id.get(tx.id)
+            entry = by_id.get(tx_id)
             if entry is not None:
                 queue = self._senders[entry.sender]
                 self._remove_from(queue, bisect_left(queue.nonces, entry.nonce), keep_after=True)

@@ -389,6 +389,17 @@ def test_conflicting_block_prunes_stale_and_unaffordable():
     assert pool.select(10) == [transfer(1, 0, amount=10, fee=0)]
 
 
+def test_remove_committed_drops_the_block_even_if_accounts_lag():
+    pool, _ = new_pool()
+    for nonce in range(3):
+        pool.add(transfer(0, nonce), 0)
+    pool.remove_committed([transfer(0, 1)])  # state not moved: a gap opens at 1
+    assert transfer(0, 1).id not in pool and len(pool) == 2
+    assert pool.select(10) == [transfer(0, 0)] and pool.ready_count() == 1
+    pool.add(transfer(0, 1), 0)
+    assert pool.ready_count() == 3
+
+
 def test_add_catches_up_when_a_block_was_not_reported():
     pool, state = new_pool()
     for nonce in range(3):
