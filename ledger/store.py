@@ -1,0 +1,631 @@
+"""The chain store: blocks, transactions, accounts and undo records in SQL.
+
+A repository behind a narrow interface, written with SQLAlchemy 2 Core.  SQLite
+(WAL mode) is the embedded default, PostgreSQL is one URL away.  Alembic owns the
+schema (`migrations/`); `metadata` below is the schema the code expects, and a
+test checks that the migrations produce exactly it.
+
+Committing a block is one database transaction (block, transactions, account
+changes, undo record and head) or nothing, so a node killed at any instant
+restarts into a consistent chain.  Raw canonical encodings are stored beside the
+indexed columns, and every object read back is decoded from them, so what leaves
+the store is byte for byte what went in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.pool import StaticPool
+
+from ledger.address import ADDRESS_SIZE, address_of
+from ledger.block import HASH_SIZE, Block, BlockHeader
+from ledger.genesis import Genesis
+from ledger.state import Account, BlockEffects, decode_undo, encode_undo
+from ledger.transaction import Transaction
+
+# --- schema ----------------------------------------------------------------------------------
+# Names of constraints and indexes are spelled out so the migration and this
+# declaration agree on every backend.
+
+metadata = sa.MetaData()
+
+blocks_table = sa.Table(
+    "blocks",
+    metadata,
+    sa.Column("height", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.LargeBinary, nullable=False),
+    sa.Column("parent", sa.LargeBinary, nullable=False),
+    sa.Column("timestamp", sa.BigInteger, nullable=False),
+    sa.Column("proposer", sa.LargeBinary, nullable=False),
+    sa.Column("tx_count", sa.Integer, nullable=False),
+    sa.Column("size", sa.Integer, nullable=False),  # bytes of the block's canonical encoding
+    sa.Column("header", sa.LargeBinary, nullable=False),  # canonical header encoding
+    sa.Column("certificate", sa.LargeBinary, nullable=False),
+    sa.Index("ix_blocks_hash", "hash", unique=True),
+)
+
+transactions_table = sa.Table(
+    "transactions",
+    metadata,
+    sa.Column("id", sa.LargeBinary, primary_key=True),
+    sa.Column("height", sa.BigInteger, nullable=False),
+    sa.Column("idx", sa.Integer, nullable=False),
+    sa.Column("sender", sa.LargeBinary, nullable=False),  # 20-byte address, not the public key
+    sa.Column("recipient", sa.LargeBinary, nullable=False),
+    sa.Column("nonce", sa.BigInteger, nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
+    sa.Column("fee", sa.BigInteger, nullable=False),
+    sa.Column("raw", sa.LargeBinary, nullable=False),  # canonical signed encoding
+    sa.Index("ix_transactions_height_idx", "height", "idx", unique=True),
+    sa.Index("ix_transactions_sender", "sender", "height", "idx"),
+    sa.Index("ix_transactions_recipient", "recipient", "height", "idx"),
+)
+
+accounts_table = sa.Table(
+    "accounts",
+    metadata,
+    sa.Column("address", sa.LargeBinary, primary_key=True),
+    sa.Column("balance", sa.BigInteger, nullable=False),
+    sa.Column("nonce", sa.BigInteger, nullable=False),
+)
+
+undo_table = sa.Table(
+    "undo",
+    metadata,
+    sa.Column("height", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),  # ledger.state.encode_undo
+)
+
+meta_table = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+
+TX_COLUMNS = ("id", "height", "idx", "sender", "recipient", "nonce", "amount", "fee", "raw")
+ACCOUNT_COLUMNS = ("address", "balance", "nonce")
+
+META_GENESIS_HASH = "genesis_hash"
+META_HEAD = "head"
+RESERVED_META_KEYS = frozenset({META_GENESIS_HASH, META_HEAD})
+MAX_META_KEY = 64
+
+
+# --- errors and records ----------------------------------------------------------------------
+
+
+class ChainStoreError(Exception):
+    """A store operation refused; nothing was changed."""
+
+
+class GenesisMismatch(ChainStoreError):
+    pass
+
+
+class NotInitialized(ChainStoreError):
+    pass
+
+
+class SchemaOutOfDate(ChainStoreError):
+    pass
+
+
+class NotNextBlock(ChainStoreError):
+    """A block that does not extend the stored head."""
+
+
+class StoreConflict(ChainStoreError):
+    """The database refused the write (a duplicate transaction id, a duplicate block)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredTx:
+    tx: Transaction
+    height: int
+    index: int
+    block_hash: bytes
+    timestamp: int  # of the including block, ms
+
+
+# --- the store -------------------------------------------------------------------------------
+
+
+def migrations_dir() -> Path:
+    """The Alembic script directory, wherever the `migrations` package is installed."""
+    import migrations
+
+    return Path(migrations.__file__).resolve().parent
+
+
+def _is_memory_sqlite(url: sa.URL) -> bool:
+    database = url.database or ""
+    return database in ("", ":memory:") or "mode=memory" in database
+
+
+def make_engine(url: str | sa.URL) -> sa.Engine:
+    """An engine configured for the chain store (shared by the store and the Alembic CLI)."""
+    url = make_url(url)
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url)
+    if backend == "postgresql":
+        # Repeatable read gives a reader one snapshot across its statements (a block's
+        # header and its transactions), which read committed would not.
+        return sa.create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True)
+    raise ChainStoreError(f"unsupported database '{backend}': use sqlite:/// or postgresql+psycopg://")
+
+
+def _sqlite_engine(url: sa.URL) -> sa.Engine:
+    if _is_memory_sqlite(url):
+        engine = sa.create_engine(
+            url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+        )
+    else:
+        Path(url.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        # The pool hands a connection to one thread at a time, so a connection
+        # may move between threads across checkouts.
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection, _record):
+        # Let SQLAlchemy, not the sqlite3 module, decide where transactions begin,
+        # so reads get one snapshot and DDL is transactional.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA cache_size=-32768")  # 32 MiB: index pages of a busy chain stay hot
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection):
+        # A writer takes the write lock up front: a deferred transaction that reads
+        # and then writes could fail on upgrade with SQLITE_BUSY, past any timeout.
+        writing = connection.get_execution_options().get("ledger_write", False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writing else "BEGIN")
+
+    return engine
+
+
+class ChainStore:
+    def __init__(self, url: str):
+        parsed = make_url(url)
+        self.url = parsed
+        self.backend = parsed.get_backend_name()
+        if self.backend not in ("sqlite", "postgresql"):
+            raise ChainStoreError(f"unsupported database '{self.backend}': use sqlite:/// or postgresql+psycopg://")
+        # One writer at a time inside the process; SQLite would otherwise make the
+        # second writer wait on its busy timeout, PostgreSQL on a row lock.
+        self._write_lock = threading.Lock()
+        # Only the shared in-memory connection needs readers serialized too.
+        self._use_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
+        self._engine = make_engine(parsed)
+        if self.backend == "sqlite":
+            self._insert = sqlite.insert
+            if _is_memory_sqlite(parsed):
+                # One shared connection: every use, read or write, takes turns.
+                self._use_lock = threading.RLock()
+        else:
+            self._insert = postgresql.insert
+        account_insert = self._insert(accounts_table)
+        account_upsert = account_insert.on_conflict_do_update(
+            index_elements=[accounts_table.c.address],
+            set_={"balance": account_insert.excluded.balance, "nonce": account_insert.excluded.nonce},
+        )
+        meta_insert = self._insert(meta_table)
+        self._meta_upsert = meta_insert.on_conflict_do_update(
+            index_elements=[meta_table.c.key], set_={"value": meta_insert.excluded.value}
+        )
+        # The bulk statements of a block commit go to the driver's executemany as
+        # compiled SQL with plain tuples: SQLAlchemy's per-value bind processing
+        # otherwise costs about as much as SQLite's own work on these rows.
+        self._insert_transactions_sql = self._positional_sql(transactions_table.insert(), TX_COLUMNS)
+        self._upsert_accounts_sql = self._positional_sql(account_upsert, ACCOUNT_COLUMNS)
+
+    def _positional_sql(self, statement, columns: tuple[str, ...]) -> str:
+        dialect = self._engine.dialect
+        if not dialect.positional:
+            dialect = type(dialect)(paramstyle="format")
+        compiled = statement.compile(dialect=dialect)
+        if tuple(compiled.positiontup) != columns:
+            raise AssertionError(f"compiled parameters {compiled.positiontup} are not in the order {columns}")
+        return compiled.string
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        with self._use_lock, self._engine.connect() as conn:
+            with conn.begin():
+                yield conn
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[Connection]:
+        with self._write_lock, self._use_lock, self._engine.connect() as conn:
+            conn.execution_options(ledger_write=True)
+            with conn.begin():
+                yield conn
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def _alembic_config(self):
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(migrations_dir()))
+        return config
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (alembic upgrade head)."""
+        from alembic import command
+
+        config = self._alembic_config()
+        with self._write_lock, self._use_lock, self._engine.connect() as conn:
+            conn.execution_options(ledger_write=True)
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+            if conn.in_transaction():
+                conn.commit()
+
+    def schema_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self._reading() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def _check_schema(self) -> None:
+        from alembic.script import ScriptDirectory
+
+        expected = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
+        current = self.schema_revision()
+        if current != expected:
+            raise SchemaOutOfDate(
+                f"database schema is at revision {current or 'none'}, this node needs {expected}: "
+                "run `ledger db upgrade` (ChainStore.upgrade)"
+            )
+
+    # --- genesis ---------------------------------------------------------------------------
+
+    def initialize(self, genesis: Genesis) -> None:
+        """Store the genesis block and allocations in an empty database; check them otherwise."""
+        self._check_schema()
+        block = genesis.block()
+        with self._writing() as conn:
+            stored = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.key == META_GENESIS_HASH)
+            ).scalar_one_or_none()
+            if stored is not None:
+                if bytes(stored) != genesis.hash:
+                    raise GenesisMismatch(
+                        f"the database holds the chain of genesis hash {bytes(stored).hex()}, "
+                        f"but the configured genesis hash is {genesis.hash.hex()}: "
+                        "use another data directory or the matching genesis file"
+                    )
+                return
+            if conn.execute(sa.select(sa.func.count()).select_from(blocks_table)).scalar_one():
+                raise GenesisMismatch("the database holds blocks but no genesis hash: it is not a chain store of this node")
+            self._insert_block_row(conn, block, [], b"")
+            if genesis.allocations:
+                conn.exec_driver_sql(
+                    self._upsert_accounts_sql,
+                    [(address, balance, 0) for address, balance in genesis.allocations.items()],
+                )
+            self._put_meta(conn, META_GENESIS_HASH, genesis.hash)
+            self._put_meta(conn, META_HEAD, block.hash)
+
+    # --- writing blocks --------------------------------------------------------------------
+
+    def commit_block(self, block: Block, effects: BlockEffects, certificate: bytes = b"") -> None:
+        """Write a block extending the head, with its state changes, in one transaction."""
+        header = block.header
+        if header.tx_count != len(block.transactions):
+            raise ChainStoreError(
+                f"block {header.height} declares {header.tx_count} transactions but carries {len(block.transactions)}"
+            )
+        # Everything derivable is computed before the transaction opens, to keep it short.
+        raws = [tx.encode() for tx in block.transactions]
+        height = header.height
+        tx_rows = [  # in TX_COLUMNS order
+            (tx.id, height, index, address_of(tx.sender), tx.recipient, tx.nonce, tx.amount, tx.fee, raw)
+            for index, (tx, raw) in enumerate(zip(block.transactions, raws))
+        ]
+        account_rows = [(address, balance, nonce) for address, (balance, nonce) in effects.changes.items()]
+        undo_data = encode_undo(effects.undo)
+        try:
+            with self._writing() as conn:
+                head = conn.execute(
+                    sa.select(blocks_table.c.height, blocks_table.c.hash).order_by(blocks_table.c.height.desc()).limit(1)
+                ).first()
+                if head is None:
+                    raise NotInitialized("the store holds no genesis block: call initialize first")
+                head_height, head_hash = head[0], bytes(head[1])
+                if height != head_height + 1:
+                    raise NotNextBlock(f"block height {height} does not follow the head height {head_height}")
+                if header.parent != head_hash:
+                    raise NotNextBlock(
+                        f"block {height} has parent {header.parent.hex()}, the head is {head_hash.hex()}"
+                    )
+                self._insert_block_row(conn, block, raws, certificate)
+                if tx_rows:
+                    conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
+                if account_rows:
+                    conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
+                conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
+                self._put_meta(conn, META_HEAD, block.hash)
+        except sa.exc.IntegrityError as exc:
+            raise StoreConflict(
+                f"block {height} conflicts with stored data (a transaction or block already stored): {exc.orig}"
+            ) from None
+
+    def _insert_block_row(self, conn: Connection, block: Block, raws: list[bytes], certificate: bytes) -> None:
+        header = block.header
+        header_bytes = header.encode()
+        # Block.encode() is the header and each transaction, each behind a u32 length.
+        size = 4 + len(header_bytes) + sum(4 + len(raw) for raw in raws)
+        conn.execute(
+            blocks_table.insert(),
+            {
+                "height": header.height,
+                "hash": block.hash,
+                "parent": header.parent,
+                "timestamp": header.timestamp,
+                "proposer": header.proposer,
+                "tx_count": header.tx_count,
+                "size": size,
+                "header": header_bytes,
+                "certificate": bytes(certificate),
+            },
+        )
+
+    def revert_head(self) -> tuple[Block, dict[bytes, Account | None]]:
+        """Undo the head block (for a reorg); returns it and the account values restored."""
+        with self._writing() as conn:
+            row = conn.execute(
+                sa.select(blocks_table.c.height, blocks_table.c.header).order_by(blocks_table.c.height.desc()).limit(1)
+            ).first()
+            if row is None:
+                raise NotInitialized("the store holds no blocks")
+            height = row.height
+            if height == 0:
+                raise ChainStoreError("the genesis block cannot be reverted")
+            header = BlockHeader.decode(bytes(row.header))
+            block = Block(header, self._block_transactions(conn, height))
+            undo_data = conn.execute(sa.select(undo_table.c.data).where(undo_table.c.height == height)).scalar_one()
+            undo = decode_undo(bytes(undo_data))
+            restored = [(address, before[0], before[1]) for address, before in undo.items() if before is not None]
+            created = [{"gone": address} for address, before in undo.items() if before is None]
+            if restored:
+                conn.exec_driver_sql(self._upsert_accounts_sql, restored)
+            if created:
+                conn.execute(
+                    accounts_table.delete().where(accounts_table.c.address == sa.bindparam("gone")), created
+                )
+            conn.execute(transactions_table.delete().where(transactions_table.c.height == height))
+            conn.execute(undo_table.delete().where(undo_table.c.height == height))
+            conn.execute(blocks_table.delete().where(blocks_table.c.height == height))
+            self._put_meta(conn, META_HEAD, header.parent)
+        return block, undo
+
+    # --- reading the chain -----------------------------------------------------------------
+
+    def head(self) -> BlockHeader | None:
+        with self._reading() as conn:
+            raw = conn.execute(
+                sa.select(blocks_table.c.header).order_by(blocks_table.c.height.desc()).limit(1)
+            ).scalar_one_or_none()
+        return None if raw is None else BlockHeader.decode(bytes(raw))
+
+    def block_header(self, height: int) -> BlockHeader | None:
+        return self._header_where(blocks_table.c.height == _int(height, "height"))
+
+    def block_header_by_hash(self, block_hash: bytes) -> BlockHeader | None:
+        return self._header_where(blocks_table.c.hash == _hash(block_hash))
+
+    def _header_where(self, condition) -> BlockHeader | None:
+        with self._reading() as conn:
+            raw = conn.execute(sa.select(blocks_table.c.header).where(condition)).scalar_one_or_none()
+        return None if raw is None else BlockHeader.decode(bytes(raw))
+
+    def block(self, height: int) -> Block | None:
+        return self._block_where(blocks_table.c.height == _int(height, "height"))
+
+    def block_by_hash(self, block_hash: bytes) -> Block | None:
+        return self._block_where(blocks_table.c.hash == _hash(block_hash))
+
+    def _block_where(self, condition) -> Block | None:
+        with self._reading() as conn:
+            row = conn.execute(sa.select(blocks_table.c.height, blocks_table.c.header).where(condition)).first()
+            if row is None:
+                return None
+            return Block(BlockHeader.decode(bytes(row.header)), self._block_transactions(conn, row.height))
+
+    @staticmethod
+    def _block_transactions(conn: Connection, height: int) -> tuple[Transaction, ...]:
+        raws = conn.execute(
+            sa.select(transactions_table.c.raw)
+            .where(transactions_table.c.height == height)
+            .order_by(transactions_table.c.idx)
+        ).scalars()
+        return tuple(Transaction.decode(bytes(raw)) for raw in raws)
+
+    def certificate(self, height: int) -> bytes:
+        """The commit certificate stored with a block; b"" when none (or no such block)."""
+        with self._reading() as conn:
+            value = conn.execute(
+                sa.select(blocks_table.c.certificate).where(blocks_table.c.height == _int(height, "height"))
+            ).scalar_one_or_none()
+        return b"" if value is None else bytes(value)
+
+    def block_size(self, height: int) -> int | None:
+        """Bytes of the block's canonical encoding (Block.encode)."""
+        with self._reading() as conn:
+            return conn.execute(
+                sa.select(blocks_table.c.size).where(blocks_table.c.height == _int(height, "height"))
+            ).scalar_one_or_none()
+
+    def headers(self, before_height: int | None, limit: int) -> list[BlockHeader]:
+        """Headers newest first, strictly below `before_height` (from the head when None)."""
+        query = sa.select(blocks_table.c.header).order_by(blocks_table.c.height.desc()).limit(_limit(limit))
+        if before_height is not None:
+            query = query.where(blocks_table.c.height < _int(before_height, "before_height"))
+        with self._reading() as conn:
+            raws = conn.execute(query).scalars().all()
+        return [BlockHeader.decode(bytes(raw)) for raw in raws]
+
+    # --- transactions and accounts ---------------------------------------------------------
+
+    def transaction(self, tx_id: bytes) -> StoredTx | None:
+        tx = transactions_table
+        query = (
+            sa.select(tx.c.raw, tx.c.height, tx.c.idx, blocks_table.c.hash, blocks_table.c.timestamp)
+            .join(blocks_table, blocks_table.c.height == tx.c.height)
+            .where(tx.c.id == _hash(tx_id, "tx_id"))
+        )
+        with self._reading() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _stored_tx(row)
+
+    def account_transactions(
+        self, address: bytes, before: tuple[int, int] | None, limit: int
+    ) -> list[StoredTx]:
+        """Transactions sent or received by `address`, newest first by (height, index),
+        strictly before the cursor `before` = (height, index)."""
+        address = _bytes(address, ADDRESS_SIZE, "address")
+        limit = _limit(limit)
+        if limit == 0:
+            return []
+        cursor = None
+        if before is not None:
+            if not isinstance(before, tuple) or len(before) != 2:
+                raise ValueError("before: a (height, index) pair")
+            cursor = (_int(before[0], "before height"), _int(before[1], "before index"))
+        query = account_transactions_query(address, cursor, limit)
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [_stored_tx(row) for row in rows]
+
+    def account(self, address: bytes) -> Account | None:
+        address = _bytes(address, ADDRESS_SIZE, "address")
+        with self._reading() as conn:
+            row = conn.execute(
+                sa.select(accounts_table.c.balance, accounts_table.c.nonce).where(accounts_table.c.address == address)
+            ).first()
+        return None if row is None else (row.balance, row.nonce)
+
+    def load_accounts(self) -> dict[bytes, Account]:
+        with self._reading() as conn:
+            rows = conn.execute(sa.select(accounts_table.c.address, accounts_table.c.balance, accounts_table.c.nonce))
+            return {bytes(address): (balance, nonce) for address, balance, nonce in rows}
+
+    # --- metadata --------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> bytes | None:
+        key = _meta_key(key)
+        with self._reading() as conn:
+            value = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar_one_or_none()
+        return None if value is None else bytes(value)
+
+    def set_meta(self, key: str, value: bytes) -> None:
+        """Durable node metadata (engine state); the chain's own keys are refused."""
+        key = _meta_key(key)
+        if key in RESERVED_META_KEYS:
+            raise ValueError(f"meta key '{key}' is maintained by the store itself")
+        if not isinstance(value, (bytes, bytearray, memoryview)):
+            raise TypeError("meta value must be bytes")
+        with self._writing() as conn:
+            self._put_meta(conn, key, bytes(value))
+
+    def _put_meta(self, conn: Connection, key: str, value: bytes) -> None:
+        conn.execute(self._meta_upsert, {"key": key, "value": value})
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def __enter__(self) -> ChainStore:
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.close()
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def account_transactions_query(address: bytes, before: tuple[int, int] | None, limit: int) -> sa.Select:
+    """The history page of `address` (see ChainStore.account_transactions); public so a
+    test can check its plan uses the (sender, ...) and (recipient, ...) indexes."""
+    tx = transactions_table
+
+    # One query per index, each ordered and limited on its own, so each walks its
+    # index backwards and stops after `limit` rows; an OR over both columns could
+    # use neither index.
+    def side(column):
+        query = sa.select(tx.c.id, tx.c.height, tx.c.idx).where(column == address)
+        if before is not None:
+            # Typed as BIGINT, so PostgreSQL does not cast a large cursor to INTEGER.
+            cursor = sa.tuple_(sa.literal(before[0], sa.BigInteger), sa.literal(before[1], sa.BigInteger))
+            query = query.where(sa.tuple_(tx.c.height, tx.c.idx) < cursor)
+        return sa.select(query.order_by(tx.c.height.desc(), tx.c.idx.desc()).limit(limit).subquery())
+
+    # UNION, not UNION ALL: a transfer to oneself is found by both sides.
+    both = sa.union(side(tx.c.sender), side(tx.c.recipient)).subquery()
+    page = sa.select(both.c.id).order_by(both.c.height.desc(), both.c.idx.desc()).limit(limit).subquery()
+    return (
+        sa.select(tx.c.raw, tx.c.height, tx.c.idx, blocks_table.c.hash, blocks_table.c.timestamp)
+        .join(page, page.c.id == tx.c.id)
+        .join(blocks_table, blocks_table.c.height == tx.c.height)
+        .order_by(tx.c.height.desc(), tx.c.idx.desc())
+    )
+
+
+def _stored_tx(row) -> StoredTx:
+    return StoredTx(
+        tx=Transaction.decode(bytes(row.raw)),
+        height=row.height,
+        index=row.idx,
+        block_hash=bytes(row.hash),
+        timestamp=row.timestamp,
+    )
+
+
+def _int(value: int, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 63:
+        raise ValueError(f"{name}: a non-negative integer below 2^63")
+    return value
+
+
+def _limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError("limit: a non-negative integer")
+    return limit
+
+
+def _bytes(value: bytes, size: int, name: str) -> bytes:
+    if not isinstance(value, (bytes, bytearray, memoryview)) or len(value) != size:
+        raise ValueError(f"{name}: {size} bytes")
+    return bytes(value)
+
+
+def _hash(value: bytes, name: str = "hash") -> bytes:
+    return _bytes(value, HASH_SIZE, name)
+
+
+def _meta_key(key: str) -> str:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_META_KEY:
+        raise ValueError(f"meta key: a string of 1 to {MAX_META_KEY} characters")
+    return key
+
+
+__all__ = [
+    "ChainStore", "ChainStoreError", "GenesisMismatch", "NotInitialized", "NotNextBlock", "SchemaOutOfDate",
+    "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "metadata", "migrations_dir",
+]

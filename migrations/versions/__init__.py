@@ -1,0 +1,1 @@
+# A package only so setuptools installs the revision files; Alembic skips this file.

@@ -1,0 +1,479 @@
+"""The chain store, on SQLite and on PostgreSQL (the `store_url` fixture of conftest.py).
+
+Blocks are real: signed transfers between dev keys, headers built on their parent,
+effects computed by the in-memory State, which the store must then agree with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.address import address_of
+from ledger.block import Block, build_header
+from ledger.genesis import dev_genesis
+from ledger.hdkeys import dev_keys
+from ledger.state import BlockEffects, State
+from ledger.store import (
+    ChainStore,
+    ChainStoreError,
+    GenesisMismatch,
+    NotInitialized,
+    NotNextBlock,
+    SchemaOutOfDate,
+    StoreConflict,
+    account_transactions_query,
+    make_engine,
+)
+from ledger.transaction import new_transfer
+
+KEYS = dev_keys(4)
+ADDRESSES = [address_of(key.public_key) for key in KEYS]
+PROPOSER = ADDRESSES[0]
+# A block reward, so blocks also change an account that sent nothing.
+GENESIS = dataclasses.replace(dev_genesis(PROPOSER, accounts=4), block_reward=7)
+
+
+def fresh_address(label: str) -> bytes:
+    return hashlib.sha256(label.encode()).digest()[:20]
+
+
+class Chain:
+    """Builds valid blocks on the in-memory State, as a node would before committing."""
+
+    def __init__(self, genesis=GENESIS):
+        self.genesis = genesis
+        self.state = State({address: (balance, 0) for address, balance in genesis.allocations.items()})
+        self.head = genesis.block().header
+        self.blocks: list[Block] = []
+
+    def next_block(self, transfers, proposer: bytes = PROPOSER, parent=None) -> tuple[Block, BlockEffects]:
+        """transfers: (sender key index, recipient address, amount, fee)."""
+        nonces: dict[int, int] = {}
+        transactions = []
+        for sender, recipient, amount, fee in transfers:
+            nonce = nonces.get(sender, self.state.get(ADDRESSES[sender])[1])
+            nonces[sender] = nonce + 1
+            transactions.append(new_transfer(KEYS[sender], self.genesis.chain_id, nonce, recipient, amount, fee))
+        parent = parent or self.head
+        header = build_header(self.genesis.chain_id, parent, parent.timestamp + 1000, transactions, proposer)
+        block = Block(header, tuple(transactions))
+        return block, self.state.apply(block.transactions, proposer, self.genesis.block_reward)
+
+    def accept(self, block: Block, effects: BlockEffects) -> None:
+        self.state.commit(effects)
+        self.head = block.header
+        self.blocks.append(block)
+
+    def commit(self, store: ChainStore, transfers, certificate: bytes = b"") -> tuple[Block, BlockEffects]:
+        block, effects = self.next_block(transfers)
+        store.commit_block(block, effects, certificate)
+        self.accept(block, effects)
+        return block, effects
+
+
+@pytest.fixture
+def store(store_url):
+    store = ChainStore(store_url)
+    store.upgrade()
+    store.initialize(GENESIS)
+    yield store
+    store.close()
+
+
+def snapshot(store: ChainStore) -> dict:
+    """Everything a failed write must leave untouched."""
+    head = store.head()
+    return {
+        "head": head,
+        "meta_head": store.get_meta("head"),
+        "accounts": store.load_accounts(),
+        "headers": store.headers(None, 1000),
+        "blocks": [store.block(h).encode() for h in range(head.height + 1)],
+    }
+
+
+# --- genesis -------------------------------------------------------------------------------------
+
+
+def test_initialize_stores_genesis_and_reopening_finds_it(store_url):
+    store = ChainStore(store_url)
+    store.upgrade()
+    store.upgrade()  # already at head: nothing to do
+    store.initialize(GENESIS)
+    genesis_block = GENESIS.block()
+    assert store.head() == genesis_block.header
+    assert store.block(0).encode() == genesis_block.encode()
+    assert store.block_by_hash(genesis_block.hash).encode() == genesis_block.encode()
+    assert store.get_meta("genesis_hash") == GENESIS.hash
+    assert store.get_meta("head") == genesis_block.hash
+    assert store.load_accounts() == {address: (balance, 0) for address, balance in GENESIS.allocations.items()}
+    store.close()
+
+    reopened = ChainStore(store_url)
+    reopened.initialize(GENESIS)  # same genesis: a no-op
+    assert reopened.head() == genesis_block.header
+    assert reopened.load_accounts() == {address: (balance, 0) for address, balance in GENESIS.allocations.items()}
+    reopened.close()
+
+
+def test_a_different_genesis_is_refused_naming_both_hashes(store):
+    other = dataclasses.replace(GENESIS, chain_id="another-chain")
+    before = snapshot(store)
+    with pytest.raises(GenesisMismatch) as raised:
+        store.initialize(other)
+    assert GENESIS.hash.hex() in str(raised.value)
+    assert other.hash.hex() in str(raised.value)
+    assert snapshot(store) == before
+
+
+def test_initialize_before_upgrade_is_refused(store_url):
+    store = ChainStore(store_url)
+    try:
+        with pytest.raises(SchemaOutOfDate, match="upgrade"):
+            store.initialize(GENESIS)
+    finally:
+        store.close()
+
+
+def test_commit_before_initialize_is_refused(store_url):
+    store = ChainStore(store_url)
+    store.upgrade()
+    block, effects = Chain().next_block([(1, ADDRESSES[2], 10, 1)])
+    try:
+        with pytest.raises(NotInitialized):
+            store.commit_block(block, effects)
+        assert store.head() is None
+        assert store.load_accounts() == {}
+    finally:
+        store.close()
+
+
+# --- committing and reading back -----------------------------------------------------------------
+
+
+def test_committed_blocks_read_back_exactly(store):
+    chain = Chain()
+    stranger = fresh_address("stranger")
+    first, _ = chain.commit(store, [(1, ADDRESSES[2], 100, 3), (1, stranger, 50, 2), (2, ADDRESSES[1], 7, 0)], b"cert-1")
+    empty, _ = chain.commit(store, [])
+    third, _ = chain.commit(store, [(3, ADDRESSES[3], 5, 1), (2, stranger, 1, 1)], b"cert-3")
+
+    assert store.head() == third.header
+    assert store.get_meta("head") == third.hash
+    for block in (first, empty, third):
+        assert store.block(block.height).encode() == block.encode()
+        assert store.block_by_hash(block.hash).encode() == block.encode()
+        assert store.block_header(block.height) == block.header
+        assert store.block_header_by_hash(block.hash) == block.header
+        assert store.block_size(block.height) == len(block.encode())
+    assert store.certificate(1) == b"cert-1"
+    assert store.certificate(2) == b""
+    assert store.certificate(3) == b"cert-3"
+    assert store.block(4) is None and store.block_header(4) is None and store.block_size(4) is None
+    assert store.block_by_hash(bytes(32)) is None and store.block_header_by_hash(bytes(32)) is None
+
+    assert [h.height for h in store.headers(None, 2)] == [3, 2]
+    assert [h.height for h in store.headers(2, 10)] == [1, 0]
+    assert store.headers(0, 10) == []
+
+    for block in (first, third):
+        for index, tx in enumerate(block.transactions):
+            stored = store.transaction(tx.id)
+            assert stored.tx.encode() == tx.encode()
+            assert (stored.height, stored.index) == (block.height, index)
+            assert stored.block_hash == block.hash
+            assert stored.timestamp == block.header.timestamp
+    assert store.transaction(bytes(32)) is None
+
+    assert store.load_accounts() == chain.state.accounts
+    assert store.account(stranger) == chain.state.get(stranger) == (51, 0)
+    assert store.account(PROPOSER) == chain.state.get(PROPOSER)
+    assert store.account(fresh_address("nobody")) is None
+
+
+def test_account_history_pages_newest_first_through_cursors(store):
+    chain = Chain()
+    me = ADDRESSES[1]
+    for round_ in range(4):
+        chain.commit(store, [
+            (1, ADDRESSES[2], 10 + round_, 1),  # sent
+            (2, me, 3, 0),  # received
+            (3, ADDRESSES[2], 1, 0),  # someone else's
+            (1, me, 2, 0),  # to oneself: listed once
+        ])
+    expected = [
+        (block.height, index)
+        for block in chain.blocks
+        for index, tx in enumerate(block.transactions)
+        if address_of(tx.sender) == me or tx.recipient == me
+    ]
+    expected.sort(reverse=True)
+    assert len(expected) == 12
+
+    pages, cursor = [], None
+    while True:
+        page = store.account_transactions(me, cursor, 5)
+        if not page:
+            break
+        assert len(page) <= 5
+        pages.append(page)
+        cursor = (page[-1].height, page[-1].index)
+    assert [len(page) for page in pages] == [5, 5, 2]
+    listed = [(stored.height, stored.index) for page in pages for stored in page]
+    assert listed == expected
+    first = pages[0][0]
+    assert first.tx.encode() == chain.blocks[first.height - 1].transactions[first.index].encode()
+    assert first.block_hash == chain.blocks[first.height - 1].hash
+    assert store.account_transactions(me, None, 0) == []
+    assert store.account_transactions(fresh_address("nobody"), None, 10) == []
+
+
+def test_account_history_walks_the_sender_and_recipient_indexes(store, store_url):
+    compiled_engine = make_engine(store_url)
+    query = account_transactions_query(ADDRESSES[1], (10, 2), 20)
+    compiled = query.compile(dialect=compiled_engine.dialect)
+    try:
+        with compiled_engine.connect() as conn:
+            if compiled_engine.dialect.name == "sqlite":
+                params = tuple(compiled.params[name] for name in compiled.positiontup)
+                plan = " | ".join(row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + compiled.string, params))
+                assert "SCAN transactions" not in plan  # no full scan of the table anywhere
+            else:
+                # An empty table makes any plan cheap; forbid sequential scans to see the index path.
+                conn.exec_driver_sql("SET enable_seqscan = off")
+                plan = " | ".join(row[0] for row in conn.exec_driver_sql("EXPLAIN " + compiled.string, compiled.params))
+                assert "Seq Scan on transactions" not in plan
+    finally:
+        compiled_engine.dispose()
+    assert "ix_transactions_sender" in plan
+    assert "ix_transactions_recipient" in plan
+
+
+# --- refusals and atomicity ----------------------------------------------------------------------
+
+
+def test_a_block_not_extending_the_head_is_refused(store):
+    chain = Chain()
+    chain.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    before = snapshot(store)
+
+    skipping, effects = chain.next_block([(2, ADDRESSES[3], 1, 0)])
+    skipping = Block(dataclasses.replace(skipping.header, height=3), skipping.transactions)
+    with pytest.raises(NotNextBlock, match="height 3"):
+        store.commit_block(skipping, effects)
+
+    sibling, effects = chain.next_block([(2, ADDRESSES[3], 1, 0)], parent=GENESIS.block().header)
+    sibling = Block(dataclasses.replace(sibling.header, height=2), sibling.transactions)
+    with pytest.raises(NotNextBlock, match="parent"):
+        store.commit_block(sibling, effects)
+
+    assert snapshot(store) == before
+    assert store.transaction(skipping.transactions[0].id) is None
+
+
+def test_a_block_whose_header_miscounts_its_transactions_is_refused(store):
+    block, effects = Chain().next_block([(1, ADDRESSES[2], 10, 1)])
+    wrong = Block(dataclasses.replace(block.header, tx_count=2), block.transactions)
+    before = snapshot(store)
+    with pytest.raises(ChainStoreError, match="declares 2"):
+        store.commit_block(wrong, effects)
+    assert snapshot(store) == before
+
+
+def test_commit_is_all_or_nothing_when_it_fails_midway(store):
+    chain = Chain()
+    stored_block, _ = chain.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    before = snapshot(store)
+
+    # Block 2 writes its block row and a first, new transaction before its second
+    # transaction collides with one already stored in block 1.
+    fresh, effects = chain.next_block([(2, ADDRESSES[3], 4, 1)])
+    replayed = (fresh.transactions[0], stored_block.transactions[0])
+    header = build_header(GENESIS.chain_id, chain.head, chain.head.timestamp + 1000, list(replayed), PROPOSER)
+    with pytest.raises(StoreConflict):
+        store.commit_block(Block(header, replayed), effects)
+
+    assert snapshot(store) == before
+    assert store.transaction(fresh.transactions[0].id) is None
+    assert store.block_header_by_hash(header.hash) is None
+    # The store is still usable, and block 1's undo record was not disturbed.
+    chain.commit(store, [(2, ADDRESSES[3], 4, 1)])
+    assert store.load_accounts() == chain.state.accounts
+    store.revert_head()
+    assert snapshot(store) == before
+
+
+def test_revert_head_restores_the_exact_prior_accounts(store):
+    chain = Chain()
+    newcomer = fresh_address("newcomer")
+    genesis_accounts = store.load_accounts()
+    chain.commit(store, [(1, ADDRESSES[2], 10, 1)], b"cert")
+    after_first = store.load_accounts()
+    second, second_effects = chain.commit(store, [(2, newcomer, 30, 2), (1, ADDRESSES[3], 5, 0)])
+    assert newcomer in store.load_accounts()
+
+    reverted, undo = store.revert_head()
+    assert reverted.encode() == second.encode()
+    assert undo == second_effects.undo
+    assert undo[newcomer] is None
+    assert store.load_accounts() == after_first  # the account the block created is gone again
+    assert store.head() == chain.blocks[0].header
+    assert store.get_meta("head") == chain.blocks[0].hash
+    assert all(store.transaction(tx.id) is None for tx in second.transactions)
+    assert store.block(2) is None and store.block_by_hash(second.hash) is None
+
+    chain.state.revert(undo)
+    assert chain.state.accounts == after_first
+
+    store.revert_head()
+    assert store.load_accounts() == genesis_accounts
+    assert store.head() == GENESIS.block().header
+    with pytest.raises(ChainStoreError, match="genesis"):
+        store.revert_head()
+
+    # A different block 1 now extends genesis.
+    other = Chain()
+    other.commit(store, [(3, newcomer, 8, 0)])
+    assert store.load_accounts() == other.state.accounts
+
+
+def test_a_fresh_store_on_the_same_database_sees_the_same_chain(store_url):
+    store = ChainStore(store_url)
+    store.upgrade()
+    store.initialize(GENESIS)
+    chain = Chain()
+    for round_ in range(3):
+        chain.commit(store, [(1, ADDRESSES[2], 10 + round_, 1), (2, fresh_address(f"r{round_}"), 3, 0)])
+    store.set_meta("engine", b"state-7")
+    store.close()
+
+    reopened = ChainStore(store_url)
+    try:
+        reopened.upgrade()
+        reopened.initialize(GENESIS)
+        assert reopened.head() == chain.head
+        assert reopened.load_accounts() == chain.state.accounts
+        assert reopened.get_meta("engine") == b"state-7"
+        next_block, _ = chain.commit(reopened, [(3, ADDRESSES[1], 1, 0)])
+        assert reopened.head() == next_block.header
+    finally:
+        reopened.close()
+
+
+# --- metadata and bad input ----------------------------------------------------------------------
+
+
+def test_meta_values_round_trip_and_the_store_keys_are_protected(store):
+    assert store.get_meta("engine") is None
+    store.set_meta("engine", b"\x00\x01")
+    store.set_meta("engine", b"\x02")
+    assert store.get_meta("engine") == b"\x02"
+    with pytest.raises(ValueError, match="maintained by the store"):
+        store.set_meta("head", bytes(32))
+    with pytest.raises(ValueError, match="meta key"):
+        store.set_meta("", b"x")
+    with pytest.raises(ValueError, match="meta key"):
+        store.set_meta("k" * 65, b"x")
+    with pytest.raises(TypeError):
+        store.set_meta("engine", "text")
+    assert store.get_meta("head") == GENESIS.block().hash
+    assert store.get_meta("engine") == b"\x02"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda s: s.block(-1),
+        lambda s: s.block_header(True),
+        lambda s: s.block_by_hash(b"short"),
+        lambda s: s.block_header_by_hash("00" * 32),
+        lambda s: s.transaction(b"\x00" * 31),
+        lambda s: s.headers(None, -1),
+        lambda s: s.headers(-5, 10),
+        lambda s: s.account(b"\x00" * 21),
+        lambda s: s.account_transactions(b"\x00" * 20, (1,), 10),
+        lambda s: s.account_transactions(b"\x00" * 20, (1, -1), 10),
+        lambda s: s.account_transactions(b"\x00" * 20, None, -1),
+        lambda s: s.certificate(2**63),
+    ],
+)
+def test_bad_arguments_get_a_clear_error(store, call):
+    with pytest.raises(ValueError):
+        call(store)
+
+
+def test_an_unsupported_database_is_refused():
+    with pytest.raises(ChainStoreError, match="unsupported database"):
+        ChainStore("mysql://localhost/chain")
+
+
+# --- concurrency and the in-memory store ---------------------------------------------------------
+
+
+def read_while_committing(store: ChainStore, blocks: int = 8) -> None:
+    """Readers on other threads must always see whole blocks while the writer commits."""
+    chain = Chain()
+    stop = threading.Event()
+    failures: list[BaseException] = []
+    reads = [0]
+
+    def reader():
+        try:
+            while not stop.is_set():
+                head = store.head()
+                block = store.block(head.height)
+                # The block may be newer than `head`, never torn or missing.
+                assert block is not None and block.height >= head.height
+                assert len(block.transactions) == block.header.tx_count
+                store.account_transactions(ADDRESSES[1], None, 5)
+                reads[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported to the main thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    try:
+        for round_ in range(blocks):
+            chain.commit(store, [(1, ADDRESSES[2], 1, 0), (2, ADDRESSES[1], 1, 0)] * 3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures[0]
+    assert reads[0] > 0
+    assert store.head() == chain.head
+    assert store.load_accounts() == chain.state.accounts
+
+
+def test_readers_on_other_threads_see_whole_blocks(store):
+    read_while_committing(store)
+
+
+def test_in_memory_sqlite_store_works_across_threads():
+    store = ChainStore("sqlite://")
+    try:
+        store.upgrade()
+        store.initialize(GENESIS)
+        read_while_committing(store)
+        assert store.schema_revision() is not None
+    finally:
+        store.close()
+
+
+def test_a_missing_parent_directory_is_created(tmp_path):
+    path = tmp_path / "deep" / "er" / "chain.db"
+    store = ChainStore(f"sqlite:///{path}")
+    try:
+        store.upgrade()
+        store.initialize(GENESIS)
+        assert path.exists()
+        with sa.create_engine(f"sqlite:///{path}").connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    finally:
+        store.close()
