@@ -47,11 +47,16 @@ class Transaction:
     kind: int = TxKind.TRANSFER
     payload: bytes = b""
     signature: bytes = b""
-    # Derived once: the encoding is hashed for the id and stored raw.
-    _encoded: bytes = field(default=b"", compare=False, repr=False)
+    # Derived once and kept: a transaction is hashed, verified and stored many times over.
+    # Not init fields, so dataclasses.replace() never carries a stale cache into a copy.
+    _encoded: bytes = field(default=b"", init=False, compare=False, repr=False)
+    _id: bytes = field(default=b"", init=False, compare=False, repr=False)
+    _sender_address: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     # --- encoding -------------------------------------------------------------------------
     def unsigned_bytes(self) -> bytes:
+        if self._encoded:
+            return self._encoded[: -crypto.SIGNATURE_SIZE]
         return (
             Writer()
             .u8(TX_FORMAT)
@@ -75,11 +80,15 @@ class Transaction:
 
     @property
     def id(self) -> bytes:
-        return crypto.sha256(self.encode())
+        if not self._id:
+            object.__setattr__(self, "_id", crypto.sha256(self.encode()))
+        return self._id
 
     @property
     def sender_address(self) -> bytes:
-        return address_of(self.sender)
+        if not self._sender_address:
+            object.__setattr__(self, "_sender_address", address_of(self.sender))
+        return self._sender_address
 
     @property
     def cost(self) -> int:
@@ -109,8 +118,9 @@ class Transaction:
         kind = reader.u8("kind")
         payload = reader.var_bytes("payload", MAX_PAYLOAD)
         signature = reader.fixed(crypto.SIGNATURE_SIZE, "signature")
-        encoded = bytes(reader.data[start : reader.pos])
-        return cls(chain_id, nonce, sender, recipient, amount, fee, kind, payload, signature, encoded)
+        tx = cls(chain_id, nonce, sender, recipient, amount, fee, kind, payload, signature)
+        object.__setattr__(tx, "_encoded", bytes(reader.data[start : reader.pos]))
+        return tx
 
     # --- signing --------------------------------------------------------------------------
     def signed(self, key: crypto.PrivateKey) -> Transaction:

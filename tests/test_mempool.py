@@ -97,7 +97,7 @@ def test_bad_signature_is_rejected():
     pool.add(transfer(1, 0), 0)
     good = transfer(0, 0)
     # A valid low-S signature, but over another message.
-    forged = dataclasses.replace(good, signature=transfer(0, 1).signature, _encoded=b"")
+    forged = dataclasses.replace(good, signature=transfer(0, 1).signature)
     assert_rejected(pool, forged, "bad_signature", "signature")
 
 
@@ -105,7 +105,7 @@ def test_high_s_signature_is_rejected():
     pool, _ = new_pool()
     good = transfer(0, 0)
     r, s = good.signature[:32], int.from_bytes(good.signature[32:], "big")
-    high = dataclasses.replace(good, signature=r + (crypto.CURVE_ORDER - s).to_bytes(32, "big"), _encoded=b"")
+    high = dataclasses.replace(good, signature=r + (crypto.CURVE_ORDER - s).to_bytes(32, "big"))
     assert_rejected(pool, high, "high_s_signature", "signature")
     assert pool.add(good, 0) is True
 
@@ -180,7 +180,7 @@ def test_signature_is_verified_once_per_id(monkeypatch):
     for _ in range(3):
         assert_rejected(pool, too_low, "nonce_too_low")
     assert len(calls) == 1
-    forged = dataclasses.replace(transfer(0, 5), signature=transfer(0, 6).signature, _encoded=b"")
+    forged = dataclasses.replace(transfer(0, 5), signature=transfer(0, 6).signature)
     for _ in range(3):
         assert_rejected(pool, forged, "bad_signature")
     assert len(calls) == 2
