@@ -1,0 +1,205 @@
+"""The engine boundary: events in, actions out.
+
+An engine is a deterministic state machine.  The node runtime feeds it events (each
+carrying the current time in ms, so the engine never reads a clock) and performs the
+actions it returns, in order.  The engine owns no socket, no database and no
+randomness except a seeded source it is given; signing is a capability handed over
+at construction (RFC 6979 signatures are deterministic).  This is the shape of etcd's
+raft `Ready` loop and of CometBFT's ABCI split: the engine decides *what* happens, the
+runtime decides *how* (SQL, TCP, threads).  The in-process simulator feeds the same
+engine code under virtual time.
+
+Request/answer pairs:
+  BuildBlock  -> the runtime fills a block from the mempool and answers BlockBuilt
+  ExecuteBlock-> the runtime applies it without committing and answers BlockExecuted
+  Mine        -> a worker searches a nonce and the runtime answers Mined (or nothing after StopMining)
+  Commit      -> the runtime writes the block in one database transaction and answers BlockCommitted
+  SetTimer    -> the runtime answers with a Tick at (or after) that time
+  Persist     -> durable before any later action's message leaves the node
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+from ledger.block import Block, BlockHeader
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    now: int
+    head: BlockHeader
+    persisted: bytes | None  # the engine's last Persist, or None on a fresh node
+
+
+@dataclass(frozen=True, slots=True)
+class Tick:
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class TxsAvailable:
+    """The mempool holds transactions ready for a block."""
+
+    now: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockBuilt:
+    now: int
+    block: Block  # unsealed: the engine seals it
+
+
+@dataclass(frozen=True, slots=True)
+class BlockExecuted:
+    now: int
+    block_hash: bytes
+    valid: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockCommitted:
+    now: int
+    header: BlockHeader
+
+
+@dataclass(frozen=True, slots=True)
+class BlockReceived:
+    """A block from a peer that passed the stateless checks (structure, size, decoding)."""
+
+    now: int
+    block: Block
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerMessage:
+    now: int
+    peer: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConnected:
+    now: int
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class PeerDisconnected:
+    now: int
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mined:
+    now: int
+    header: BlockHeader
+
+
+Event = (
+    Started | Tick | TxsAvailable | BlockBuilt | BlockExecuted | BlockCommitted | BlockReceived
+    | PeerMessage | PeerConnected | PeerDisconnected | Mined
+)
+
+# ---------------------------------------------------------------------------- actions
+
+
+@dataclass(frozen=True, slots=True)
+class BuildBlock:
+    parent: bytes  # hash of the parent block
+    height: int
+    timestamp: int
+    proposer: bytes  # account id that receives fees and reward
+    extra: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class ExecuteBlock:
+    block: Block
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    block: Block
+    certificate: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class SetTimer:
+    at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    peer: str
+    message: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Mine:
+    header: BlockHeader
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopMining:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class SetHead:
+    block_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    state: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ReportEvidence:
+    evidence: bytes
+
+
+Action = (
+    BuildBlock | ExecuteBlock | Commit | SetTimer | Broadcast | Send | Mine | StopMining | SetHead
+    | Persist | ReportEvidence
+)
+
+
+class InvalidSeal(ValueError):
+    pass
+
+
+class Engine(ABC):
+    """One consensus engine.  Subclasses implement `handle` and the pure seal check."""
+
+    name: str
+
+    @abstractmethod
+    def handle(self, event: Event) -> list[Action]:
+        """Advance the state machine by one event; return the actions to perform, in order."""
+
+    @abstractmethod
+    def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
+        """Raise InvalidSeal unless `header` is properly sealed on top of `parent`.
+        Pure: used by sync and import without running the state machine."""
+
+    @abstractmethod
+    def finalized_height(self, head_height: int) -> int:
+        """The highest height that can no longer be reverted, given the head."""
+
+    def status(self) -> dict:
+        """Engine state for debugging (GET /v1/node shows it)."""
+        return {}

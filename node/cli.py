@@ -1,0 +1,171 @@
+"""The `ledger` command: run a node, upgrade its database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from consensus.registry import EngineNotBuilt
+from ledger.address import address_of
+from ledger.genesis import Genesis, InvalidGenesis, dev_genesis
+from ledger.hdkeys import DEV_MNEMONIC, account_path, dev_keys
+from ledger.store import ChainStore, GenesisMismatch
+from node import __version__
+from node.config import ConfigError, NodeConfig, load_config
+from node.keys import NodeKeyError, load_or_create_node_key
+
+app = typer.Typer(
+    name="ledger", help="Run and manage a ledger node.", no_args_is_help=True, add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Chain database commands.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+console = Console()
+errors = Console(stderr=True)
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> None:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _config(flags: dict, config_file: Optional[Path]) -> NodeConfig:
+    try:
+        return load_config(flags, config_file)
+    except ConfigError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+DATA_DIR = typer.Option(None, "--data-dir", help="Where the node keeps its key, genesis and SQLite chain [default: data/node]")
+DB = typer.Option(None, "--db", help="Database URL: sqlite:///path.db or postgresql+psycopg://user@host/db [default: sqlite in the data dir]")
+CONFIG = typer.Option(None, "--config", envvar="LEDGER_CONFIG", help="TOML file of settings (flags win over it, it wins over LEDGER_* variables)")
+
+
+def _load_genesis(config: NodeConfig, node_public_key: bytes) -> tuple[Genesis, bool]:
+    """The configured genesis; on a fresh data dir without one, a new dev genesis (True)."""
+    path = config.genesis_path
+    if config.genesis is None and not path.exists():
+        genesis = dev_genesis(node_public_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        genesis.save(path)
+        return genesis, True
+    return Genesis.load(path), False
+
+
+@app.command()
+def node(
+    data_dir: Optional[Path] = DATA_DIR,
+    api_host: Optional[str] = typer.Option(None, "--api-host", help="Address the REST API binds [default: 127.0.0.1]"),
+    api_port: Optional[int] = typer.Option(None, "--api-port", help="REST API port [default: 8000]"),
+    p2p_port: Optional[int] = typer.Option(None, "--p2p-port", help="Peer port [default: 9000]"),
+    db: Optional[str] = DB,
+    genesis: Optional[Path] = typer.Option(None, "--genesis", help="Genesis JSON file [default: <data-dir>/genesis.json, a dev genesis is written there when missing]"),
+    log_level: Optional[str] = typer.Option(None, "--log-level", help="critical, error, warning, info or debug"),
+    config_file: Optional[Path] = CONFIG,
+) -> None:
+    """Run one node: the chain store, the consensus engine and the REST API."""
+    flags = dict(data_dir=data_dir, api_host=api_host, api_port=api_port, p2p_port=p2p_port, db=db,
+                 genesis=str(genesis) if genesis else None, log_level=log_level)
+    config = _config({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}, config_file)
+    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        node_key = load_or_create_node_key(config.data_dir)
+        genesis_data, created = _load_genesis(config, node_key.public_key)
+    except (NodeKeyError, InvalidGenesis) as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot use data dir {config.data_dir}: {exc.strerror}")
+
+    from node.runtime import Node
+    from node.server import bind_socket, serve
+
+    try:
+        api_socket = bind_socket(config.api_host, config.api_port)
+    except OSError as exc:
+        fail(f"cannot listen on {config.api_host}:{config.api_port}: {exc.strerror}; "
+             "is another node running? Pick another port with --api-port.", EXIT_RUNTIME)
+    try:
+        runtime = Node(config, genesis_data, node_key)
+    except EngineNotBuilt as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(f"genesis {config.genesis_path}: {exc}")
+
+    def ready() -> None:
+        _print_banner(config, runtime, created)
+
+    try:
+        asyncio.run(serve(runtime, config, api_socket, on_ready=ready))
+    except GenesisMismatch as exc:
+        fail(str(exc))
+    except KeyboardInterrupt:
+        pass
+
+
+def _print_banner(config: NodeConfig, runtime, created: bool) -> None:
+    genesis = runtime.genesis
+    console.print(f"[bold]Ledger node {__version__}[/]  chain [cyan]{genesis.chain_id}[/]  engine [cyan]{runtime.engine.name}[/]  "
+                  f"height {runtime.head.height}" + ("  (new dev chain)" if created else ""), highlight=False)
+    console.print(f"  REST API   {config.api_url}/v1      OpenAPI  {config.api_url}/docs", highlight=False)
+    console.print(f"  Database   {config.db_url}", highlight=False)
+    console.print(f"  Data dir   {config.data_dir}", highlight=False)
+    funded = [(i, key) for i, key in enumerate(dev_keys(10)) if address_of(key.public_key) in genesis.allocations]
+    if funded:
+        unit = 10 ** genesis.denomination.decimals
+        table = Table(title=f"Dev accounts (mnemonic \"{DEV_MNEMONIC}\", path {account_path(0)[:-1]}i). "
+                            "These keys are public: never use them for value.", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("address")
+        table.add_column(f"balance ({genesis.denomination.name})", justify="right")
+        table.add_column("private key")
+        for index, key in funded:
+            balance = runtime.state.get(address_of(key.public_key))[0]
+            table.add_row(str(index), genesis.address(address_of(key.public_key)), f"{balance / unit:,.9g}", key.secret.hex())
+        console.print(table)
+    console.print("Ctrl-C stops the node.", style="dim")
+    sys.stdout.flush()
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data_dir: Optional[Path] = DATA_DIR,
+    db: Optional[str] = DB,
+    config_file: Optional[Path] = CONFIG,
+) -> None:
+    """Bring the chain database to the current schema (a node also does this on start)."""
+    config = _config({"data_dir": str(data_dir) if data_dir else None, "db": db}, config_file)
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        store = ChainStore(config.db_url)
+        store.upgrade()
+        store.close()
+    except Exception as exc:  # the database driver's errors vary by backend; say which URL failed
+        fail(f"cannot upgrade {config.db_url}: {exc}", EXIT_RUNTIME)
+    console.print(f"{config.db_url}: schema is current")
+
+
+@app.command()
+def version() -> None:
+    """Print the node version."""
+    console.print(__version__)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

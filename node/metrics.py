@@ -1,0 +1,57 @@
+"""Prometheus metrics of one node, in a registry of its own (several nodes may share a process
+in tests and in the simulator)."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class NodeMetrics:
+    WINDOW_SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.height = Gauge("ledger_height", "Height of the head block", registry=self.registry)
+        self.finalized_height = Gauge("ledger_finalized_height", "Highest final block", registry=self.registry)
+        self.mempool_size = Gauge("ledger_mempool_size", "Transactions waiting in the mempool", registry=self.registry)
+        self.tx_per_second = Gauge(
+            "ledger_tx_per_second", "Transactions committed per second over the last 10 s", registry=self.registry
+        )
+        self.committed = Counter("ledger_transactions_committed", "Transactions committed", registry=self.registry)
+        self.blocks = Counter("ledger_blocks_committed", "Blocks committed", registry=self.registry)
+        self.admitted = Counter("ledger_transactions_admitted", "Transactions admitted to the mempool", registry=self.registry)
+        self.rejected = Counter(
+            "ledger_transactions_rejected", "Transactions refused, by reason", ["reason"], registry=self.registry
+        )
+        self.commit_seconds = Histogram(
+            "ledger_block_commit_seconds",
+            "Time to write one block to the database",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=self.registry,
+        )
+        self._recent: deque[tuple[float, int]] = deque()
+
+    def block_committed(self, tx_count: int, seconds: float) -> None:
+        self.blocks.inc()
+        self.committed.inc(tx_count)
+        self.commit_seconds.observe(seconds)
+        now = time.monotonic()
+        self._recent.append((now, tx_count))
+        self._refresh_rate(now)
+
+    def _refresh_rate(self, now: float) -> float:
+        while self._recent and self._recent[0][0] < now - self.WINDOW_SECONDS:
+            self._recent.popleft()
+        rate = sum(count for _, count in self._recent) / self.WINDOW_SECONDS
+        self.tx_per_second.set(rate)
+        return rate
+
+    def tx_rate(self) -> float:
+        return self._refresh_rate(time.monotonic())
+
+    def text(self) -> bytes:
+        self._refresh_rate(time.monotonic())
+        return generate_latest(self.registry)

@@ -1,0 +1,454 @@
+"""The node runtime: performs what the engine decides, and serves the API's NodeService.
+
+One asyncio task feeds the engine its events, one at a time, and performs the
+actions it returns in order.  A block's rows are written in a worker thread, so the
+event loop keeps admitting transactions while the database works; the in-memory
+state and the mempool move only after the block is durable.  The mempool and the
+state are touched by the event loop; API reads from worker threads take `_lock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from api.service import (
+    Accepted,
+    AccountRecord,
+    BlockRecord,
+    Event,
+    MempoolRecord,
+    NodeInfo,
+    Rejection,
+    SubmitResult,
+    TxRecord,
+    TxStatusName,
+)
+from consensus import engine as ev
+from consensus.registry import create_engine
+from ledger.address import address_of
+from ledger.block import Block, BlockHeader, build_header
+from ledger.crypto import PrivateKey
+from ledger.genesis import Genesis
+from ledger.mempool import Mempool, MempoolRejection
+from ledger.state import BlockEffects, State, StateError
+from ledger.store import ChainStore
+from ledger.transaction import InvalidTransaction, Transaction
+from node import __version__
+from node.config import NodeConfig
+from node.metrics import NodeMetrics
+
+log = logging.getLogger("ledger.node")
+
+ENGINE_STATE_KEY = "engine_state"
+SUBSCRIBER_QUEUE = 1024
+# Signature checks of a submitted batch run in a worker thread (libsecp256k1 releases
+# the GIL), so a big batch does not stall the event loop; tiny batches stay inline.
+THREADED_VERIFY_MIN = 32
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Built:
+    """The effects computed when a block was built, reused when it commits."""
+
+    height: int
+    tx_root: bytes
+    effects: BlockEffects
+
+
+class Node:
+    """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
+
+    def __init__(self, config: NodeConfig, genesis: Genesis, node_key: PrivateKey):
+        self.config = config
+        self.genesis = genesis
+        self.node_key = node_key
+        self.node_id = address_of(node_key.public_key).hex()
+        self.metrics = NodeMetrics()
+        self.store = ChainStore(config.db_url)
+        self.engine = create_engine(genesis, node_key)
+        self._lock = threading.Lock()
+        self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
+        self._txs_signalled = False
+        self._built: _Built | None = None
+        self._stopping = False
+        self._engine_task: asyncio.Task | None = None
+        self._housekeeping_task: asyncio.Task | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._final_waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._unfinal: deque[tuple[int, list[bytes]]] = deque()  # (height, tx ids) of included, not yet final blocks
+        self.state: State
+        self.pool: Mempool
+        self.head: BlockHeader
+        self.finalized_height = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        """Bring the database to the current schema and load the chain (blocking)."""
+        self.store.upgrade()
+        self.store.initialize(self.genesis)
+        head = self.store.head()
+        assert head is not None, "an initialized store has a genesis block"
+        self.head = head
+        self.state = State(self.store.load_accounts())
+        self.finalized_height = self.engine.finalized_height(head.height)
+        self.pool = Mempool(
+            self.genesis.chain_id,
+            self.state.get,
+            capacity=self.config.mempool_capacity,
+            per_sender_limit=self.config.mempool_per_sender,
+        )
+        self._update_gauges()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.open)
+        self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
+        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
+        self._feed(ev.Started(now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY)))
+        log.info("node %s started at height %d (%s engine)", self.node_id[:12], self.head.height, self.engine.name)
+
+    async def stop(self) -> None:
+        """Finish the block in flight (its database transaction commits or rolls back whole), then close."""
+        self._stopping = True
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._housekeeping_task is not None:
+            self._housekeeping_task.cancel()
+        if self._engine_task is not None:
+            self._events.put_nowait(None)
+            await self._engine_task
+        for waiters in self._final_waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.cancel()
+        await asyncio.to_thread(self.store.close)
+        log.info("node stopped at height %d", self.head.height)
+
+    # ------------------------------------------------------------------ engine loop
+    def _feed(self, event: ev.Event) -> None:
+        self._events.put_nowait(event)
+
+    async def _run_engine(self) -> None:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            if isinstance(event, ev.TxsAvailable):
+                self._txs_signalled = False
+            try:
+                actions = self.engine.handle(event)
+                for action in actions:
+                    await self._perform(action)
+            except Exception:  # an engine or store bug must not silently stop block production
+                log.exception("engine step failed on %s", type(event).__name__)
+
+    async def _perform(self, action: ev.Action) -> None:
+        if isinstance(action, ev.BuildBlock):
+            if not self._stopping:
+                self._feed(ev.BlockBuilt(now_ms(), self._build_block(action)))
+        elif isinstance(action, ev.Commit):
+            await self._commit(action.block, action.certificate)
+        elif isinstance(action, ev.SetTimer):
+            self._set_timer(action.at)
+        elif isinstance(action, ev.Persist):
+            await asyncio.to_thread(self.store.set_meta, ENGINE_STATE_KEY, action.state)
+        else:
+            raise NotImplementedError(f"the runtime cannot perform {type(action).__name__} yet")
+
+    def _set_timer(self, at_ms: int) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, (at_ms - now_ms()) / 1000)
+        self._timer = loop.call_later(delay, lambda: self._feed(ev.Tick(now_ms())))
+
+    def _build_block(self, request: ev.BuildBlock) -> Block:
+        if request.parent != self.head.hash:
+            raise RuntimeError("asked to build on a block that is not the head")
+        with self._lock:
+            transactions = self.pool.select(self.genesis.max_block_transactions)
+        while True:
+            try:
+                effects = self.state.apply(transactions, request.proposer, self.genesis.block_reward)
+                break
+            except StateError as exc:
+                # The mempool only offers transactions that apply; if one does not, drop it and
+                # build without it rather than stall the chain.
+                bad = transactions[exc.index] if exc.index is not None else None
+                log.error("mempool offered a transaction that does not apply (%s); dropping it", exc)
+                if bad is None:
+                    raise
+                with self._lock:
+                    self.pool.remove_committed([bad])
+                transactions = transactions[: exc.index]
+        header = build_header(self.genesis.chain_id, self.head, request.timestamp, transactions, request.proposer, request.extra)
+        self._built = _Built(header.height, header.tx_root, effects)
+        return Block(header, tuple(transactions))
+
+    async def _commit(self, block: Block, certificate: bytes) -> None:
+        header = block.header
+        built = self._built
+        if built is not None and built.height == header.height and built.tx_root == header.tx_root:
+            effects = built.effects
+        else:
+            effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
+        self._built = None
+        started = time.perf_counter()
+        await asyncio.to_thread(self.store.commit_block, block, effects, certificate)
+        elapsed = time.perf_counter() - started
+        with self._lock:
+            self.state.commit(effects)
+            self.head = header
+            self.pool.remove_committed(block.transactions)
+        self.metrics.block_committed(len(block.transactions), elapsed)
+        self._advance_finality([tx.id for tx in block.transactions])
+        self._update_gauges()
+        self._publish("block", self._block_event(block))
+        self._feed(ev.BlockCommitted(now_ms(), header))
+        if self.pool.ready_count():
+            self._signal_txs()
+
+    def _advance_finality(self, tx_ids: list[bytes]) -> None:
+        self._unfinal.append((self.head.height, tx_ids))
+        self.finalized_height = self.engine.finalized_height(self.head.height)
+        while self._unfinal and self._unfinal[0][0] <= self.finalized_height:
+            _, ids = self._unfinal.popleft()
+            if self._final_waiters:
+                for tx_id in ids:
+                    for future in self._final_waiters.pop(tx_id, ()):
+                        if not future.done():
+                            future.set_result("final")
+
+    def _signal_txs(self) -> None:
+        if not self._txs_signalled and not self._stopping:
+            self._txs_signalled = True
+            self._feed(ev.TxsAvailable(now_ms(), self.pool.ready_count()))
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            with self._lock:
+                expired = self.pool.expire(now_ms())
+            if expired:
+                log.info("expired %d transactions from the mempool", len(expired))
+            self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        self.metrics.height.set(self.head.height)
+        self.metrics.finalized_height.set(self.finalized_height)
+        self.metrics.mempool_size.set(len(self.pool))
+
+    # ------------------------------------------------------------------ events stream
+    def subscribe(self) -> asyncio.Queue[Event]:
+        queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIBER_QUEUE)
+        self._subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        self._subscribers.discard(queue)
+
+    def _publish(self, kind: str, data: dict) -> None:
+        if not self._subscribers:
+            return
+        event = Event(kind, data)
+        for queue in list(self._subscribers):
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                pass  # a slow reader loses events rather than holding the node's memory
+
+    def _block_event(self, block: Block) -> dict:
+        header = block.header
+        return {
+            "height": header.height,
+            "hash": header.hash.hex(),
+            "parent": header.parent.hex(),
+            "timestamp": header.timestamp,
+            "tx_count": header.tx_count,
+            "proposer": self.genesis.address(header.proposer),
+            "final": header.height <= self.finalized_height,
+            "transactions": [tx.id.hex() for tx in block.transactions[:100]],
+        }
+
+    # ------------------------------------------------------------------ NodeService: writes
+    async def submit(self, transactions: list[Transaction]) -> list[SubmitResult]:
+        if self._stopping:
+            return [Rejection("shutting_down", "the node is shutting down")] * len(transactions)
+        checks: list[InvalidTransaction | None]
+        if len(transactions) >= THREADED_VERIFY_MIN:
+            checks = await asyncio.to_thread(self._check_stateless, transactions)
+        else:
+            checks = self._check_stateless(transactions)
+        results: list[SubmitResult] = []
+        now = now_ms()
+        admitted: list[Transaction] = []
+        with self._lock:
+            for tx, problem in zip(transactions, checks):
+                if problem is not None:
+                    results.append(Rejection(problem.reason, str(problem), problem.field))
+                    continue
+                try:
+                    added = self.pool.add(tx, now, verified=True)
+                except MempoolRejection as exc:
+                    results.append(Rejection(exc.reason, exc.message, exc.field))
+                    continue
+                results.append(Accepted(tx.id, duplicate=not added))
+                if added:
+                    admitted.append(tx)
+        rejected = [r for r in results if isinstance(r, Rejection)]
+        for rejection in rejected:
+            self.metrics.rejected.labels(rejection.reason).inc()
+        if admitted:
+            self.metrics.admitted.inc(len(admitted))
+            self.metrics.mempool_size.set(len(self.pool))
+            self._signal_txs()
+            if self._subscribers:
+                for tx in admitted[:100]:
+                    self._publish("tx", self._tx_event(tx))
+        return results
+
+    def _check_stateless(self, transactions: list[Transaction]) -> list[InvalidTransaction | None]:
+        chain_id = self.genesis.chain_id
+        out: list[InvalidTransaction | None] = []
+        for tx in transactions:
+            try:
+                tx.check_stateless(chain_id)
+                out.append(None)
+            except InvalidTransaction as exc:
+                out.append(exc)
+        return out
+
+    def _tx_event(self, tx: Transaction) -> dict:
+        return {
+            "id": tx.id.hex(),
+            "sender": self.genesis.address(tx.sender_address),
+            "recipient": self.genesis.address(tx.recipient),
+            "amount": tx.amount,
+            "fee": tx.fee,
+            "nonce": tx.nonce,
+            "status": "pending",
+        }
+
+    async def wait_final(self, tx_ids: list[bytes], timeout: float) -> dict[bytes, TxStatusName]:
+        loop = asyncio.get_running_loop()
+        waiting: dict[bytes, asyncio.Future] = {}
+        for tx_id in tx_ids:
+            record = await asyncio.to_thread(self.transaction, tx_id) if tx_id not in self.pool else None
+            if record is not None and record.status == "final":
+                continue
+            future = loop.create_future()
+            self._final_waiters.setdefault(tx_id, []).append(future)
+            waiting[tx_id] = future
+        if waiting:
+            await asyncio.wait(waiting.values(), timeout=timeout)
+        for tx_id, future in waiting.items():
+            if not future.done():
+                future.cancel()
+                waiters = self._final_waiters.get(tx_id)
+                if waiters is not None:
+                    if future in waiters:
+                        waiters.remove(future)
+                    if not waiters:
+                        del self._final_waiters[tx_id]
+        statuses: dict[bytes, TxStatusName] = {}
+        for tx_id in tx_ids:
+            future = waiting.get(tx_id)
+            if future is None or (future.done() and not future.cancelled()):
+                statuses[tx_id] = "final"
+            else:
+                record = await asyncio.to_thread(self.transaction, tx_id)
+                statuses[tx_id] = record.status if record is not None else "unknown"
+        return statuses
+
+    # ------------------------------------------------------------------ NodeService: reads
+    def node_info(self) -> NodeInfo:
+        head = self.head
+        return NodeInfo(
+            chain_id=self.genesis.chain_id,
+            genesis_hash=self.genesis.hash,
+            engine=self.engine.name,
+            height=head.height,
+            head_hash=head.hash,
+            head_timestamp=head.timestamp,
+            finalized_height=self.finalized_height,
+            version=__version__,
+            address_prefix=self.genesis.address_prefix,
+            denomination=self.genesis.denomination.name,
+            decimals=self.genesis.denomination.decimals,
+            node_id=self.node_id,
+            mempool_size=len(self.pool),
+            extra={"engine": self.engine.status(), "tx_per_second": round(self.metrics.tx_rate(), 1)},
+        )
+
+    def _status_of(self, height: int) -> tuple[TxStatusName, int]:
+        head_height = self.head.height
+        confirmations = max(0, head_height - height + 1)
+        return ("final" if height <= self.finalized_height else "included"), confirmations
+
+    def transaction(self, tx_id: bytes) -> TxRecord | None:
+        with self._lock:
+            pending = self.pool.get(tx_id)
+        if pending is not None:
+            return TxRecord(pending, "pending")
+        stored = self.store.transaction(tx_id)
+        if stored is None:
+            return None
+        status, confirmations = self._status_of(stored.height)
+        return TxRecord(
+            stored.tx, status, stored.height, stored.block_hash, stored.index, confirmations, stored.timestamp
+        )
+
+    def block(self, ref: int | bytes, with_transactions: bool = True) -> BlockRecord | None:
+        if isinstance(ref, int):
+            header = self.store.block_header(ref)
+        else:
+            header = self.store.block_header_by_hash(ref)
+        if header is None:
+            return None
+        transactions = None
+        if with_transactions:
+            block = self.store.block(header.height)
+            if block is None or block.hash != header.hash:
+                return None  # reverted between the two reads
+            transactions = block.transactions
+        status, confirmations = self._status_of(header.height)
+        return BlockRecord(header, transactions, status, confirmations, self.store.certificate(header.height))
+
+    def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
+        records = []
+        for header in self.store.headers(before_height, limit):
+            status, confirmations = self._status_of(header.height)
+            records.append(BlockRecord(header, None, status, confirmations))
+        return records
+
+    def account(self, address: bytes) -> AccountRecord:
+        with self._lock:
+            balance, nonce = self.state.get(address)
+            pending_nonce = max(nonce, self.pool.pending_nonce(address))
+            pending_count = self.pool.pending_count(address)
+        return AccountRecord(address, balance, nonce, pending_nonce, pending_count)
+
+    def account_transactions(self, address: bytes, before: tuple[int, int] | None, limit: int) -> list[TxRecord]:
+        records = []
+        for stored in self.store.account_transactions(address, before, limit):
+            status, confirmations = self._status_of(stored.height)
+            records.append(
+                TxRecord(stored.tx, status, stored.height, stored.block_hash, stored.index, confirmations, stored.timestamp)
+            )
+        return records
+
+    def mempool(self, limit: int) -> MempoolRecord:
+        with self._lock:
+            return MempoolRecord(len(self.pool), self.pool.capacity, self.pool.senders(), self.pool.snapshot(limit))
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()

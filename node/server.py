@@ -1,0 +1,66 @@
+"""Run a node and its API server in one event loop until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from api.app import create_app
+from node.config import NodeConfig
+from node.runtime import Node
+
+log = logging.getLogger("ledger.node")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the node decides how to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        yield
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind before anything starts, so a taken port is a clear error, not a half-started node."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
+    await node.start()
+    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch)
+    server = _Server(
+        uvicorn.Config(app, log_level=config.log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+    )
+    loop = asyncio.get_running_loop()
+
+    def request_stop() -> None:
+        if server.should_exit:
+            server.force_exit = True
+        server.should_exit = True
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, request_stop)
+    serving = asyncio.create_task(server.serve(sockets=[api_socket]))
+    while not server.started and not serving.done():
+        await asyncio.sleep(0.02)
+    if server.started and on_ready is not None:
+        on_ready()
+    try:
+        await serving
+    finally:
+        await node.stop()

@@ -1,0 +1,112 @@
+"""The node runtime in-process: submitted transfers become final blocks, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from api.service import Accepted, Rejection
+from ledger.address import address_of
+from ledger.crypto import PrivateKey
+from ledger.genesis import dev_genesis
+from ledger.hdkeys import dev_keys
+from ledger.transaction import new_transfer
+from node.config import NodeConfig
+from node.runtime import Node
+
+KEYS = dev_keys(3)
+NODE_KEY = PrivateKey(bytes(31) + b"\x07")
+GENESIS = dev_genesis(NODE_KEY.public_key)
+CHAIN = GENESIS.chain_id
+BOB = address_of(PrivateKey(bytes(31) + b"\x09").public_key)
+
+
+def make_node(tmp_path, store_url: str) -> Node:
+    return Node(NodeConfig(data_dir=tmp_path, db=store_url), GENESIS, NODE_KEY)
+
+
+def run(coroutine):
+    return asyncio.run(asyncio.wait_for(coroutine, timeout=60))
+
+
+def test_transfers_become_final_and_survive_a_restart(tmp_path, store_url):
+    async def scenario():
+        node = make_node(tmp_path, store_url)
+        await node.start()
+        txs = [new_transfer(KEYS[0], CHAIN, nonce, BOB, 100, fee=3) for nonce in range(50)]
+        results = await node.submit(txs)
+        assert all(isinstance(r, Accepted) and not r.duplicate for r in results)
+        statuses = await node.wait_final([tx.id for tx in txs], timeout=30)
+        assert set(statuses.values()) == {"final"}
+        record = node.transaction(txs[-1].id)
+        assert record.status == "final" and record.block_height >= 1
+        assert node.account(BOB).balance == 50 * 100
+        sender = node.account(address_of(KEYS[0].public_key))
+        assert sender.nonce == 50 and sender.balance == GENESIS.allocations[address_of(KEYS[0].public_key)] - 50 * 103
+        # Fees went to the authority; nothing was created or destroyed.
+        assert node.state.get(address_of(NODE_KEY.public_key))[0] == 50 * 3
+        assert node.state.total_supply() == GENESIS.expected_supply(node.head.height)
+        head = node.head
+        await node.stop()
+        return head
+
+    head = run(scenario())
+
+    async def reopen():
+        node = make_node(tmp_path, store_url)
+        await node.start()
+        try:
+            assert node.head == head
+            assert node.account(BOB).balance == 5000
+            block = node.block(head.height)
+            assert block is not None and block.status == "final"
+        finally:
+            await node.stop()
+
+    run(reopen())
+
+
+def test_rejections_change_nothing(tmp_path):
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        await node.start()
+        try:
+            before = node.account(address_of(KEYS[1].public_key))
+            huge = GENESIS.allocations[address_of(KEYS[1].public_key)] + 1
+            bad = [
+                new_transfer(KEYS[1], "other-chain", 0, BOB, 1),
+                new_transfer(KEYS[1], CHAIN, 5_000_000, BOB, 1),
+                new_transfer(KEYS[1], CHAIN, 0, BOB, huge),
+            ]
+            results = await node.submit(bad)
+            assert [r.reason for r in results] == ["wrong_chain", "nonce_too_far", "insufficient_balance"]
+            assert all(isinstance(r, Rejection) for r in results)
+            assert node.account(address_of(KEYS[1].public_key)) == before
+            assert node.mempool(10).size == 0 and node.head.height == 0
+        finally:
+            await node.stop()
+
+    run(scenario())
+
+
+def test_blocks_fill_up_to_the_genesis_limit_and_stay_ordered(tmp_path):
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        await node.start()
+        try:
+            txs = [new_transfer(KEYS[i % 3], CHAIN, i // 3, BOB, 1) for i in range(300)]
+            results = await node.submit(txs)
+            assert all(isinstance(r, Accepted) for r in results)
+            await node.wait_final([tx.id for tx in txs], timeout=30)
+            heights = [node.transaction(tx.id).block_height for tx in txs]
+            for k in range(3):
+                mine = heights[k::3]
+                assert mine == sorted(mine)  # a sender's nonces never land out of order
+            listed = node.blocks(None, 100)
+            assert [b.header.height for b in listed] == list(range(node.head.height, -1, -1))
+            assert sum(b.header.tx_count for b in listed) == 300
+        finally:
+            await node.stop()
+
+    run(scenario())
