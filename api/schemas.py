@@ -1,0 +1,421 @@
+"""The JSON shapes of the REST API, shared by the server and the client.
+
+Every model here describes bytes on the wire: hashes, ids, keys, signatures and
+payloads are lower-case hex strings, addresses are bech32m strings, amounts are
+JSON integers.  Request models refuse unknown fields; response models ignore them,
+so an older client keeps working against a newer node.
+
+The converters at the bottom (`transaction_to_json`, `transaction_from_json`,
+`transaction_out`, `decode_raw_transaction`) are the one place where a ledger
+`Transaction` meets its JSON form; the server, the wallet and the tests all use them.
+
+This module imports no web framework: the client (and the wallet through it) uses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError
+from pydantic_core import PydanticCustomError
+
+from ledger import crypto
+from ledger.address import ADDRESS_SIZE, InvalidAddress, decode_address, encode_address
+from ledger.codec import MAX_AMOUNT, DecodeError
+from ledger.transaction import MAX_CHAIN_ID, MAX_PAYLOAD, MAX_TX_SIZE, Transaction, TxKind
+
+HASH_HEX_LENGTH = 64
+MAX_ADDRESS_LENGTH = 90
+
+TxStatus = Literal["pending", "included", "final", "unknown"]
+
+KIND_BY_NAME: dict[str, int] = {kind.name.lower(): int(kind) for kind in TxKind}
+NAME_BY_KIND: dict[int, str] = {value: name for name, value in KIND_BY_NAME.items()}
+
+_HEX = re.compile(r"[0-9a-fA-F]*")
+
+
+class InvalidInput(ValueError):
+    """Input that cannot become a ledger value; `reason` is the stable problem code,
+    `field` the offending JSON field (``transactions[3].nonce`` style)."""
+
+    def __init__(self, reason: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.field = field
+
+
+# --- field types ---------------------------------------------------------------------------
+
+
+def _hex_field(size: int | None = None, max_size: int | None = None) -> Any:
+    """A hex string (either case, normalised to lower case) of exactly `size` bytes
+    or at most `max_size` bytes.  Errors carry the reasons `bad_hex` and `bad_length`."""
+
+    def check(value: str) -> str:
+        if len(value) % 2 or not _HEX.fullmatch(value):
+            raise PydanticCustomError("bad_hex", "not an even-length hex string")
+        if size is not None and len(value) != 2 * size:
+            raise PydanticCustomError(
+                "bad_length", "expected {expected} hex characters, got {actual}",
+                {"expected": 2 * size, "actual": len(value)},
+            )
+        if max_size is not None and len(value) > 2 * max_size:
+            raise PydanticCustomError(
+                "bad_length", "at most {expected} hex characters, got {actual}",
+                {"expected": 2 * max_size, "actual": len(value)},
+            )
+        return value.lower()
+
+    return Annotated[str, Strict(), AfterValidator(check)]
+
+
+def _below_max_amount(value: int) -> int:
+    if value > MAX_AMOUNT:
+        raise PydanticCustomError("amount_overflow", "at most {maximum}", {"maximum": MAX_AMOUNT})
+    return value
+
+
+def _known_kind(value: str) -> str:
+    if value not in KIND_BY_NAME:
+        raise PydanticCustomError(
+            "unknown_kind", "unknown transaction kind; known: {known}", {"known": ", ".join(KIND_BY_NAME)}
+        )
+    return value
+
+
+HashHex = _hex_field(size=32)
+PublicKeyHex = _hex_field(size=crypto.PUBLIC_KEY_SIZE)
+SignatureHex = _hex_field(size=crypto.SIGNATURE_SIZE)
+PayloadHex = _hex_field(max_size=MAX_PAYLOAD)
+RawHex = _hex_field(max_size=MAX_TX_SIZE)
+AnyHex = _hex_field()
+Amount = Annotated[int, Strict(), Field(ge=0), AfterValidator(_below_max_amount)]
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_AMOUNT)]
+AddressText = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ADDRESS_LENGTH)]
+KindName = Annotated[str, Strict(), AfterValidator(_known_kind)]
+ChainId = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_CHAIN_ID)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Response(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# --- requests ------------------------------------------------------------------------------
+
+
+class TransactionFields(BaseModel):
+    """The signed fields of a transaction, as JSON."""
+
+    chain_id: ChainId
+    nonce: Count
+    sender: PublicKeyHex = Field(description="compressed secp256k1 public key, 33 bytes hex")
+    recipient: AddressText = Field(description="bech32m address with the network's prefix")
+    amount: Amount
+    fee: Amount
+    kind: KindName = Field(description="transaction kind: " + ", ".join(KIND_BY_NAME))
+    payload: PayloadHex = ""
+    signature: SignatureHex = Field(description="compact r||s low-S ECDSA signature, 64 bytes hex")
+
+
+class TransactionJson(TransactionFields, _Request):
+    """A signed transaction submitted field by field."""
+
+
+class RawTransaction(_Request):
+    """A signed transaction submitted as the hex of its canonical encoding."""
+
+    raw: RawHex
+
+
+SubmitItem = RawTransaction | TransactionJson
+
+
+class BatchRequest(_Request):
+    transactions: list[SubmitItem]
+
+
+# --- responses -----------------------------------------------------------------------------
+
+
+class ProblemOut(_Response):
+    """RFC 9457 problem details, with the extension members `reason` and `field`."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    reason: str
+    field: str | None = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class SubmitOut(_Response):
+    id: str
+    status: TxStatus
+    duplicate: bool = False
+    timed_out: bool = False
+
+
+class BatchItemOut(_Response):
+    index: int
+    accepted: bool
+    id: str | None = None
+    duplicate: bool = False
+    status: TxStatus | None = None  # only with wait=final
+    problem: ProblemOut | None = None
+
+
+class BatchOut(_Response):
+    results: list[BatchItemOut]
+    accepted: int
+    rejected: int
+    timed_out: bool = False
+
+
+class TransactionOut(TransactionFields, _Response):
+    id: str
+    sender_address: str
+
+
+class TransactionStatusOut(TransactionOut):
+    status: TxStatus
+    block_height: int | None = None
+    block_hash: str | None = None
+    index: int | None = None
+    confirmations: int = 0
+    timestamp: int | None = Field(default=None, description="of the including block, ms since the epoch")
+
+
+class BlockHeaderOut(_Response):
+    height: int
+    hash: str
+    parent: str
+    chain_id: str
+    version: int
+    timestamp: int = Field(description="ms since the epoch")
+    tx_root: str
+    tx_count: int
+    proposer: str
+    extra: str
+    seal: str
+    status: TxStatus
+    confirmations: int
+    size: int = 0
+
+
+class BlockOut(BlockHeaderOut):
+    certificate: str = ""
+    transactions: list[TransactionOut] | None = None
+
+
+class BlocksOut(_Response):
+    blocks: list[BlockHeaderOut]
+    next: int | None = Field(default=None, description="pass as `before` for the next page; null at the end")
+
+
+class AccountOut(_Response):
+    address: str
+    balance: int
+    nonce: int
+    pending_nonce: int
+    pending_count: int
+
+
+class AccountTransactionsOut(_Response):
+    address: str
+    transactions: list[TransactionStatusOut]
+    next: str | None = Field(default=None, description="`height:index`, pass as `before`; null at the end")
+
+
+class MempoolOut(_Response):
+    size: int
+    capacity: int
+    senders: int
+    transactions: list[TransactionOut]
+
+
+class NodeInfoOut(_Response):
+    chain_id: str
+    genesis_hash: str
+    engine: str
+    height: int
+    head_hash: str
+    head_timestamp: int
+    finalized_height: int
+    version: str
+    address_prefix: str
+    denomination: str
+    decimals: int
+    node_id: str
+    syncing: bool = False
+    sync_progress: float = 1.0
+    peers: int = 0
+    mempool_size: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+
+class HealthOut(_Response):
+    status: str
+    height: int
+
+
+class EventOut(_Response):
+    kind: str
+    data: dict[str, Any]
+
+
+# --- validation errors as (reason, field, detail) -------------------------------------------
+
+_TYPE_REASONS = {
+    "missing": "missing_field",
+    "extra_forbidden": "unknown_field",
+    "literal_error": "invalid_value",
+    "enum": "invalid_value",
+    "json_invalid": "bad_json",
+    "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
+    "less_than": "out_of_range",
+    "less_than_equal": "out_of_range",
+    "string_too_short": "out_of_range",
+    "string_too_long": "out_of_range",
+    "too_short": "out_of_range",
+    "too_long": "out_of_range",
+    "finite_number": "out_of_range",
+}
+_CUSTOM_REASONS = {"bad_hex", "bad_length", "amount_overflow", "unknown_kind"}
+
+
+def field_path(location: Sequence[str | int], prefix: str = "") -> str | None:
+    """('transactions', 3, 'nonce') -> 'transactions[3].nonce' (after `prefix`)."""
+    path = prefix
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or None
+
+
+def validation_reason(error_type: str) -> str:
+    if error_type in _CUSTOM_REASONS:
+        return error_type
+    reason = _TYPE_REASONS.get(error_type)
+    if reason is not None:
+        return reason
+    if error_type.endswith(("_type", "_parsing")) or error_type.startswith("model_"):
+        return "wrong_type"
+    return "invalid_field"
+
+
+def describe_errors(errors: Sequence[Mapping[str, Any]], prefix: str = "") -> list[InvalidInput]:
+    """Pydantic error dicts as InvalidInput values naming their field."""
+    described = []
+    for error in errors:
+        reason = validation_reason(str(error.get("type", "")))
+        described.append(InvalidInput(reason, str(error.get("msg", "invalid")), field_path(error.get("loc", ()), prefix)))
+    return described
+
+
+# --- converters ----------------------------------------------------------------------------
+
+
+def kind_name(kind: int) -> str:
+    return NAME_BY_KIND.get(kind, f"kind-{kind}")
+
+
+def transaction_to_json(tx: Transaction, prefix: str) -> dict[str, Any]:
+    """The submission JSON of a signed transaction (the TransactionJson shape)."""
+    return {
+        "chain_id": tx.chain_id,
+        "nonce": tx.nonce,
+        "sender": tx.sender.hex(),
+        "recipient": encode_address(prefix, tx.recipient),
+        "amount": tx.amount,
+        "fee": tx.fee,
+        "kind": kind_name(tx.kind),
+        "payload": tx.payload.hex(),
+        "signature": tx.signature.hex(),
+    }
+
+
+def transaction_out(tx: Transaction, prefix: str) -> dict[str, Any]:
+    """The JSON the node shows for a transaction (the TransactionOut shape)."""
+    shown = transaction_to_json(tx, prefix)
+    shown["id"] = tx.id.hex()
+    shown["sender_address"] = encode_address(prefix, tx.sender_address)
+    return shown
+
+
+def transaction_from_json(data: TransactionFields | Mapping[str, Any], prefix: str, field_prefix: str = "") -> Transaction:
+    """A Transaction from its JSON form (a mapping, a TransactionJson or a TransactionOut).
+
+    Raises InvalidInput naming the field: a schema error, an address of the wrong
+    network or with a bad checksum, or (for a TransactionOut) an id that does not
+    match the fields.
+    """
+    if not isinstance(data, TransactionFields):
+        try:
+            data = TransactionJson.model_validate(data)
+        except ValidationError as exc:
+            raise describe_errors(exc.errors(), field_prefix)[0] from None
+    try:
+        recipient = decode_address(data.recipient, prefix)
+    except InvalidAddress as exc:
+        raise InvalidInput(exc.reason, str(exc), field_path(["recipient"], field_prefix)) from None
+    tx = Transaction(
+        chain_id=data.chain_id,
+        nonce=data.nonce,
+        sender=bytes.fromhex(data.sender),
+        recipient=recipient,
+        amount=data.amount,
+        fee=data.fee,
+        kind=KIND_BY_NAME[data.kind],
+        payload=bytes.fromhex(data.payload),
+        signature=bytes.fromhex(data.signature),
+    )
+    if isinstance(data, TransactionOut) and tx.id.hex() != data.id:
+        raise InvalidInput("id_mismatch", "the transaction fields do not hash to its id", field_path(["id"], field_prefix))
+    return tx
+
+
+def decode_raw_transaction(raw: Any, field: str = "raw") -> Transaction:
+    """A Transaction from the hex of its canonical encoding; InvalidInput otherwise."""
+    if not isinstance(raw, str):
+        raise InvalidInput("wrong_type", "raw must be a hex string", field)
+    if len(raw) > 2 * MAX_TX_SIZE:
+        raise InvalidInput("bad_length", f"a transaction is at most {MAX_TX_SIZE} bytes", field)
+    try:
+        data = bytes.fromhex(raw)
+    except ValueError:
+        raise InvalidInput("bad_hex", "raw is not a hex string", field) from None
+    try:
+        return Transaction.decode(data)
+    except DecodeError as exc:
+        raise InvalidInput("decode_error", f"not a canonical transaction encoding: {exc}", field) from None
+
+
+def parse_hex(text: str, field: str, size: int | None = None) -> bytes:
+    """Bytes from a hex string of exactly `size` bytes when given; InvalidInput otherwise."""
+    if len(text) % 2 or not _HEX.fullmatch(text):
+        raise InvalidInput("bad_hex", f"{field} is not a hex string", field)
+    if size is not None and len(text) != 2 * size:
+        raise InvalidInput("bad_length", f"{field} is {2 * size} hex characters, got {len(text)}", field)
+    return bytes.fromhex(text)
+
+
+def parse_address(text: str, prefix: str, field: str = "address") -> bytes:
+    try:
+        return decode_address(text, prefix)
+    except InvalidAddress as exc:
+        raise InvalidInput(exc.reason, str(exc), field) from None
+
