@@ -42,7 +42,8 @@ class BlockHeader:
     extra: bytes = b""
     seal: bytes = b""
     version: int = BLOCK_VERSION
-    _hash: bytes = field(default=b"", compare=False, repr=False)
+    # Not an init field, so dataclasses.replace() never carries a stale hash into a variant.
+    _hash: bytes = field(default=b"", init=False, compare=False, repr=False)
 
     def unsealed_bytes(self) -> bytes:
         return (
