@@ -20,7 +20,7 @@ MAX_PAYLOAD = 256
 # format + chain id + nonce + sender + recipient + amount + fee + kind + payload + signature
 MAX_TX_SIZE = 1 + 4 + MAX_CHAIN_ID + 8 + 33 + 20 + 8 + 8 + 1 + 4 + MAX_PAYLOAD + 64
 
-CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}$")
+CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\Z")  # \Z: "$" would let a trailing newline through
 
 
 class TxKind(IntEnum):
