@@ -132,16 +132,26 @@ class Genesis:
         prefix = data["address_prefix"]
         if not isinstance(prefix, str) or not is_valid_prefix(prefix) or len(prefix) > 20:
             raise InvalidGenesis("address_prefix: 1-20 lower-case printable characters")
-        denomination = data.get("denomination", {})
-        denom = Denomination(str(denomination.get("name", "LED")), _int(denomination.get("decimals", 9), "decimals", 0, 18))
+        denomination = _object(data.get("denomination", {}), "denomination", {"name", "decimals"})
+        name = denomination.get("name", "LED")
+        if not isinstance(name, str):
+            raise InvalidGenesis("denomination.name must be a string")
+        denom = Denomination(name, _int(denomination.get("decimals", 9), "denomination.decimals", 0, 18))
         engine = data["engine"]
         if not isinstance(engine, dict) or engine.get("name") not in ENGINES:
             raise InvalidGenesis(f"engine.name: one of {', '.join(ENGINES)}")
+        _object(engine, "engine", {"name", "params"})
         params = engine.get("params", {})
         if not isinstance(params, dict):
             raise InvalidGenesis("engine.params must be an object")
         allocations: dict[bytes, int] = {}
-        for index, entry in enumerate(data.get("allocations", [])):
+        entries = data.get("allocations", [])
+        if not isinstance(entries, list):
+            raise InvalidGenesis("allocations must be a list of {address, balance} objects")
+        for index, entry in enumerate(entries):
+            entry = _object(entry, f"allocations[{index}]", {"address", "balance"})
+            if not isinstance(entry.get("address"), str):
+                raise InvalidGenesis(f"allocations[{index}].address must be a string")
             try:
                 account = decode_address(entry["address"], prefix)
             except InvalidAddress as exc:
@@ -178,6 +188,16 @@ class Genesis:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def _object(value: Any, name: str, known: set[str]) -> dict[str, Any]:
+    """A JSON object with no keys outside `known`: a misspelt key must not fall back to a default."""
+    if not isinstance(value, dict):
+        raise InvalidGenesis(f"{name} must be an object")
+    unknown = set(value) - known
+    if unknown:
+        raise InvalidGenesis(f"{name}: unknown fields: {', '.join(sorted(unknown))}")
+    return value
 
 
 def _int(value: Any, name: str, low: int, high: int) -> int:
