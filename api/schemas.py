@@ -22,11 +22,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, Valid
 from pydantic_core import PydanticCustomError
 
 from ledger import crypto
-from ledger.address import ADDRESS_SIZE, InvalidAddress, decode_address, encode_address
+from ledger.address import InvalidAddress, decode_address, encode_address
 from ledger.codec import MAX_AMOUNT, DecodeError
 from ledger.transaction import MAX_CHAIN_ID, MAX_PAYLOAD, MAX_TX_SIZE, Transaction, TxKind
 
-HASH_HEX_LENGTH = 64
 MAX_ADDRESS_LENGTH = 90
 
 TxStatus = Literal["pending", "included", "final", "unknown"]
@@ -87,12 +86,10 @@ def _known_kind(value: str) -> str:
     return value
 
 
-HashHex = _hex_field(size=32)
 PublicKeyHex = _hex_field(size=crypto.PUBLIC_KEY_SIZE)
 SignatureHex = _hex_field(size=crypto.SIGNATURE_SIZE)
 PayloadHex = _hex_field(max_size=MAX_PAYLOAD)
 RawHex = _hex_field(max_size=MAX_TX_SIZE)
-AnyHex = _hex_field()
 Amount = Annotated[int, Strict(), Field(ge=0), AfterValidator(_below_max_amount)]
 Count = Annotated[int, Strict(), Field(ge=0, le=MAX_AMOUNT)]
 AddressText = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ADDRESS_LENGTH)]
@@ -183,6 +180,8 @@ class BatchOut(_Response):
 
 
 class TransactionOut(TransactionFields, _Response):
+    # Any kind name: a client older than the node can still read blocks holding new kinds.
+    kind: str
     id: str
     sender_address: str
 
@@ -368,6 +367,9 @@ def transaction_from_json(data: TransactionFields | Mapping[str, Any], prefix: s
             data = TransactionJson.model_validate(data)
         except ValidationError as exc:
             raise describe_errors(exc.errors(), field_prefix)[0] from None
+    kind = KIND_BY_NAME.get(data.kind)
+    if kind is None:
+        raise InvalidInput("unknown_kind", f"unknown transaction kind {data.kind!r}", field_path(["kind"], field_prefix))
     try:
         recipient = decode_address(data.recipient, prefix)
     except InvalidAddress as exc:
@@ -379,7 +381,7 @@ def transaction_from_json(data: TransactionFields | Mapping[str, Any], prefix: s
         recipient=recipient,
         amount=data.amount,
         fee=data.fee,
-        kind=KIND_BY_NAME[data.kind],
+        kind=kind,
         payload=bytes.fromhex(data.payload),
         signature=bytes.fromhex(data.signature),
     )

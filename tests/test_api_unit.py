@@ -501,3 +501,11 @@ def test_client_parses_server_sent_events():
     with LedgerClient("http://node", transport=httpx.MockTransport(answer)) as node:
         events = list(node.events())
     assert [(event.kind, event.data) for event in events] == [("tx", {"id": "ab"}), ("block", {"height": 4})]
+
+
+def test_a_client_reads_a_transaction_of_a_kind_it_does_not_know():
+    shown = TransactionOut.model_validate(transaction_out(transfer(), PREFIX) | {"kind": "stake"})
+    assert shown.kind == "stake"
+    with pytest.raises(InvalidInput) as caught:
+        transaction_from_json(shown, PREFIX)
+    assert (caught.value.reason, caught.value.field) == ("unknown_kind", "kind")
