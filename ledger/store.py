@@ -152,17 +152,28 @@ def _is_memory_sqlite(url: sa.URL) -> bool:
     return database in ("", ":memory:") or "mode=memory" in database
 
 
+def parse_url(url: str | sa.URL) -> sa.URL:
+    """A database URL the store supports; a plain postgresql:// means the psycopg driver."""
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise ChainStoreError(f"not a database URL: {url!r} (use sqlite:///path.db or postgresql+psycopg://...)") from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ChainStoreError(f"unsupported database '{backend}': use sqlite:///path.db or postgresql+psycopg://...")
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str | sa.URL) -> sa.Engine:
     """An engine configured for the chain store (shared by the store and the Alembic CLI)."""
-    url = make_url(url)
-    backend = url.get_backend_name()
-    if backend == "sqlite":
+    url = parse_url(url)
+    if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    if backend == "postgresql":
-        # Repeatable read gives a reader one snapshot across its statements (a block's
-        # header and its transactions), which read committed would not.
-        return sa.create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True)
-    raise ChainStoreError(f"unsupported database '{backend}': use sqlite:/// or postgresql+psycopg://")
+    # Repeatable read gives a reader one snapshot across its statements (a block's
+    # header and its transactions), which read committed would not.
+    return sa.create_engine(url, isolation_level="REPEATABLE READ", pool_pre_ping=True)
 
 
 def _sqlite_engine(url: sa.URL) -> sa.Engine:
@@ -174,7 +185,7 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
         Path(url.database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
         # The pool hands a connection to one thread at a time, so a connection
         # may move between threads across checkouts.
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = sa.create_engine(url, connect_args={"check_same_thread": False})
 
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection, _record):
@@ -200,11 +211,9 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
 
 class ChainStore:
     def __init__(self, url: str):
-        parsed = make_url(url)
+        parsed = parse_url(url)
         self.url = parsed
         self.backend = parsed.get_backend_name()
-        if self.backend not in ("sqlite", "postgresql"):
-            raise ChainStoreError(f"unsupported database '{self.backend}': use sqlite:/// or postgresql+psycopg://")
         # One writer at a time inside the process; SQLite would otherwise make the
         # second writer wait on its busy timeout, PostgreSQL on a row lock.
         self._write_lock = threading.Lock()
@@ -627,5 +636,5 @@ def _meta_key(key: str) -> str:
 
 __all__ = [
     "ChainStore", "ChainStoreError", "GenesisMismatch", "NotInitialized", "NotNextBlock", "SchemaOutOfDate",
-    "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "metadata", "migrations_dir",
+    "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "parse_url", "metadata", "migrations_dir",
 ]

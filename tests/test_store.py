@@ -12,6 +12,8 @@ import threading
 
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ledger.address import address_of
 from ledger.block import Block, build_header
@@ -28,6 +30,7 @@ from ledger.store import (
     StoreConflict,
     account_transactions_query,
     make_engine,
+    parse_url,
 )
 from ledger.transaction import new_transfer
 
@@ -68,6 +71,11 @@ class Chain:
         self.state.commit(effects)
         self.head = block.header
         self.blocks.append(block)
+
+    def revert(self, undo) -> None:
+        self.state.revert(undo)
+        self.blocks.pop()
+        self.head = self.blocks[-1].header if self.blocks else self.genesis.block().header
 
     def commit(self, store: ChainStore, transfers, certificate: bytes = b"") -> tuple[Block, BlockEffects]:
         block, effects = self.next_block(transfers)
@@ -365,6 +373,39 @@ def test_a_fresh_store_on_the_same_database_sees_the_same_chain(store_url):
         reopened.close()
 
 
+RECIPIENTS = ADDRESSES + [fresh_address(f"fresh {i}") for i in range(3)]
+transfer_strategy = st.tuples(
+    st.integers(1, 3), st.sampled_from(RECIPIENTS), st.integers(1, 1000), st.integers(0, 5)
+)
+step_strategy = st.one_of(st.just("revert"), st.lists(transfer_strategy, max_size=4))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(step_strategy, min_size=1, max_size=8))
+def test_any_sequence_of_commits_and_reverts_keeps_the_store_equal_to_the_state(steps):
+    store = ChainStore("sqlite://")
+    try:
+        store.upgrade()
+        store.initialize(GENESIS)
+        chain = Chain()
+        for step in steps:
+            if step == "revert":
+                if not chain.blocks:
+                    with pytest.raises(ChainStoreError):
+                        store.revert_head()
+                    continue
+                reverted, undo = store.revert_head()
+                assert reverted.encode() == chain.blocks[-1].encode()
+                chain.revert(undo)
+            else:
+                chain.commit(store, step)
+            assert store.head() == chain.head
+            assert store.load_accounts() == chain.state.accounts
+            assert sum(balance for balance, _ in chain.state.accounts.values()) == GENESIS.expected_supply(chain.head.height)
+    finally:
+        store.close()
+
+
 # --- metadata and bad input ----------------------------------------------------------------------
 
 
@@ -407,9 +448,16 @@ def test_bad_arguments_get_a_clear_error(store, call):
         call(store)
 
 
-def test_an_unsupported_database_is_refused():
+def test_an_unsupported_or_malformed_database_url_is_refused():
     with pytest.raises(ChainStoreError, match="unsupported database"):
         ChainStore("mysql://localhost/chain")
+    with pytest.raises(ChainStoreError, match="not a database URL"):
+        ChainStore("chain.db")
+
+
+def test_a_plain_postgresql_url_means_the_psycopg_driver():
+    assert parse_url("postgresql://postgres@127.0.0.1/chain").drivername == "postgresql+psycopg"
+    assert parse_url("sqlite:///chain.db").drivername == "sqlite"
 
 
 # --- concurrency and the in-memory store ---------------------------------------------------------
@@ -473,7 +521,9 @@ def test_a_missing_parent_directory_is_created(tmp_path):
         store.upgrade()
         store.initialize(GENESIS)
         assert path.exists()
-        with sa.create_engine(f"sqlite:///{path}").connect() as conn:
+        plain = sa.create_engine(f"sqlite:///{path}")
+        with plain.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        plain.dispose()
     finally:
         store.close()
