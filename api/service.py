@@ -1,0 +1,148 @@
+"""The narrow service the API needs from a node.  The node runtime implements it;
+the API imports nothing from `node` (DESIGN.md: nothing imports node).
+
+Reads are plain methods (the API calls them from worker threads, they may touch
+the database); writes and waits are coroutines on the node's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from ledger.block import Block, BlockHeader
+from ledger.genesis import Genesis
+from ledger.transaction import Transaction
+
+TxStatusName = Literal["pending", "included", "final", "unknown"]
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why the node refused an input; `reason` is a stable code (the problem+json type)."""
+
+    reason: str
+    message: str
+    field: str | None = None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    tx_id: bytes
+    duplicate: bool = False  # already pending or known: accepted idempotently
+
+
+SubmitResult = Accepted | Rejection
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    tx: Transaction
+    status: TxStatusName
+    block_height: int | None = None
+    block_hash: bytes | None = None
+    index: int | None = None
+    confirmations: int = 0
+    timestamp: int | None = None  # of the including block
+
+
+@dataclass(frozen=True)
+class BlockRecord:
+    header: BlockHeader
+    transactions: tuple[Transaction, ...] | None  # None when only the header was asked for
+    status: TxStatusName
+    confirmations: int
+    certificate: bytes = b""
+    size: int = 0
+
+    @property
+    def block(self) -> Block:
+        return Block(self.header, self.transactions or ())
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    address: bytes
+    balance: int
+    nonce: int
+    pending_nonce: int
+    pending_count: int
+
+
+@dataclass(frozen=True)
+class MempoolRecord:
+    size: int
+    capacity: int
+    senders: int
+    transactions: list[Transaction]
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    chain_id: str
+    genesis_hash: bytes
+    engine: str
+    height: int
+    head_hash: bytes
+    head_timestamp: int
+    finalized_height: int
+    version: str
+    address_prefix: str
+    denomination: str
+    decimals: int
+    node_id: str
+    syncing: bool = False
+    sync_progress: float = 1.0
+    peers: int = 0
+    mempool_size: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One item of the live stream: kind 'block', 'tx' (admitted to the mempool) or 'reorg'."""
+
+    kind: str
+    data: dict
+
+
+class NodeService(Protocol):
+    genesis: Genesis
+
+    def node_info(self) -> NodeInfo: ...
+
+    async def submit(self, transactions: list[Transaction]) -> list[SubmitResult]: ...
+
+    async def wait_final(self, tx_ids: list[bytes], timeout: float) -> dict[bytes, TxStatusName]:
+        """Return when every id is final, or at `timeout` seconds, with each id's status then."""
+        ...
+
+    def transaction(self, tx_id: bytes) -> TxRecord | None: ...
+
+    def block(self, ref: int | bytes, with_transactions: bool = True) -> BlockRecord | None:
+        """A block by height (int) or hash (32 bytes)."""
+        ...
+
+    def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
+        """Headers of the newest blocks below `before_height` (None: from the head), newest first."""
+        ...
+
+    def account(self, address: bytes) -> AccountRecord: ...
+
+    def account_transactions(
+        self, address: bytes, before: tuple[int, int] | None, limit: int
+    ) -> list[TxRecord]:
+        """Transactions sent or received by `address`, newest first, strictly before the
+        (height, index) cursor when given; pending ones are not included."""
+        ...
+
+    def mempool(self, limit: int) -> MempoolRecord: ...
+
+    def subscribe(self) -> asyncio.Queue[Event]: ...
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None: ...
+
+    def metrics_text(self) -> bytes:
+        """Prometheus exposition text of the node's registry."""
+        ...
