@@ -33,6 +33,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
+from api.explorer import explorer_router
 from api.problems import (
     REASON_BY_STATUS,
     ProblemException,
@@ -677,5 +678,6 @@ def create_app(
     _add_transaction_routes(app, ctx)
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
+    app.include_router(explorer_router(service))
     _install_openapi(app)
     return app
