@@ -35,6 +35,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from api.service import BlockRecord, NodeInfo, NodeService, TxRecord
 from ledger.address import address_of, decode_address
 from ledger.codec import MAX_AMOUNT
+from ledger.genesis import Genesis
 from ledger.transaction import Transaction, TxKind
 
 TEMPLATES_DIR = Path(__file__).with_name("templates")
@@ -337,11 +338,9 @@ class Explorer:
     """Builds each page's context from the service and renders it."""
 
     def __init__(self, service: NodeService):
+        # The genesis is read when a page is rendered, not here: building the router must not
+        # depend on more of the service than the page being asked for.
         self.service = service
-        self.genesis = service.genesis
-        self.prefix = self.genesis.address_prefix
-        self.decimals = self.genesis.denomination.decimals
-        self.denomination = self.genesis.denomination.name
         self.assets = _load_static()
         self.env = Environment(
             loader=FileSystemLoader(TEMPLATES_DIR),
@@ -359,9 +358,21 @@ class Explorer:
             ago=ago_text,
             duration=duration_text,
         )
-        self.env.globals.update(static=self.static_url, denomination=self.denomination)
+        self.env.globals.update(static=self.static_url)
 
     # --- helpers --------------------------------------------------------------------------
+    @property
+    def genesis(self) -> Genesis:
+        return self.service.genesis
+
+    @property
+    def prefix(self) -> str:
+        return self.genesis.address_prefix
+
+    @property
+    def decimals(self) -> int:
+        return self.genesis.denomination.decimals
+
     def amount(self, units: int) -> str:
         return format_units(units, self.decimals)
 
@@ -393,7 +404,7 @@ class Explorer:
     def render(self, template: str, context: dict[str, Any], status: int = 200, info: NodeInfo | None = None) -> HTMLResponse:
         info = info if info is not None else self.service.node_info()
         page = {"info": info, "chain_id": info.chain_id, "now_ms": int(time.time() * 1000), "query": "",
-                "search_value": "", **context}
+                "search_value": "", "denomination": self.genesis.denomination.name, **context}
         html = self.env.get_template(template).render(page)
         return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
 
