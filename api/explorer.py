@@ -33,6 +33,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.service import BlockRecord, NodeInfo, NodeService, TxRecord
+from ledger import crypto
 from ledger.address import address_of, decode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.genesis import Genesis
@@ -54,6 +55,7 @@ MAX_ECHO = 80  # how much of a bad input a page repeats back
 
 _HEX64 = re.compile(r"(?:0x)?([0-9a-fA-F]{64})")
 _HEIGHT = re.compile(r"#?([0-9]{1,19})")
+_PUBLIC_KEY = re.compile(r"(?:0x)?((?:02|03)[0-9a-fA-F]{64})")
 _CURSOR = re.compile(r"([0-9]{1,19}):([0-9]{1,10})")
 
 _STATIC_TYPES = {
@@ -445,8 +447,9 @@ class Explorer:
         try:
             return decode_address(text, self.prefix)
         except ValueError as exc:
+            reason = str(exc)
             raise PageError(404, "Not an address of this network",
-                            f"{exc}. Addresses here start with '{self.prefix}1'.", text) from None
+                            f"{reason[:1].upper()}{reason[1:]}. Addresses here start with '{self.prefix}1'.", text) from None
 
     @staticmethod
     def query_int(request: Request, name: str) -> int | None:
@@ -729,6 +732,11 @@ class Explorer:
             if self.service.transaction(digest) is not None:
                 return RedirectResponse(f"/explorer/tx/{digest.hex()}", status_code=303)
             raise PageError(404, "Not found", "No block hash and no transaction id on this node matches.", query)
+        public_key = _PUBLIC_KEY.fullmatch(query)
+        if public_key is not None and crypto.is_valid_public_key(bytes.fromhex(public_key.group(1))):
+            # A sender's public key (as a transaction shows it) names its account too.
+            account = address_of(bytes.fromhex(public_key.group(1)))
+            return RedirectResponse(f"/explorer/account/{self.address(account)}", status_code=303)
         if query.lower().startswith(self.prefix + "1"):
             account = self.parse_address(query)
             return RedirectResponse(f"/explorer/account/{self.address(account)}", status_code=303)
