@@ -13,7 +13,8 @@ from wallet.errors import BadInput
 
 # Room for MAX_AMOUNT (19 digits) with up to 18 decimals, and a few leading zeros.
 _MAX_TEXT = 64
-_AMOUNT = re.compile(r"(\d*)(?:\.(\d*))?")
+# ASCII digits only: \d and int() would also take other scripts' digits.
+_AMOUNT = re.compile(r"([0-9]*)(?:\.([0-9]*))?")
 
 
 def parse_amount(text: str, decimals: int, what: str = "amount", denomination: str = "") -> int:

@@ -98,6 +98,8 @@ def ask_line(question: str) -> str:
     sys.stderr.write(question)
     sys.stderr.flush()
     line = sys.stdin.readline() if sys.stdin is not None else ""
+    if not interactive():
+        sys.stderr.write("\n")  # a terminal echoes the Enter key; piped answers do not
     if not line:
         raise Aborted("aborted: no answer on stdin")
     return line.strip()
