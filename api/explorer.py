@@ -150,6 +150,7 @@ def payload_text(payload: bytes) -> str | None:
 
 CHART_WIDTH = 600
 CHART_HEIGHT = 140
+CHART_MIN_SLOTS = 30
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ class Chart:
     y_middle: str
     x_first: str
     x_last: str
+    slot: float = 0.0  # the width one block takes
     width: int = CHART_WIDTH
     height: int = CHART_HEIGHT
 
@@ -206,7 +208,9 @@ def build_chart(
         return Chart(key, title, f"{title}: not enough blocks yet", kind, [], "", "", "", "", "", "")
     values = [value for _, value in points]
     top = nice_ceiling(max(values))
-    step = CHART_WIDTH / len(points)
+    # A young chain's few blocks keep a bar's width; they fill the chart from the left.
+    slots = max(len(points), CHART_MIN_SLOTS)
+    step = CHART_WIDTH / slots
     marks = []
     line = []
     for position, (height, value) in enumerate(points):
@@ -225,9 +229,12 @@ def build_chart(
         f"{title}, blocks {points[0][0]} to {points[-1][0]}: "
         f"highest {_axis_number(max(values), unit)}, average {_axis_number(round(average, 2), unit)}"
     )
+    first, last = f"#{points[0][0]}", f"#{points[-1][0]}"
+    if slots > len(points):  # the right edge is not the newest block: name the range on the left
+        first, last = (f"{first} – {last}" if first != last else first), ""
     return Chart(
         key, title, summary, kind, marks, " ".join(line), area,
-        _axis_number(top, unit), _axis_number(top / 2, unit), f"#{points[0][0]}", f"#{points[-1][0]}",
+        _axis_number(top, unit), _axis_number(top / 2, unit), first, last, round(step, 3),
     )
 
 
@@ -594,6 +601,11 @@ class Explorer:
                             tx_id)
         tx = record.tx
         block_tx_count = None
+        waiting_for = None
+        if record.status == "pending":
+            confirmed_nonce = self.service.account(tx.sender_address).nonce
+            if tx.nonce > confirmed_nonce:
+                waiting_for = (confirmed_nonce, tx.nonce - 1)
         if record.block_hash is not None:
             block = self.service.block(record.block_hash, with_transactions=False)
             block_tx_count = block.header.tx_count if block is not None else None
@@ -613,6 +625,7 @@ class Explorer:
             "size": len(tx.encode()),
             "total": tx.amount + tx.fee,
             "block_tx_count": block_tx_count,
+            "waiting_for": waiting_for,
         }
         return self.render("tx.html", context)
 

@@ -253,6 +253,8 @@
       if (liveNote) liveNote.textContent = "The node no longer knows this transaction: it left the mempool without entering a block (expired or replaced).";
     } else if (tx.status === "final" && liveNote) {
       liveNote.textContent = "Final: this transaction can no longer change.";
+    } else if (tx.status === "included" && liveNote) {
+      liveNote.textContent = "In block #" + tx.block_height + ", not final yet: this page updates as blocks confirm it.";
     }
     if (changed) {
       announce(tx.status === "included" ? "Transaction included in block " + tx.block_height : "Transaction " + tx.status);
