@@ -106,10 +106,11 @@ WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the transaction un
 
 
 def _console(stderr: bool = False) -> Console:
-    console = Console(stderr=stderr, highlight=False)
+    # No markup: paths, names and the node's messages are shown as they are, brackets included.
+    console = Console(stderr=stderr, highlight=False, markup=False)
     if not console.is_terminal:
         # Piped output: wide enough that ids and addresses are never cut.
-        console = Console(stderr=stderr, highlight=False, width=200)
+        console = Console(stderr=stderr, highlight=False, markup=False, width=200)
     return console
 
 
@@ -329,7 +330,7 @@ def new(
     entry = keystore.add(key, name, password, address_prefix, _kdf(light), path)
     document = _entry_json(entry, entry.stored_address)
     document["mnemonic"] = phrase
-    _emit(json_output, document, lambda out: out.print(f"Saved key '{name}' {entry.stored_address} in {entry.file}"))
+    _emit(json_output, document, lambda out: out.print(f"Saved key '{name}' {entry.stored_address} in {entry.file}", soft_wrap=True))
 
 
 def _refuse_taken_name(keystore: Keystore, name: str) -> None:
@@ -424,7 +425,7 @@ def import_key(
     entry = keystore.add(key, name, password, address_prefix, _kdf(light), path)
     document = _entry_json(entry, entry.stored_address)
     document["source"] = source
-    _emit(json_output, document, lambda out: out.print(f"Imported key '{name}' {entry.stored_address} into {entry.file}"))
+    _emit(json_output, document, lambda out: out.print(f"Imported key '{name}' {entry.stored_address} into {entry.file}", soft_wrap=True))
 
 
 @app.command("list")
@@ -504,7 +505,7 @@ def export(
         except OSError as exc:
             raise BadInput(f"cannot write {out_file}: {exc.strerror}", "bad_file") from None
         document = {"name": entry.name, "address": entry.stored_address, "file": str(out_file)}
-        _emit(json_output, document, lambda out: out.print(f"Wrote the private key of '{entry.name}' to {out_file}"))
+        _emit(json_output, document, lambda out: out.print(f"Wrote the private key of '{entry.name}' to {out_file}", soft_wrap=True))
         return
     document = {"name": entry.name, "address": entry.stored_address, "private_key": key.secret.hex()}
     _emit(json_output, document, lambda out: out.print(key.secret.hex()))
@@ -528,7 +529,7 @@ def passwd(
                                   "--new-password-file", prompts.NEW_PASSWORD_ENV, confirm=True)
     updated = keystore.replace(entry, reseal(entry, key, new_password, _kdf(light)))
     _emit(json_output, _entry_json(updated, updated.stored_address),
-          lambda out: out.print(f"Changed the password of '{entry.name}' ({entry.file})"))
+          lambda out: out.print(f"Changed the password of '{entry.name}' ({entry.file})", soft_wrap=True))
 
 
 # --- the node ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from enum import IntEnum
 
 class ExitCode(IntEnum):
     OK = 0
-    FAILURE = 1  # anything not listed below
+    FAILURE = 1  # anything not listed below, and "no" to a confirmation
     USAGE = 2  # bad flags or bad input: amount, address, key name, file
     UNREACHABLE = 3  # no answer from the node
     REJECTED = 4  # the node refused (or dropped) the transaction, or it could not pay
@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
 
 EXIT_CODE_HELP = {
     ExitCode.OK: "success",
-    ExitCode.FAILURE: "unexpected failure",
+    ExitCode.FAILURE: "unexpected failure, or a question answered no (nothing changed)",
     ExitCode.USAGE: "usage error or bad input (amount, address, key name, file, chain id)",
     ExitCode.UNREACHABLE: "the node cannot be reached",
     ExitCode.REJECTED: "the node refused or dropped the transaction, or the balance does not cover it",
