@@ -655,7 +655,7 @@ def tx(
 @_command
 def history(
     target: Annotated[Optional[str], typer.Argument(metavar="[ADDRESS|NAME]", help="An address or key name [default: the only key].")] = None,
-    limit: Annotated[int, typer.Option("--limit", min=1, max=1000, help="Transactions per page.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", min=1, max=100, help="Transactions per page (the API serves at most 100).")] = 20,
     before: Annotated[Optional[str], typer.Option("--before", help="Page cursor printed by the previous page.")] = None,
     node: NodeOpt = DEFAULT_NODE,
     keystore_dir: KeystoreOpt = None,

@@ -50,7 +50,8 @@ def node_errors(url: str, submitting: bool = False) -> Iterator[None]:
         detail = exc.detail or exc.reason
         if exc.status == 404:
             raise NotFound(f"the node has no such thing: {detail}", exc.reason) from None
-        if submitting and 400 <= exc.status < 500:
+        # 503 answers a submission with mempool_full, syncing or shutting_down: a refusal too.
+        if submitting and (400 <= exc.status < 500 or exc.status == 503):
             raise Rejected(f"the node refused the transaction ({exc.reason}): {detail}", exc.reason) from None
         if 400 <= exc.status < 500:
             raise BadInput(f"the node refused the request ({exc.reason}): {detail}", exc.reason) from None
