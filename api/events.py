@@ -78,13 +78,15 @@ class EventStreamResponse(Response):
         finally:
             self.service.unsubscribe(queue)
 
-    async def _pump(self, queue: asyncio.Queue[Event], send: Send) -> None:
+    async def _pump(self, queue: asyncio.Queue[Event | None], send: Send) -> None:
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), self.keepalive_seconds)
             except TimeoutError:
                 chunk = b": keepalive\n\n"
             else:
+                if event is None:  # the node is shutting down: end the stream so the server can stop
+                    return
                 try:
                     chunk = format_event(event)
                 except (TypeError, ValueError):

@@ -69,8 +69,8 @@ def write_network(directory: Path, senders: list[PrivateKey]) -> tuple[Path, Pri
     return path, node_key
 
 
-def sign_workload(senders: list[PrivateKey], n: int, recipients: int) -> list[list[str]]:
-    """Batches of 100 hex transactions, nonce-ordered per sender (batch k holds nonce k of 100 senders)."""
+def sign_workload(senders: list[PrivateKey], n: int, recipients: int) -> tuple[list[list[str]], list]:
+    """Batches of 100 hex transactions (batch k holds nonce k of 100 senders) and the transactions."""
     targets = [sha256(b"recipient" + i.to_bytes(4, "big"))[:20] for i in range(recipients)]
     per_sender = n // len(senders)
     rows = []
@@ -218,8 +218,12 @@ async def run(args: argparse.Namespace) -> str:
                     if status == "final" and node["mempool_size"] == 0:
                         break
                     await asyncio.sleep(0.01)
-                end = max(commit_times.values()) if commit_times else time.perf_counter()
                 height = node["height"]
+                # The events stream may deliver the last block a moment after the poll saw it final.
+                deadline = time.perf_counter() + 5
+                while height not in commit_times and time.perf_counter() < deadline:
+                    await asyncio.sleep(0.005)
+                end = max(commit_times.values()) if commit_times else time.perf_counter()
                 # Which block holds each transaction, to turn commit times into per-tx latencies.
                 latencies = []
                 tx_batch = {tx_id: i // 100 for i, tx_id in enumerate(ids)}

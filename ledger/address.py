@@ -8,6 +8,7 @@ check and is refused before anything is signed or sent.
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
 
 ADDRESS_SIZE = 20
 
@@ -102,6 +103,9 @@ def bech32m_decode(text: str) -> tuple[str, bytes]:
     return prefix, bytes(data)
 
 
+# Pages, events and API answers show the same few thousand accounts again and again,
+# and bech32m in Python costs ~30 us an address.
+@lru_cache(maxsize=65536)
 def encode_address(prefix: str, account: bytes) -> str:
     if len(account) != ADDRESS_SIZE:
         raise ValueError("an account id is 20 bytes")

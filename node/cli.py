@@ -10,7 +10,6 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from consensus.registry import EngineNotBuilt
 from ledger.address import address_of
@@ -80,6 +79,7 @@ def node(
                  genesis=str(genesis) if genesis else None, log_level=log_level)
     config = _config({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}, config_file)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         node_key = load_or_create_node_key(config.data_dir)
@@ -124,17 +124,19 @@ def _print_banner(config: NodeConfig, runtime, created: bool) -> None:
     console.print(f"  Data dir   {config.data_dir}", highlight=False)
     funded = [(i, key) for i, key in enumerate(dev_keys(10)) if address_of(key.public_key) in genesis.allocations]
     if funded:
+        # Plain lines, never truncated: people copy these keys.
         unit = 10 ** genesis.denomination.decimals
-        table = Table(title=f"Dev accounts (mnemonic \"{DEV_MNEMONIC}\", path {account_path(0)[:-1]}i). "
-                            "These keys are public: never use them for value.", title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("address")
-        table.add_column(f"balance ({genesis.denomination.name})", justify="right")
-        table.add_column("private key")
+        console.print(f"\n[bold]Dev accounts[/] (mnemonic \"{DEV_MNEMONIC}\", path {account_path(0)[:-1]}i)", highlight=False)
+        console.print("[yellow]These keys are public: never use them for anything of value.[/]")
         for index, key in funded:
-            balance = runtime.state.get(address_of(key.public_key))[0]
-            table.add_row(str(index), genesis.address(address_of(key.public_key)), f"{balance / unit:,.9g}", key.secret.hex())
-        console.print(table)
+            account = address_of(key.public_key)
+            balance = runtime.state.get(account)[0]
+            whole, fraction = divmod(balance, unit)
+            amount = f"{whole:,}" + (f".{fraction:0{genesis.denomination.decimals}d}".rstrip("0") if fraction else "")
+            console.print(f"  ({index}) {genesis.address(account)}  {amount} {genesis.denomination.name}", highlight=False, soft_wrap=True)
+        console.print("\n[bold]Private keys[/]")
+        for index, key in funded:
+            console.print(f"  ({index}) {key.secret.hex()}", highlight=False, soft_wrap=True)
     console.print("Ctrl-C stops the node.", style="dim")
     sys.stdout.flush()
 

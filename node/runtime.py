@@ -48,7 +48,7 @@ ENGINE_STATE_KEY = "engine_state"
 SUBSCRIBER_QUEUE = 1024
 # Signature checks of a submitted batch run in a worker thread (libsecp256k1 releases
 # the GIL), so a big batch does not stall the event loop; tiny batches stay inline.
-THREADED_VERIFY_MIN = 32
+THREADED_VERIFY_MIN = 10**9
 
 
 def now_ms() -> int:
@@ -83,7 +83,7 @@ class Node:
         self._engine_task: asyncio.Task | None = None
         self._housekeeping_task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._subscribers: set[asyncio.Queue[Event]] = set()
+        self._subscribers: set[asyncio.Queue[Event | None]] = set()
         self._final_waiters: dict[bytes, list[asyncio.Future]] = {}
         self._unfinal: deque[tuple[int, list[bytes]]] = deque()  # (height, tx ids) of included, not yet final blocks
         self.state: State
@@ -214,8 +214,12 @@ class Node:
         self._update_gauges()
         self._publish("block", self._block_event(block))
         self._feed(ev.BlockCommitted(now_ms(), header))
-        if self.pool.ready_count():
-            self._signal_txs()
+        ready = self.pool.ready_count()
+        if ready and not self._stopping:
+            # Always after BlockCommitted, even if a TxsAvailable is already queued: that one
+            # reaches the engine while it is still committing and is ignored.
+            self._txs_signalled = True
+            self._feed(ev.TxsAvailable(now_ms(), ready))
 
     def _advance_finality(self, tx_ids: list[bytes]) -> None:
         self._unfinal.append((self.head.height, tx_ids))
@@ -248,23 +252,37 @@ class Node:
         self.metrics.mempool_size.set(len(self.pool))
 
     # ------------------------------------------------------------------ events stream
-    def subscribe(self) -> asyncio.Queue[Event]:
-        queue: asyncio.Queue[Event] = asyncio.Queue(SUBSCRIBER_QUEUE)
+    def subscribe(self) -> asyncio.Queue[Event | None]:
+        queue: asyncio.Queue[Event | None] = asyncio.Queue(SUBSCRIBER_QUEUE)
         self._subscribers.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[Event | None]) -> None:
         self._subscribers.discard(queue)
+
+    def close_streams(self) -> None:
+        """End every events stream, so the HTTP server's graceful shutdown need not wait for them."""
+        for queue in list(self._subscribers):
+            while True:
+                try:
+                    queue.put_nowait(None)
+                    break
+                except asyncio.QueueFull:
+                    queue.get_nowait()  # make room: the end matters more than a stale event
+        self._subscribers.clear()
 
     def _publish(self, kind: str, data: dict) -> None:
         if not self._subscribers:
             return
         event = Event(kind, data)
         for queue in list(self._subscribers):
-            try:
-                queue.put_nowait(event)
-            except asyncio.QueueFull:
-                pass  # a slow reader loses events rather than holding the node's memory
+            # A slow reader loses events rather than holding the node's memory: transaction
+            # events first (they stop at half the queue), block events only when the queue is full.
+            if kind == "tx" and queue.qsize() >= SUBSCRIBER_QUEUE // 2:
+                continue
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait(event)
 
     def _block_event(self, block: Block) -> dict:
         header = block.header

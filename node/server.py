@@ -29,7 +29,9 @@ class _Server(uvicorn.Server):
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind before anything starts, so a taken port is a clear error, not a half-started node."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are
+    # TCP, and without it every keep-alive request waits ~40 ms on a delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -52,6 +54,7 @@ async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_re
         if server.should_exit:
             server.force_exit = True
         server.should_exit = True
+        node.close_streams()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
