@@ -791,6 +791,9 @@ def explorer_router(service: NodeService) -> APIRouter:
         return RedirectResponse("/explorer", status_code=307)
 
     def unknown(rest: str) -> Response:
+        if rest.endswith("/") or not rest:
+            # The catch-all would otherwise shadow the app's trailing-slash redirect.
+            return RedirectResponse(("/explorer/" + rest).rstrip("/"), status_code=307)
         raise PageError(404, "Page not found", "The explorer has no such page.", "/explorer/" + rest)
 
     pages: list[tuple[str, Callable[..., Response]]] = [

@@ -401,8 +401,9 @@ def test_pages_carry_a_strict_content_security_policy(tmp_path):
 def test_root_redirects_and_assets_are_served_by_the_node(tmp_path):
     async def scenario():
         async with serving(tmp_path) as (_node, client):
-            root = await client.get("/")
-            assert root.status_code == 307 and root.headers["location"] == "/explorer"
+            for path, target in [("/", "/explorer"), ("/explorer/", "/explorer"), ("/explorer/blocks/", "/explorer/blocks")]:
+                moved = await client.get(path)
+                assert moved.status_code == 307 and moved.headers["location"] == target, path
             html = html_of(await client.get("/explorer"))
             assets = re.findall(r'(?:href|src)="(/explorer/static/[^"]+)"', html)
             assert {a.split("?")[0].rsplit("/", 1)[1] for a in assets} >= {"explorer.css", "explorer.js", "theme.js"}
