@@ -32,6 +32,10 @@ class NodeConfig:
     max_batch: int = 1_000
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
+    peers: tuple[str, ...] = ()  # static peers, "host:port"
+    max_peers: int = 16
+    mine: bool = True  # proof-of-work: whether this node mines
+    miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
 
     @property
     def db_url(self) -> str:
@@ -55,6 +59,7 @@ _INT_BOUNDS = {
     "mempool_per_sender": (1, 10_000_000),
     "max_batch": (1, 100_000),
     "max_body_bytes": (1024, 1 << 30),
+    "max_peers": (1, 1000),
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -71,6 +76,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"{where}: an integer from {low} to {high}")
         return value
+    if name == "peers":
+        return _peer_list(value, where)
+    if name == "mine":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where}: true or false")
     if not isinstance(value, str):
         raise ConfigError(f"{where}: a string")
     if name == "genesis":
@@ -91,6 +104,21 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     if name == "db" and value and not value.startswith(("sqlite://", "postgresql")):
         raise ConfigError(f"{where}: a sqlite:/// or postgresql+psycopg:// URL")
     return value
+
+
+def _peer_list(value: Any, where: str) -> tuple[str, ...]:
+    """Peers as "host:port" strings, from a comma-separated string or a TOML list."""
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+        items = [item.strip() for item in value]
+    else:
+        raise ConfigError(f"{where}: a list of host:port")
+    for item in items:
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(f"{where}: '{item}' is not host:port")
+    return tuple(items)
 
 
 def load_config(
