@@ -1,0 +1,1 @@
+"""Peers: the wire messages, the Network interface the runtime uses, and its TCP implementation."""
