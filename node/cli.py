@@ -120,6 +120,7 @@ def _print_banner(config: NodeConfig, runtime, created: bool) -> None:
     console.print(f"[bold]Ledger node {__version__}[/]  chain [cyan]{genesis.chain_id}[/]  engine [cyan]{runtime.engine.name}[/]  "
                   f"height {runtime.head.height}" + ("  (new dev chain)" if created else ""), highlight=False)
     console.print(f"  REST API   {config.api_url}/v1      OpenAPI  {config.api_url}/docs", highlight=False)
+    console.print(f"  Explorer   {config.api_url}/explorer", highlight=False)
     console.print(f"  Database   {config.db_url}", highlight=False)
     console.print(f"  Data dir   {config.data_dir}", highlight=False)
     funded = [(i, key) for i, key in enumerate(dev_keys(10)) if address_of(key.public_key) in genesis.allocations]

@@ -434,7 +434,10 @@ class Node:
                 return None  # reverted between the two reads
             transactions = block.transactions
         status, confirmations = self._status_of(header.height)
-        return BlockRecord(header, transactions, status, confirmations, self.store.certificate(header.height))
+        return BlockRecord(
+            header, transactions, status, confirmations, self.store.certificate(header.height),
+            self.store.block_size(header.height) or 0,
+        )
 
     def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
         records = []
