@@ -123,23 +123,27 @@ def _print_banner(config: NodeConfig, runtime, created: bool) -> None:
     console.print(f"  Explorer   {config.api_url}/explorer", highlight=False)
     console.print(f"  Database   {config.db_url}", highlight=False)
     console.print(f"  Data dir   {config.data_dir}", highlight=False)
-    funded = [(i, key) for i, key in enumerate(dev_keys(10)) if address_of(key.public_key) in genesis.allocations]
-    if funded:
-        # Plain lines, never truncated: people copy these keys.
-        unit = 10 ** genesis.denomination.decimals
-        console.print(f"\n[bold]Dev accounts[/] (mnemonic \"{DEV_MNEMONIC}\", path {account_path(0)[:-1]}i)", highlight=False)
-        console.print("[yellow]These keys are public: never use them for anything of value.[/]")
-        for index, key in funded:
-            account = address_of(key.public_key)
-            balance = runtime.state.get(account)[0]
-            whole, fraction = divmod(balance, unit)
-            amount = f"{whole:,}" + (f".{fraction:0{genesis.denomination.decimals}d}".rstrip("0") if fraction else "")
-            console.print(f"  ({index}) {genesis.address(account)}  {amount} {genesis.denomination.name}", highlight=False, soft_wrap=True)
-        console.print("\n[bold]Private keys[/]")
-        for index, key in funded:
-            console.print(f"  ({index}) {key.secret.hex()}", highlight=False, soft_wrap=True)
+    _print_dev_accounts(genesis, lambda account: runtime.state.get(account)[0])
     console.print("Ctrl-C stops the node.", style="dim")
     sys.stdout.flush()
+
+
+def _print_dev_accounts(genesis: Genesis, balance_of) -> None:
+    funded = [(i, key) for i, key in enumerate(dev_keys(10)) if address_of(key.public_key) in genesis.allocations]
+    if not funded:
+        return
+    # Plain lines, never truncated: people copy these keys.
+    unit = 10 ** genesis.denomination.decimals
+    console.print(f"\n[bold]Dev accounts[/] (mnemonic \"{DEV_MNEMONIC}\", path {account_path(0)[:-1]}i)", highlight=False)
+    console.print("[yellow]These keys are public: never use them for anything of value.[/]")
+    for index, key in funded:
+        account = address_of(key.public_key)
+        whole, fraction = divmod(balance_of(account), unit)
+        amount = f"{whole:,}" + (f".{fraction:0{genesis.denomination.decimals}d}".rstrip("0") if fraction else "")
+        console.print(f"  ({index}) {genesis.address(account)}  {amount} {genesis.denomination.name}", highlight=False, soft_wrap=True)
+    console.print("\n[bold]Private keys[/]")
+    for index, key in funded:
+        console.print(f"  ({index}) {key.secret.hex()}", highlight=False, soft_wrap=True)
 
 
 @db_app.command("upgrade")
@@ -158,6 +162,130 @@ def db_upgrade(
     except Exception as exc:  # the database driver's errors vary by backend; say which URL failed
         fail(f"cannot upgrade {config.db_url}: {exc}", EXIT_RUNTIME)
     console.print(f"{config.db_url}: schema is current")
+
+
+@app.command()
+def init(
+    nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
+    out: Path = typer.Option(Path("testnet"), "--out", help="Folder to write genesis.json and node<i>/ into"),
+    consensus: str = typer.Option("solo", "--consensus", help="solo or pow"),
+    api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
+    p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
+    db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node)"),
+    docker: bool = typer.Option(False, "--docker", help="Container paths and service names, for docker-compose"),
+) -> None:
+    """Write keys, a shared genesis and one config per node, for any launcher."""
+    from node.testnet import TestnetError, write_network
+
+    _check_ports(api_port, p2p_port, nodes)
+    try:
+        layouts = write_network(out, nodes, consensus, api_port, p2p_port, db, docker)
+    except TestnetError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror}")
+    console.print(f"wrote {out}/genesis.json and {len(layouts)} node folders "
+                  f"(start one with: ledger node --config {layouts[0].config})", highlight=False)
+
+
+def _check_ports(api_port: int, p2p_port: int, nodes: int) -> None:
+    for name, port in (("--api-port", api_port), ("--p2p-port", p2p_port)):
+        if not 1 <= port or port + nodes - 1 > 65535:
+            fail(f"{name} {port}: node ports must stay within 1-65535")
+    if abs(api_port - p2p_port) < nodes:
+        fail("--api-port and --p2p-port ranges overlap")
+
+
+@app.command()
+def testnet(
+    nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
+    consensus: str = typer.Option("solo", "--consensus", help="solo or pow"),
+    directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
+    api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
+    p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
+    db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node, created when missing)"),
+    fresh: bool = typer.Option(False, "--fresh", help="Delete --dir first and start a new chain"),
+) -> None:
+    """Start N local nodes with one command; Ctrl-C stops them all."""
+    import shutil
+    import signal as signals
+    import time
+
+    import httpx
+
+    from node.testnet import (TestnetError, ensure_databases, node_status, start_nodes, stop_nodes,
+                              wait_until_connected, write_network)
+
+    _check_ports(api_port, p2p_port, nodes)
+    if fresh and directory.exists():
+        shutil.rmtree(directory)
+    try:
+        if (directory / "genesis.json").exists():
+            layouts = _existing_layouts(directory, nodes, api_port, p2p_port)
+        else:
+            layouts = write_network(directory, nodes, consensus, api_port, p2p_port, db)
+        ensure_databases(db, nodes)
+    except TestnetError as exc:
+        fail(str(exc))
+    genesis = Genesis.load(directory / "genesis.json")
+    stopping = False
+
+    def request_stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signals.signal(signals.SIGTERM, request_stop)
+    signals.signal(signals.SIGINT, request_stop)
+    started = time.monotonic()
+    processes = start_nodes(layouts)
+    try:
+        try:
+            statuses = wait_until_connected(layouts, processes)
+        except TestnetError as exc:
+            fail(str(exc), EXIT_RUNTIME)
+        console.print(f"[bold]Testnet[/] {len(layouts)} nodes, chain [cyan]{genesis.chain_id}[/], engine "
+                      f"[cyan]{genesis.engine}[/], data in {directory} (up in {time.monotonic() - started:.1f} s)",
+                      highlight=False)
+        for layout, status in zip(layouts, statuses):
+            role = status.get("extra", {}).get("engine", {}).get("role", genesis.engine)
+            console.print(f"  node{layout.index}  API {layout.api_url}/v1  explorer {layout.api_url}/explorer  "
+                          f"p2p 127.0.0.1:{layout.p2p_port}  {role}  log {layout.directory / 'node.log'}", highlight=False)
+        _print_dev_accounts(genesis, lambda account: genesis.allocations.get(account, 0))
+        console.print("Ctrl-C stops every node.", style="dim")
+        with httpx.Client() as client:
+            while not stopping:
+                for process, layout in zip(processes, layouts):
+                    if process.poll() is not None:
+                        errors.print(f"node{layout.index} exited with {process.returncode}; see {layout.directory / 'node.log'}")
+                        stopping = True
+                if stopping:
+                    break
+                line = []
+                for layout in layouts:
+                    status = node_status(client, layout.api_url)
+                    line.append("down" if status is None else
+                                f"h={status['height']} p={status['peers']} {status['extra'].get('tx_per_second', 0):.0f}tx/s")
+                console.print("  " + " | ".join(line), end="\r" if console.is_terminal else "\n", highlight=False)
+                for _ in range(10 if console.is_terminal else 50):
+                    if stopping:
+                        break
+                    time.sleep(0.1)
+    finally:
+        console.print("\nstopping the nodes...", highlight=False)
+        stop_nodes(processes)
+    console.print("all nodes stopped")
+
+
+def _existing_layouts(directory: Path, nodes: int, api_port: int, p2p_port: int):
+    from node.testnet import NodeLayout, TestnetError
+
+    layouts = []
+    for i in range(nodes):
+        config = directory / f"node{i}" / "config.toml"
+        if not config.exists():
+            raise TestnetError(f"{directory} holds another network ({config} is missing); use --fresh or another --dir")
+        layouts.append(NodeLayout(i, config.parent, config, f"http://127.0.0.1:{api_port + i}", p2p_port + i))
+    return layouts
 
 
 @app.command()

@@ -1,0 +1,211 @@
+"""`ledger init` and `ledger testnet`: files for an N-node network, and running it locally.
+
+`write_network` lays out DIR/genesis.json and DIR/node<i>/{node_key, config.toml}; every
+node lists the others as static peers.  `run_testnet` starts one `ledger node` process
+per config, waits until they are up and connected, prints where everything is, streams
+a status line, and stops every child on Ctrl-C (children also get SIGTERM if this
+process dies, through PR_SET_PDEATHSIG, so none is orphaned).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from ledger.address import address_of
+from ledger.crypto import PrivateKey
+from ledger.genesis import Genesis
+from ledger.hdkeys import dev_keys
+from node.keys import NODE_KEY_FILE, write_private_file
+
+CONSENSUS = ("solo", "pow")
+TESTNET_CHAIN_ID = "ledger-testnet"
+DEV_BALANCE = 1_000_000 * 10**9
+
+
+class TestnetError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class NodeLayout:
+    index: int
+    directory: Path
+    config: Path
+    api_url: str
+    p2p_port: int
+
+
+def engine_params(consensus: str, authority: PrivateKey) -> dict:
+    if consensus == "solo":
+        return {"authority": authority.public_key.hex(), "block_interval_ms": 0}
+    # Proof of work tuned for a laptop: blocks every ~2 s on a few local miners.
+    return {
+        "target_block_ms": 2000,
+        "initial_target": "1f00ffff",
+        "retarget_window": 45,
+        "max_step": 2,
+        "finality_depth": 6,
+        "max_future_ms": 15000,
+        "max_reorg_depth": 100,
+    }
+
+
+def make_genesis(consensus: str, authority: PrivateKey, chain_id: str = TESTNET_CHAIN_ID) -> Genesis:
+    return Genesis(
+        chain_id=chain_id,
+        address_prefix="tst",
+        timestamp=int(time.time() * 1000),
+        engine=consensus,
+        engine_params=engine_params(consensus, authority),
+        allocations={address_of(key.public_key): DEV_BALANCE for key in dev_keys(10)},
+        block_reward=50 * 10**9 if consensus == "pow" else 0,
+    )
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(item) for item in value) + "]"
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def write_network(
+    out: Path, nodes: int, consensus: str, api_port: int = 8000, p2p_port: int = 9000, db: str = "sqlite",
+    docker: bool = False,
+) -> list[NodeLayout]:
+    """Keys, genesis and one config per node.  With `docker`, configs use container paths and
+    service names (node0, node1, ...) and every node listens on 8000/9000 inside its container."""
+    if nodes < 1 or nodes > 64:
+        raise TestnetError("--nodes is 1 to 64")
+    if consensus not in CONSENSUS:
+        raise TestnetError(f"--consensus is one of {', '.join(CONSENSUS)} (other engines are not built yet)")
+    if (out / "genesis.json").exists():
+        raise TestnetError(f"{out} already holds a network; remove it or pick another --dir/--out")
+    out.mkdir(parents=True, exist_ok=True)
+    keys = [PrivateKey.generate() for _ in range(nodes)]
+    genesis = make_genesis(consensus, keys[0])
+    genesis.save(out / "genesis.json")
+    layouts = []
+    for i, key in enumerate(keys):
+        directory = out / f"node{i}"
+        write_private_file(directory / NODE_KEY_FILE, key.secret.hex() + "\n")
+        if docker:
+            settings = {
+                "data_dir": f"/testnet/node{i}", "genesis": "/testnet/genesis.json",
+                "api_host": "0.0.0.0", "api_port": 8000, "p2p_host": "0.0.0.0", "p2p_port": 9000,
+                "peers": [f"node{j}:9000" for j in range(nodes) if j != i],
+            }
+            if db != "sqlite":
+                settings["db"] = f"postgresql+psycopg://postgres@postgres:5432/ledger_node{i}"
+        else:
+            settings = {
+                "data_dir": str(directory.resolve()), "genesis": str((out / "genesis.json").resolve()),
+                "api_port": api_port + i, "p2p_port": p2p_port + i,
+                "peers": [f"127.0.0.1:{p2p_port + j}" for j in range(nodes) if j != i],
+            }
+            if db != "sqlite":
+                settings["db"] = _database_url(db, i)
+        if consensus == "pow":
+            settings["mine"] = True
+        config = directory / "config.toml"
+        config.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()), encoding="utf-8")
+        layouts.append(NodeLayout(i, directory, config, f"http://127.0.0.1:{api_port + i}", p2p_port + i))
+    return layouts
+
+
+def _database_url(base: str, index: int) -> str:
+    import sqlalchemy as sa
+
+    url = sa.make_url(base if "+" in base.split("://")[0] else base.replace("postgresql://", "postgresql+psycopg://", 1))
+    return url.set(database=f"ledger_node{index}").render_as_string(hide_password=False)
+
+
+def ensure_databases(db: str, nodes: int) -> None:
+    """With PostgreSQL, one database per node, created when missing."""
+    if db == "sqlite":
+        return
+    import sqlalchemy as sa
+
+    admin_url = sa.make_url(_database_url(db, 0)).set(database="postgres")
+    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            existing = set(conn.execute(sa.text("SELECT datname FROM pg_database")).scalars())
+            for i in range(nodes):
+                if f"ledger_node{i}" not in existing:
+                    conn.execute(sa.text(f'CREATE DATABASE "ledger_node{i}"'))
+    except sa.exc.OperationalError as exc:
+        raise TestnetError(f"cannot reach PostgreSQL at {admin_url.render_as_string()}: {exc.orig}") from None
+    finally:
+        engine.dispose()
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def start_nodes(layouts: list[NodeLayout]) -> list[subprocess.Popen]:
+    processes = []
+    for layout in layouts:
+        log = open(layout.directory / "node.log", "ab")
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "node.cli", "node", "--config", str(layout.config)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
+        )
+        log.close()
+    return processes
+
+
+def stop_nodes(processes: list[subprocess.Popen], timeout: float = 15.0) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def node_status(client: httpx.Client, url: str) -> dict | None:
+    try:
+        response = client.get(f"{url}/v1/node", timeout=2)
+        return response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def wait_until_connected(layouts: list[NodeLayout], processes: list[subprocess.Popen], timeout: float = 60) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    want = min(1, len(layouts) - 1)
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            for layout, process in zip(layouts, processes):
+                if process.poll() is not None:
+                    tail = (layout.directory / "node.log").read_text(errors="replace").strip().splitlines()[-3:]
+                    raise TestnetError(f"node{layout.index} exited ({process.returncode}): " + " | ".join(tail))
+            statuses = [node_status(client, layout.api_url) for layout in layouts]
+            if all(s is not None and s["peers"] >= want for s in statuses):
+                if len(layouts) == 1 or all(s["peers"] >= len(layouts) - 1 for s in statuses):
+                    return statuses  # type: ignore[return-value]
+            time.sleep(0.2)
+    raise TestnetError(f"the nodes did not all connect within {timeout:.0f} s; see their node.log files")
