@@ -10,6 +10,7 @@ state are touched by the event loop; API reads from worker threads take `_lock`.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 import logging
 import threading
 import time
@@ -48,7 +49,7 @@ ENGINE_STATE_KEY = "engine_state"
 SUBSCRIBER_QUEUE = 1024
 
 
-def now_ms() -> int:
+def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
@@ -64,13 +65,20 @@ class _Built:
 class Node:
     """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
 
-    def __init__(self, config: NodeConfig, genesis: Genesis, node_key: PrivateKey):
+    def __init__(
+        self, config: NodeConfig, genesis: Genesis, node_key: PrivateKey,
+        *, clock: Callable[[], int] | None = None, blocking: Callable[..., Awaitable] | None = None,
+        store: ChainStore | None = None,
+    ):
         self.config = config
         self.genesis = genesis
         self.node_key = node_key
         self.node_id = address_of(node_key.public_key).hex()
         self.metrics = NodeMetrics()
-        self.store = ChainStore(config.db_url)
+        # The simulator hands in virtual time, a shared in-memory store and inline "threads".
+        self.now_ms: Callable[[], int] = clock or wall_clock_ms
+        self._blocking: Callable[..., Awaitable] = blocking or asyncio.to_thread
+        self.store = store if store is not None else ChainStore(config.db_url)
         self.engine = create_engine(genesis, node_key)
         self._lock = threading.Lock()
         self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
@@ -107,10 +115,10 @@ class Node:
         self._update_gauges()
 
     async def start(self) -> None:
-        await asyncio.to_thread(self.open)
+        await self._blocking(self.open)
         self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self._feed(ev.Started(now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY)))
+        self._feed(ev.Started(self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY)))
         log.info("node %s started at height %d (%s engine)", self.node_id[:12], self.head.height, self.engine.name)
 
     async def stop(self) -> None:
@@ -127,7 +135,7 @@ class Node:
             for future in waiters:
                 if not future.done():
                     future.cancel()
-        await asyncio.to_thread(self.store.close)
+        await self._blocking(self.store.close)
         log.info("node stopped at height %d", self.head.height)
 
     # ------------------------------------------------------------------ engine loop
@@ -151,13 +159,13 @@ class Node:
     async def _perform(self, action: ev.Action) -> None:
         if isinstance(action, ev.BuildBlock):
             if not self._stopping:
-                self._feed(ev.BlockBuilt(now_ms(), self._build_block(action)))
+                self._feed(ev.BlockBuilt(self.now_ms(), self._build_block(action)))
         elif isinstance(action, ev.Commit):
             await self._commit(action.block, action.certificate)
         elif isinstance(action, ev.SetTimer):
             self._set_timer(action.at)
         elif isinstance(action, ev.Persist):
-            await asyncio.to_thread(self.store.set_meta, ENGINE_STATE_KEY, action.state)
+            await self._blocking(self.store.set_meta, ENGINE_STATE_KEY, action.state)
         else:
             raise NotImplementedError(f"the runtime cannot perform {type(action).__name__} yet")
 
@@ -165,8 +173,8 @@ class Node:
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        delay = max(0.0, (at_ms - now_ms()) / 1000)
-        self._timer = loop.call_later(delay, lambda: self._feed(ev.Tick(now_ms())))
+        delay = max(0.0, (at_ms - self.now_ms()) / 1000)
+        self._timer = loop.call_later(delay, lambda: self._feed(ev.Tick(self.now_ms())))
 
     def _build_block(self, request: ev.BuildBlock) -> Block:
         if request.parent != self.head.hash:
@@ -200,7 +208,7 @@ class Node:
             effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
         self._built = None
         started = time.perf_counter()
-        await asyncio.to_thread(self.store.commit_block, block, effects, certificate)
+        await self._blocking(self.store.commit_block, block, effects, certificate)
         elapsed = time.perf_counter() - started
         with self._lock:
             self.state.commit(effects)
@@ -210,13 +218,13 @@ class Node:
         self._advance_finality([tx.id for tx in block.transactions])
         self._update_gauges()
         self._publish("block", self._block_event(block))
-        self._feed(ev.BlockCommitted(now_ms(), header))
+        self._feed(ev.BlockCommitted(self.now_ms(), header))
         ready = self.pool.ready_count()
         if ready and not self._stopping:
             # Always after BlockCommitted, even if a TxsAvailable is already queued: that one
             # reaches the engine while it is still committing and is ignored.
             self._txs_signalled = True
-            self._feed(ev.TxsAvailable(now_ms(), ready))
+            self._feed(ev.TxsAvailable(self.now_ms(), ready))
 
     def _advance_finality(self, tx_ids: list[bytes]) -> None:
         self._unfinal.append((self.head.height, tx_ids))
@@ -232,13 +240,13 @@ class Node:
     def _signal_txs(self) -> None:
         if not self._txs_signalled and not self._stopping:
             self._txs_signalled = True
-            self._feed(ev.TxsAvailable(now_ms(), self.pool.ready_count()))
+            self._feed(ev.TxsAvailable(self.now_ms(), self.pool.ready_count()))
 
     async def _housekeeping(self) -> None:
         while True:
             await asyncio.sleep(5)
             with self._lock:
-                expired = self.pool.expire(now_ms())
+                expired = self.pool.expire(self.now_ms())
             if expired:
                 log.info("expired %d transactions from the mempool", len(expired))
             self._update_gauges()
@@ -302,7 +310,7 @@ class Node:
         # libsecp256k1 call drops and re-takes the GIL against the loop, which measured slower.
         checks = self._check_stateless(transactions)
         results: list[SubmitResult] = []
-        now = now_ms()
+        now = self.now_ms()
         admitted: list[Transaction] = []
         with self._lock:
             for tx, problem in zip(transactions, checks):
@@ -355,7 +363,7 @@ class Node:
         loop = asyncio.get_running_loop()
         waiting: dict[bytes, asyncio.Future] = {}
         for tx_id in tx_ids:
-            record = await asyncio.to_thread(self.transaction, tx_id) if tx_id not in self.pool else None
+            record = await self._blocking(self.transaction, tx_id) if tx_id not in self.pool else None
             if record is not None and record.status == "final":
                 continue
             future = loop.create_future()
@@ -378,7 +386,7 @@ class Node:
             if future is None or (future.done() and not future.cancelled()):
                 statuses[tx_id] = "final"
             else:
-                record = await asyncio.to_thread(self.transaction, tx_id)
+                record = await self._blocking(self.transaction, tx_id)
                 statuses[tx_id] = record.status if record is not None else "unknown"
         return statuses
 
