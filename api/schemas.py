@@ -400,6 +400,8 @@ def decode_raw_transaction(raw: Any, field: str = "raw") -> Transaction:
         data = bytes.fromhex(raw)
     except ValueError:
         raise InvalidInput("bad_hex", "raw is not a hex string", field) from None
+    if 2 * len(data) != len(raw):  # bytes.fromhex skips whitespace; hex on the wire has none
+        raise InvalidInput("bad_hex", "raw is not a hex string (it holds whitespace)", field)
     try:
         return Transaction.decode(data)
     except DecodeError as exc:
