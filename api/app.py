@@ -223,6 +223,11 @@ def _is_json_media_type(content_type: str) -> bool:
     return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
 
 
+def _refuse_non_json_constant(name: str) -> Any:
+    # The json module reads NaN and Infinity, which JSON (RFC 8259) does not have.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 async def _json_body(request: Request) -> Any:
     content_type = request.headers.get("content-type")
     # A missing Content-Type is tolerated for simple clients; a form or text body is
@@ -235,7 +240,7 @@ async def _json_body(request: Request) -> Any:
     if not body:
         raise ProblemException(problem("bad_json", "the request body is empty; a JSON object is expected"))
     try:
-        return json.loads(body)
+        return json.loads(body, parse_constant=_refuse_non_json_constant)
     except RecursionError:
         raise ProblemException(problem("bad_json", "JSON nested too deeply")) from None
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
