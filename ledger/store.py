@@ -483,12 +483,20 @@ class ChainStore:
 
     def headers(self, before_height: int | None, limit: int) -> list[BlockHeader]:
         """Headers newest first, strictly below `before_height` (from the head when None)."""
-        query = sa.select(blocks_table.c.header).order_by(blocks_table.c.height.desc()).limit(_limit(limit))
+        return [header for header, _ in self.headers_with_sizes(before_height, limit)]
+
+    def headers_with_sizes(self, before_height: int | None, limit: int) -> list[tuple[BlockHeader, int]]:
+        """As `headers`, each with its block's size in bytes, in one query."""
+        query = (
+            sa.select(blocks_table.c.header, blocks_table.c.size)
+            .order_by(blocks_table.c.height.desc())
+            .limit(_limit(limit))
+        )
         if before_height is not None:
             query = query.where(blocks_table.c.height < _int(before_height, "before_height"))
         with self._reading() as conn:
-            raws = conn.execute(query).scalars().all()
-        return [BlockHeader.decode(bytes(raw)) for raw in raws]
+            rows = conn.execute(query).all()
+        return [(BlockHeader.decode(bytes(row.header)), row.size) for row in rows]
 
     # --- transactions and accounts ---------------------------------------------------------
 

@@ -449,9 +449,9 @@ class Node:
 
     def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
         records = []
-        for header in self.store.headers(before_height, limit):
+        for header, size in self.store.headers_with_sizes(before_height, limit):
             status, confirmations = self._status_of(header.height)
-            records.append(BlockRecord(header, None, status, confirmations))
+            records.append(BlockRecord(header, None, status, confirmations, size=size))
         return records
 
     def account(self, address: bytes) -> AccountRecord:
