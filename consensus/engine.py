@@ -21,6 +21,7 @@ Request/answer pairs:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, BlockHeader
@@ -33,6 +34,10 @@ class Started:
     now: int
     head: BlockHeader
     persisted: bytes | None  # the engine's last Persist, or None on a fresh node
+    # The last `engine.ancestors_needed` headers of the chain, oldest first, ending with
+    # `head` (fewer only when the chain is shorter).  Engines that need only the head
+    # (ancestors_needed == 1) accept it empty.
+    recent: tuple[BlockHeader, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +69,15 @@ class BlockExecuted:
 
 @dataclass(frozen=True, slots=True)
 class BlockCommitted:
+    """The head moved to `header`: a block the engine asked to commit, or one imported from
+    a peer, or the new head after a reorg."""
+
     now: int
     header: BlockHeader
+    # Needed only when `header` is not a child of the previous head (a reorg, or a jump):
+    # then the new head's recent headers, as in Started.  A child of the previous head
+    # may come without them; the engine extends its own window.
+    recent: tuple[BlockHeader, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +198,9 @@ class Engine(ABC):
     """One consensus engine.  Subclasses implement `handle` and the pure seal check."""
 
     name: str
+    # How many recent headers, oldest first and ending with the parent, `verify_header`
+    # needs to check a block (and the state machine needs in Started.recent).
+    ancestors_needed: int = 1
 
     @abstractmethod
     def handle(self, event: Event) -> list[Action]:
@@ -195,6 +210,17 @@ class Engine(ABC):
     def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
         """Raise InvalidSeal unless `header` is properly sealed on top of `parent`.
         Pure: used by sync and import without running the state machine."""
+
+    def verify_header(self, header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: int | None = None) -> None:
+        """Raise InvalidSeal unless `header` is properly sealed on top of `ancestors[-1]`.
+
+        `ancestors` are the last `ancestors_needed` headers of the branch the block extends,
+        oldest first (fewer only near genesis); `now_ms` is the receiver's clock for rules
+        such as "not too far in the future" (None skips them, for blocks already accepted
+        once).  Engines whose check needs only the parent keep this default."""
+        if not ancestors:
+            raise ValueError("verify_header needs at least the parent header")
+        self.verify_seal(header, ancestors[-1])
 
     @abstractmethod
     def finalized_height(self, head_height: int) -> int:
