@@ -195,7 +195,7 @@ async def run(args: argparse.Namespace) -> str:
         db_url, db_name = (None, None)
         if args.db:
             db_url, db_name = create_pg_database(args.db)
-        command = [sys.executable, "-m", "node.cli", "node", "--data-dir", str(data_dir), "--api-port", str(port),
+        command = [sys.executable, "-m", "node.cli", "node", "--data-dir", str(data_dir), "--api-port", str(port), "--p2p-port", "0",
                    "--genesis", str(genesis_path), "--log-level", "warning"]
         if db_url:
             command += ["--db", db_url]

@@ -226,6 +226,10 @@ class Engine(ABC):
     def finalized_height(self, head_height: int) -> int:
         """The highest height that can no longer be reverted, given the head."""
 
+    def block_work(self, header: BlockHeader) -> int:
+        """The weight of a block in fork choice; the heaviest chain wins.  1 a block: the longest."""
+        return 1
+
     def status(self) -> dict:
         """Engine state for debugging (GET /v1/node shows it)."""
         return {}

@@ -32,7 +32,8 @@ from api.service import (
 from consensus import engine as ev
 from consensus.registry import create_engine
 from ledger.address import address_of
-from ledger.block import Block, BlockHeader, build_header
+from ledger.block import Block, BlockHeader, InvalidBlock, build_header
+from ledger.codec import DecodeError
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.mempool import Mempool, MempoolRejection
@@ -41,16 +42,31 @@ from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
 from node import __version__
 from node.config import NodeConfig
+from node.forks import SideBlocks
+from node.gossip import TxGossip
 from node.metrics import NodeMetrics
+from node.p2p import messages as wire
+from node.p2p.network import Network, PeerInfo
+from node.sync import BlockSync
 
 log = logging.getLogger("ledger.node")
 
 ENGINE_STATE_KEY = "engine_state"
 SUBSCRIBER_QUEUE = 1024
+MAX_FUTURE_MS = 15_000  # a block stamped further ahead of our clock is refused
 
 
 def wall_clock_ms() -> int:
     return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class _Import:
+    """Blocks from a peer, imported by the engine task in order with everything else."""
+
+    blocks: list[Block]
+    peer: str
+    relay: bool  # a pushed new block: pass it on to the other peers once it is our head
 
 
 @dataclass
@@ -66,7 +82,7 @@ class Node:
     """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
 
     def __init__(
-        self, config: NodeConfig, genesis: Genesis, node_key: PrivateKey,
+        self, config: NodeConfig, genesis: Genesis, node_key: PrivateKey, network: Network | None = None,
         *, clock: Callable[[], int] | None = None, blocking: Callable[..., Awaitable] | None = None,
         store: ChainStore | None = None,
     ):
@@ -81,7 +97,12 @@ class Node:
         self.store = store if store is not None else ChainStore(config.db_url)
         self.engine = create_engine(genesis, node_key)
         self._lock = threading.Lock()
-        self._events: asyncio.Queue[ev.Event | None] = asyncio.Queue()
+        self._events: asyncio.Queue[ev.Event | _Import | None] = asyncio.Queue()
+        self.network = network
+        self.gossip = TxGossip(network, self._admit, self._pending_tx) if network is not None else None
+        self.sync = BlockSync(self)
+        self.side_blocks = SideBlocks()
+        self.max_reorg_depth = int(genesis.engine_params.get("max_reorg_depth", 100))
         self._txs_signalled = False
         self._built: _Built | None = None
         self._stopping = False
@@ -119,11 +140,17 @@ class Node:
         self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         self._feed(ev.Started(self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY)))
+        if self.network is not None:
+            self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
+            await self.network.start(self)
         log.info("node %s started at height %d (%s engine)", self.node_id[:12], self.head.height, self.engine.name)
 
     async def stop(self) -> None:
         """Finish the block in flight (its database transaction commits or rolls back whole), then close."""
         self._stopping = True
+        if self.network is not None:
+            await self.network.stop()
+            await self.gossip.stop()
         if self._timer is not None:
             self._timer.cancel()
         if self._housekeeping_task is not None:
@@ -139,7 +166,7 @@ class Node:
         log.info("node stopped at height %d", self.head.height)
 
     # ------------------------------------------------------------------ engine loop
-    def _feed(self, event: ev.Event) -> None:
+    def _feed(self, event: ev.Event | _Import) -> None:
         self._events.put_nowait(event)
 
     async def _run_engine(self) -> None:
@@ -147,6 +174,12 @@ class Node:
             event = await self._events.get()
             if event is None:
                 return
+            if isinstance(event, _Import):
+                try:
+                    await self._import(event)
+                except Exception:
+                    log.exception("importing blocks from %s failed", event.peer[:12])
+                continue
             if isinstance(event, ev.TxsAvailable):
                 self._txs_signalled = False
             try:
@@ -162,6 +195,14 @@ class Node:
                 self._feed(ev.BlockBuilt(self.now_ms(), self._build_block(action)))
         elif isinstance(action, ev.Commit):
             await self._commit(action.block, action.certificate)
+            if self.network is not None:
+                self.network.broadcast(wire.NewBlock(action.block.encode()))
+        elif isinstance(action, ev.Broadcast):
+            if self.network is not None:
+                self.network.broadcast(wire.EngineMessage(action.message))
+        elif isinstance(action, ev.Send):
+            if self.network is not None:
+                self.network.send(action.peer, wire.EngineMessage(action.message))
         elif isinstance(action, ev.SetTimer):
             self._set_timer(action.at)
         elif isinstance(action, ev.Persist):
@@ -199,10 +240,12 @@ class Node:
         self._built = _Built(header.height, header.tx_root, effects)
         return Block(header, tuple(transactions))
 
-    async def _commit(self, block: Block, certificate: bytes) -> None:
+    async def _commit(self, block: Block, certificate: bytes, effects: BlockEffects | None = None) -> None:
         header = block.header
         built = self._built
-        if built is not None and built.height == header.height and built.tx_root == header.tx_root:
+        if effects is not None:
+            pass
+        elif built is not None and built.height == header.height and built.tx_root == header.tx_root:
             effects = built.effects
         else:
             effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
@@ -218,6 +261,8 @@ class Node:
         self._advance_finality([tx.id for tx in block.transactions])
         self._update_gauges()
         self._publish("block", self._block_event(block))
+        if self.network is not None:
+            self.network.update_status(header.height, header.hash, self.finalized_height)
         self._feed(ev.BlockCommitted(self.now_ms(), header))
         ready = self.pool.ready_count()
         if ready and not self._stopping:
@@ -244,11 +289,13 @@ class Node:
 
     async def _housekeeping(self) -> None:
         while True:
-            await asyncio.sleep(5)
+            await asyncio.sleep(1)
             with self._lock:
                 expired = self.pool.expire(self.now_ms())
             if expired:
                 log.info("expired %d transactions from the mempool", len(expired))
+            if self.network is not None:
+                self.sync.check_timeout()
             self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -304,6 +351,13 @@ class Node:
 
     # ------------------------------------------------------------------ NodeService: writes
     async def submit(self, transactions: list[Transaction]) -> list[SubmitResult]:
+        return await self._admit(transactions, None)
+
+    def _pending_tx(self, tx_id: bytes) -> Transaction | None:
+        with self._lock:
+            return self.pool.get(tx_id)
+
+    async def _admit(self, transactions: list[Transaction], origin: str | None) -> list[SubmitResult]:
         if self._stopping:
             return [Rejection("shutting_down", "the node is shutting down")] * len(transactions)
         # Signatures are checked here on the event loop (~40 us each): in a worker thread every
@@ -325,6 +379,14 @@ class Node:
                 results.append(Accepted(tx.id, duplicate=not added))
                 if added:
                     admitted.append(tx)
+        used = [i for i, r in enumerate(results) if isinstance(r, Rejection) and r.reason == "nonce_too_low"]
+        if used:
+            # Submitting is idempotent (docs/api.md): a transaction already on the chain, sent
+            # again by a client whose answer was lost, is a known duplicate, not a nonce error.
+            stored = await self._blocking(self._stored_ids, [transactions[i].id for i in used])
+            for i in used:
+                if transactions[i].id in stored:
+                    results[i] = Accepted(transactions[i].id, duplicate=True)
         rejected = [r for r in results if isinstance(r, Rejection)]
         for rejection in rejected:
             self.metrics.rejected.labels(rejection.reason).inc()
@@ -332,10 +394,15 @@ class Node:
             self.metrics.admitted.inc(len(admitted))
             self.metrics.mempool_size.set(len(self.pool))
             self._signal_txs()
+            if self.gossip is not None:
+                self.gossip.admitted(admitted, origin)
             if self._subscribers:
                 for tx in admitted[:100]:
                     self._publish("tx", self._tx_event(tx))
         return results
+
+    def _stored_ids(self, tx_ids: list[bytes]) -> set[bytes]:
+        return {tx_id for tx_id in tx_ids if self.store.transaction(tx_id) is not None}
 
     def _check_stateless(self, transactions: list[Transaction]) -> list[InvalidTransaction | None]:
         chain_id = self.genesis.chain_id
@@ -390,9 +457,187 @@ class Node:
                 statuses[tx_id] = record.status if record is not None else "unknown"
         return statuses
 
+    # ------------------------------------------------------------------ peers (PeerHandler)
+    def on_peer_connected(self, peer: PeerInfo) -> None:
+        log.info("peer %s connected (%s, height %d)", peer.id[:12], peer.address or "inbound", peer.head_height)
+        self._feed(ev.PeerConnected(self.now_ms(), peer.id))
+        self.sync.on_peer_status(peer)
+
+    def on_peer_disconnected(self, peer_id: str) -> None:
+        log.info("peer %s disconnected", peer_id[:12])
+        self._feed(ev.PeerDisconnected(self.now_ms(), peer_id))
+        self.sync.peer_gone(peer_id)
+
+    def on_peer_message(self, peer_id: str, message: object) -> None:
+        if self._stopping:
+            return
+        gossip = self.gossip
+        assert gossip is not None and self.network is not None
+        if isinstance(message, wire.TxAnnounce):
+            gossip.on_announce(peer_id, message.ids)
+        elif isinstance(message, wire.TxRequest):
+            gossip.on_request(peer_id, message.ids)
+        elif isinstance(message, wire.TxBatch):
+            asyncio.get_running_loop().create_task(gossip.on_batch(peer_id, message.transactions))
+        elif isinstance(message, wire.NewBlock):
+            try:
+                block = Block.decode(message.block, self.genesis.max_block_transactions)
+            except DecodeError as exc:
+                self.network.penalize(peer_id, 50, f"undecodable block: {exc}")
+                return
+            self._feed(_Import([block], peer_id, relay=True))
+        elif isinstance(message, wire.GetBlocks):
+            asyncio.get_running_loop().create_task(self.sync.serve(peer_id, message))
+        elif isinstance(message, wire.Blocks):
+            blocks = self.sync.decode_response(peer_id, message)
+            if blocks is not None:
+                self._feed(_Import(blocks, peer_id, relay=False))
+        elif isinstance(message, wire.Status):
+            for peer in self.network.peers():
+                if peer.id == peer_id:
+                    self.sync.on_peer_status(peer)
+        elif isinstance(message, wire.EngineMessage):
+            self._feed(ev.PeerMessage(self.now_ms(), peer_id, message.payload))
+
+    def locator(self) -> list[bytes]:
+        """Our block hashes at heights head, head-1, head-2, head-4, ... and genesis."""
+        heights = []
+        step, height = 1, self.head.height
+        while height > 0:
+            heights.append(height)
+            if len(heights) >= 10:
+                step *= 2
+            height -= step
+        heights.append(0)
+        hashes = []
+        for h in heights[:64]:
+            header = self.head if h == self.head.height else self.store.block_header(h)
+            if header is not None:
+                hashes.append(header.hash)
+        return hashes
+
+    async def _import(self, item: _Import) -> None:
+        assert self.network is not None
+        for block in item.blocks:
+            header = block.header
+            if header.hash in self.side_blocks or self._main_header(header.hash) is not None:
+                continue  # known
+            if header.parent != self.head.hash:
+                if not await self._consider_fork(block, item.peer):
+                    break
+                continue
+            try:
+                effects = self._validate(block, self.head)
+            except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
+                self._refuse(block, item.peer, exc)
+                break
+            await self._commit(block, b"", effects)
+            if item.relay:
+                self.network.broadcast(wire.NewBlock(block.encode()), exclude=frozenset((item.peer,)))
+        if not item.relay:
+            self.sync.after_import()
+
+    def _refuse(self, block: Block, peer: str, exc: Exception) -> None:
+        reason = getattr(exc, "reason", type(exc).__name__)
+        log.warning("refused block %d from %s: %s (%s)", block.height, peer[:12], exc, reason)
+        if self.network is not None:
+            self.network.penalize(peer, 50, f"invalid block: {exc}")
+
+    def _main_header(self, block_hash: bytes) -> BlockHeader | None:
+        if block_hash == self.head.hash:
+            return self.head
+        return self.store.block_header_by_hash(block_hash)
+
+    async def _consider_fork(self, block: Block, peer: str) -> bool:
+        """A block that does not extend our head: keep it, and reorg if its branch now
+        outweighs ours. False when its ancestry is missing (we ask the peer for it)."""
+        self.side_blocks.add(block)
+        found = self.side_blocks.branch(block, self._main_header)
+        if found is None:
+            self.sync.on_peer_status(PeerInfo(peer, "", False, block.height, block.hash))
+            return False
+        fork_point, branch = found
+        if fork_point.height < self.finalized_height or self.head.height - fork_point.height > self.max_reorg_depth:
+            log.warning("refused a reorg to %d from %s: it would revert final blocks or go deeper than %d",
+                        block.height, peer[:12], self.max_reorg_depth)
+            self.side_blocks.discard(block.hash)
+            return True
+        ours = sum(self.engine.block_work(h) for h in self._main_headers_after(fork_point.height))
+        theirs = sum(self.engine.block_work(b.header) for b in branch)
+        if theirs > ours:
+            await self._reorg(fork_point, branch, peer)
+        return True
+
+    def _main_headers_after(self, height: int) -> list[BlockHeader]:
+        return [self.store.block_header(h) for h in range(height + 1, self.head.height + 1)]
+
+    async def _reorg(self, fork_point: BlockHeader, branch: list[Block], peer: str) -> None:
+        old_head = self.head
+        reverted = await self._revert_to(fork_point.height)
+        applied: list[Block] = []
+        for block in branch:
+            try:
+                effects = self._validate(block, self.head)
+            except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
+                self._refuse(block, peer, exc)
+                self.side_blocks.discard(block.hash)
+                # Put our own branch back: it was valid, and it is still the heaviest we know.
+                await self._revert_to(fork_point.height)
+                for ours in reversed(reverted):
+                    await self._commit(ours, b"", self.state.apply(ours.transactions, ours.header.proposer,
+                                                                 self.genesis.block_reward))
+                return
+            await self._commit(block, b"", effects)
+            self.side_blocks.discard(block.hash)
+            applied.append(block)
+        for abandoned in reverted:
+            self.side_blocks.add(abandoned)
+        in_new_branch = {tx.id for block in applied for tx in block.transactions}
+        returning = [tx for block in reversed(reverted) for tx in block.transactions if tx.id not in in_new_branch]
+        with self._lock:
+            self.pool.readmit(returning, self.now_ms())
+        log.warning("reorg: %d blocks replaced from height %d (head %d -> %d)", len(reverted), fork_point.height + 1,
+                    old_head.height, self.head.height)
+        self._publish("reorg", {
+            "fork_height": fork_point.height, "depth": len(reverted), "old_head": old_head.hash.hex(),
+            "new_head": self.head.hash.hex(), "height": self.head.height,
+            "returned_to_mempool": len(returning),
+        })
+
+    async def _revert_to(self, height: int) -> list[Block]:
+        """Undo main-chain blocks down to `height`; the undone blocks, newest first."""
+        reverted = []
+        while self.head.height > height:
+            block, undo = await self._blocking(self.store.revert_head)
+            with self._lock:
+                self.state.revert(undo)
+                self.head = self._main_header(block.header.parent)
+            while self._unfinal and self._unfinal[-1][0] >= block.height:
+                self._unfinal.pop()
+            reverted.append(block)
+        self._update_gauges()
+        return reverted
+
+    def _validate(self, block: Block, parent: BlockHeader) -> BlockEffects:
+        """Every check a block from a peer must pass before it can commit; its effects."""
+        header = block.header
+        block.check_structure(self.genesis.chain_id, self.genesis.max_block_transactions)
+        if header.height != parent.height + 1 or header.parent != parent.hash:
+            raise InvalidBlock("bad_parent", "block does not extend its parent")
+        if header.timestamp > self.now_ms() + MAX_FUTURE_MS:
+            raise InvalidBlock("future_timestamp", "block timestamp is too far in the future")
+        self.engine.verify_seal(header, parent)
+        chain_id = self.genesis.chain_id
+        with self._lock:
+            unverified = [tx for tx in block.transactions if tx.id not in self.pool]
+        for tx in unverified:  # what the mempool admitted was verified already
+            tx.check_stateless(chain_id)
+        return self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
+
     # ------------------------------------------------------------------ NodeService: reads
     def node_info(self) -> NodeInfo:
         head = self.head
+        peers = self.network.peers() if self.network is not None else []
         return NodeInfo(
             chain_id=self.genesis.chain_id,
             genesis_hash=self.genesis.hash,
@@ -407,7 +652,18 @@ class Node:
             decimals=self.genesis.denomination.decimals,
             node_id=self.node_id,
             mempool_size=len(self.pool),
-            extra={"engine": self.engine.status(), "tx_per_second": round(self.metrics.tx_rate(), 1)},
+            syncing=self.sync.syncing,
+            sync_progress=round(self.sync.progress(), 4),
+            peers=len(peers),
+            extra={
+                "engine": self.engine.status(),
+                "tx_per_second": round(self.metrics.tx_rate(), 1),
+                "peers": [
+                    {"node_id": p.id, "address": p.address, "direction": "inbound" if p.inbound else "outbound",
+                     "height": p.head_height, "score": p.score}
+                    for p in peers
+                ],
+            },
         )
 
     def _status_of(self, height: int) -> tuple[TxStatusName, int]:

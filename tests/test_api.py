@@ -248,11 +248,6 @@ def test_submit_raw_and_json_pending_then_final_with_block_and_balances(tmp_path
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the node answers 409 nonce_too_low to a resubmitted final transaction, while docs/api.md "
-    "promises idempotent submission; tests/test_wallet_cli.py relies on the 409, so the fix waits for a decision",
-)
 def test_resubmitting_a_final_transaction_is_idempotent(tmp_path, store_url):
     """docs/api.md: submitting is idempotent.  A client whose answer was lost resubmits
     the same bytes; it learns the transaction is final instead of a nonce error."""

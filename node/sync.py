@@ -1,0 +1,135 @@
+"""Block sync: catch up with peers that are ahead by fetching blocks in ranges.
+
+A node asks one peer at a time for the blocks after the newest hash they share (a
+Bitcoin-style locator: our hashes at heights head, head-1, head-2, head-4, ... 0),
+imports what comes back, and asks again until it has reached the best head it has
+heard of.  Serving is the mirror: find the first locator hash on our chain and send
+up to BATCH blocks after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ledger.block import Block
+from ledger.codec import DecodeError
+from node.p2p.messages import Blocks, GetBlocks
+from node.p2p.network import PeerInfo
+
+if TYPE_CHECKING:
+    from node.runtime import Node
+
+log = logging.getLogger("ledger.sync")
+
+BATCH = 500
+MAX_BATCH_BYTES = 8 * 1024 * 1024
+REQUEST_TIMEOUT_SECONDS = 15.0
+PROGRESS_LOG_SECONDS = 5.0
+
+
+class BlockSync:
+    def __init__(self, node: Node):
+        self.node = node
+        self.best_height = 0  # the highest head a peer has told us about
+        self._outstanding: tuple[str, float] | None = None  # (peer, when asked)
+        self._last_log = 0.0
+        self._started_height = 0
+        self._started_at = 0.0
+
+    # ------------------------------------------------------------------ state
+    @property
+    def syncing(self) -> bool:
+        return self.best_height > self.node.head.height + 1
+
+    def progress(self) -> float:
+        if not self.best_height:
+            return 1.0
+        return min(1.0, self.node.head.height / self.best_height)
+
+    # ------------------------------------------------------------------ asking
+    def on_peer_status(self, peer: PeerInfo) -> None:
+        if peer.head_height > self.best_height:
+            self.best_height = peer.head_height
+        if peer.head_height > self.node.head.height:
+            self._request(peer.id)
+
+    def peer_gone(self, peer_id: str) -> None:
+        if self._outstanding is not None and self._outstanding[0] == peer_id:
+            self._outstanding = None
+            self._ask_best_peer()
+
+    def check_timeout(self) -> None:
+        if self._outstanding is not None and time.monotonic() - self._outstanding[1] > REQUEST_TIMEOUT_SECONDS:
+            peer_id = self._outstanding[0]
+            log.warning("peer %s did not answer a block request in time", peer_id[:12])
+            self._outstanding = None
+            self.node.network.penalize(peer_id, 10, "block request timed out")
+            self._ask_best_peer()
+
+    def _request(self, peer_id: str) -> None:
+        if self._outstanding is not None:
+            return
+        if not self._started_at:
+            self._started_at, self._started_height = time.monotonic(), self.node.head.height
+        self._outstanding = (peer_id, time.monotonic())
+        self.node.network.send(peer_id, GetBlocks(tuple(self.node.locator()), BATCH))
+
+    def _ask_best_peer(self) -> None:
+        ahead = [p for p in self.node.network.peers() if p.head_height > self.node.head.height]
+        if ahead:
+            self._request(max(ahead, key=lambda p: p.head_height).id)
+        else:
+            self._started_at = 0.0
+
+    def decode_response(self, peer_id: str, message: Blocks) -> list[Block] | None:
+        """The blocks of an answer, or None (and a lower score) if it does not decode."""
+        if self._outstanding is not None and self._outstanding[0] == peer_id:
+            self._outstanding = None
+        limit = self.node.genesis.max_block_transactions
+        try:
+            return [Block.decode(raw, limit) for raw in message.blocks]
+        except DecodeError as exc:
+            self.node.network.penalize(peer_id, 50, f"undecodable block: {exc}")
+            return None
+
+    def after_import(self) -> None:
+        """A batch was imported: log progress and ask for more while someone is ahead."""
+        now = time.monotonic()
+        height = self.node.head.height
+        if self._started_at and now - self._last_log >= PROGRESS_LOG_SECONDS:
+            self._last_log = now
+            rate = (height - self._started_height) / max(now - self._started_at, 1e-6)
+            log.info("syncing: height %d of %d (%.0f%%, %.0f blocks/s)", height, self.best_height,
+                     100 * self.progress(), rate)
+        self._ask_best_peer()
+
+    # ------------------------------------------------------------------ serving
+    async def serve(self, peer_id: str, request: GetBlocks) -> None:
+        raws = await asyncio.to_thread(self._blocks_after, request.locator, min(request.max_count, BATCH))
+        self.node.network.send(peer_id, Blocks(tuple(raws)))
+
+    def _blocks_after(self, locator: tuple[bytes, ...], count: int) -> list[bytes]:
+        store = self.node.store
+        start = None
+        for block_hash in locator:
+            header = store.block_header_by_hash(block_hash)
+            if header is not None:
+                start = header.height + 1
+                break
+        if start is None:
+            start = 1  # nothing in common but genesis (which every node of the chain shares)
+        raws: list[bytes] = []
+        size = 0
+        for height in range(start, min(start + count, self.node.head.height + 1)):
+            block = store.block(height)
+            if block is None:
+                break
+            raw = block.encode()
+            size += len(raw)
+            if raws and size > MAX_BATCH_BYTES:
+                break
+            raws.append(raw)
+        return raws
