@@ -1,0 +1,704 @@
+"""The simulation: N production node runtimes on one virtual-time loop, under seeded faults.
+
+A run, from its seed alone:
+
+1. N nodes start, each with a deterministic key, its own in-memory SQLite chain store
+   and a `SimNetwork` on one shared `SimHub`.
+2. For `duration` virtual seconds a workload submits signed transfers to random live
+   nodes (and re-submits what is not final yet, as a wallet would), while a fault
+   schedule changes delays, drops, duplicates and reordering, splits the nodes into
+   partitions and heals them, crashes nodes and restarts them.
+3. Then every fault heals, every crashed node restarts, and every node must reach one
+   head, with every submitted transfer final, within `converge_within` virtual seconds.
+
+After every iteration of the event loop the invariants are checked on every node whose
+head or finality moved: no two nodes finalize different blocks at one height; a final
+block (and so its transactions) never leaves a node's chain, even across a crash; total
+supply equals `genesis.expected_supply(height)`.  A crash keeps the node's store object,
+as a disk would, and drops everything else: the Node object, its tasks and timers, its
+mempool.  A restart builds a new Node on the same store and first checks that everything
+the node had committed is still there.
+
+All randomness comes from `random.Random` instances seeded from the run's seed, the loop
+runs no threads, and nodes are iterated in a fixed order, so a seed replays the same run:
+the trace digest (every message, fault and commit, with its virtual time) is equal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import hashlib
+import logging
+import random
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from api.service import Accepted, Rejection
+from ledger.address import address_of
+from ledger.block import Block
+from ledger.crypto import InvalidKey, PrivateKey
+from ledger.genesis import Genesis, dev_genesis
+from ledger.hdkeys import dev_keys
+from ledger.store import ChainStore
+from ledger.transaction import Transaction, new_transfer
+from node.config import NodeConfig
+from node.runtime import Node
+from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
+from node.sim.network import Faults, HubStats, SimHub, SimNetwork
+
+CONSENSUS = ("solo", "pow")
+FAULT_KINDS = ("delay", "drop", "duplicate", "reorder", "partition", "crash")
+GENESIS_MS = 1_767_225_600_000
+EPOCH_MS = GENESIS_MS + 60_000  # virtual time 0 on the nodes' clocks
+CHAIN_ID = "ledger-sim"
+SENDER_BALANCE = 10**15
+POLL_SECONDS = 0.1
+RESUBMIT_SECONDS = 2.0
+
+
+class SimulationFailure(AssertionError):
+    """An invariant broke (or the nodes did not converge): the seed, where, and how to replay it."""
+
+    def __init__(self, seed: int, step: int, at: float, reason: str, trace: list[str], replay: str, digest: str):
+        self.seed = seed
+        self.step = step
+        self.at = at
+        self.reason = reason
+        self.trace = trace
+        self.replay = replay
+        self.digest = digest
+        lines = "\n".join(f"    {line}" for line in trace)
+        super().__init__(
+            f"seed {seed}: {reason} (step {step}, t={at:.3f}s)\n  replay: {replay}\n  trace, last events:\n{lines}"
+        )
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    seed: int
+    nodes: int = 4
+    consensus: str = "solo"
+    faults: frozenset[str] = frozenset(FAULT_KINDS)
+    duration: float = 20.0  # virtual seconds of workload under faults
+    converge_within: float = 60.0  # virtual seconds allowed after everything heals
+    tx_per_second: float = 20.0
+    senders: int = 6
+    block_interval_ms: int = 1000  # solo: an empty block this long after the head
+    fault_gap: tuple[float, float] = (0.5, 3.0)  # virtual seconds between faults
+    trace_tail: int = 60
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError("seed: a non-negative integer")
+        if not 1 <= self.nodes <= 32:
+            raise ValueError("nodes: 1 to 32")
+        if self.consensus not in CONSENSUS:
+            raise ValueError(f"consensus: one of {', '.join(CONSENSUS)}")
+        unknown = set(self.faults) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kinds {', '.join(sorted(unknown))} (known: {', '.join(FAULT_KINDS)})")
+        if self.duration <= 0 or self.converge_within <= 0 or self.tx_per_second < 0:
+            raise ValueError("duration and converge_within must be positive, tx_per_second non-negative")
+        if not 1 <= self.senders <= 100:
+            raise ValueError("senders: 1 to 100")
+        low, high = self.fault_gap
+        if not 0 < low <= high:
+            raise ValueError("fault_gap: 0 < low <= high")
+
+    def replay_command(self) -> str:
+        faults = ",".join(sorted(self.faults)) or "none"
+        return (f"python -m node.sim --seeds {self.seed} --consensus {self.consensus} --nodes {self.nodes} "
+                f"--faults {faults} --duration {self.duration:g} --trace")
+
+
+@dataclass
+class SimResult:
+    seed: int
+    digest: str  # of the whole trace: equal for two runs of one seed
+    steps: int
+    virtual_seconds: float
+    wall_seconds: float
+    head_height: int
+    submitted: int  # distinct transfers created by the workload
+    final: int  # of them, final on every node at the end
+    faults: Counter  # fault kinds applied
+    stats: HubStats
+    converged_after: float  # virtual seconds from the heal to one head
+    links: int  # peer links of the full mesh
+
+    def announces_per_tx_link(self) -> float:
+        """Transaction ids announced, per final transaction and peer link (both directions)."""
+        return self.stats.announced_ids / max(1, self.final * self.links)
+
+    def messages_per_tx(self) -> float:
+        return self.stats.messages() / max(1, self.final)
+
+
+class Trace:
+    """Every event of a run, hashed into a digest; the last few kept for a failure report."""
+
+    MESSAGE_PREFIXES = ("send ", "drop ")
+
+    def __init__(self, clock: Callable[[], float], keep: int, echo: Callable[[str], None] | None = None):
+        self._clock = clock
+        self._hash = hashlib.sha256()
+        self.tail: deque[str] = deque(maxlen=keep)  # events other than single messages
+        self.messages: deque[str] = deque(maxlen=max(1, keep // 3))
+        self.events = 0
+        self.echo = echo  # e.g. print: the whole trace as it happens
+
+    def __call__(self, text: str) -> None:
+        line = f"{self._clock():11.6f} {text}"
+        self._hash.update(line.encode() + b"\n")
+        (self.messages if text.startswith(self.MESSAGE_PREFIXES) else self.tail).append(line)
+        self.events += 1
+        if self.echo is not None:
+            self.echo(line)
+
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    def report(self) -> list[str]:
+        return list(self.tail) + [f"last {len(self.messages)} messages:"] + [f"  {line}" for line in self.messages]
+
+
+class _Actor:
+    """One incarnation of a node: what a crash kills."""
+
+    def __init__(self, label: str, incarnation: int):
+        self.label = label
+        self.incarnation = incarnation
+
+    def __repr__(self) -> str:
+        return f"{self.label}#{self.incarnation}"
+
+
+@dataclass
+class Slot:
+    """One simulated machine: its key and its disk (store) outlive the node processes on it."""
+
+    index: int
+    label: str
+    key: PrivateKey
+    node_id: str
+    store: ChainStore
+    node: Node | None = None
+    network: SimNetwork | None = None
+    actor: _Actor | None = None
+    context: contextvars.Context | None = None
+    incarnation: int = 0
+    running: bool = False  # started and not crashed
+    chain: list[bytes] = field(default_factory=list)  # block hash per height, as read from the store
+    block_txs: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+    seen_head: bytes = b""
+    final_height: int = 0
+
+
+class _ErrorLog(logging.Handler):
+    """Collects what the node code logs at ERROR: in a simulation that is a bug, not noise."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info and record.exc_info[1] is not None:
+            text += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        self.records.append(text)
+
+
+class Simulation:
+    """One seeded run.  `on_node(slot, node)` is called for every node created, before it starts
+    (tests use it to break a node on purpose; engines use it to wire a simulated miner)."""
+
+    def __init__(
+        self, config: SimConfig, on_node: Callable[[Slot, Node], None] | None = None,
+        echo: Callable[[str], None] | None = None,
+    ):
+        self.config = config
+        self.on_node = on_node
+        master = random.Random(config.seed)
+        # Separate streams, each from the seed, so adding a fault does not shift the workload.
+        self.net_rng = random.Random(master.getrandbits(64))
+        self.fault_rng = random.Random(master.getrandbits(64))
+        self.work_rng = random.Random(master.getrandbits(64))
+        self.mining_rng = random.Random(master.getrandbits(64))
+        self.loop = VirtualTimeLoop()
+        self.trace = Trace(self.loop.time, config.trace_tail, echo)
+        self.hub = SimHub(config.seed, self.net_rng, trace=self.trace)
+        self.slots = [self._make_slot(i) for i in range(config.nodes)]
+        self.genesis = self._make_genesis()
+        self.senders = _dev_keys(config.senders)
+        self.recipients = [address_of(key.public_key) for key in self.senders] + [
+            hashlib.sha256(f"{CHAIN_ID}/user/{i}".encode()).digest()[:20] for i in range(4)
+        ]
+        self.next_nonce = [0] * len(self.senders)
+        self.outstanding: OrderedDict[bytes, tuple[Transaction, float]] = OrderedDict()  # not final yet
+        self.submitted = 0
+        self.submit_results: Counter = Counter()
+        self.final_blocks: dict[int, tuple[bytes, str]] = {}  # height -> (hash, first node to finalize it)
+        self.final_txs: dict[bytes, int] = {}  # tx id -> height where it became final
+        self.faults_applied: Counter = Counter()
+        self._problems: list[str] = []
+        self._errors = _ErrorLog()
+        self._failure: SimulationFailure | None = None
+        self.final_height = 0
+
+    # ------------------------------------------------------------------ setup
+    def _make_slot(self, index: int) -> Slot:
+        key = _node_key(self.config.seed, index)
+        node_id = address_of(key.public_key).hex()
+        label = f"n{index}"
+        self.hub.name(node_id, label)
+        return Slot(index, label, key, node_id, ChainStore("sqlite://"))
+
+    def _make_genesis(self) -> Genesis:
+        accounts = _dev_keys(self.config.senders)
+        if self.config.consensus == "solo":
+            genesis = dev_genesis(
+                self.slots[0].key.public_key, chain_id=CHAIN_ID, accounts=len(accounts),
+                balance=SENDER_BALANCE, timestamp=GENESIS_MS, block_interval_ms=self.config.block_interval_ms,
+            )
+            return genesis
+        raise NotImplementedError(f"the simulator does not run the '{self.config.consensus}' engine yet")
+
+    def _node_config(self, slot: Slot) -> NodeConfig:
+        return NodeConfig(data_dir=Path("sim") / slot.label, db="sqlite://")
+
+    # ------------------------------------------------------------------ running
+    def run(self) -> SimResult:
+        started = time.perf_counter()
+        node_logger = logging.getLogger("ledger")
+        node_logger.addHandler(self._errors)
+        self.loop.set_exception_handler(self._on_loop_exception)
+        self.loop.after_step = self._after_step
+        try:
+            converged_after = run(self._main(), self.loop)
+        except Exception as exc:
+            if self._failure is not None:
+                raise self._failure from None
+            # The harness or a node raised out of the loop: this seed's failure too.
+            raise self._failure_for(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            node_logger.removeHandler(self._errors)
+            for slot in self.slots:
+                slot.store.close()
+        return SimResult(
+            seed=self.config.seed,
+            digest=self.trace.digest(),
+            steps=self.loop.steps,
+            virtual_seconds=self.loop.time(),
+            wall_seconds=time.perf_counter() - started,
+            head_height=self.final_height,
+            submitted=self.submitted,
+            final=len(self.final_txs),
+            faults=self.faults_applied,
+            stats=self.hub.stats,
+            converged_after=converged_after,
+            links=self.config.nodes * (self.config.nodes - 1) // 2,
+        )
+
+    async def _main(self) -> float:
+        for slot in self.slots:
+            self._start(slot)
+        await asyncio.sleep(0)
+        helpers = [
+            asyncio.create_task(self._workload(), name="workload"),
+            asyncio.create_task(self._resubmit(), name="resubmit"),
+            asyncio.create_task(self._inject_faults(), name="faults"),
+        ]
+        await asyncio.sleep(self.config.duration)
+        helpers[0].cancel()
+        helpers[2].cancel()
+        self._heal_everything()
+        heal_at = self.loop.time()
+        deadline = heal_at + self.config.converge_within
+        while True:
+            waiting_for = self._not_converged()
+            if waiting_for is None:
+                break
+            if self.loop.time() >= deadline:
+                self._fail(f"no convergence {self.config.converge_within:g}s after the faults healed: {waiting_for}")
+            await asyncio.sleep(POLL_SECONDS)
+        converged_after = self.loop.time() - heal_at
+        self.trace(f"converged after {converged_after:.3f}s at height {self.slots[0].node.head.height}")
+        helpers[1].cancel()
+        self._check_end_state()
+        self.final_height = self.slots[0].node.head.height
+        for slot in self.slots:
+            await self._stop(slot)
+        return converged_after
+
+    def _start(self, slot: Slot) -> None:
+        slot.incarnation += 1
+        slot.actor = _Actor(slot.label, slot.incarnation)
+        slot.context = contextvars.copy_context()
+        slot.context.run(ACTOR.set, slot.actor)
+        slot.network = SimNetwork(self.hub, slot.node_id)
+        node = Node(
+            self._node_config(slot), self.genesis, slot.key, slot.network,
+            clock=self._clock_ms, blocking=inline_blocking, store=slot.store,
+        )
+        if self.on_node is not None:
+            self.on_node(slot, node)
+        slot.node = node
+        self.loop.create_task(self._boot(slot, node), context=slot.context)
+
+    async def _boot(self, slot: Slot, node: Node) -> None:
+        await node.start()
+        head = node.head
+        self.trace(f"start {slot.label}#{slot.incarnation} at height {head.height} {head.hash.hex()[:12]}")
+        if slot.chain:
+            # A crash must lose nothing that was committed: the store is the node's disk.
+            if head.hash != slot.chain[-1]:
+                self._fail(f"{slot.label} restarted at {head.height} {head.hash.hex()[:12]}, not at the head it had "
+                           f"committed, {len(slot.chain) - 1} {slot.chain[-1].hex()[:12]}")
+            self._check_stored_chain(slot)
+        else:
+            genesis_block = node.store.block_header(0)
+            assert genesis_block is not None
+            slot.chain = [genesis_block.hash]
+            slot.seen_head = genesis_block.hash
+        slot.running = True
+
+    def _crash(self, slot: Slot) -> None:
+        node = slot.node
+        if node is not None and slot.running:
+            # Commits earlier in this loop iteration are not checked yet: the store must keep them too.
+            if node.head.hash != slot.seen_head:
+                self._follow_head(slot, node)
+            if node.finalized_height != slot.final_height:
+                self._follow_finality(slot, node)
+        self.hub.crash(slot.node_id)
+        killed = self.loop.kill_actor(slot.actor)
+        self.trace(f"crash {slot.label}#{slot.incarnation}: {killed} tasks and timers cancelled")
+        slot.node = None
+        slot.network = None
+        slot.running = False
+
+    async def _stop(self, slot: Slot) -> None:
+        if slot.node is not None:
+            node = slot.node
+            slot.running = False
+            await node.stop()
+            slot.node = None
+
+    def _clock_ms(self) -> int:
+        return EPOCH_MS + int(self.loop.time() * 1000)
+
+    # ------------------------------------------------------------------ workload
+    def _live(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.running]
+
+    def _transfer(self) -> Transaction:
+        rng = self.work_rng
+        index = rng.randrange(len(self.senders))
+        recipient = rng.choice(self.recipients)
+        tx = new_transfer(
+            self.senders[index], CHAIN_ID, self.next_nonce[index], recipient, rng.randint(1, 1000), rng.randint(0, 10)
+        )
+        self.next_nonce[index] += 1
+        return tx
+
+    async def _workload(self) -> None:
+        rng = self.work_rng
+        rate = self.config.tx_per_second
+        if rate == 0:
+            return
+        mean_batch = 3
+        while True:
+            await asyncio.sleep(rng.expovariate(rate / mean_batch))
+            live = self._live()
+            if not live:
+                continue
+            batch = [self._transfer() for _ in range(rng.randint(1, 2 * mean_batch - 1))]
+            for tx in batch:
+                self.outstanding[tx.id] = (tx, self.loop.time())
+            self.submitted += len(batch)
+            self._submit(rng.choice(live), batch)
+
+    async def _resubmit(self) -> None:
+        """As a wallet does: send again whatever is not final after a while, to any live node."""
+        rng = self.work_rng
+        while True:
+            await asyncio.sleep(RESUBMIT_SECONDS)
+            live = self._live()
+            cutoff = self.loop.time() - RESUBMIT_SECONDS
+            stale = [tx for tx, sent in self.outstanding.values() if sent <= cutoff]
+            if stale and live:
+                self._submit(rng.choice(live), stale)
+
+    def _submit(self, slot: Slot, transactions: list[Transaction]) -> None:
+        node = slot.node
+        assert node is not None and slot.context is not None
+
+        async def submit() -> None:
+            results = await node.submit(transactions)
+            for result in results:
+                if isinstance(result, Accepted):
+                    self.submit_results["duplicate" if result.duplicate else "accepted"] += 1
+                elif isinstance(result, Rejection):
+                    self.submit_results[result.reason] += 1
+            self.trace(f"submit {slot.label} {len(transactions)} txs: "
+                       f"{sum(isinstance(r, Accepted) for r in results)} accepted")
+
+        # In the node's context: a crash kills a submission in flight with the node.
+        self.loop.create_task(submit(), context=slot.context)
+
+    # ------------------------------------------------------------------ faults
+    def _fault_menu(self) -> list[str]:
+        enabled = self.config.faults
+        menu = [kind for kind in FAULT_KINDS if kind in enabled]
+        if enabled & {"delay", "drop", "duplicate", "reorder"}:
+            menu.append("calm")
+        if "partition" in enabled:
+            menu.append("heal")
+        if "crash" in enabled:
+            menu.append("restart")
+        return menu
+
+    async def _inject_faults(self) -> None:
+        rng = self.fault_rng
+        menu = self._fault_menu()
+        if not menu:
+            return
+        while True:
+            await asyncio.sleep(rng.uniform(*self.config.fault_gap))
+            kind = rng.choice(menu)
+            applied = self._apply_fault(kind)
+            if applied is not None:
+                self.faults_applied[kind] += 1
+                self.trace(f"fault {kind}: {applied}")
+
+    def _apply_fault(self, kind: str) -> str | None:
+        rng = self.fault_rng
+        hub = self.hub
+        faults = hub.faults
+        if kind == "delay":
+            low = rng.uniform(1, 30)
+            faults.delay_ms = (low, low + rng.uniform(0, 400))
+            return faults.describe()
+        if kind == "drop":
+            faults.drop = rng.uniform(0.02, 0.3)
+            return faults.describe()
+        if kind == "duplicate":
+            faults.duplicate = rng.uniform(0.02, 0.3)
+            return faults.describe()
+        if kind == "reorder":
+            faults.reorder = not faults.reorder
+            return faults.describe()
+        if kind == "calm":
+            hub.faults = Faults()
+            return hub.faults.describe()
+        if kind == "partition":
+            if len(self.slots) < 2:
+                return None
+            ids = [slot.node_id for slot in self.slots]
+            rng.shuffle(ids)
+            cut = rng.randint(1, len(ids) - 1)
+            groups = [ids[:cut], ids[cut:]]
+            hub.partition(groups)
+            return " | ".join(",".join(sorted(hub.label(n) for n in group)) for group in groups)
+        if kind == "heal":
+            hub.heal()
+            return "one network again"
+        if kind == "crash":
+            live = self._live()
+            if len(live) < 2:
+                return None  # keep one node up to take transactions
+            victim = rng.choice(live)
+            self._crash(victim)
+            return victim.label
+        if kind == "restart":
+            down = [slot for slot in self.slots if slot.node is None]
+            if not down:
+                return None
+            slot = rng.choice(down)
+            self._start(slot)
+            return slot.label
+        raise ValueError(f"unknown fault {kind}")
+
+    def _heal_everything(self) -> None:
+        self.hub.faults = Faults()
+        self.hub.heal()
+        for slot in self.slots:
+            if slot.node is None:
+                self._start(slot)
+        self.trace("all faults healed, every node running")
+
+    # ------------------------------------------------------------------ invariants
+    def _after_step(self) -> None:
+        if self._failure is not None:
+            self.loop.stop()  # raised in a task, which keeps it: end the run, `run` reports it
+            return
+        if self._problems or self._errors.records or self.hub.errors:
+            problem = (self._problems or self._errors.records or self.hub.errors)[0]
+            self._fail(problem)
+        for slot in self.slots:
+            node = slot.node
+            if node is None or not slot.running:
+                continue
+            head = node.head
+            if head.hash != slot.seen_head:
+                self._follow_head(slot, node)
+            if node.finalized_height != slot.final_height:
+                self._follow_finality(slot, node)
+
+    def _follow_head(self, slot: Slot, node: Node) -> None:
+        """Read the blocks that moved the node's head from its store (one query a block)."""
+        store = slot.store
+        head = node.head
+        chain = slot.chain
+        new_blocks: list[Block] = []
+        if head.height < len(chain) and chain[head.height] == head.hash:
+            common = head.height  # blocks were undone back to one we had seen
+        else:
+            height = head.height
+            while True:
+                block = store.block(height)
+                if block is None:
+                    self._fail(f"{slot.label}'s store has no block {height} below its head {head.height}")
+                new_blocks.append(block)
+                if height - 1 < len(chain) and block.header.parent == chain[height - 1]:
+                    common = height - 1
+                    break
+                if height == 1:
+                    self._fail(f"{slot.label}'s chain does not descend from genesis")
+                height -= 1
+            new_blocks.reverse()
+            if new_blocks[-1].hash != head.hash:
+                self._fail(f"{slot.label}'s head {head.height} {head.hash.hex()[:12]} is not the block its store holds")
+        if common < len(chain) - 1:
+            if common < slot.final_height:
+                self._fail(f"{slot.label} reverted final block {slot.final_height} "
+                           f"{chain[slot.final_height].hex()[:12]} (back to {common})")
+            self.trace(f"{slot.label} reorg: {len(chain) - 1 - common} blocks undone from {len(chain) - 1}")
+            for height in range(common + 1, len(chain)):
+                slot.block_txs.pop(height, None)
+            del chain[common + 1 :]
+        for block in new_blocks:
+            chain.append(block.hash)
+            slot.block_txs[block.height] = tuple(tx.id for tx in block.transactions)
+            self.trace(f"{slot.label} commit {block.height} {block.hash.hex()[:12]} txs={len(block.transactions)}")
+        slot.seen_head = head.hash
+        supply = node.state.total_supply()
+        expected = self.genesis.expected_supply(head.height)
+        if supply != expected:
+            self._fail(f"{slot.label}'s total supply is {supply} at height {head.height}, genesis says {expected}")
+
+    def _follow_finality(self, slot: Slot, node: Node) -> None:
+        finalized = node.finalized_height
+        if finalized < slot.final_height:
+            self._fail(f"{slot.label}'s finalized height went back from {slot.final_height} to {finalized}")
+        if finalized > len(slot.chain) - 1:
+            self._fail(f"{slot.label} says height {finalized} is final, but its head is {len(slot.chain) - 1}")
+        for height in range(slot.final_height + 1, finalized + 1):
+            block_hash = slot.chain[height]
+            earlier = self.final_blocks.get(height)
+            if earlier is None:
+                self.final_blocks[height] = (block_hash, slot.label)
+            elif earlier[0] != block_hash:
+                self._fail(f"two nodes finalized different blocks at height {height}: {earlier[1]} has "
+                           f"{earlier[0].hex()[:12]}, {slot.label} has {block_hash.hex()[:12]}")
+            for tx_id in slot.block_txs.get(height, ()):
+                first = self.final_txs.setdefault(tx_id, height)
+                if first != height:
+                    self._fail(f"transaction {tx_id.hex()[:12]} final at height {first} and at {height} ({slot.label})")
+                self.outstanding.pop(tx_id, None)
+        slot.final_height = finalized
+
+    def _check_stored_chain(self, slot: Slot) -> None:
+        """The node's store still holds every block it committed (a crash loses none) and every
+        transaction final on it, at the height where it became final."""
+        store = slot.store
+        stored = [header.hash for header in reversed(store.headers(len(slot.chain), len(slot.chain)))]
+        if stored != slot.chain:
+            lost = next((h for h, (a, b) in enumerate(zip(stored, slot.chain)) if a != b), min(len(stored), len(slot.chain)))
+            self._fail(f"{slot.label}'s store lost committed blocks from height {lost} "
+                       f"(holds {len(stored) - 1}, had committed {len(slot.chain) - 1})")
+        heights: dict[bytes, int] = {}
+        for key in self.senders:  # every workload transfer is sent by one of them
+            for record in store.account_transactions(address_of(key.public_key), None, 1 << 30):
+                heights[record.tx.id] = record.height
+        for tx_id, height in self.final_txs.items():
+            if height <= slot.final_height and heights.get(tx_id) != height:
+                where = "missing" if tx_id not in heights else f"at height {heights[tx_id]}"
+                self._fail(f"final transaction {tx_id.hex()[:12]} (height {height}) is {where} on {slot.label}")
+
+    def _not_converged(self) -> str | None:
+        """None once every node runs on one head with every transfer final; else what is missing."""
+        down = [slot.label for slot in self.slots if not slot.running]
+        if down:
+            return f"not running: {', '.join(down)}"
+        heads = {slot.node.head.hash for slot in self.slots}
+        if len(heads) > 1:
+            return "heads differ: " + ", ".join(self._describe(slot) for slot in self.slots)
+        if self.outstanding:
+            tx, _ = next(iter(self.outstanding.values()))
+            return (f"{len(self.outstanding)} transfers not final (first: {tx.id.hex()[:12]}, "
+                    f"nonce {tx.nonce}); submissions: {dict(sorted(self.submit_results.items()))}")
+        return None
+
+    def _describe(self, slot: Slot) -> str:
+        node = slot.node
+        assert node is not None
+        info = node.node_info()
+        return (f"{slot.label} at {info.height}/{info.head_hash.hex()[:8]} ({info.peers} peers"
+                f"{', syncing' if info.syncing else ''}, mempool {info.mempool_size})")
+
+    def _check_end_state(self) -> None:
+        reference = self.slots[0]
+        for slot in self.slots:
+            self._check_stored_chain(slot)
+            if slot.node.state.accounts != reference.node.state.accounts:
+                self._fail(f"{slot.label}'s accounts differ from {reference.label}'s on the same head")
+        missing = self.submitted - len(self.final_txs)
+        if missing:
+            self._fail(f"{missing} of {self.submitted} submitted transfers are not final")
+
+    # ------------------------------------------------------------------ failures
+    def _on_loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        message = context.get("message", "")
+        self._problems.append(f"unhandled in the event loop: {message}" + (f" ({type(exc).__name__}: {exc})" if exc else ""))
+
+    def _failure_for(self, reason: str) -> SimulationFailure:
+        return SimulationFailure(
+            self.config.seed, self.loop.steps, self.loop.time(), reason, self.trace.report(),
+            self.config.replay_command(), self.trace.digest(),
+        )
+
+    def _fail(self, reason: str) -> None:
+        self.trace(f"FAIL {reason}")
+        self._failure = self._failure_for(reason)
+        raise self._failure
+
+
+def run_seed(
+    config: SimConfig, on_node: Callable[[Slot, Node], None] | None = None, echo: Callable[[str], None] | None = None,
+) -> SimResult:
+    return Simulation(config, on_node, echo).run()
+
+
+# ---------------------------------------------------------------------------- keys
+
+
+def _node_key(seed: int, index: int) -> PrivateKey:
+    counter = 0
+    while True:
+        secret = hashlib.sha256(f"{CHAIN_ID}/node-key/{seed}/{index}/{counter}".encode()).digest()
+        try:
+            return PrivateKey(secret)
+        except InvalidKey:  # out of the curve's range: about 2**-128 likely
+            counter += 1
+
+
+@lru_cache(maxsize=8)
+def _dev_keys(count: int) -> tuple[PrivateKey, ...]:
+    return tuple(dev_keys(count))
