@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from ledger.address import address_of
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 
 from consensus.engine import Engine
+from consensus.pow import PowEngine
 from consensus.solo import SoloEngine
 
 
@@ -13,9 +15,18 @@ class EngineNotBuilt(ValueError):
     pass
 
 
-def create_engine(genesis: Genesis, signer: PrivateKey | None) -> Engine:
+def create_engine(
+    genesis: Genesis, signer: PrivateKey | None, *, mine: bool = True, miner_address: bytes | None = None,
+) -> Engine:
+    """`mine` and `miner_address` concern proof of work only; the miner address defaults to
+    the signer's (the node key's) address."""
     if genesis.engine == "solo":
         return SoloEngine(genesis.engine_params, signer)
+    if genesis.engine == "pow":
+        if miner_address is None and signer is not None:
+            miner_address = address_of(signer.public_key)
+        return PowEngine(genesis.engine_params, miner_address, mine and miner_address is not None,
+                         genesis.max_block_transactions)
     raise EngineNotBuilt(
-        f"the '{genesis.engine}' engine is not built yet; this node runs: solo"
+        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow"
     )
