@@ -245,8 +245,9 @@ def next_target(ancestors: Sequence[BlockHeader], params: PowParams) -> int:
     its predecessor's counts as 1 ms after it (and the next solve time from there), so
     out-of-order timestamps cannot drive the target up; a solve time counts for at most
     6 target block times, so one late block cannot drive it up much either.  Genesis
-    times nothing (it is written, not mined): blocks 1 and 2 take the initial target.  The result moves at most `max_step` either way from the parent's
-    target, stays within 1 .. MAX_TARGET, and is exactly representable in compact form.
+    times nothing (it is written, not mined): blocks 1 and 2 take the initial target.
+    The result moves at most `max_step` either way from the parent's target, stays
+    within 1 .. MAX_TARGET, and is exactly representable in compact form.
     """
     window = _check_chain(ancestors, params)
     parent = window[-1]
