@@ -464,10 +464,10 @@ class PowEngine(Engine):
         if self._job is not None:
             actions.append(StopMining())
             self._job = None
-        if self._build_parent is None:
-            actions += self._build(now)
-        # else: the BlockBuilt on the old head comes back stale and triggers the build.
-        return actions
+        # Build at once even if a build on the old head is in flight: its answer is dropped
+        # when it comes (or never comes: a runtime may refuse to build on a replaced head).
+        self._build_parent = None
+        return actions + self._build(now)
 
     def _build(self, now: int) -> list[Action]:
         if not self.mine or self._next_target is None:
@@ -480,15 +480,14 @@ class PowEngine(Engine):
         return [BuildBlock(head.hash, head.height + 1, timestamp, self.miner_address, compact_bytes(self._next_target))]
 
     def _on_built(self, event: BlockBuilt) -> list[Action]:
-        requested, self._build_parent = self._build_parent, None
-        head = self._window[-1] if self._window else None
-        if requested is None or head is None or requested != head.hash or self._committing is not None:
-            # Built on a head that has moved on, or while our block commits (its
-            # BlockCommitted starts the next build): build on the head if nothing runs.
-            return self._build(event.now) if self._committing is None and self._job is None else []
         header = event.block.header
-        assert self._next_target is not None
-        if header.parent != head.hash or header.extra != compact_bytes(self._next_target):
+        if self._build_parent is None or header.parent != self._build_parent:
+            return []  # the answer to a build on a head that has moved on
+        self._build_parent = None
+        if self._committing is not None:
+            return []  # our block commits meanwhile; its BlockCommitted starts the next build
+        assert self._next_target is not None  # a build was asked for, so the target was known
+        if header.height != self._window[-1].height + 1 or header.extra != compact_bytes(self._next_target):
             raise ValueError("the runtime built a block other than the one asked for")
         self._templates[header.unsealed_bytes()] = event.block
         while len(self._templates) > 2:  # the running job's template and the one replacing it

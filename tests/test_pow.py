@@ -518,9 +518,12 @@ def test_engine_rebuilds_a_build_overtaken_by_a_new_head():
     engine = PowEngine(p, MINER, mine=True)
     request = only(engine.handle(Started(GENESIS_TIME + 10, genesis, None, (genesis,))), BuildBlock)
     peer_block = mine_on([genesis], p, GENESIS_TIME + 20, proposer=OTHER_MINER)
-    assert engine.handle(BlockCommitted(GENESIS_TIME + 30, peer_block)) == []  # a build is in flight
-    actions = engine.handle(BlockBuilt(GENESIS_TIME + 31, built(request, genesis)))
-    assert [type(a) for a in actions] == [BuildBlock] and actions[0].parent == peer_block.hash
+    # A new head while a build is in flight: build on it at once, whatever the old build does.
+    rebuild = only(engine.handle(BlockCommitted(GENESIS_TIME + 30, peer_block)), BuildBlock)
+    assert rebuild.parent == peer_block.hash
+    assert engine.handle(BlockBuilt(GENESIS_TIME + 31, built(request, genesis))) == []  # the old answer
+    template = built(rebuild, peer_block)
+    assert engine.handle(BlockBuilt(GENESIS_TIME + 32, template)) == [Mine(template.header, next_target([genesis, peer_block], p))]
 
 
 def test_engine_rebuilds_for_new_transactions_at_most_every_second():
