@@ -38,7 +38,7 @@ FAST = P2PSettings(
     handshake_timeout=0.5,
     connect_timeout=1.0,
     ping_interval=0.15,
-    idle_timeout=0.6,
+    idle_timeout=1.0,
     peer_exchange_interval=0.15,
     ban_seconds=30.0,
     dial_backoff_initial=0.05,
@@ -287,7 +287,7 @@ def test_two_nodes_connect_and_exchange_messages():
         assert (a_now.head_height, a_now.head_hash, a_now.finalized_height) == (9, new_hash, 4)
 
         # Keepalive: well past the idle timeout, pings keep the link up and never reach the handler.
-        await asyncio.sleep(FAST.idle_timeout * 2)
+        await asyncio.sleep(FAST.idle_timeout * 1.5)
         await connected(a, b)
         assert b.net.received["Ping"] >= 2 and a.net.received["Pong"] >= 2
         internal = (m.Ping, m.Pong, m.GetPeers, m.Peers, m.Hello, m.Auth, m.Disconnect)

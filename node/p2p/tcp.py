@@ -313,7 +313,11 @@ class TcpNetwork:
     def add_peer(self, address: str) -> None:
         """Dial `address` and keep dialling it while running, like a static peer."""
         parse_peer_address(address)
-        self._book[address] = _DialState(static=True, backoff=self.settings.dial_backoff_initial)
+        state = self._book.get(address)
+        if state is None:
+            self._book[address] = _DialState(static=True, backoff=self.settings.dial_backoff_initial)
+        else:
+            state.static = True
         self._wake.set()
 
     # ------------------------------------------------------------------ handshake
@@ -619,6 +623,8 @@ class TcpNetwork:
         for table in (self._banned_ids, self._banned_addresses):
             for key in [key for key, until in table.items() if until <= now]:
                 del table[key]
+        for peer_id in list(self._scores):
+            self._score(peer_id, now)  # forgets the scores that have recovered
         if len(self._address_ids) > 4 * MAX_ADDRESS_BOOK:  # inbound peers come from ever new addresses
             self._address_ids = {
                 address: peer_id for address, peer_id in self._address_ids.items()
