@@ -414,6 +414,10 @@ class PowEngine(Engine):
     def finalized_height(self, head_height: int) -> int:
         return finalized_height(head_height, self.params)
 
+    def block_work(self, header: BlockHeader) -> int:
+        """Heaviest cumulative work wins, not the longest chain."""
+        return block_work(header)
+
     # ------------------------------------------------------------------ events
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, Started):

@@ -68,14 +68,20 @@ def node(
     data_dir: Optional[Path] = DATA_DIR,
     api_host: Optional[str] = typer.Option(None, "--api-host", help="Address the REST API binds [default: 127.0.0.1]"),
     api_port: Optional[int] = typer.Option(None, "--api-port", help="REST API port [default: 8000]"),
-    p2p_port: Optional[int] = typer.Option(None, "--p2p-port", help="Peer port [default: 9000]"),
+    p2p_host: Optional[str] = typer.Option(None, "--p2p-host", help="Address the peer port binds [default: 127.0.0.1]"),
+    p2p_port: Optional[int] = typer.Option(None, "--p2p-port", help="Peer port [default: 9000; 0 picks a free one]"),
+    peers: Optional[str] = typer.Option(None, "--peers", help="Static peers, host:port,host:port"),
+    max_peers: Optional[int] = typer.Option(None, "--max-peers", help="Most peers to keep connected [default: 16]"),
+    mine: Optional[bool] = typer.Option(None, "--mine/--no-mine", help="Proof of work: mine blocks [default: mine]"),
+    miner_address: Optional[str] = typer.Option(None, "--miner-address", help="Proof of work: address for rewards and fees [default: the node key's]"),
     db: Optional[str] = DB,
     genesis: Optional[Path] = typer.Option(None, "--genesis", help="Genesis JSON file [default: <data-dir>/genesis.json, a dev genesis is written there when missing]"),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="critical, error, warning, info or debug"),
     config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Run one node: the chain store, the consensus engine and the REST API."""
-    flags = dict(data_dir=data_dir, api_host=api_host, api_port=api_port, p2p_port=p2p_port, db=db,
+    flags = dict(data_dir=data_dir, api_host=api_host, api_port=api_port, p2p_host=p2p_host, p2p_port=p2p_port,
+                 peers=peers, max_peers=max_peers, mine=mine, miner_address=miner_address, db=db,
                  genesis=str(genesis) if genesis else None, log_level=log_level)
     config = _config({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}, config_file)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -97,8 +103,14 @@ def node(
     except OSError as exc:
         fail(f"cannot listen on {config.api_host}:{config.api_port}: {exc.strerror}; "
              "is another node running? Pick another port with --api-port.", EXIT_RUNTIME)
+    from node.p2p.tcp import TcpNetwork
+
+    network = TcpNetwork(
+        node_key, genesis_data.chain_id, genesis_data.hash, config.p2p_host, config.p2p_port,
+        list(config.peers), max_peers=config.max_peers,
+    )
     try:
-        runtime = Node(config, genesis_data, node_key)
+        runtime = Node(config, genesis_data, node_key, network)
     except EngineNotBuilt as exc:
         fail(str(exc))
     except ValueError as exc:
@@ -111,6 +123,9 @@ def node(
         asyncio.run(serve(runtime, config, api_socket, on_ready=ready))
     except GenesisMismatch as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen for peers on {config.p2p_host}:{config.p2p_port}: {exc.strerror}; "
+             "is another node running? Pick another port with --p2p-port.", EXIT_RUNTIME)
     except KeyboardInterrupt:
         pass
 

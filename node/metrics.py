@@ -32,6 +32,8 @@ class NodeMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
             registry=self.registry,
         )
+        self.hash_rate = Gauge("ledger_hash_rate", "Proof-of-work hashes per second of this node's miner", registry=self.registry)
+        self.hashes = Counter("ledger_hashes", "Proof-of-work hashes tried", registry=self.registry)
         self._recent: deque[tuple[float, int]] = deque()
 
     def block_committed(self, tx_count: int, seconds: float) -> None:
@@ -48,6 +50,10 @@ class NodeMetrics:
         rate = sum(count for _, count in self._recent) / self.WINDOW_SECONDS
         self.tx_per_second.set(rate)
         return rate
+
+    def mined(self, hashes: int, rate: float) -> None:
+        self.hashes.inc(hashes)
+        self.hash_rate.set(rate)
 
     def tx_rate(self) -> float:
         return self._refresh_rate(time.monotonic())

@@ -31,12 +31,13 @@ from api.service import (
 )
 from consensus import engine as ev
 from consensus.registry import create_engine
-from ledger.address import address_of
+from ledger.address import address_of, decode_address
 from ledger.block import Block, BlockHeader, InvalidBlock, build_header
 from ledger.codec import DecodeError
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.mempool import Mempool, MempoolRejection
+from ledger.merkle import EMPTY_ROOT
 from ledger.state import BlockEffects, State, StateError
 from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
@@ -45,6 +46,7 @@ from node.config import NodeConfig
 from node.forks import SideBlocks
 from node.gossip import TxGossip
 from node.metrics import NodeMetrics
+from node.mining import ProcessMiner
 from node.p2p import messages as wire
 from node.p2p.network import Network, PeerInfo
 from node.sync import BlockSync
@@ -84,7 +86,7 @@ class Node:
     def __init__(
         self, config: NodeConfig, genesis: Genesis, node_key: PrivateKey, network: Network | None = None,
         *, clock: Callable[[], int] | None = None, blocking: Callable[..., Awaitable] | None = None,
-        store: ChainStore | None = None,
+        store: ChainStore | None = None, miner: ProcessMiner | None = None,
     ):
         self.config = config
         self.genesis = genesis
@@ -95,7 +97,12 @@ class Node:
         self.now_ms: Callable[[], int] = clock or wall_clock_ms
         self._blocking: Callable[..., Awaitable] = blocking or asyncio.to_thread
         self.store = store if store is not None else ChainStore(config.db_url)
-        self.engine = create_engine(genesis, node_key)
+        miner_address = decode_address(config.miner_address, genesis.address_prefix) if config.miner_address else None
+        self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address)
+        # The recent main-chain headers, ending with the head: what the engine needs to check
+        # the next block (PoW retargets over a window) and what Started/BlockCommitted carry.
+        self._recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))
+        self.miner = miner
         self._lock = threading.Lock()
         self._events: asyncio.Queue[ev.Event | _Import | None] = asyncio.Queue()
         self.network = network
@@ -125,6 +132,7 @@ class Node:
         head = self.store.head()
         assert head is not None, "an initialized store has a genesis block"
         self.head = head
+        self._load_recent()
         self.state = State(self.store.load_accounts())
         self.finalized_height = self.engine.finalized_height(head.height)
         self.pool = Mempool(
@@ -139,7 +147,7 @@ class Node:
         await self._blocking(self.open)
         self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self._feed(ev.Started(self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY)))
+        self._feed(ev.Started(self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY), tuple(self._recent)))
         if self.network is not None:
             self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             await self.network.start(self)
@@ -150,6 +158,8 @@ class Node:
         self._stopping = True
         if self.network is not None:
             await self.network.stop()
+        if self.miner is not None:
+            self.miner.close()
             await self.gossip.stop()
         if self._timer is not None:
             self._timer.cancel()
@@ -194,6 +204,12 @@ class Node:
             if not self._stopping:
                 self._feed(ev.BlockBuilt(self.now_ms(), self._build_block(action)))
         elif isinstance(action, ev.Commit):
+            if action.block.header.parent != self.head.hash:
+                # Sealed on a head that has since moved (a peer's block won): the engine
+                # still gets its BlockCommitted, repeating the current head.
+                log.info("dropped our block %d: the head moved while it was sealed", action.block.height)
+                self._feed(ev.BlockCommitted(self.now_ms(), self.head, tuple(self._recent)))
+                return
             await self._commit(action.block, action.certificate)
             if self.network is not None:
                 self.network.broadcast(wire.NewBlock(action.block.encode()))
@@ -203,6 +219,13 @@ class Node:
         elif isinstance(action, ev.Send):
             if self.network is not None:
                 self.network.send(action.peer, wire.EngineMessage(action.message))
+        elif isinstance(action, ev.Mine):
+            if self.miner is None:
+                self.miner = ProcessMiner(on_hashes=self.metrics.mined)
+            self.miner.start(action.header, action.target, lambda header: self._feed(ev.Mined(self.now_ms(), header)))
+        elif isinstance(action, ev.StopMining):
+            if self.miner is not None:
+                self.miner.stop()
         elif isinstance(action, ev.SetTimer):
             self._set_timer(action.at)
         elif isinstance(action, ev.Persist):
@@ -219,7 +242,11 @@ class Node:
 
     def _build_block(self, request: ev.BuildBlock) -> Block:
         if request.parent != self.head.hash:
-            raise RuntimeError("asked to build on a block that is not the head")
+            # The engine asked before it saw the newest BlockCommitted (still queued). Answer
+            # with an empty block on the parent it named: it recognises it as stale and
+            # builds again on the head it is about to learn of.
+            return Block(BlockHeader(self.genesis.chain_id, request.height, request.parent, request.timestamp,
+                                     EMPTY_ROOT, 0, request.proposer, request.extra))
         with self._lock:
             transactions = self.pool.select(self.genesis.max_block_transactions)
         while True:
@@ -263,7 +290,8 @@ class Node:
         self._publish("block", self._block_event(block))
         if self.network is not None:
             self.network.update_status(header.height, header.hash, self.finalized_height)
-        self._feed(ev.BlockCommitted(self.now_ms(), header))
+        self._recent.append(header)
+        self._feed(ev.BlockCommitted(self.now_ms(), header, tuple(self._recent)))
         ready = self.pool.ready_count()
         if ready and not self._stopping:
             # Always after BlockCommitted, even if a TxsAvailable is already queued: that one
@@ -615,8 +643,15 @@ class Node:
             while self._unfinal and self._unfinal[-1][0] >= block.height:
                 self._unfinal.pop()
             reverted.append(block)
+        self._load_recent()
         self._update_gauges()
         return reverted
+
+    def _load_recent(self) -> None:
+        first = max(0, self.head.height - (self._recent.maxlen or 1) + 1)
+        self._recent.clear()
+        self._recent.extend(self.store.block_header(h) for h in range(first, self.head.height))
+        self._recent.append(self.head)
 
     def _validate(self, block: Block, parent: BlockHeader) -> BlockEffects:
         """Every check a block from a peer must pass before it can commit; its effects."""
@@ -626,7 +661,7 @@ class Node:
             raise InvalidBlock("bad_parent", "block does not extend its parent")
         if header.timestamp > self.now_ms() + MAX_FUTURE_MS:
             raise InvalidBlock("future_timestamp", "block timestamp is too far in the future")
-        self.engine.verify_seal(header, parent)
+        self.engine.verify_header(header, tuple(self._recent), self.now_ms())
         chain_id = self.genesis.chain_id
         with self._lock:
             unverified = [tx for tx in block.transactions if tx.id not in self.pool]

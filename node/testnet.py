@@ -51,7 +51,7 @@ def engine_params(consensus: str, authority: PrivateKey) -> dict:
     # Proof of work tuned for a laptop: blocks every ~2 s on a few local miners.
     return {
         "target_block_ms": 2000,
-        "initial_target": "1f00ffff",
+        "initial_target": "1e0431bd",  # about 2 s a block at the ~2 MH/s of one Python miner
         "retarget_window": 45,
         "max_step": 2,
         "finality_depth": 6,
