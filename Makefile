@@ -1,11 +1,11 @@
-# The two commands of the README: `make node` and `make test`.
+# The README's commands: `make testnet` (first), `make test` (second), `make node`.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: node test bench clean-data chromium
+.PHONY: node testnet test bench clean-data chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 node: $(STAMP)
 	$(BIN)/ledger node $(ARGS)
+
+testnet: $(STAMP)
+	$(BIN)/ledger testnet --nodes 4 $(ARGS)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
@@ -37,4 +40,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(ARGS)
 
 clean-data:
-	rm -rf data/node
+	rm -rf data/node testnet
