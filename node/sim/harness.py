@@ -39,8 +39,10 @@ from functools import lru_cache
 from pathlib import Path
 
 from api.service import Accepted, Rejection
+from consensus.mining import mine
+from consensus.pow import MAX_TARGET, round_target, work_of_target
 from ledger.address import address_of
-from ledger.block import Block
+from ledger.block import Block, BlockHeader
 from ledger.crypto import InvalidKey, PrivateKey
 from ledger.genesis import Genesis, dev_genesis
 from ledger.hdkeys import dev_keys
@@ -57,6 +59,8 @@ GENESIS_MS = 1_767_225_600_000
 EPOCH_MS = GENESIS_MS + 60_000  # virtual time 0 on the nodes' clocks
 CHAIN_ID = "ledger-sim"
 SENDER_BALANCE = 10**15
+POW_TARGET = round_target(MAX_TARGET >> 10)  # about 2,000 hashes a block: the real search stays cheap
+POW_REWARD = 50 * 10**9
 POLL_SECONDS = 0.1
 RESUBMIT_SECONDS = 2.0
 
@@ -90,6 +94,13 @@ class SimConfig:
     senders: int = 6
     block_interval_ms: int = 1000  # solo: an empty block this long after the head
     fault_gap: tuple[float, float] = (0.5, 3.0)  # virtual seconds between faults
+    # A partition heals by itself after this long (None: only a drawn heal ends it).  Proof of
+    # work needs a bound: a branch that grows past the finality depth on each side of a
+    # split would make two nodes finalize different blocks, which is PoW's known limit and
+    # not a bug to report.
+    max_partition: float | None = None
+    pow_block_ms: int = 1000
+    pow_finality_depth: int = 12
     trace_tail: int = 60
 
     def __post_init__(self) -> None:
@@ -109,6 +120,15 @@ class SimConfig:
         low, high = self.fault_gap
         if not 0 < low <= high:
             raise ValueError("fault_gap: 0 < low <= high")
+        if self.max_partition is not None and self.max_partition <= 0:
+            raise ValueError("max_partition: positive, or None")
+
+    @property
+    def partition_limit(self) -> float | None:
+        if self.max_partition is not None or self.consensus != "pow":
+            return self.max_partition
+        # Long enough to fork, short enough that no branch nears the finality depth.
+        return self.pow_finality_depth * self.pow_block_ms / 4000
 
     def replay_command(self) -> str:
         faults = ",".join(sorted(self.faults)) or "none"
@@ -130,6 +150,7 @@ class SimResult:
     stats: HubStats
     converged_after: float  # virtual seconds from the heal to one head
     links: int  # peer links of the full mesh
+    reorgs: int  # times a node's head moved to another branch
 
     def announces_per_tx_link(self) -> float:
         """Transaction ids announced, per final transaction and peer link (both directions)."""
@@ -165,6 +186,41 @@ class Trace:
 
     def report(self) -> list[str]:
         return list(self.tail) + [f"last {len(self.messages)} messages:"] + [f"  {line}" for line in self.messages]
+
+
+class SimMiner:
+    """Proof-of-work mining on virtual time, with the runtime's miner interface.
+
+    How long a search takes is drawn from the seed: exponential, as the time to find a
+    block is for real hashing at a fixed rate, with the expected number of hashes for the
+    target (`work_of_target`).  Then the real nonce search seals the header, so the block
+    the engine gets is valid; targets are easy enough that this takes a few thousand tries.
+    The wait is a loop timer created in the node's context, so a crash cancels it."""
+
+    def __init__(self, rng: random.Random, hash_rate: float):
+        self.rng = rng
+        self.hash_rate = hash_rate
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, header: BlockHeader, target: int, on_found: Callable[[BlockHeader], None]) -> None:
+        self.stop()
+        seconds = self.rng.expovariate(self.hash_rate / work_of_target(target))
+        self._timer = asyncio.get_running_loop().call_later(seconds, self._found, header, target, on_found)
+
+    def _found(self, header: BlockHeader, target: int, on_found: Callable[[BlockHeader], None]) -> None:
+        self._timer = None
+        sealed = mine(header, target)
+        if sealed is None:  # every nonce tried: impossible at these targets
+            raise RuntimeError(f"no nonce meets target {target:064x}")
+        on_found(sealed)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def close(self) -> None:
+        self.stop()
 
 
 class _Actor:
@@ -249,6 +305,9 @@ class Simulation:
         self._errors = _ErrorLog()
         self._failure: SimulationFailure | None = None
         self.final_height = 0
+        self.reorgs = 0
+        self._partitions = 0  # partitions started; a timed heal ends only the one it was set for
+        self._heal_time = config.duration
 
     # ------------------------------------------------------------------ setup
     def _make_slot(self, index: int) -> Slot:
@@ -266,10 +325,30 @@ class Simulation:
                 balance=SENDER_BALANCE, timestamp=GENESIS_MS, block_interval_ms=self.config.block_interval_ms,
             )
             return genesis
-        raise NotImplementedError(f"the simulator does not run the '{self.config.consensus}' engine yet")
+        return Genesis(
+            chain_id=CHAIN_ID,
+            address_prefix="dev",
+            timestamp=GENESIS_MS,
+            engine="pow",
+            engine_params={
+                "target_block_ms": self.config.pow_block_ms,
+                "initial_target": f"0x{POW_TARGET:064x}",
+                "retarget_window": 10,
+                "finality_depth": self.config.pow_finality_depth,
+            },
+            allocations={address_of(key.public_key): SENDER_BALANCE for key in accounts},
+            block_reward=POW_REWARD,
+        )
 
     def _node_config(self, slot: Slot) -> NodeConfig:
-        return NodeConfig(data_dir=Path("sim") / slot.label, db="sqlite://")
+        return NodeConfig(data_dir=Path("sim") / slot.label, db="sqlite://", mine=True)
+
+    def _node_options(self, slot: Slot) -> dict:
+        if self.config.consensus != "pow":
+            return {}
+        # Each node holds an equal share of a hash rate that finds a block every pow_block_ms.
+        hash_rate = work_of_target(POW_TARGET) * 1000 / self.config.pow_block_ms / self.config.nodes
+        return {"miner": SimMiner(self.mining_rng, hash_rate)}
 
     # ------------------------------------------------------------------ running
     def run(self) -> SimResult:
@@ -302,6 +381,7 @@ class Simulation:
             stats=self.hub.stats,
             converged_after=converged_after,
             links=self.config.nodes * (self.config.nodes - 1) // 2,
+            reorgs=self.reorgs,
         )
 
     async def _main(self) -> float:
@@ -343,7 +423,7 @@ class Simulation:
         slot.network = SimNetwork(self.hub, slot.node_id)
         node = Node(
             self._node_config(slot), self.genesis, slot.key, slot.network,
-            clock=self._clock_ms, blocking=inline_blocking, store=slot.store,
+            clock=self._clock_ms, blocking=inline_blocking, store=slot.store, **self._node_options(slot),
         )
         if self.on_node is not None:
             self.on_node(slot, node)
@@ -504,6 +584,10 @@ class Simulation:
             cut = rng.randint(1, len(ids) - 1)
             groups = [ids[:cut], ids[cut:]]
             hub.partition(groups)
+            self._partitions += 1
+            limit = self.config.partition_limit
+            if limit is not None:
+                self.loop.call_later(limit, self._end_partition, self._partitions)
             return " | ".join(",".join(sorted(hub.label(n) for n in group)) for group in groups)
         if kind == "heal":
             hub.heal()
@@ -523,6 +607,12 @@ class Simulation:
             self._start(slot)
             return slot.label
         raise ValueError(f"unknown fault {kind}")
+
+    def _end_partition(self, number: int) -> None:
+        if number == self._partitions and self.hub.partitioned and self.loop.time() < self._heal_time:
+            self.hub.heal()
+            self.faults_applied["heal"] += 1
+            self.trace(f"fault heal: partition {number} ended after {self.config.partition_limit:g}s")
 
     def _heal_everything(self) -> None:
         self.hub.faults = Faults()
@@ -578,6 +668,7 @@ class Simulation:
             if common < slot.final_height:
                 self._fail(f"{slot.label} reverted final block {slot.final_height} "
                            f"{chain[slot.final_height].hex()[:12]} (back to {common})")
+            self.reorgs += 1
             self.trace(f"{slot.label} reorg: {len(chain) - 1 - common} blocks undone from {len(chain) - 1}")
             for height in range(common + 1, len(chain)):
                 slot.block_txs.pop(height, None)

@@ -23,13 +23,13 @@ import contextvars
 import random
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from node.p2p.messages import Status, TxAnnounce, TxBatch, TxRequest, decode_message
 from node.p2p.network import PeerHandler, PeerInfo
 
 BAN_SCORE = -100  # a peer scored this low is disconnected and banned
-BAN_SECONDS = 30.0
+BAN_SECONDS = 60.0  # as TcpNetwork's default
 P2P_PORT = 9000
 
 
@@ -127,6 +127,10 @@ class SimHub:
             network._stopped = True
             self.trace(f"crash {self.label(node_id)}")
             self._refresh()
+
+    @property
+    def partitioned(self) -> bool:
+        return bool(self._group)
 
     def reachable(self, a: str, b: str) -> bool:
         return self._group.get(a, 0) == self._group.get(b, 0)
@@ -230,7 +234,9 @@ class SimHub:
         for _ in range(copies):
             arrival = now + self.rng.uniform(*faults.delay_ms) / 1000
             if not faults.reorder:
-                arrival = max(arrival, link.last_arrival.get(destination, 0.0))
+                # A microsecond after the previous one: timers due at the same instant need
+                # not run in the order they were set (asyncio keeps them in a heap).
+                arrival = max(arrival, link.last_arrival.get(destination, -1.0) + 1e-6)
                 link.last_arrival[destination] = arrival
             self.trace(f"send {route} @{arrival:.6f}")
             self.loop.call_at(arrival, self._deliver, source.node_id, receiver, link.generation, raw,
@@ -316,12 +322,14 @@ class SimNetwork:
                 self.hub._transmit(self, peer_id, message)
 
     def peers(self) -> list[PeerInfo]:
-        return [self._peers[peer_id] for peer_id in self._peer_ids()]
+        return [replace(self._peers[peer_id]) for peer_id in self._peer_ids()]  # copies, as TcpNetwork gives
 
     def penalize(self, peer_id: str, points: int, reason: str) -> None:
         if self._alive and peer_id in self._peers:
             self.hub._penalize(self.node_id, peer_id, points, reason)
-            self._peers[peer_id].score = self.hub.score(self.node_id, peer_id)
+            info = self._peers.get(peer_id)  # gone if that was a ban
+            if info is not None:
+                info.score = self.hub.score(self.node_id, peer_id)
 
     def update_status(self, head_height: int, head_hash: bytes, finalized_height: int) -> None:
         self.hub._status_changed(self, (head_height, head_hash, finalized_height))
