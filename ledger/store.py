@@ -28,6 +28,7 @@ from sqlalchemy.pool import StaticPool
 
 from ledger.address import ADDRESS_SIZE, address_of
 from ledger.block import HASH_SIZE, Block, BlockHeader
+from ledger.codec import Writer
 from ledger.genesis import Genesis
 from ledger.state import Account, BlockEffects, decode_undo, encode_undo
 from ledger.transaction import Transaction
@@ -465,6 +466,38 @@ class ChainStore:
             .order_by(transactions_table.c.idx)
         ).scalars()
         return tuple(Transaction.decode(bytes(raw)) for raw in raws)
+
+    def encoded_blocks(self, first_height: int, count: int, max_bytes: int) -> list[bytes]:
+        """Blocks first_height, first_height+1, ... in their canonical encoding (Block.encode),
+        up to `count` blocks or `max_bytes` (at least one block): two queries, for serving sync."""
+        first = _int(first_height, "first_height")
+        last = first + _limit(count) - 1
+        with self._reading() as conn:
+            headers = conn.execute(
+                sa.select(blocks_table.c.height, blocks_table.c.header)
+                .where(blocks_table.c.height.between(first, last))
+                .order_by(blocks_table.c.height)
+            ).all()
+            tx_rows = conn.execute(
+                sa.select(transactions_table.c.height, transactions_table.c.raw)
+                .where(transactions_table.c.height.between(first, last))
+                .order_by(transactions_table.c.height, transactions_table.c.idx)
+            ).all()
+        by_height: dict[int, list[bytes]] = {}
+        for height, raw in tx_rows:
+            by_height.setdefault(height, []).append(bytes(raw))
+        encoded: list[bytes] = []
+        size = 0
+        for height, header in headers:
+            writer = Writer().var_bytes(bytes(header))
+            for raw in by_height.get(height, ()):
+                writer.var_bytes(raw)
+            block = writer.bytes()
+            size += len(block)
+            if encoded and size > max_bytes:
+                break
+            encoded.append(block)
+        return encoded
 
     def certificate(self, height: int) -> bytes:
         """The commit certificate stored with a block; b"" when none (or no such block)."""

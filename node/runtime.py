@@ -267,7 +267,9 @@ class Node:
         self._built = _Built(header.height, header.tx_root, effects)
         return Block(header, tuple(transactions))
 
-    async def _commit(self, block: Block, certificate: bytes, effects: BlockEffects | None = None) -> None:
+    async def _commit(
+        self, block: Block, certificate: bytes, effects: BlockEffects | None = None, announce: bool = True
+    ) -> None:
         header = block.header
         built = self._built
         if effects is not None:
@@ -288,7 +290,7 @@ class Node:
         self._advance_finality([tx.id for tx in block.transactions])
         self._update_gauges()
         self._publish("block", self._block_event(block))
-        if self.network is not None:
+        if announce and self.network is not None:
             self.network.update_status(header.height, header.hash, self.finalized_height)
         self._recent.append(header)
         self._feed(ev.BlockCommitted(self.now_ms(), header, tuple(self._recent)))
@@ -548,9 +550,11 @@ class Node:
         assert self.network is not None
         for block in item.blocks:
             header = block.header
-            if header.hash in self.side_blocks or self._main_header(header.hash) is not None:
+            if header.hash in self.side_blocks:
                 continue  # known
             if header.parent != self.head.hash:
+                if self._main_header(header.hash) is not None:
+                    continue  # known
                 if not await self._consider_fork(block, item.peer):
                     break
                 continue
@@ -559,10 +563,12 @@ class Node:
             except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
                 self._refuse(block, item.peer, exc)
                 break
-            await self._commit(block, b"", effects)
+            # While syncing, peers hear our new head once a batch, not once a block.
+            await self._commit(block, b"", effects, announce=item.relay)
             if item.relay:
                 self.network.broadcast(wire.NewBlock(block.encode()), exclude=frozenset((item.peer,)))
         if not item.relay:
+            self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             self.sync.after_import()
 
     def _refuse(self, block: Block, peer: str, exc: Exception) -> None:

@@ -9,7 +9,6 @@ up to BATCH blocks after it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -108,7 +107,7 @@ class BlockSync:
 
     # ------------------------------------------------------------------ serving
     async def serve(self, peer_id: str, request: GetBlocks) -> None:
-        raws = await asyncio.to_thread(self._blocks_after, request.locator, min(request.max_count, BATCH))
+        raws = await self.node._blocking(self._blocks_after, request.locator, min(request.max_count, BATCH))
         self.node.network.send(peer_id, Blocks(tuple(raws)))
 
     def _blocks_after(self, locator: tuple[bytes, ...], count: int) -> list[bytes]:
@@ -121,15 +120,7 @@ class BlockSync:
                 break
         if start is None:
             start = 1  # nothing in common but genesis (which every node of the chain shares)
-        raws: list[bytes] = []
-        size = 0
-        for height in range(start, min(start + count, self.node.head.height + 1)):
-            block = store.block(height)
-            if block is None:
-                break
-            raw = block.encode()
-            size += len(raw)
-            if raws and size > MAX_BATCH_BYTES:
-                break
-            raws.append(raw)
-        return raws
+        last = min(start + count - 1, self.node.head.height)
+        if last < start:
+            return []
+        return store.encoded_blocks(start, last - start + 1, MAX_BATCH_BYTES)
