@@ -36,6 +36,13 @@ chromium:
 		fi; \
 	fi
 
+# The network simulator over many seeds: `make sim SEEDS=1-500 ARGS="--consensus pow --jobs 4"`.
+# Prints each failing seed with the command that replays it; exits non-zero if any failed.
+SEEDS ?= 1-200
+.PHONY: sim
+sim: $(STAMP)
+	$(BIN)/python -m node.sim --seeds $(SEEDS) $(ARGS)
+
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(ARGS)
 
