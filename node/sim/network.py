@@ -91,6 +91,9 @@ class SimHub:
         self._links: dict[tuple[str, str], _Link] = {}
         self._scores: dict[tuple[str, str], int] = {}  # (judge, peer) -> score
         self._banned_until: dict[tuple[str, str], float] = {}
+        # The hub's own timers (handshakes, ban expiry) belong to no node: a node's crash
+        # must not cancel them, whoever's call set them.
+        self._context = contextvars.Context()
 
     # ------------------------------------------------------------------ naming and tracing
     def name(self, node_id: str, label: str) -> None:
@@ -174,7 +177,7 @@ class SimHub:
                     link.last_arrival.clear()
                     # The handshake takes a round trip; both ends learn of the link together.
                     delay = 2 * self.rng.uniform(*self.faults.delay_ms) / 1000
-                    self.loop.call_later(delay, self._open, a, b, link.generation)
+                    self.loop.call_later(delay, self._open, a, b, link.generation, context=self._context)
                 elif not wanted and link.up:
                     was_open = link.open
                     link.up = link.open = False
@@ -276,7 +279,7 @@ class SimHub:
             until = self.loop.time() + BAN_SECONDS
             self._banned_until[key] = until
             self.trace(f"ban {self.label(judge)}:{self.label(peer_id)} for {BAN_SECONDS:.0f}s")
-            self.loop.call_at(until, self._refresh)
+            self.loop.call_at(until, self._refresh, context=self._context)
             self._refresh()
 
     def score(self, judge: str, peer_id: str) -> int:
