@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 
 class NodeMetrics:
@@ -58,6 +60,34 @@ class NodeMetrics:
     def tx_rate(self) -> float:
         return self._refresh_rate(time.monotonic())
 
+    def watch_peer_traffic(
+        self, sent: Callable[[], Mapping[str, int]], received: Callable[[], Mapping[str, int]],
+        announced_ids: Callable[[], int],
+    ) -> None:
+        """Export the transport's message counters (it keeps them itself; read at scrape time)."""
+        self.registry.register(_PeerTrafficCollector(sent, received, announced_ids))
+
     def text(self) -> bytes:
         self._refresh_rate(time.monotonic())
         return generate_latest(self.registry)
+
+
+class _PeerTrafficCollector:
+    def __init__(self, sent, received, announced_ids) -> None:
+        self._sent = sent
+        self._received = received
+        self._announced_ids = announced_ids
+
+    def collect(self):
+        for name, help_text, counts in (
+            ("ledger_p2p_messages_sent", "Peer messages sent, by type (a broadcast counts once per peer)", self._sent()),
+            ("ledger_p2p_messages_received", "Peer messages received, by type", self._received()),
+        ):
+            family = CounterMetricFamily(name, help_text, labels=["type"])
+            for kind, count in sorted(counts.items()):
+                family.add_metric([kind], count)
+            yield family
+        yield CounterMetricFamily(
+            "ledger_gossip_announced_ids", "Transaction ids announced to peers (one per id per announce message)",
+            value=self._announced_ids(),
+        )

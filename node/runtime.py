@@ -107,6 +107,10 @@ class Node:
         self._events: asyncio.Queue[ev.Event | _Import | None] = asyncio.Queue()
         self.network = network
         self.gossip = TxGossip(network, self._admit, self._pending_tx) if network is not None else None
+        if network is not None and self.gossip is not None:
+            gossip = self.gossip
+            self.metrics.watch_peer_traffic(lambda: getattr(network, "sent", {}), lambda: getattr(network, "received", {}),
+                                            lambda: gossip.announced)
         self.sync = BlockSync(self)
         self.side_blocks = SideBlocks()
         self.max_reorg_depth = int(genesis.engine_params.get("max_reorg_depth", 100))
