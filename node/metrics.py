@@ -23,6 +23,7 @@ class NodeMetrics:
             "ledger_tx_per_second", "Transactions committed per second over the last 10 s", registry=self.registry
         )
         self.committed = Counter("ledger_transactions_committed", "Transactions committed", registry=self.registry)
+        self.reorgs = Counter("ledger_reorgs", "Chain reorganisations", registry=self.registry)
         self.blocks = Counter("ledger_blocks_committed", "Blocks committed", registry=self.registry)
         self.admitted = Counter("ledger_transactions_admitted", "Transactions admitted to the mempool", registry=self.registry)
         self.rejected = Counter(

@@ -113,6 +113,7 @@ class Node:
                                             lambda: gossip.announced)
         self.sync = BlockSync(self)
         self.side_blocks = SideBlocks()
+        self.reorgs: list[dict] = []  # the most recent reorgs, newest last (GET /v1/node shows them)
         self.max_reorg_depth = int(genesis.engine_params.get("max_reorg_depth", 100))
         self._txs_signalled = False
         self._built: _Built | None = None
@@ -600,11 +601,32 @@ class Node:
                         block.height, peer[:12], self.max_reorg_depth)
             self.side_blocks.discard(block.hash)
             return True
+        try:
+            self._check_branch_seals(fork_point, branch)
+        except (InvalidBlock, ev.InvalidSeal) as exc:
+            # Work a branch claims counts only once its seals prove it: otherwise one forged
+            # header declaring a tiny target would make the node revert its chain for nothing.
+            self._refuse(block, peer, exc)
+            self.side_blocks.discard(block.hash)
+            return True
         ours = sum(self.engine.block_work(h) for h in self._main_headers_after(fork_point.height))
         theirs = sum(self.engine.block_work(b.header) for b in branch)
         if theirs > ours:
             await self._reorg(fork_point, branch, peer)
         return True
+
+    def _check_branch_seals(self, fork_point: BlockHeader, branch: list[Block]) -> None:
+        """Structure and seal of every side block after the fork point, each against its own
+        branch's ancestors; state is checked only if the branch wins (by `_reorg`)."""
+        needed = max(1, self.engine.ancestors_needed)
+        first = max(0, fork_point.height - needed + 1)
+        ancestors = [self.store.block_header(h) for h in range(first, fork_point.height)] + [fork_point]
+        for side in branch:
+            side.check_structure(self.genesis.chain_id, self.genesis.max_block_transactions)
+            if side.header.timestamp > self.now_ms() + MAX_FUTURE_MS:
+                raise InvalidBlock("future_timestamp", "block timestamp is too far in the future")
+            self.engine.verify_header(side.header, tuple(ancestors[-needed:]), self.now_ms())
+            ancestors.append(side.header)
 
     def _main_headers_after(self, height: int) -> list[BlockHeader]:
         return [self.store.block_header(h) for h in range(height + 1, self.head.height + 1)]
@@ -636,11 +658,14 @@ class Node:
             self.pool.readmit(returning, self.now_ms())
         log.warning("reorg: %d blocks replaced from height %d (head %d -> %d)", len(reverted), fork_point.height + 1,
                     old_head.height, self.head.height)
-        self._publish("reorg", {
+        reorg = {
             "fork_height": fork_point.height, "depth": len(reverted), "old_head": old_head.hash.hex(),
             "new_head": self.head.hash.hex(), "height": self.head.height,
-            "returned_to_mempool": len(returning),
-        })
+            "returned_to_mempool": len(returning), "at": self.now_ms(),
+        }
+        self.reorgs = self.reorgs[-9:] + [reorg]
+        self.metrics.reorgs.inc()
+        self._publish("reorg", reorg)
 
     async def _revert_to(self, height: int) -> list[Block]:
         """Undo main-chain blocks down to `height`; the undone blocks, newest first."""
@@ -703,6 +728,7 @@ class Node:
             extra={
                 "engine": self.engine.status(),
                 "tx_per_second": round(self.metrics.tx_rate(), 1),
+                "reorgs": self.reorgs,
                 "peers": [
                     {"node_id": p.id, "address": p.address, "direction": "inbound" if p.inbound else "outbound",
                      "height": p.head_height, "score": p.score}
