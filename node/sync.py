@@ -10,7 +10,6 @@ up to BATCH blocks after it.
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from ledger.block import Block
@@ -25,7 +24,7 @@ log = logging.getLogger("ledger.sync")
 
 BATCH = 500
 MAX_BATCH_BYTES = 8 * 1024 * 1024
-REQUEST_TIMEOUT_SECONDS = 15.0
+REQUEST_TIMEOUT_SECONDS = 5.0
 PROGRESS_LOG_SECONDS = 5.0
 
 
@@ -37,6 +36,10 @@ class BlockSync:
         self._last_log = 0.0
         self._started_height = 0
         self._started_at = 0.0
+
+    def _now(self) -> float:
+        """Seconds on the node's clock (virtual under the simulator, so timeouts fire there too)."""
+        return self.node.now_ms() / 1000
 
     # ------------------------------------------------------------------ state
     @property
@@ -56,12 +59,15 @@ class BlockSync:
             self._request(peer.id)
 
     def peer_gone(self, peer_id: str) -> None:
+        # The best height is what the connected peers claim: a peer that lied about its head
+        # must not leave the node reporting "syncing" forever once it is gone.
+        self.best_height = max((p.head_height for p in self.node.network.peers() if p.id != peer_id), default=0)
         if self._outstanding is not None and self._outstanding[0] == peer_id:
             self._outstanding = None
             self._ask_best_peer()
 
     def check_timeout(self) -> None:
-        if self._outstanding is not None and time.monotonic() - self._outstanding[1] > REQUEST_TIMEOUT_SECONDS:
+        if self._outstanding is not None and self._now() - self._outstanding[1] > REQUEST_TIMEOUT_SECONDS:
             peer_id = self._outstanding[0]
             log.warning("peer %s did not answer a block request in time", peer_id[:12])
             self._outstanding = None
@@ -72,8 +78,8 @@ class BlockSync:
         if self._outstanding is not None:
             return
         if not self._started_at:
-            self._started_at, self._started_height = time.monotonic(), self.node.head.height
-        self._outstanding = (peer_id, time.monotonic())
+            self._started_at, self._started_height = self._now(), self.node.head.height
+        self._outstanding = (peer_id, self._now())
         self.node.network.send(peer_id, GetBlocks(tuple(self.node.locator()), BATCH))
 
     def _ask_best_peer(self) -> None:
@@ -96,7 +102,7 @@ class BlockSync:
 
     def after_import(self) -> None:
         """A batch was imported: log progress and ask for more while someone is ahead."""
-        now = time.monotonic()
+        now = self._now()
         height = self.node.head.height
         if self._started_at and now - self._last_log >= PROGRESS_LOG_SECONDS:
             self._last_log = now
