@@ -8,14 +8,16 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from consensus.registry import EngineNotBuilt
 from ledger.address import address_of
 from ledger.genesis import Genesis, InvalidGenesis, dev_genesis
 from ledger.hdkeys import DEV_MNEMONIC, account_path, dev_keys
-from ledger.store import ChainStore, GenesisMismatch
+from ledger.store import ChainStore, ChainStoreError, GenesisMismatch
 from node import __version__
 from node.config import ConfigError, NodeConfig, load_config
 from node.keys import NodeKeyError, load_or_create_node_key
@@ -27,16 +29,38 @@ app = typer.Typer(
 db_app = typer.Typer(help="Chain database commands.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 
-console = Console()
-errors = Console(stderr=True)
+# soft_wrap: lines are never broken at the terminal width, so an error stays on one line
+# and keys, addresses and URLs stay whole for copying.
+console = Console(soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True)
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 
 
+def print_error(message: str) -> None:
+    # One line, whatever the message holds (driver errors span several), and its text is
+    # never read as markup: a path like "data/[old]" is printed as it is.
+    one_line = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    errors.print(f"[bold red]error:[/] {escape(one_line)}", highlight=False)
+
+
 def fail(message: str, code: int = EXIT_USAGE) -> None:
-    errors.print(f"[bold red]error:[/] {message}", highlight=False)
+    print_error(message)
     raise typer.Exit(code)
+
+
+def _shown_url(url: str) -> str:
+    """A database URL fit for the terminal: without its password."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
+
+
+def _database_error(exc: Exception) -> str:
+    """The driver's own words (SQLAlchemy wraps them with a link to its docs)."""
+    return str(getattr(exc, "orig", None) or exc)
 
 
 def _config(flags: dict, config_file: Optional[Path]) -> NodeConfig:
@@ -90,8 +114,11 @@ def node(
         config.data_dir.mkdir(parents=True, exist_ok=True)
         node_key = load_or_create_node_key(config.data_dir)
         genesis_data, created = _load_genesis(config, node_key.public_key)
-    except (NodeKeyError, InvalidGenesis) as exc:
+    except NodeKeyError as exc:
         fail(str(exc))
+    except InvalidGenesis as exc:
+        path = str(config.genesis_path)
+        fail(str(exc) if path in str(exc) else f"genesis {path}: {exc}")
     except OSError as exc:
         fail(f"cannot use data dir {config.data_dir}: {exc.strerror}")
 
@@ -113,8 +140,12 @@ def node(
         runtime = Node(config, genesis_data, node_key, network)
     except EngineNotBuilt as exc:
         fail(str(exc))
+    except (ChainStoreError, sa.exc.SQLAlchemyError) as exc:  # a URL the driver refuses, or a missing driver
+        fail(f"cannot open the database {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)
     except ValueError as exc:
         fail(f"genesis {config.genesis_path}: {exc}")
+    except OSError as exc:  # the folder of a SQLite file cannot be created
+        fail(f"cannot open the database {_shown_url(config.db_url)}: {exc.strerror or exc}", EXIT_RUNTIME)
 
     def ready() -> None:
         _print_banner(config, runtime, created)
@@ -123,6 +154,9 @@ def node(
         asyncio.run(serve(runtime, config, api_socket, on_ready=ready))
     except GenesisMismatch as exc:
         fail(str(exc))
+    except (ChainStoreError, sa.exc.SQLAlchemyError) as exc:  # the database is unreachable or unusable at start
+        logging.getLogger("ledger.node").debug("opening the database failed", exc_info=True)
+        fail(f"cannot open the database {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)
     except OSError as exc:
         fail(f"cannot listen for peers on {config.p2p_host}:{config.p2p_port}: {exc.strerror}; "
              "is another node running? Pick another port with --p2p-port.", EXIT_RUNTIME)
@@ -136,8 +170,8 @@ def _print_banner(config: NodeConfig, runtime, created: bool) -> None:
                   f"height {runtime.head.height}" + ("  (new dev chain)" if created else ""), highlight=False)
     console.print(f"  REST API   {config.api_url}/v1      OpenAPI  {config.api_url}/docs", highlight=False)
     console.print(f"  Explorer   {config.api_url}/explorer", highlight=False)
-    console.print(f"  Database   {config.db_url}", highlight=False)
-    console.print(f"  Data dir   {config.data_dir}", highlight=False)
+    console.print(f"  Database   {escape(_shown_url(config.db_url))}", highlight=False)
+    console.print(f"  Data dir   {escape(str(config.data_dir))}", highlight=False)
     _print_dev_accounts(genesis, lambda account: runtime.state.get(account)[0])
     console.print("Ctrl-C stops the node.", style="dim")
     sys.stdout.flush()
@@ -169,14 +203,15 @@ def db_upgrade(
 ) -> None:
     """Bring the chain database to the current schema (a node also does this on start)."""
     config = _config({"data_dir": str(data_dir) if data_dir else None, "db": db}, config_file)
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    # No mkdir of the data dir here: the store creates a SQLite file's folder itself, and a
+    # --db elsewhere must not leave an empty data/node behind.
     try:
         store = ChainStore(config.db_url)
         store.upgrade()
         store.close()
     except Exception as exc:  # the database driver's errors vary by backend; say which URL failed
-        fail(f"cannot upgrade {config.db_url}: {exc}", EXIT_RUNTIME)
-    console.print(f"{config.db_url}: schema is current")
+        fail(f"cannot upgrade {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)
+    console.print(f"{escape(_shown_url(config.db_url))}: schema is current", highlight=False)
 
 
 @app.command()
@@ -309,8 +344,20 @@ def version() -> None:
     console.print(__version__)
 
 
+# Usage mistakes (an unknown flag, a value of the wrong type) come from the click that
+# typer runs on, its own vendored copy in recent typer: found through a public subclass.
+_UsageError = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+
+
 def main() -> None:
-    app()
+    try:
+        code = app(standalone_mode=False)
+    except _UsageError as exc:
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has printed the help already
+            context = getattr(exc, "ctx", None)
+            print_error(exc.format_message() + (f" (see '{context.command_path} --help')" if context else ""))
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
