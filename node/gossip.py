@@ -21,6 +21,7 @@ from node.p2p.network import Network
 log = logging.getLogger("ledger.gossip")
 
 FLUSH_SECONDS = 0.01
+REQUEST_TIMEOUT_MS = 2_000  # an id requested but not delivered by then may be requested again
 MAX_IDS_PER_MESSAGE = 4096
 # Refusals that prove a peer sent something no honest node would relay.
 MALICIOUS_REASONS = frozenset({"bad_signature", "high_s_signature", "wrong_chain", "bad_public_key", "decode_error"})
@@ -48,12 +49,15 @@ class TxGossip:
         network: Network,
         submit: Callable[[list[Transaction], str | None], Awaitable[list[SubmitResult]]],
         pending: Callable[[bytes], Transaction | None],
+        clock: Callable[[], int],
         seen_capacity: int = 500_000,
     ):
         self.network = network
         self._submit = submit
         self._pending = pending
         self.seen = SeenCache(seen_capacity)
+        self._clock = clock
+        self._requested: dict[bytes, int] = {}  # id -> when we asked for it (ms)
         self._outbox: dict[str | None, list[bytes]] = {}
         self._flusher: asyncio.Task | None = None
         self.announced = 0  # ids sent in announcements, for the messages-per-transaction figure
@@ -82,11 +86,27 @@ class TxGossip:
                 self.announced += len(chunk)
 
     def on_announce(self, peer_id: str, ids: tuple[bytes, ...]) -> None:
-        wanted = [tx_id for tx_id in ids if tx_id not in self.seen]
+        now = self._clock()
+        requested = self._requested
+        # Requested once, from the first peer that announced it, unless that answer is lost.
+        wanted = [
+            tx_id for tx_id in ids
+            if tx_id not in self.seen and now - requested.get(tx_id, -REQUEST_TIMEOUT_MS) >= REQUEST_TIMEOUT_MS
+        ]
         for tx_id in wanted:
-            self.seen.add(tx_id)  # requested once, from the first peer that announced it
+            requested[tx_id] = now
         if wanted:
             self.network.send(peer_id, TxRequest(tuple(wanted)))
+
+    def reannounce(self, ids: list[bytes]) -> None:
+        """Announce pending transactions again (an announcement can be lost; peers that have
+        them ignore it), and forget requests that were never answered."""
+        now = self._clock()
+        for tx_id in [i for i, at in self._requested.items() if now - at >= REQUEST_TIMEOUT_MS]:
+            del self._requested[tx_id]
+        for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
+            self.network.broadcast(TxAnnounce(tuple(ids[start : start + MAX_IDS_PER_MESSAGE])))
+            self.announced += len(ids[start : start + MAX_IDS_PER_MESSAGE])
 
     def on_request(self, peer_id: str, ids: tuple[bytes, ...]) -> None:
         found = [tx.encode() for tx in map(self._pending, ids) if tx is not None]
@@ -101,6 +121,9 @@ class TxGossip:
             except DecodeError as exc:
                 self.network.penalize(peer_id, 20, f"undecodable transaction: {exc}")
                 return
+        for tx in transactions:
+            self.seen.add(tx.id)  # admitted or not, there is no need to fetch it again
+            self._requested.pop(tx.id, None)
         results = await self._submit(transactions, peer_id)
         bad = [r for r in results if isinstance(r, Rejection) and r.reason in MALICIOUS_REASONS]
         if bad:

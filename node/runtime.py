@@ -56,6 +56,8 @@ log = logging.getLogger("ledger.node")
 ENGINE_STATE_KEY = "engine_state"
 SUBSCRIBER_QUEUE = 1024
 MAX_FUTURE_MS = 15_000  # a block stamped further ahead of our clock is refused
+REANNOUNCE_EVERY_TICKS = 10  # housekeeping ticks (1 s each) between re-announcements of pending transactions
+MAX_REANNOUNCE = 4_096
 
 
 def wall_clock_ms() -> int:
@@ -106,7 +108,7 @@ class Node:
         self._lock = threading.Lock()
         self._events: asyncio.Queue[ev.Event | _Import | None] = asyncio.Queue()
         self.network = network
-        self.gossip = TxGossip(network, self._admit, self._pending_tx) if network is not None else None
+        self.gossip = TxGossip(network, self._admit, self._pending_tx, self.now_ms) if network is not None else None
         if network is not None and self.gossip is not None:
             gossip = self.gossip
             self.metrics.watch_peer_traffic(lambda: getattr(network, "sent", {}), lambda: getattr(network, "received", {}),
@@ -123,6 +125,7 @@ class Node:
         self._timer: asyncio.TimerHandle | None = None
         self._subscribers: set[asyncio.Queue[Event | None]] = set()
         self._final_waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._waits_ended = False  # stopping: wait=final requests answer at once
         self._unfinal: deque[tuple[int, list[bytes]]] = deque()  # (height, tx ids) of included, not yet final blocks
         self.state: State
         self.pool: Mempool
@@ -323,6 +326,7 @@ class Node:
             self._feed(ev.TxsAvailable(self.now_ms(), self.pool.ready_count()))
 
     async def _housekeeping(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(1)
             with self._lock:
@@ -331,6 +335,11 @@ class Node:
                 log.info("expired %d transactions from the mempool", len(expired))
             if self.network is not None:
                 self.sync.check_timeout()
+                ticks += 1
+                if ticks % REANNOUNCE_EVERY_TICKS == 0 and len(self.pool):
+                    with self._lock:
+                        pending = [tx.id for tx in self.pool.snapshot(MAX_REANNOUNCE)]
+                    self.gossip.reannounce(pending)
             self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -357,6 +366,16 @@ class Node:
                 except asyncio.QueueFull:
                     queue.get_nowait()  # make room: the end matters more than a stale event
         self._subscribers.clear()
+
+    def end_waits(self) -> None:
+        """Answer every wait=final request now with the status it has, and later ones at
+        once: the node is stopping, and the HTTP server's graceful shutdown must not sit
+        out their timeouts (it would, then fail them with a 500)."""
+        self._waits_ended = True
+        for waiters in self._final_waiters.values():
+            for future in waiters:
+                if not future.done():
+                    future.cancel()
 
     def _publish(self, kind: str, data: dict) -> None:
         if not self._subscribers:
@@ -471,7 +490,7 @@ class Node:
             future = loop.create_future()
             self._final_waiters.setdefault(tx_id, []).append(future)
             waiting[tx_id] = future
-        if waiting:
+        if waiting and not self._waits_ended:
             await asyncio.wait(waiting.values(), timeout=timeout)
         for tx_id, future in waiting.items():
             if not future.done():
