@@ -55,6 +55,7 @@ async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_re
             server.force_exit = True
         server.should_exit = True
         node.close_streams()
+        node.end_waits()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
