@@ -333,6 +333,12 @@ def test_a_node_that_finalizes_its_own_fork_is_caught_with_the_seed():
     assert failure.trace and failure.step > 0
 
 
+def test_a_run_that_spins_past_its_step_budget_fails_instead_of_hanging():
+    with pytest.raises(SimulationFailure) as caught:
+        run_seed(ci_config(4, faults=frozenset(), max_steps=200))
+    assert "more than 200 loop steps" in caught.value.reason and caught.value.step == 201
+
+
 def test_messages_per_transaction_stay_near_one_announce_per_link():
     config = ci_config(5, faults=frozenset(), duration=10.0, tx_per_second=30.0)
     result = run_seed(config)

@@ -101,6 +101,9 @@ class SimConfig:
     max_partition: float | None = None
     pow_block_ms: int = 1000
     pow_finality_depth: int = 12
+    # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
+    # something spins without letting virtual time pass.  Counted, not timed, so it replays.
+    max_steps: int = 500_000
     trace_tail: int = 60
 
     def __post_init__(self) -> None:
@@ -120,6 +123,8 @@ class SimConfig:
         low, high = self.fault_gap
         if not 0 < low <= high:
             raise ValueError("fault_gap: 0 < low <= high")
+        if self.max_steps < 1:
+            raise ValueError("max_steps: at least 1")
         if self.max_partition is not None and self.max_partition <= 0:
             raise ValueError("max_partition: positive, or None")
 
@@ -630,6 +635,9 @@ class Simulation:
         if self._problems or self._errors.records or self.hub.errors:
             problem = (self._problems or self._errors.records or self.hub.errors)[0]
             self._fail(problem)
+        if self.loop.steps > self.config.max_steps:
+            self._fail(f"more than {self.config.max_steps} loop steps at virtual time {self.loop.time():.3f}s: "
+                       "something spins without letting time pass")
         for slot in self.slots:
             node = slot.node
             if node is None or not slot.running:
