@@ -69,7 +69,9 @@ def write_network(directory: Path, senders: list[PrivateKey]) -> tuple[Path, Pri
     return path, node_key
 
 
-def sign_workload(senders: list[PrivateKey], n: int, recipients: int) -> tuple[list[list[str]], list]:
+def sign_workload(
+    senders: list[PrivateKey], n: int, recipients: int, chain_id: str = CHAIN_ID
+) -> tuple[list[list[str]], list]:
     """Batches of 100 hex transactions (batch k holds nonce k of 100 senders) and the transactions."""
     targets = [sha256(b"recipient" + i.to_bytes(4, "big"))[:20] for i in range(recipients)]
     per_sender = n // len(senders)
@@ -77,7 +79,7 @@ def sign_workload(senders: list[PrivateKey], n: int, recipients: int) -> tuple[l
     count = 0
     for nonce in range(per_sender):
         for index, key in enumerate(senders):
-            tx = new_transfer(key, CHAIN_ID, nonce, targets[count % recipients], amount=1 + count % 1000, fee=1)
+            tx = new_transfer(key, chain_id, nonce, targets[count % recipients], amount=1 + count % 1000, fee=1)
             rows.append(tx)
             count += 1
     return [[tx.encode().hex() for tx in rows[i : i + 100]] for i in range(0, len(rows), 100)], rows
@@ -108,19 +110,28 @@ async def wait_ready(url: str, process: subprocess.Popen, timeout: float = 30) -
     raise RuntimeError("node did not become ready")
 
 
-async def follow_blocks(url: str, commit_times: dict[int, float], stop: asyncio.Event) -> None:
-    """Record when each block height is announced final on the events stream."""
+async def follow_events(url: str, on_event, stop: asyncio.Event) -> None:
+    """Call on_event(kind, data, arrival time) for each event of the node's events stream."""
     async with httpx.AsyncClient(timeout=None) as client:
         async with client.stream("GET", f"{url}/v1/events") as response:
             kind = None
             async for line in response.aiter_lines():
                 if line.startswith("event:"):
                     kind = line[6:].strip()
-                elif line.startswith("data:") and kind == "block":
-                    data = json.loads(line[5:])
-                    commit_times[data["height"]] = time.perf_counter()
+                elif line.startswith("data:") and kind is not None:
+                    on_event(kind, json.loads(line[5:]), time.perf_counter())
                 if stop.is_set():
                     return
+
+
+async def follow_blocks(url: str, commit_times: dict[int, float], stop: asyncio.Event) -> None:
+    """Record when each block height is announced final on the events stream."""
+
+    def on_event(kind: str, data: dict, at: float) -> None:
+        if kind == "block":
+            commit_times[data["height"]] = at
+
+    await follow_events(url, on_event, stop)
 
 
 async def submit_all(url: str, batches: list[list[str]], connections: int, sent_at: list[float]) -> tuple[int, int]:

@@ -1,0 +1,652 @@
+"""The network runs of ../shared/BENCHMARK.md: several real node processes on 127.0.0.1.
+
+    python bench/network.py --nodes 4 --consensus solo
+    python bench/network.py --nodes 4 --consensus pow
+
+Each invocation starts its own networks (free ports, a temporary directory, SQLite; the
+files and processes of `ledger testnet`, from node/testnet.py), stops every process at the
+end even on error, and prints one summary line per run:
+
+  throughput  the transfer workload (N pre-signed transfers from 100 funded senders,
+              batches of 100 over 4 HTTP connections) sent to node0 or, with
+              `--submit-to all`, each node getting the transfers of a quarter of the
+              senders over its own connection.  committed/s counts until the last
+              transfer is final on EVERY node; with the messages, ids announced and bytes
+              that crossed between the nodes per transfer (bytes: kernel TCP counters of
+              the peer connections, framing included).  N defaults to 20,000 for solo and
+              5,000 for proof of work: PoW blocks come every ~2 s and a transfer is final
+              6 blocks later, so a PoW run is bounded by block time and depth, not by N.
+  gossip      single transfers sent to node1 at a low rate (`--gossip-count`,
+              `--gossip-rate`); for each, the time from its POST until every node's
+              events stream has shown it (in its mempool, or in a block): p50/p99.
+  catchup     (solo) 10,000 signed solo blocks written straight into node0's store, node0
+              started, then a fresh node1 started: blocks/s until its head matches.
+  startup     `ledger testnet --nodes N --consensus C` itself, timed from the command to
+              every node's API up, all connected, and a first block on every node (solo
+              makes blocks only for transactions: one transfer is sent to node0 as soon as
+              its API answers).  Median of `--startup-runs`.
+
+`--only gossip,startup` picks runs (catchup is in the default set for solo only).
+Figures and their reading: docs/benchmarks.md, "Networks".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import dataclasses
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import (  # noqa: E402  (also puts the checkout on sys.path)
+    ROOT,
+    follow_blocks,
+    follow_events,
+    free_port,
+    make_keys,
+    sign_workload,
+    submit_all,
+    vm_hwm_mib,
+    wait_ready,
+)
+
+from ledger.address import address_of  # noqa: E402
+from ledger.block import Block, build_header  # noqa: E402
+from ledger.crypto import PrivateKey, sha256  # noqa: E402
+from ledger.genesis import Genesis  # noqa: E402
+from ledger.hdkeys import dev_keys  # noqa: E402
+from ledger.state import State  # noqa: E402
+from ledger.store import ChainStore  # noqa: E402
+from ledger.transaction import new_transfer  # noqa: E402
+from node.config import load_config  # noqa: E402
+from node.testnet import TESTNET_CHAIN_ID, NodeLayout, start_nodes, stop_nodes, wait_until_connected, write_network  # noqa: E402
+
+# The node processes run `python -m node.cli`: they must import the checkout from anywhere.
+os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+
+SENDER_BALANCE = 10**15
+DEFAULT_N = {"solo": 20_000, "pow": 5_000}
+RUNS = ("throughput", "gossip", "catchup", "startup")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * fraction))]
+
+
+def free_port_run(count: int, avoid: set[int] = frozenset()) -> int:
+    """The first of `count` consecutive free ports (ledger testnet numbers nodes' ports that way)."""
+    for _ in range(200):
+        base = free_port()
+        ports = range(base, base + count)
+        if base + count > 65535 or avoid.intersection(ports):
+            continue
+        held = []
+        try:
+            for port in ports:
+                sock = socket.socket()
+                held.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in held:
+                sock.close()
+    raise RuntimeError(f"found no {count} consecutive free ports")
+
+
+# ---------------------------------------------------------------------------------- networks
+@dataclasses.dataclass
+class Network:
+    directory: Path
+    layouts: list[NodeLayout]
+    genesis: Genesis
+    processes: list[subprocess.Popen] = dataclasses.field(default_factory=list)
+
+    @property
+    def urls(self) -> list[str]:
+        return [layout.api_url for layout in self.layouts]
+
+    @property
+    def p2p_ports(self) -> list[int]:
+        return [layout.p2p_port for layout in self.layouts]
+
+    def log_tail(self, index: int, lines: int = 5) -> str:
+        path = self.layouts[index].directory / "node.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def prepare_network(directory: Path, nodes: int, consensus: str, funded: list[bytes], **genesis_changes) -> Network:
+    """`ledger init`'s files on free ports, with the benchmark's senders added to genesis."""
+    api_base = free_port_run(nodes)
+    p2p_base = free_port_run(nodes, avoid=set(range(api_base, api_base + nodes)))
+    layouts = write_network(directory, nodes, consensus, api_base, p2p_base)
+    path = directory / "genesis.json"
+    genesis = Genesis.load(path)
+    allocations = dict(genesis.allocations)
+    allocations.update({address: SENDER_BALANCE for address in funded})
+    genesis = dataclasses.replace(genesis, allocations=allocations, **genesis_changes)
+    genesis.save(path)
+    return Network(directory, layouts, Genesis.load(path))
+
+
+@contextmanager
+def running(network: Network, indices: list[int] | None = None) -> Iterator[Network]:
+    """Start the nodes (all, or `indices`); stop every one of them on the way out, whatever happens."""
+    chosen = [network.layouts[i] for i in (indices if indices is not None else range(len(network.layouts)))]
+    started = start_nodes(chosen)
+    network.processes.extend(started)
+    try:
+        yield network
+    finally:
+        stop_nodes(started)
+
+
+async def wait_all_ready(network: Network) -> None:
+    await asyncio.gather(*(wait_ready(url, process, timeout=60) for url, process in zip(network.urls, network.processes)))
+    await asyncio.to_thread(wait_until_connected, network.layouts, network.processes, 60)
+
+
+# ---------------------------------------------------------------------------------- traffic
+METRIC_LINE = re.compile(r'^(ledger_p2p_messages_sent_total|ledger_gossip_announced_ids_total)(?:\{type="(\w+)"\})? (\S+)$')
+
+
+async def message_counters(urls: list[str]) -> tuple[Counter[str], int]:
+    """Peer messages sent by type and transaction ids announced, summed over the nodes."""
+    sent: Counter[str] = Counter()
+    announced = 0
+    async with httpx.AsyncClient(timeout=10) as client:
+        for url in urls:
+            for line in (await client.get(f"{url}/metrics")).text.splitlines():
+                match = METRIC_LINE.match(line)
+                if match is None:
+                    continue
+                name, kind, value = match.groups()
+                if name == "ledger_p2p_messages_sent_total":
+                    sent[kind] += int(float(value))
+                else:
+                    announced += int(float(value))
+    return sent, announced
+
+
+def peer_socket_bytes(p2p_ports: list[int]) -> dict[tuple[str, str], int]:
+    """Bytes the kernel moved on each peer connection (both directions), keyed by its endpoints.
+
+    Every peer connection has exactly one end whose local port is a listening P2P port (the
+    accepted side), so counting those sockets counts each connection once."""
+    if not p2p_ports:
+        return {}
+    selector = " or ".join(f"sport = :{port}" for port in p2p_ports)
+    try:
+        output = subprocess.run(["ss", "-tinH", "state", "established", f"( {selector} )"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    counts: dict[tuple[str, str], int] = {}
+    key = None
+    for line in output.splitlines():
+        if not line.startswith(("\t", " ")):
+            fields = line.split()
+            key = (fields[-2], fields[-1]) if len(fields) >= 2 else None
+            continue
+        if key is None:
+            continue
+        sent = re.search(r"bytes_sent:(\d+)", line)
+        received = re.search(r"bytes_received:(\d+)", line)
+        counts[key] = (int(sent.group(1)) if sent else 0) + (int(received.group(1)) if received else 0)
+    return counts
+
+
+def bytes_between(before: dict, after: dict) -> tuple[int, int]:
+    """Bytes moved between two snapshots, and how many connections were replaced in between
+    (their bytes before closing are lost, so the figure is then a lower bound)."""
+    moved = sum(count - before.get(key, 0) for key, count in after.items())
+    return moved, len(set(before) - set(after))
+
+
+# ---------------------------------------------------------------------------------- throughput
+def split_by_node(txs: list, senders: int, nodes: int) -> list[list]:
+    """The transfers of senders i, i+nodes, ... for node i, still in nonce order per sender."""
+    return [[tx for position, tx in enumerate(txs) if (position % senders) % nodes == node] for node in range(nodes)]
+
+
+async def wait_final_everywhere(network: Network, ids: set[bytes], depth: int, timeout: float) -> int:
+    """Wait until every node has an empty mempool and has finalized the blocks holding all
+    `ids` (read from node0's chain); returns the height of the highest of those blocks."""
+    deadline = time.monotonic() + timeout
+    checked_upto = 0
+    ids_at: dict[int, set[bytes]] = {}
+    infos: list[dict] = []
+    found: set[bytes] = set()
+    async with httpx.AsyncClient(timeout=30) as client:
+        while time.monotonic() < deadline:
+            infos = [(await client.get(f"{url}/v1/node")).json() for url in network.urls]
+            if all(info["mempool_size"] == 0 for info in infos):
+                height = min(info["height"] for info in infos)
+                # Blocks above what we read may have been replaced by a reorg: reread from
+                # the oldest one not yet final.
+                for h in range(max(1, checked_upto - depth), height + 1):
+                    block = (await client.get(f"{network.urls[0]}/v1/blocks/{h}")).json()
+                    ids_at[h] = {bytes.fromhex(tx["id"]) for tx in block.get("transactions", [])}
+                checked_upto = height
+                found = set().union(*ids_at.values())
+                if ids <= found:
+                    holding = max(h for h, held in ids_at.items() if held & ids)
+                    if all(info["finalized_height"] >= holding for info in infos):
+                        return holding
+            await asyncio.sleep(0.05)
+    state = "; ".join(f"node{i} height={info['height']} final={info['finalized_height']} mempool={info['mempool_size']} "
+                      f"peers={info['peers']}" for i, info in enumerate(infos))
+    raise RuntimeError(f"not every transfer was final on every node within {timeout:.0f} s "
+                       f"({len(ids & found)} of {len(ids)} in node0's chain; {state})")
+
+
+async def tx_heights(url: str, height: int) -> dict[bytes, int]:
+    heights: dict[bytes, int] = {}
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        for h in range(1, height + 1):
+            block = (await client.get(f"/v1/blocks/{h}")).json()
+            for tx in block["transactions"]:
+                heights[bytes.fromhex(tx["id"])] = h
+    return heights
+
+
+async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
+    n = args.n or DEFAULT_N[args.consensus]
+    senders = make_keys(args.senders, b"bench-sender")
+    t0 = time.perf_counter()
+    _, txs = sign_workload(senders, n, args.recipients, chain_id=TESTNET_CHAIN_ID)
+    log(f"signed {len(txs)} transfers in {time.perf_counter() - t0:.1f} s")
+    network = prepare_network(workdir / f"throughput-{args.consensus}", args.nodes, args.consensus,
+                              [address_of(key.public_key) for key in senders])
+    depth = int(network.genesis.engine_params.get("finality_depth", 0))
+    if args.submit_to == "all":
+        per_node = split_by_node(txs, args.senders, args.nodes)
+        targets = list(range(args.nodes))
+        connections = max(1, args.connections // args.nodes)
+    else:
+        per_node = [txs]
+        targets = [0]
+        connections = args.connections
+    batch_lists = [[[tx.encode().hex() for tx in part[i : i + 100]] for i in range(0, len(part), 100)] for part in per_node]
+    batch_of = {tx.id: (part_index, i // 100) for part_index, part in enumerate(per_node) for i, tx in enumerate(part)}
+
+    with running(network):
+        try:
+            await wait_all_ready(network)
+        except Exception:
+            for i in range(args.nodes):
+                log(f"node{i}: {network.log_tail(i)}")
+            raise
+        commit_times: list[dict[int, float]] = [{} for _ in network.urls]
+        stop = asyncio.Event()
+        followers = [asyncio.create_task(follow_blocks(url, times, stop)) for url, times in zip(network.urls, commit_times)]
+        await asyncio.sleep(0.5)
+        messages_before, announced_before = await message_counters(network.urls)
+        bytes_before = peer_socket_bytes(network.p2p_ports)
+        sent_at = [[0.0] * len(batches) for batches in batch_lists]
+        start = time.perf_counter()
+        outcomes = await asyncio.gather(*(
+            submit_all(network.urls[target], batches, connections, times)
+            for target, batches, times in zip(targets, batch_lists, sent_at)
+        ))
+        submitted_elapsed = time.perf_counter() - start
+        accepted = sum(a for a, _ in outcomes)
+        retries = sum(r for _, r in outcomes)
+        height = await wait_final_everywhere(network, {tx.id for tx in txs}, depth, timeout=600)
+        polled_final = time.perf_counter()
+        # The events streams may deliver the last block a moment after the poll saw it.
+        final_height = height + depth
+        deadline = time.perf_counter() + 5
+        while any(final_height not in times for times in commit_times) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.005)
+        messages_after, announced_after = await message_counters(network.urls)
+        bytes_after = peer_socket_bytes(network.p2p_ports)
+        heights = await tx_heights(network.urls[0], height)
+        stop.set()
+        for follower in followers:
+            follower.cancel()
+        rss = [vm_hwm_mib(process.pid) for process in network.processes]
+
+    # A transfer is final on a node when the block `depth` above its own commits there.
+    latencies = []
+    ends = []
+    for tx in txs:
+        if tx.id not in heights:
+            continue  # moved by a reorg after the poll: unmeasured
+        h = heights[tx.id] + depth
+        if all(h in times for times in commit_times):
+            final_everywhere = max(times[h] for times in commit_times)
+            part, batch = batch_of[tx.id]
+            latencies.append((final_everywhere - sent_at[part][batch]) * 1000)
+            ends.append(final_everywhere)
+    # Without a commit time for every transfer (an events stream dropped one), the poll's time.
+    end = max(ends) if len(ends) == len(txs) else polled_final
+    messages = messages_after - messages_before
+    moved, replaced = bytes_between(bytes_before, bytes_after)
+    log(f"last_workload_block={height} mempool_full_retries={retries} measured_latencies={len(latencies)} of {len(txs)}")
+    log("peer messages during the run: " + ", ".join(f"{kind}={count}" for kind, count in messages.most_common()))
+    if replaced:
+        log(f"warning: {replaced} peer connections were replaced during the run; bytes/tx is a lower bound")
+    return (
+        f"engine={args.consensus} nodes={args.nodes} db=sqlite N={len(txs)} submit_to={args.submit_to} "
+        f"submitted/s={accepted / submitted_elapsed:.0f} committed/s={len(txs) / (end - start):.0f} "
+        f"final_p50_ms={statistics.median(latencies):.0f} final_p99_ms={percentile(latencies, 0.99):.0f} "
+        f"rss_mib_max={max(rss):.0f} msgs/tx={sum(messages.values()) / len(txs):.3f} "
+        f"announces/tx={(announced_after - announced_before) / len(txs):.2f} "
+        f"bytes/tx={moved / len(txs):.0f}"
+    )
+
+
+# ---------------------------------------------------------------------------------- gossip
+async def run_gossip(args: argparse.Namespace, workdir: Path) -> str:
+    keys = make_keys(args.gossip_count, b"bench-gossip")
+    recipient = sha256(b"gossip-recipient")[:20]
+    txs = [new_transfer(key, TESTNET_CHAIN_ID, 0, recipient, amount=1, fee=1) for key in keys]
+    network = prepare_network(workdir / f"gossip-{args.consensus}", args.nodes, args.consensus,
+                              [address_of(key.public_key) for key in keys])
+    entry = 1 if args.nodes > 1 else 0
+    seen: list[dict[str, float]] = [{} for _ in range(args.nodes)]
+
+    def recorder(index: int):
+        def on_event(kind: str, data: dict, at: float) -> None:
+            if kind == "tx":
+                seen[index].setdefault(data["id"], at)
+            elif kind == "block":
+                for tx_id in data.get("transactions", ()):
+                    seen[index].setdefault(tx_id, at)
+        return on_event
+
+    with running(network):
+        await wait_all_ready(network)
+        stop = asyncio.Event()
+        followers = [asyncio.create_task(follow_events(url, recorder(i), stop)) for i, url in enumerate(network.urls)]
+        await asyncio.sleep(0.5)
+        messages_before, announced_before = await message_counters(network.urls)
+        bytes_before = peer_socket_bytes(network.p2p_ports)
+        sent_at: dict[str, float] = {}
+        interval = 1.0 / args.gossip_rate
+        async with httpx.AsyncClient(base_url=network.urls[entry], timeout=30) as client:
+            next_at = time.perf_counter()
+            for tx in txs:
+                delay = next_at - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                next_at += interval
+                tx_id = tx.id.hex()
+                sent_at[tx_id] = time.perf_counter()
+                response = await client.post("/v1/transactions", json={"raw": tx.encode().hex()})
+                if response.status_code >= 300:
+                    raise RuntimeError(f"node{entry} refused a transfer: {response.text}")
+        deadline = time.perf_counter() + 30
+        while time.perf_counter() < deadline and not all(tx_id in s for s in seen for tx_id in sent_at):
+            await asyncio.sleep(0.05)
+        messages_after, announced_after = await message_counters(network.urls)
+        bytes_after = peer_socket_bytes(network.p2p_ports)
+        stop.set()
+        for follower in followers:
+            follower.cancel()
+
+    reach_all = [(max(s[tx_id] for s in seen) - t) * 1000 for tx_id, t in sent_at.items() if all(tx_id in s for s in seen)]
+    per_node = []
+    for i, s in enumerate(seen):
+        own = [(s[tx_id] - t) * 1000 for tx_id, t in sent_at.items() if tx_id in s]
+        per_node.append(f"node{i}={statistics.median(own):.1f}" if own else f"node{i}=none")
+    log("p50 ms by node (node%d is the entry): %s" % (entry, " ".join(per_node)))
+    messages = messages_after - messages_before
+    moved, _ = bytes_between(bytes_before, bytes_after)
+    log("peer messages during the run: " + ", ".join(f"{kind}={count}" for kind, count in messages.most_common()))
+    return (
+        f"gossip engine={args.consensus} nodes={args.nodes} txs={len(txs)} rate/s={args.gossip_rate:g} "
+        f"reached_all={len(reach_all)} reach_all_p50_ms={statistics.median(reach_all):.1f} "
+        f"reach_all_p99_ms={percentile(reach_all, 0.99):.1f} msgs/tx={sum(messages.values()) / len(txs):.2f} "
+        f"bytes/tx={moved / len(txs):.0f}"
+    )
+
+
+# ---------------------------------------------------------------------------------- catch-up
+def build_solo_chain(store_url: str, genesis: Genesis, authority: PrivateKey, blocks: int,
+                     senders: list[PrivateKey], per_block: int) -> None:
+    """`blocks` sealed solo blocks written straight into a store, as the node would commit them."""
+    store = ChainStore(store_url)
+    try:
+        store.upgrade()
+        store.initialize(genesis)
+        state = State({address: (balance, 0) for address, balance in genesis.allocations.items()})
+        head = store.head()
+        proposer = address_of(authority.public_key)
+        recipient = sha256(b"catchup-recipient")[:20]
+        nonces = [0] * len(senders)
+        for i in range(blocks):
+            transactions = []
+            for j in range(per_block):
+                k = (i * per_block + j) % len(senders)
+                transactions.append(new_transfer(senders[k], genesis.chain_id, nonces[k], recipient, amount=1, fee=1))
+                nonces[k] += 1
+            header = build_header(genesis.chain_id, head, head.timestamp + 1, transactions, proposer)
+            block = Block(header.with_seal(authority.sign_digest(header.sealing_digest())), tuple(transactions))
+            effects = state.apply(block.transactions, proposer, genesis.block_reward)
+            store.commit_block(block, effects)
+            state.commit(effects)
+            head = block.header
+    finally:
+        store.close()
+
+
+async def run_catchup(args: argparse.Namespace, workdir: Path) -> str:
+    senders = make_keys(args.senders, b"bench-sender") if args.catchup_txs else []
+    # Genesis an hour back, so 10,000 blocks a millisecond apart all lie in the past.
+    network = prepare_network(workdir / "catchup", 2, "solo", [address_of(key.public_key) for key in senders],
+                              timestamp=int(time.time() * 1000) - 3_600_000)
+    authority = PrivateKey(bytes.fromhex((network.layouts[0].directory / "node_key").read_text().strip()))
+    store_url = load_config({}, network.layouts[0].config).db_url
+    t0 = time.perf_counter()
+    await asyncio.to_thread(build_solo_chain, store_url, network.genesis, authority, args.catchup_blocks, senders,
+                            args.catchup_txs)
+    log(f"wrote {args.catchup_blocks} blocks of {args.catchup_txs} transfers into node0's store in "
+        f"{time.perf_counter() - t0:.1f} s")
+    target = args.catchup_blocks
+    with running(network, [0]):
+        await wait_ready(network.urls[0], network.processes[0], timeout=60)
+        async with httpx.AsyncClient(timeout=10) as client:
+            head = (await client.get(f"{network.urls[0]}/v1/node")).json()["height"]
+            if head != target:
+                raise RuntimeError(f"node0 starts at height {head}, not {target}")
+            started = time.perf_counter()
+            with running(network, [1]):
+                url = network.urls[1]
+                first_progress = None
+                samples = []
+                deadline = started + 600
+                while True:
+                    if network.processes[1].poll() is not None:
+                        raise RuntimeError(f"node1 exited: {network.log_tail(1)}")
+                    if time.perf_counter() > deadline:
+                        raise RuntimeError(f"node1 did not catch up within 600 s: {network.log_tail(1)}")
+                    try:
+                        info = (await client.get(f"{url}/v1/node")).json()
+                    except httpx.TransportError:
+                        await asyncio.sleep(0.05)
+                        continue
+                    now = time.perf_counter()
+                    samples.append((now, info["height"]))
+                    if first_progress is None and info["height"] > 0:
+                        first_progress = (now, info["height"])
+                    if info["height"] >= target:
+                        done = now
+                        break
+                    await asyncio.sleep(0.05)
+                rss = vm_hwm_mib(network.processes[1].pid)
+    total = done - started
+    assert first_progress is not None
+    syncing = done - first_progress[0]
+    sync_rate = (target - first_progress[1]) / syncing if syncing > 0 else float("inf")
+    log(f"node1 first showed progress {first_progress[0] - started:.2f} s after its start (height {first_progress[1]})")
+    return (
+        f"catchup blocks={target} txs/block={args.catchup_txs} from_start_s={total:.2f} "
+        f"blocks/s_from_start={target / total:.0f} blocks/s_syncing={sync_rate:.0f} rss_mib={rss:.0f}"
+    )
+
+
+# ---------------------------------------------------------------------------------- startup
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def _own_group_dying_with_us() -> None:
+    # In the child before exec: a process group of its own (so a stuck testnet and its nodes
+    # can be killed together) that still gets SIGTERM if this benchmark dies.
+    os.setsid()
+    if _prctl is not None:
+        _prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+async def one_startup(args: argparse.Namespace, workdir: Path, run: int) -> dict[str, float]:
+    directory = workdir / f"startup-{args.consensus}-{run}"
+    api_base = free_port_run(args.nodes)
+    p2p_base = free_port_run(args.nodes, avoid=set(range(api_base, api_base + args.nodes)))
+    urls = [f"http://127.0.0.1:{api_base + i}" for i in range(args.nodes)]
+    output = open(workdir / f"startup-{args.consensus}-{run}.log", "wb")
+    command = [sys.executable, "-m", "node.cli", "testnet", "--nodes", str(args.nodes), "--consensus", args.consensus,
+               "--dir", str(directory), "--api-port", str(api_base), "--p2p-port", str(p2p_base)]
+    api_up: dict[int, float] = {}
+    connected: dict[int, float] = {}
+    first_block: dict[int, float] = {}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               preexec_fn=_own_group_dying_with_us)
+    output.close()
+    try:
+        async with httpx.AsyncClient(timeout=1) as client:
+            transfer_sent = False
+            deadline = started + 60
+            while len(first_block) < args.nodes:
+                if process.poll() is not None:
+                    tail = Path(output.name).read_text(errors="replace").strip().splitlines()[-5:]
+                    raise RuntimeError(f"ledger testnet exited with {process.returncode}: " + " | ".join(tail))
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"not every node had a block within 60 s; see {directory}/node*/node.log")
+
+                async def poll(i: int) -> None:
+                    try:
+                        info = (await client.get(f"{urls[i]}/v1/node")).json()
+                    except (httpx.HTTPError, ValueError):
+                        return
+                    now = time.perf_counter()
+                    api_up.setdefault(i, now)
+                    if info["peers"] >= args.nodes - 1:
+                        connected.setdefault(i, now)
+                    if info["height"] >= 1:
+                        first_block.setdefault(i, now)
+
+                await asyncio.gather(*(poll(i) for i in range(args.nodes) if i not in first_block))
+                if args.consensus == "solo" and 0 in api_up and not transfer_sent:
+                    # Solo seals a block when there is something to put in it.
+                    tx = new_transfer(dev_keys(1)[0], TESTNET_CHAIN_ID, 0, sha256(b"startup")[:20], amount=1, fee=1)
+                    response = await client.post(f"{urls[0]}/v1/transactions", json={"raw": tx.encode().hex()})
+                    transfer_sent = response.status_code < 300
+                await asyncio.sleep(0.02)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)  # what Ctrl-C does: the command stops its nodes
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    return {
+        "api": max(api_up.values()) - started,
+        "connected": max(connected.values(), default=float("nan")) - started,
+        "first_block": max(first_block.values()) - started,
+    }
+
+
+async def run_startup(args: argparse.Namespace, workdir: Path) -> str:
+    runs = []
+    for run in range(args.startup_runs):
+        figures = await one_startup(args, workdir, run)
+        log(f"startup run {run}: " + " ".join(f"{k}={v:.2f}s" for k, v in figures.items()))
+        runs.append(figures)
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    worst = max(r["first_block"] for r in runs)
+    return (
+        f"startup engine={args.consensus} nodes={args.nodes} runs={len(runs)} api_up_all_s={median['api']:.2f} "
+        f"connected_all_s={median['connected']:.2f} first_block_all_s={median['first_block']:.2f} "
+        f"first_block_all_worst_s={worst:.2f}"
+    )
+
+
+# ---------------------------------------------------------------------------------- main
+async def main_async(args: argparse.Namespace) -> None:
+    runners = {"throughput": run_throughput, "gossip": run_gossip, "catchup": run_catchup, "startup": run_startup}
+    with tempfile.TemporaryDirectory(prefix="ledger-netbench-") as tmp:
+        for name in args.only:
+            # The machine may be shared: the load next to a figure says how far to trust it.
+            log(f"--- {name} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+            print(await runners[name](args, Path(tmp)), flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--consensus", choices=("solo", "pow"), default="solo")
+    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000]")
+    parser.add_argument("--submit-to", choices=("node0", "all"), default="node0",
+                        help="throughput: send everything to node0, or each node a share of the senders")
+    parser.add_argument("--senders", type=int, default=100)
+    parser.add_argument("--recipients", type=int, default=1_000)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--gossip-count", type=int, default=200, help="gossip: single transfers sent to node1")
+    parser.add_argument("--gossip-rate", type=float, default=20.0, help="gossip: transfers a second")
+    parser.add_argument("--catchup-blocks", type=int, default=10_000)
+    parser.add_argument("--catchup-txs", type=int, default=0, help="catchup: transfers in each block [0]")
+    parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--only", help=f"comma-separated runs among {', '.join(RUNS)}")
+    args = parser.parse_args(argv)
+    if args.only:
+        args.only = [name.strip() for name in args.only.split(",") if name.strip()]
+        unknown = [name for name in args.only if name not in RUNS]
+        if unknown:
+            parser.error(f"unknown run {unknown[0]!r}; choose among {', '.join(RUNS)}")
+    else:
+        args.only = [name for name in RUNS if name != "catchup" or args.consensus == "solo"]
+    if args.nodes < 2 or args.nodes > 64:
+        parser.error("--nodes is 2 to 64")
+    if args.n is not None and args.n < args.senders:
+        parser.error("-n must be at least --senders")
+    if args.gossip_rate <= 0 or args.gossip_count < 1:
+        parser.error("--gossip-rate and --gossip-count must be positive")
+    if args.catchup_blocks < 1 or args.catchup_txs < 0 or args.startup_runs < 1:
+        parser.error("--catchup-blocks and --startup-runs must be positive, --catchup-txs not negative")
+    return args
+
+
+def main() -> None:
+    asyncio.run(main_async(parse_args()))
+
+
+if __name__ == "__main__":
+    main()
