@@ -290,9 +290,11 @@ def testnet(
     processes = start_nodes(layouts)
     try:
         try:
-            statuses = wait_until_connected(layouts, processes)
+            statuses = wait_until_connected(layouts, processes, should_stop=lambda: stopping)
         except TestnetError as exc:
             fail(str(exc), EXIT_RUNTIME)
+        if statuses is None:
+            return  # stopped while the nodes were starting
         console.print(f"[bold]Testnet[/] {len(layouts)} nodes, chain [cyan]{genesis.chain_id}[/], engine "
                       f"[cyan]{genesis.engine}[/], data in {directory} (up in {time.monotonic() - started:.1f} s)",
                       highlight=False)
@@ -323,7 +325,8 @@ def testnet(
     finally:
         console.print("\nstopping the nodes...", highlight=False)
         stop_nodes(processes)
-    console.print("all nodes stopped")
+        if sys.exc_info()[0] is None:  # a stop, not a failure
+            console.print("all nodes stopped")
 
 
 def _existing_layouts(directory: Path, nodes: int, api_port: int, p2p_port: int):

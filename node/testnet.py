@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -194,11 +195,18 @@ def node_status(client: httpx.Client, url: str) -> dict | None:
         return None
 
 
-def wait_until_connected(layouts: list[NodeLayout], processes: list[subprocess.Popen], timeout: float = 60) -> list[dict]:
+def wait_until_connected(
+    layouts: list[NodeLayout], processes: list[subprocess.Popen], timeout: float = 60,
+    should_stop: Callable[[], bool] = lambda: False,
+) -> list[dict] | None:
+    """The nodes' statuses once all are up and connected; None if `should_stop()` turns true
+    first (Ctrl-C while they start: a stop, not a failure, even if the nodes exit on it)."""
     deadline = time.monotonic() + timeout
     want = min(1, len(layouts) - 1)
     with httpx.Client() as client:
         while time.monotonic() < deadline:
+            if should_stop():
+                return None
             for layout, process in zip(layouts, processes):
                 if process.poll() is not None:
                     tail = (layout.directory / "node.log").read_text(errors="replace").strip().splitlines()[-3:]
