@@ -33,6 +33,11 @@ class BlockSync:
         self.node = node
         self.best_height = 0  # the highest head a peer has told us about
         self._outstanding: tuple[str, float] | None = None  # (peer, when asked)
+        # Peers whose answer moved our head nowhere (a lie, a stale status, a longer but lighter
+        # chain), by the head hash they claimed: not asked again until they announce another
+        # head, or the node would ask them in a loop as fast as they answer.
+        self._fruitless: dict[str, tuple[int, bytes]] = {}
+        self._answer: tuple[str, bytes] | None = None  # (peer, our head hash) of the answer being imported
         self._last_log = 0.0
         self._started_height = 0
         self._started_at = 0.0
@@ -53,6 +58,9 @@ class BlockSync:
 
     # ------------------------------------------------------------------ asking
     def on_peer_status(self, peer: PeerInfo) -> None:
+        if self._fruitless.get(peer.id) == (peer.head_height, peer.head_hash):
+            return
+        self._fruitless.pop(peer.id, None)
         if peer.head_height > self.best_height:
             self.best_height = peer.head_height
         if peer.head_height > self.node.head.height:
@@ -61,7 +69,8 @@ class BlockSync:
     def peer_gone(self, peer_id: str) -> None:
         # The best height is what the connected peers claim: a peer that lied about its head
         # must not leave the node reporting "syncing" forever once it is gone.
-        self.best_height = max((p.head_height for p in self.node.network.peers() if p.id != peer_id), default=0)
+        self._fruitless.pop(peer_id, None)
+        self.best_height = self._best_claim(exclude=peer_id)
         if self._outstanding is not None and self._outstanding[0] == peer_id:
             self._outstanding = None
             self._ask_best_peer()
@@ -82,8 +91,14 @@ class BlockSync:
         self._outstanding = (peer_id, self._now())
         self.node.network.send(peer_id, GetBlocks(tuple(self.node.locator()), BATCH))
 
+    def _best_claim(self, exclude: str = "") -> int:
+        """The highest head a connected peer claims that we have not found to be empty."""
+        return max((p.head_height for p in self.node.network.peers()
+                    if p.id != exclude and self._fruitless.get(p.id) != (p.head_height, p.head_hash)), default=0)
+
     def _ask_best_peer(self) -> None:
-        ahead = [p for p in self.node.network.peers() if p.head_height > self.node.head.height]
+        ahead = [p for p in self.node.network.peers()
+                 if p.head_height > self.node.head.height and self._fruitless.get(p.id) != (p.head_height, p.head_hash)]
         if ahead:
             self._request(max(ahead, key=lambda p: p.head_height).id)
         else:
@@ -95,13 +110,23 @@ class BlockSync:
             self._outstanding = None
         limit = self.node.genesis.max_block_transactions
         try:
-            return [Block.decode(raw, limit) for raw in message.blocks]
+            blocks = [Block.decode(raw, limit) for raw in message.blocks]
+            self._answer = (peer_id, self.node.head.hash)
+            return blocks
         except DecodeError as exc:
             self.node.network.penalize(peer_id, 50, f"undecodable block: {exc}")
             return None
 
     def after_import(self) -> None:
         """A batch was imported: log progress and ask for more while someone is ahead."""
+        if self._answer is not None:
+            peer_id, head_before = self._answer
+            self._answer = None
+            if self.node.head.hash == head_before:
+                claimed = [(p.head_height, p.head_hash) for p in self.node.network.peers() if p.id == peer_id]
+                if claimed:
+                    self._fruitless[peer_id] = claimed[0]
+                self.best_height = self._best_claim()
         now = self._now()
         height = self.node.head.height
         if self._started_at and now - self._last_log >= PROGRESS_LOG_SECONDS:

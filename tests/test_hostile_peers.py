@@ -358,13 +358,11 @@ def test_a_bad_block_in_a_sync_answer_is_refused(tmp_path):
         await peer.connect(scene.network.listen_port, genesis_hash=scene.node.genesis.hash,
                            head_height=head.height + 50, head_hash=secrets.token_bytes(32))
         await eventually(lambda: peer.got(m.GetBlocks), "the node asks the peer that is ahead for blocks")
-        # Each answer costs the liar 50 points, and it answers every request the same way.
-        await eventually(lambda: scene.network.is_banned(peer.id), "the liar banned")
-        await asyncio.wait_for(peer.closed.wait(), 5)
-        assert len(peer.got(m.GetBlocks)) == 2
-        [reason] = scene.reasons(peer)
-        assert reason.startswith("banned for") and "above its target" in reason
-        scene.assert_chain_kept(head, forged)
+        await scene.refused_with_penalty(peer, head, forged, points=PENALTY_INVALID_BLOCK)
+        # Its answer moved the head nowhere: it is not asked again for the same claim, and
+        # the claim no longer makes the node report that it is syncing.
+        await asyncio.sleep(0.3)
+        assert len(peer.got(m.GetBlocks)) == 1
         assert not scene.node.node_info().syncing
 
     run_scene(tmp_path, scenario)
@@ -484,5 +482,34 @@ def test_a_peer_that_lied_about_its_height_does_not_leave_the_node_syncing(tmp_p
         await eventually(lambda: not scene.connected(peer), "the liar gone")
         await eventually(lambda: not scene.node.node_info().syncing, "not syncing once the liar is gone")
         assert scene.node.node_info().sync_progress == 1.0
+
+    run_scene(tmp_path, scenario)
+
+
+def test_a_peer_that_claims_to_be_ahead_but_sends_nothing_is_not_asked_in_a_loop(tmp_path):
+    async def scenario(scene: Scene) -> None:
+        peer = RawPeer("empty answers")
+        scene.peers.append(peer)
+
+        async def answer(request: m.GetBlocks) -> None:
+            await peer.send(m.Blocks(()))
+
+        peer.answers[m.GetBlocks] = answer
+        claimed = secrets.token_bytes(32)
+        await peer.connect(scene.network.listen_port, genesis_hash=scene.node.genesis.hash,
+                           head_height=10**6, head_hash=claimed)
+        await eventually(lambda: peer.got(m.Blocks) or peer.got(m.GetBlocks), "asked once")
+        await asyncio.sleep(0.5)
+        assert len(peer.got(m.GetBlocks)) == 1, "asked again after an empty answer, with nothing new claimed"
+        assert not scene.node.node_info().syncing  # its claim no longer counts
+        # The same claim again changes nothing; a new head is worth asking about again.
+        await peer.send(m.Status(10**6, claimed, 0))
+        await asyncio.sleep(0.2)
+        assert len(peer.got(m.GetBlocks)) == 1
+        await peer.send(m.Status(10**6 + 1, secrets.token_bytes(32), 0))
+        await eventually(lambda: len(peer.got(m.GetBlocks)) == 2, "asked about its new head")
+        await asyncio.sleep(0.2)
+        assert len(peer.got(m.GetBlocks)) == 2
+        assert scene.connected(peer)
 
     run_scene(tmp_path, scenario)
