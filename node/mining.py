@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor
 
 from consensus.mining import search, sealing_prefix, seal_with_nonce
 from ledger.block import BlockHeader
+from node.lifetime import die_with_parent
 
 log = logging.getLogger("ledger.mining")
 
@@ -34,7 +35,10 @@ class ProcessMiner:
         self.stop()
         if self._pool is None:
             # spawn, not fork: the node's event loop and database connections stay out of the worker.
-            self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            # die_with_parent: a SIGKILLed node must not leave its worker mining forever.
+            self._pool = ProcessPoolExecutor(
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+            )
         self._job = asyncio.get_running_loop().create_task(self._run(header, target, on_found))
 
     def stop(self) -> None:

@@ -9,7 +9,6 @@ process dies, through PR_SET_PDEATHSIG, so none is orphaned).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.hdkeys import dev_keys
 from node.keys import NODE_KEY_FILE, write_private_file
+from node.lifetime import die_with_parent
 
 CONSENSUS = ("solo", "pow")
 TESTNET_CHAIN_ID = "ledger-testnet"
@@ -154,11 +154,6 @@ def ensure_databases(db: str, nodes: int) -> None:
         engine.dispose()
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 def start_nodes(layouts: list[NodeLayout]) -> list[subprocess.Popen]:
     processes = []
     for layout in layouts:
@@ -167,7 +162,7 @@ def start_nodes(layouts: list[NodeLayout]) -> list[subprocess.Popen]:
             subprocess.Popen(
                 [sys.executable, "-m", "node.cli", "node", "--config", str(layout.config)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent,
             )
         )
         log.close()

@@ -312,7 +312,7 @@ class TestThreeMiners:
         victim_height = net.info(victim)["height"]
         victim.kill()
         assert victim.returncode == -signal.SIGKILL
-        kill_all(workers)  # a SIGKILLed node leaves its miner worker behind: see the xfail test below
+        kill_all(workers)  # normally gone with the node already (see the miner worker test below)
 
         # The others go on: more blocks, and a transfer that becomes final while the victim is down.
         tx_id = net.send_transfer(survivors[1], DEV[1])
@@ -352,8 +352,6 @@ asyncio.run(main())
 """
 
 
-@pytest.mark.xfail(strict=True, reason="node/mining.py: the ProcessPoolExecutor worker holds its own call "
-                   "queue's write end, so it never sees its parent die and waits forever")
 def test_a_miner_worker_does_not_outlive_a_sigkilled_node():
     """What a node's miner does when the node is SIGKILLed, without the rest of the node."""
     host = subprocess.Popen([sys.executable, "-c", MINING_HOST], cwd=ROOT, env=child_env(),
