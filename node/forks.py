@@ -1,7 +1,9 @@
 """Blocks off the main chain: kept until their branch outweighs ours (a reorg) or falls too far behind.
 
 The main chain lives in the store; side blocks live here, in memory and bounded, keyed
-by hash.  `branch` walks a side block back to the main chain and returns the fork
+by hash.  The bound is both a count and a byte budget: a block off the main chain may be
+an orphan nobody has checked yet (its parent is unknown), and a peer could otherwise
+park thousands of multi-megabyte blocks here.  The oldest go first.  `branch` walks a side block back to the main chain and returns the fork
 point and the blocks after it, oldest first.
 """
 
@@ -14,9 +16,12 @@ from ledger.block import Block, BlockHeader
 
 
 class SideBlocks:
-    def __init__(self, capacity: int = 4096):
+    def __init__(self, capacity: int = 4096, max_bytes: int = 64 * 1024 * 1024):
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.bytes = 0  # encoded size of the blocks held
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()
+        self._sizes: dict[bytes, int] = {}
 
     def __contains__(self, block_hash: bytes) -> bool:
         return block_hash in self._blocks
@@ -25,16 +30,22 @@ class SideBlocks:
         return len(self._blocks)
 
     def add(self, block: Block) -> None:
+        if block.hash in self._blocks:
+            return
+        size = len(block.encode())
         self._blocks[block.hash] = block
-        while len(self._blocks) > self.capacity:
-            self._blocks.popitem(last=False)
+        self._sizes[block.hash] = size
+        self.bytes += size
+        while len(self._blocks) > self.capacity or (self.bytes > self.max_bytes and len(self._blocks) > 1):
+            self.discard(next(iter(self._blocks)))
 
     def discard(self, block_hash: bytes) -> None:
-        self._blocks.pop(block_hash, None)
+        if self._blocks.pop(block_hash, None) is not None:
+            self.bytes -= self._sizes.pop(block_hash)
 
     def prune(self, below_height: int) -> None:
         for block_hash in [h for h, b in self._blocks.items() if b.height < below_height]:
-            del self._blocks[block_hash]
+            self.discard(block_hash)
 
     def branch(
         self, tip: Block, main_header: Callable[[bytes], BlockHeader | None]

@@ -513,3 +513,27 @@ def test_a_peer_that_claims_to_be_ahead_but_sends_nothing_is_not_asked_in_a_loop
         assert scene.connected(peer)
 
     run_scene(tmp_path, scenario)
+
+
+def test_orphan_blocks_a_peer_parks_at_the_node_stay_within_a_byte_budget(tmp_path):
+    """Blocks whose parent nobody knows cannot be checked yet; they must not pile up."""
+
+    async def scenario(scene: Scene) -> None:
+        side = scene.node.side_blocks
+        side.max_bytes = 2_000_000  # the production budget is 64 MB; the rule is the same
+        head = scene.node.head
+        filler = new_transfer(ALICE, CHAIN, 0, BOB, 1, 0, payload=bytes(200))
+        peer = await scene.hostile("orphans")
+        orphans = []
+        for n in range(12):
+            header = build_header(CHAIN, dataclasses.replace(head, parent=secrets.token_bytes(32), height=40 + n),
+                                  head.timestamp + 1, [filler] * 1000, MINER, compact_bytes(1))
+            orphans.append(Block(seal_with_nonce(header, n), (filler,) * 1000))
+            await peer.push(orphans[-1])
+        await eventually(lambda: orphans[-1].hash in side, "the last orphan seen")
+        assert 0 < side.bytes <= side.max_bytes
+        assert orphans[0].hash not in side  # the oldest made room
+        assert side.bytes == sum(len(block.encode()) for block in orphans if block.hash in side)
+        scene.assert_chain_kept(head, *orphans)
+
+    run_scene(tmp_path, scenario)
