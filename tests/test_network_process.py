@@ -312,7 +312,14 @@ class TestThreeMiners:
         victim_height = net.info(victim)["height"]
         victim.kill()
         assert victim.returncode == -signal.SIGKILL
-        kill_all(workers)  # normally gone with the node already (see the miner worker test below)
+        try:
+            # The miner's worker (and multiprocessing's resource tracker) go with the node.
+            deadline = time.monotonic() + 5
+            while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert workers and not any(alive(pid) for pid in workers), "the killed node's children outlived it"
+        finally:
+            kill_all(workers)
 
         # The others go on: more blocks, and a transfer that becomes final while the victim is down.
         tx_id = net.send_transfer(survivors[1], DEV[1])
