@@ -339,6 +339,14 @@ def test_a_run_that_spins_past_its_step_budget_fails_instead_of_hanging():
     assert "more than 200 loop steps" in caught.value.reason and caught.value.step == 201
 
 
+def test_a_message_storm_fails_the_run_within_a_virtual_second():
+    with pytest.raises(SimulationFailure) as caught:
+        run_seed(ci_config(4, faults=frozenset(), max_messages_per_second=40))
+    failure = caught.value
+    assert "message storm: more than 40 messages within virtual second" in failure.reason
+    assert failure.at < 2.0
+
+
 def test_messages_per_transaction_stay_near_one_announce_per_link():
     config = ci_config(5, faults=frozenset(), duration=10.0, tx_per_second=30.0)
     result = run_seed(config)

@@ -104,6 +104,9 @@ class SimConfig:
     # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
     # something spins without letting virtual time pass.  Counted, not timed, so it replays.
     max_steps: int = 500_000
+    # Messages in one virtual second (a busy run of the defaults sends a few hundred): beyond
+    # it, nodes are feeding a storm (say, each answer triggering more requests).
+    max_messages_per_second: int = 20_000
     trace_tail: int = 60
 
     def __post_init__(self) -> None:
@@ -123,8 +126,8 @@ class SimConfig:
         low, high = self.fault_gap
         if not 0 < low <= high:
             raise ValueError("fault_gap: 0 < low <= high")
-        if self.max_steps < 1:
-            raise ValueError("max_steps: at least 1")
+        if self.max_steps < 1 or self.max_messages_per_second < 1:
+            raise ValueError("max_steps and max_messages_per_second: at least 1")
         if self.max_partition is not None and self.max_partition <= 0:
             raise ValueError("max_partition: positive, or None")
 
@@ -311,6 +314,8 @@ class Simulation:
         self._failure: SimulationFailure | None = None
         self.final_height = 0
         self.reorgs = 0
+        self._storm_second = -1
+        self._storm_base = 0
         self._partitions = 0  # partitions started; a timed heal ends only the one it was set for
         self._heal_time = config.duration
 
@@ -638,6 +643,14 @@ class Simulation:
         if self.loop.steps > self.config.max_steps:
             self._fail(f"more than {self.config.max_steps} loop steps at virtual time {self.loop.time():.3f}s: "
                        "something spins without letting time pass")
+        second = int(self.loop.time())
+        sent = self.hub.stats.messages()
+        if second != self._storm_second:
+            self._storm_second, self._storm_base = second, sent
+        elif sent - self._storm_base > self.config.max_messages_per_second:
+            counts = Counter(self.hub.stats.sent)
+            self._fail(f"message storm: more than {self.config.max_messages_per_second} messages within virtual "
+                       f"second {second} (so far by type: {dict(counts.most_common(4))})")
         for slot in self.slots:
             node = slot.node
             if node is None or not slot.running:
