@@ -168,6 +168,7 @@ class Node:
             await self.network.stop()
         if self.miner is not None:
             self.miner.close()
+        if self.gossip is not None:
             await self.gossip.stop()
         if self._timer is not None:
             self._timer.cancel()
