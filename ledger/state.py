@@ -78,6 +78,30 @@ def apply_transactions(
     return BlockEffects(changes, undo, fees, reward)
 
 
+class Overlay:
+    """Account values layered over a base mapping without touching it: a branch of blocks is
+    checked against the state it would produce before anything changes (reorgs)."""
+
+    _GONE = object()
+
+    def __init__(self, base: Mapping[bytes, Account]):
+        self.base = base
+        self.changes: dict[bytes, object] = {}
+
+    def get(self, address: bytes, default: Account | None = None) -> Account | None:
+        value = self.changes.get(address, None)
+        if value is None:
+            return self.base.get(address, default)
+        return default if value is self._GONE else value  # type: ignore[return-value]
+
+    def revert(self, undo: Mapping[bytes, Account | None]) -> None:
+        for address, before in undo.items():
+            self.changes[address] = self._GONE if before is None else before
+
+    def commit(self, effects: BlockEffects) -> None:
+        self.changes.update(effects.changes)
+
+
 class State:
     """Every account in memory; the chain store keeps the durable copy."""
 

@@ -341,40 +341,70 @@ class ChainStore:
             raise ChainStoreError(
                 f"block {header.height} declares {header.tx_count} transactions but carries {len(block.transactions)}"
             )
-        # Everything derivable is computed before the transaction opens, to keep it short.
+        prepared = self._prepare(block, effects)
+        try:
+            with self._writing() as conn:
+                self._commit_prepared(conn, block, prepared, certificate)
+        except sa.exc.IntegrityError as exc:
+            raise StoreConflict(
+                f"block {header.height} conflicts with stored data (a transaction or block already stored): {exc.orig}"
+            ) from None
+
+    def reorganize(
+        self, fork_height: int, blocks: list[tuple[Block, BlockEffects, bytes]]
+    ) -> list[tuple[Block, dict[bytes, Account | None]]]:
+        """Revert the main chain down to `fork_height` and commit `blocks` (with their effects
+        and certificates) on top, in ONE database transaction: a crash leaves the old chain or
+        the new one, never a mix. Returns the reverted blocks and their undo maps, newest first."""
+        prepared = [(block, self._prepare(block, effects), certificate) for block, effects, certificate in blocks]
+        try:
+            with self._writing() as conn:
+                reverted = []
+                while self._head_row(conn)[0] > fork_height:
+                    reverted.append(self._revert_head(conn))
+                for block, rows, certificate in prepared:
+                    self._commit_prepared(conn, block, rows, certificate)
+        except sa.exc.IntegrityError as exc:
+            raise StoreConflict(f"the new branch conflicts with stored data: {exc.orig}") from None
+        return reverted
+
+    @staticmethod
+    def _head_row(conn: Connection) -> tuple[int, bytes]:
+        head = conn.execute(
+            sa.select(blocks_table.c.height, blocks_table.c.hash).order_by(blocks_table.c.height.desc()).limit(1)
+        ).first()
+        if head is None:
+            raise NotInitialized("the store holds no genesis block: call initialize first")
+        return head[0], bytes(head[1])
+
+    @staticmethod
+    def _prepare(block: Block, effects: BlockEffects) -> tuple:
+        """Everything derivable, computed before the transaction opens to keep it short."""
         raws = [tx.encode() for tx in block.transactions]
-        height = header.height
+        height = block.header.height
         tx_rows = [  # in TX_COLUMNS order
             (tx.id, height, index, address_of(tx.sender), tx.recipient, tx.nonce, tx.amount, tx.fee, raw)
             for index, (tx, raw) in enumerate(zip(block.transactions, raws))
         ]
         account_rows = [(address, balance, nonce) for address, (balance, nonce) in effects.changes.items()]
-        undo_data = encode_undo(effects.undo)
-        try:
-            with self._writing() as conn:
-                head = conn.execute(
-                    sa.select(blocks_table.c.height, blocks_table.c.hash).order_by(blocks_table.c.height.desc()).limit(1)
-                ).first()
-                if head is None:
-                    raise NotInitialized("the store holds no genesis block: call initialize first")
-                head_height, head_hash = head[0], bytes(head[1])
-                if height != head_height + 1:
-                    raise NotNextBlock(f"block height {height} does not follow the head height {head_height}")
-                if header.parent != head_hash:
-                    raise NotNextBlock(
-                        f"block {height} has parent {header.parent.hex()}, the head is {head_hash.hex()}"
-                    )
-                self._insert_block_row(conn, block, raws, certificate)
-                if tx_rows:
-                    conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
-                if account_rows:
-                    conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
-                conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
-                self._put_meta(conn, META_HEAD, block.hash)
-        except sa.exc.IntegrityError as exc:
-            raise StoreConflict(
-                f"block {height} conflicts with stored data (a transaction or block already stored): {exc.orig}"
-            ) from None
+        return raws, tx_rows, account_rows, encode_undo(effects.undo)
+
+    def _commit_prepared(self, conn: Connection, block: Block, prepared: tuple, certificate: bytes) -> None:
+        raws, tx_rows, account_rows, undo_data = prepared
+        header = block.header
+        height = header.height
+        head_height, head_hash = self._head_row(conn)
+        if height != head_height + 1:
+            raise NotNextBlock(f"block height {height} does not follow the head height {head_height}")
+        if header.parent != head_hash:
+            raise NotNextBlock(f"block {height} has parent {header.parent.hex()}, the head is {head_hash.hex()}")
+        self._insert_block_row(conn, block, raws, certificate)
+        if tx_rows:
+            conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
+        if account_rows:
+            conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
+        conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
+        self._put_meta(conn, META_HEAD, block.hash)
 
     def _insert_block_row(self, conn: Connection, block: Block, raws: list[bytes], certificate: bytes) -> None:
         header = block.header
@@ -399,31 +429,39 @@ class ChainStore:
     def revert_head(self) -> tuple[Block, dict[bytes, Account | None]]:
         """Undo the head block (for a reorg); returns it and the account values restored."""
         with self._writing() as conn:
-            row = conn.execute(
-                sa.select(blocks_table.c.height, blocks_table.c.header).order_by(blocks_table.c.height.desc()).limit(1)
-            ).first()
-            if row is None:
-                raise NotInitialized("the store holds no blocks")
-            height = row.height
-            if height == 0:
-                raise ChainStoreError("the genesis block cannot be reverted")
-            header = BlockHeader.decode(bytes(row.header))
-            block = Block(header, self._block_transactions(conn, height))
-            undo_data = conn.execute(sa.select(undo_table.c.data).where(undo_table.c.height == height)).scalar_one()
-            undo = decode_undo(bytes(undo_data))
-            restored = [(address, before[0], before[1]) for address, before in undo.items() if before is not None]
-            created = [{"gone": address} for address, before in undo.items() if before is None]
-            if restored:
-                conn.exec_driver_sql(self._upsert_accounts_sql, restored)
-            if created:
-                conn.execute(
-                    accounts_table.delete().where(accounts_table.c.address == sa.bindparam("gone")), created
-                )
-            conn.execute(transactions_table.delete().where(transactions_table.c.height == height))
-            conn.execute(undo_table.delete().where(undo_table.c.height == height))
-            conn.execute(blocks_table.delete().where(blocks_table.c.height == height))
-            self._put_meta(conn, META_HEAD, header.parent)
+            return self._revert_head(conn)
+
+    def _revert_head(self, conn: Connection) -> tuple[Block, dict[bytes, Account | None]]:
+        row = conn.execute(
+            sa.select(blocks_table.c.height, blocks_table.c.header).order_by(blocks_table.c.height.desc()).limit(1)
+        ).first()
+        if row is None:
+            raise NotInitialized("the store holds no blocks")
+        height = row.height
+        if height == 0:
+            raise ChainStoreError("the genesis block cannot be reverted")
+        header = BlockHeader.decode(bytes(row.header))
+        block = Block(header, self._block_transactions(conn, height))
+        undo = decode_undo(bytes(conn.execute(sa.select(undo_table.c.data).where(undo_table.c.height == height)).scalar_one()))
+        restored = [(address, before[0], before[1]) for address, before in undo.items() if before is not None]
+        created = [{"gone": address} for address, before in undo.items() if before is None]
+        if restored:
+            conn.exec_driver_sql(self._upsert_accounts_sql, restored)
+        if created:
+            conn.execute(accounts_table.delete().where(accounts_table.c.address == sa.bindparam("gone")), created)
+        conn.execute(transactions_table.delete().where(transactions_table.c.height == height))
+        conn.execute(undo_table.delete().where(undo_table.c.height == height))
+        conn.execute(blocks_table.delete().where(blocks_table.c.height == height))
+        self._put_meta(conn, META_HEAD, header.parent)
         return block, undo
+
+    def undo_record(self, height: int) -> dict[bytes, Account | None] | None:
+        """The account values a main-chain block replaced (None: no such block)."""
+        with self._reading() as conn:
+            data = conn.execute(
+                sa.select(undo_table.c.data).where(undo_table.c.height == _int(height, "height"))
+            ).scalar_one_or_none()
+        return None if data is None else decode_undo(bytes(data))
 
     # --- reading the chain -----------------------------------------------------------------
 

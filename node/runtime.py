@@ -10,7 +10,7 @@ state are touched by the event loop; API reads from worker threads take `_lock`.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 import logging
 import threading
 import time
@@ -38,7 +38,7 @@ from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.mempool import Mempool, MempoolRejection
 from ledger.merkle import EMPTY_ROOT
-from ledger.state import BlockEffects, State, StateError
+from ledger.state import Account, BlockEffects, Overlay, State, StateError, apply_transactions
 from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
 from node import __version__
@@ -290,7 +290,11 @@ class Node:
         self._built = None
         started = time.perf_counter()
         await self._blocking(self.store.commit_block, block, effects, certificate)
-        elapsed = time.perf_counter() - started
+        self._committed(block, effects, time.perf_counter() - started, announce)
+
+    def _committed(self, block: Block, effects: BlockEffects, elapsed: float, announce: bool = True) -> None:
+        """The in-memory half of a commit, once the block is durable."""
+        header = block.header
         with self._lock:
             self.state.commit(effects)
             self.head = header
@@ -652,24 +656,45 @@ class Node:
         return [self.store.block_header(h) for h in range(height + 1, self.head.height + 1)]
 
     async def _reorg(self, fork_point: BlockHeader, branch: list[Block], peer: str) -> None:
+        """Replace our blocks after `fork_point` with `branch`: every branch block is checked
+        against the state it would produce first, then the store swaps the branches in one
+        database transaction, then memory follows. An invalid branch changes nothing."""
         old_head = self.head
-        reverted = await self._revert_to(fork_point.height)
-        applied: list[Block] = []
+        ours = await self._blocking(self._main_blocks_with_undo, fork_point.height)
+        accounts = Overlay(self.state.accounts)
+        for _, undo in ours:
+            accounts.revert(undo)
+        window = self._recent.maxlen or 1
+        recent = deque(await self._blocking(self._main_headers, max(0, fork_point.height - window + 1), fork_point.height),
+                       maxlen=window)
+        parent = fork_point
+        checked: list[tuple[Block, BlockEffects, bytes]] = []
         for block in branch:
             try:
-                effects = self._validate(block, self.head)
+                effects = self._validate(block, parent, tuple(recent), accounts)
             except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
                 self._refuse(block, peer, exc)
                 self.side_blocks.discard(block.hash)
-                # Put our own branch back: it was valid, and it is still the heaviest we know.
-                await self._revert_to(fork_point.height)
-                for ours in reversed(reverted):
-                    await self._commit(ours, b"", self.state.apply(ours.transactions, ours.header.proposer,
-                                                                 self.genesis.block_reward))
                 return
-            await self._commit(block, b"", effects)
+            accounts.commit(effects)
+            checked.append((block, effects, b""))
+            parent = block.header
+            recent.append(parent)
+        started = time.perf_counter()
+        reverted_with_undo = await self._blocking(self.store.reorganize, fork_point.height, checked)
+        elapsed = time.perf_counter() - started
+        reverted = [block for block, _ in reverted_with_undo]
+        with self._lock:
+            for _, undo in reverted_with_undo:
+                self.state.revert(undo)
+            self.head = fork_point
+        while self._unfinal and self._unfinal[-1][0] > fork_point.height:
+            self._unfinal.pop()
+        self._load_recent()
+        applied = [block for block, _, _ in checked]
+        for block, effects, _ in checked:
+            self._committed(block, effects, elapsed / len(checked))
             self.side_blocks.discard(block.hash)
-            applied.append(block)
         for abandoned in reverted:
             self.side_blocks.add(abandoned)
         in_new_branch = {tx.id for block in applied for tx in block.transactions}
@@ -687,20 +712,17 @@ class Node:
         self.metrics.reorgs.inc()
         self._publish("reorg", reorg)
 
-    async def _revert_to(self, height: int) -> list[Block]:
-        """Undo main-chain blocks down to `height`; the undone blocks, newest first."""
-        reverted = []
-        while self.head.height > height:
-            block, undo = await self._blocking(self.store.revert_head)
-            with self._lock:
-                self.state.revert(undo)
-                self.head = self._main_header(block.header.parent)
-            while self._unfinal and self._unfinal[-1][0] >= block.height:
-                self._unfinal.pop()
-            reverted.append(block)
-        self._load_recent()
-        self._update_gauges()
-        return reverted
+    def _main_blocks_with_undo(self, fork_height: int) -> list[tuple[Block, dict]]:
+        """Our blocks above `fork_height` with their undo records, newest first (blocking)."""
+        found = []
+        for height in range(self.head.height, fork_height, -1):
+            block, undo = self.store.block(height), self.store.undo_record(height)
+            assert block is not None and undo is not None, f"main-chain block {height} vanished"
+            found.append((block, undo))
+        return found
+
+    def _main_headers(self, first: int, last: int) -> list[BlockHeader]:
+        return [self.store.block_header(h) for h in range(first, last + 1)]
 
     def _load_recent(self) -> None:
         first = max(0, self.head.height - (self._recent.maxlen or 1) + 1)
@@ -708,21 +730,28 @@ class Node:
         self._recent.extend(self.store.block_header(h) for h in range(first, self.head.height))
         self._recent.append(self.head)
 
-    def _validate(self, block: Block, parent: BlockHeader) -> BlockEffects:
-        """Every check a block from a peer must pass before it can commit; its effects."""
+    def _validate(
+        self, block: Block, parent: BlockHeader, recent: tuple[BlockHeader, ...] | None = None,
+        accounts: Mapping[bytes, Account] | Overlay | None = None,
+    ) -> BlockEffects:
+        """Every check a block from a peer must pass before it can commit; its effects.
+        `recent` (ending with `parent`) and `accounts` default to our head's."""
         header = block.header
         block.check_structure(self.genesis.chain_id, self.genesis.max_block_transactions)
         if header.height != parent.height + 1 or header.parent != parent.hash:
             raise InvalidBlock("bad_parent", "block does not extend its parent")
         if header.timestamp > self.now_ms() + MAX_FUTURE_MS:
             raise InvalidBlock("future_timestamp", "block timestamp is too far in the future")
-        self.engine.verify_header(header, tuple(self._recent), self.now_ms())
+        self.engine.verify_header(header, recent if recent is not None else tuple(self._recent), self.now_ms())
         chain_id = self.genesis.chain_id
         with self._lock:
             unverified = [tx for tx in block.transactions if tx.id not in self.pool]
         for tx in unverified:  # what the mempool admitted was verified already
             tx.check_stateless(chain_id)
-        return self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
+        return apply_transactions(
+            accounts if accounts is not None else self.state.accounts, block.transactions, header.proposer,
+            self.genesis.block_reward,
+        )
 
     # ------------------------------------------------------------------ NodeService: reads
     def node_info(self) -> NodeInfo:

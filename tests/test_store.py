@@ -527,3 +527,35 @@ def test_a_missing_parent_directory_is_created(tmp_path):
         plain.dispose()
     finally:
         store.close()
+
+
+def test_reorganize_swaps_branches_in_one_transaction_or_not_at_all(store):
+    ours = Chain()
+    ours.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    ours.commit(store, [(2, ADDRESSES[3], 20, 1)])
+    fork = ours.blocks[0].header
+
+    # Their branch forks after block 1 and is two blocks long.
+    theirs = Chain()
+    theirs.accept(*theirs.next_block([(1, ADDRESSES[2], 10, 1)]))
+    branch = []
+    for transfer in ([(3, ADDRESSES[1], 7, 2)], [(2, fresh_address("theirs"), 9, 0)]):
+        block, effects = theirs.next_block(transfer, proposer=fresh_address("their miner"))
+        theirs.accept(block, effects)
+        branch.append((block, effects, b""))
+
+    # A branch whose second block collides with a stored transaction fails whole: our chain stays.
+    before = snapshot(store)
+    collide_txs = (branch[1][0].transactions[0], ours.blocks[0].transactions[0])
+    bad_header = build_header(GENESIS.chain_id, branch[0][0].header, branch[0][0].header.timestamp + 1000,
+                              list(collide_txs), PROPOSER)
+    with pytest.raises(StoreConflict):
+        store.reorganize(fork.height, [branch[0], (Block(bad_header, collide_txs), branch[1][1], b"")])
+    assert snapshot(store) == before
+
+    reverted = store.reorganize(fork.height, branch)
+    assert [block.encode() for block, _ in reverted] == [ours.blocks[1].encode()]
+    assert store.head() == branch[-1][0].header
+    assert store.load_accounts() == theirs.state.accounts
+    assert store.transaction(ours.blocks[1].transactions[0].id) is None
+    assert store.undo_record(3) == branch[1][1].undo and store.undo_record(9) is None
