@@ -6,6 +6,7 @@ from ledger.address import address_of
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 
+from consensus.bft import BftEngine
 from consensus.engine import Engine
 from consensus.pow import PowEngine
 from consensus.solo import SoloEngine
@@ -19,7 +20,7 @@ def create_engine(
     genesis: Genesis, signer: PrivateKey | None, *, mine: bool = True, miner_address: bytes | None = None,
 ) -> Engine:
     """`mine` and `miner_address` concern proof of work only; the miner address defaults to
-    the signer's (the node key's) address."""
+    the signer's (the node key's) address.  Under bft the signer votes if it is a validator's key."""
     if genesis.engine == "solo":
         return SoloEngine(genesis.engine_params, signer)
     if genesis.engine == "pow":
@@ -27,6 +28,9 @@ def create_engine(
             miner_address = address_of(signer.public_key)
         return PowEngine(genesis.engine_params, miner_address, mine and miner_address is not None,
                          genesis.max_block_transactions)
+    if genesis.engine == "bft":
+        # The node key votes when it is a validator's; any other node follows.
+        return BftEngine.from_genesis(genesis, signer)
     raise EngineNotBuilt(
-        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow"
+        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow, bft"
     )

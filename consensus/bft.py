@@ -1,0 +1,1190 @@
+"""BFT consensus: the Tendermint algorithm as a deterministic state machine.
+
+This is Algorithm 1 of "The latest gossip on BFT consensus" (Buchman, Kwon, Milosevic,
+2018), the algorithm CometBFT runs; comments cite its line numbers ("line 36").  Blocks
+are final the moment they commit: no two different blocks can ever be committed at one
+height while the faulty validators hold less than a third of the voting power, whatever
+the network does (drops, delays, partitions); once the network delivers messages again
+and more than two thirds of the power is honest and connected, heights keep committing.
+
+One height at a time:
+
+- round r of height h has one proposer (CometBFT's weighted rotation,
+  `ValidatorSet.proposer`).  It proposes its valid value if it has one (lines 15-16),
+  otherwise asks the runtime for a block (`BuildBlock`, line 18: getValue), seals it
+  and broadcasts a signed PROPOSAL carrying the whole block (line 19);
+- every validator checks the block (the cheap rules here, then `ExecuteBlock` ->
+  `BlockExecuted`, ABCI's ProcessProposal: valid(v)) and prevotes it or nil
+  (lines 22-33), precommits once more than two thirds prevoted one value (lines
+  36-46), and decides when more than two thirds precommitted it (line 49):
+  `Commit(block, certificate)`, the certificate being those precommits;
+- timeouts (lines 57-67) grow with the round: timeout_x(r) = timeout_x_ms + r *
+  timeout_delta_ms; f + 1 messages of a higher round pull a validator into it (line 55).
+
+The block of height h + 1 carries the certificate of height h in its header's
+`extra` (CometBFT's LastCommit), so the chain alone proves every block but the newest
+final; `verify_certificate` checks one (pure).
+
+Safety across restarts: every signature goes through one guard (CometBFT's
+"last sign state"): the engine never signs at a (height, round, step) below the last
+one it signed, and at the same one only the very same payload.  The guard, the locks
+and the round are in the `Persist` that precedes every broadcast of a vote or a
+proposal, and `Started.persisted` restores them, so a restarted validator never signs
+twice at one height and round.
+
+Equivocation (two different votes of one type, or two different proposals, signed by
+one validator at one height and round) is kept as evidence, reported with
+`ReportEvidence` and listed in `status()`.
+
+Catch-up: when no progress is made for `gossip_interval_ms`, an engine repeats its
+own votes (and proposal) of the current round and a STATUS; a peer that is a height
+behind (or lacks the certificate of its head) gets a DECISION (block + certificate)
+in answer and commits it.  Longer gaps are the runtime's block sync.
+
+A node whose key is not a validator's follows: it runs the same rules without signing
+and commits through line 49 or a DECISION.
+
+Empty blocks: round 0 of a height waits until transactions are ready, unless
+`create_empty_blocks` is set or `max_block_interval_ms` (> 0) has passed since the
+height began; `min_block_interval_ms` delays round 0 after the previous commit (as
+CometBFT's timeout_commit).  Later rounds never wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from ledger import crypto
+from ledger.address import address_of
+from ledger.block import HASH_SIZE, Block, BlockHeader
+from ledger.codec import DecodeError, Reader, Writer
+
+from consensus.bft_messages import (
+    MAX_BLOCK_BYTES,
+    MAX_CERTIFICATE_BYTES,
+    Certificate,
+    Decision,
+    Evidence,
+    InvalidCertificate,
+    Proposal,
+    SignedProposal,
+    Status,
+    Vote,
+    VoteType,
+    decode_message,
+    encode_message,
+    verify_certificate,
+)
+from consensus.engine import (
+    Action,
+    BlockBuilt,
+    BlockCommitted,
+    BlockExecuted,
+    Broadcast,
+    BuildBlock,
+    Commit,
+    Engine,
+    Event,
+    ExecuteBlock,
+    InvalidSeal,
+    PeerConnected,
+    PeerDisconnected,
+    PeerMessage,
+    Persist,
+    ReportEvidence,
+    Send,
+    SetTimer,
+    Started,
+    Tick,
+    TxsAvailable,
+)
+from consensus.validators import MAX_VALIDATORS, InvalidValidatorSet, ValidatorSet
+
+__all__ = ["BftEngine", "BftParams", "Step", "verify_certificate", "InvalidCertificate"]
+
+PERSIST_VERSION = 1
+MAX_FUTURE_ROUNDS = 4  # rounds above round_p + 1 kept per validator (their newest ones)
+MAX_PROPOSAL_LOOKAHEAD = 64  # proposals further ahead than this many rounds are ignored
+MAX_EVIDENCE = 1000  # kept for the API; older ones are dropped (they were reported)
+MAX_SIGNED_PAYLOAD = 1024
+NIL = None
+
+
+class Step(IntEnum):
+    PROPOSE = 1
+    PREVOTE = 2
+    PRECOMMIT = 3
+
+
+# ----------------------------------------------------------------------------- parameters
+
+_TIMEOUT_LIMIT = 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class BftParams:
+    timeout_propose_ms: int = 3000
+    timeout_prevote_ms: int = 1000
+    timeout_precommit_ms: int = 1000
+    timeout_delta_ms: int = 500
+    create_empty_blocks: bool = False
+    max_block_interval_ms: int = 0  # 0: round 0 waits for transactions as long as it takes
+    min_block_interval_ms: int = 0
+    gossip_interval_ms: int = 1000
+
+    def timeout_propose(self, round: int) -> int:
+        return self.timeout_propose_ms + round * self.timeout_delta_ms
+
+    def timeout_prevote(self, round: int) -> int:
+        return self.timeout_prevote_ms + round * self.timeout_delta_ms
+
+    def timeout_precommit(self, round: int) -> int:
+        return self.timeout_precommit_ms + round * self.timeout_delta_ms
+
+    @classmethod
+    def from_genesis(cls, params: Any) -> tuple[BftParams, ValidatorSet]:
+        """Validate genesis `engine.params`; a misspelt key is an error, not a default."""
+        if not isinstance(params, dict):
+            raise ValueError("bft engine: genesis engine.params must be an object")
+        known = {"validators", "timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
+                 "timeout_delta_ms", "create_empty_blocks", "max_block_interval_ms", "min_block_interval_ms",
+                 "gossip_interval_ms"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"bft engine: unknown engine.params {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        try:
+            validators = ValidatorSet.from_genesis(params.get("validators"))
+        except InvalidValidatorSet as exc:
+            raise ValueError(f"bft engine: {exc}") from None
+        empty = params.get("create_empty_blocks", False)
+        if not isinstance(empty, bool):
+            raise ValueError("bft engine: engine.params.create_empty_blocks must be true or false")
+        defaults = cls()
+        return cls(
+            timeout_propose_ms=_int_param(params, "timeout_propose_ms", 1, defaults.timeout_propose_ms),
+            timeout_prevote_ms=_int_param(params, "timeout_prevote_ms", 1, defaults.timeout_prevote_ms),
+            timeout_precommit_ms=_int_param(params, "timeout_precommit_ms", 1, defaults.timeout_precommit_ms),
+            timeout_delta_ms=_int_param(params, "timeout_delta_ms", 0, defaults.timeout_delta_ms),
+            create_empty_blocks=empty,
+            max_block_interval_ms=_int_param(params, "max_block_interval_ms", 0, 0),
+            min_block_interval_ms=_int_param(params, "min_block_interval_ms", 0, 0),
+            gossip_interval_ms=_int_param(params, "gossip_interval_ms", 1, defaults.gossip_interval_ms),
+        ), validators
+
+
+def _int_param(params: dict, name: str, low: int, default: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _TIMEOUT_LIMIT:
+        raise ValueError(f"bft engine: engine.params.{name} must be an integer from {low} to {_TIMEOUT_LIMIT}, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------- persisted state
+
+
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    """The last thing this validator signed (the double-sign guard)."""
+
+    height: int
+    round: int
+    step: Step
+    payload: bytes
+    signature: bytes
+
+    @property
+    def hrs(self) -> tuple[int, int, int]:
+        return (self.height, self.round, int(self.step))
+
+
+@dataclass(frozen=True, slots=True)
+class _Saved:
+    signer: bytes
+    height: int
+    round: int
+    step: Step
+    locked: tuple[int, bytes] | None
+    valid: tuple[int, bytes] | None
+    signed: _Signed | None
+    # Our votes of (height, round), both of them: after a restart they are repeated, not
+    # re-signed.  Without the prevote a validator that restarted in the precommit step
+    # could leave its round with too few prevotes ever to arm a timeout.
+    own_votes: tuple[bytes, ...]
+    # The valid value (lines 42-43) and the prevotes that made it valid (its POL): a
+    # validator locked on it can still re-propose it after a restart (lines 15-16, 28).
+    # Lost, the locked validators would prevote nil on every other value for ever.
+    valid_block: bytes
+    pol_votes: tuple[bytes, ...]
+    certificate: bytes  # the newest certificate this validator decided (b"" if none)
+
+    def encode(self) -> bytes:
+        writer = Writer().u8(PERSIST_VERSION).fixed(self.signer, 20).u64(self.height).u32(self.round).u8(int(self.step))
+        for pair in (self.locked, self.valid):
+            if pair is None:
+                writer.u8(0)
+            else:
+                writer.u8(1).u32(pair[0]).fixed(pair[1], HASH_SIZE)
+        if self.signed is None:
+            writer.u8(0)
+        else:
+            s = self.signed
+            writer.u8(1).u64(s.height).u32(s.round).u8(int(s.step)).var_bytes(s.payload).fixed(s.signature, 64)
+        writer.u8(len(self.own_votes))
+        for vote in self.own_votes:
+            writer.var_bytes(vote)
+        writer.var_bytes(self.valid_block).u32(len(self.pol_votes))
+        for vote in self.pol_votes:
+            writer.var_bytes(vote)
+        return writer.var_bytes(self.certificate).bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> _Saved:
+        reader = Reader(data)
+        version = reader.u8("state.version")
+        if version != PERSIST_VERSION:
+            raise DecodeError("state.version", f"unknown version {version}")
+        signer = reader.fixed(20, "state.signer")
+        height = reader.amount("state.height")
+        round = reader.u32("state.round")
+        step = _read_step(reader, "state.step")
+        pairs: list[tuple[int, bytes] | None] = []
+        for name in ("state.locked", "state.valid"):
+            flag = reader.u8(name)
+            if flag not in (0, 1):
+                raise DecodeError(name, "flag must be 0 or 1")
+            pairs.append((reader.u32(name), reader.fixed(HASH_SIZE, name)) if flag else None)
+        flag = reader.u8("state.signed")
+        if flag not in (0, 1):
+            raise DecodeError("state.signed", "flag must be 0 or 1")
+        signed = None
+        if flag:
+            signed = _Signed(
+                reader.amount("state.signed.height"), reader.u32("state.signed.round"),
+                _read_step(reader, "state.signed.step"), reader.var_bytes("state.signed.payload", MAX_SIGNED_PAYLOAD),
+                reader.fixed(64, "state.signed.signature"),
+            )
+        count = reader.u8("state.own_votes")
+        if count > 2:
+            raise DecodeError("state.own_votes", f"{count} votes; a round has at most a prevote and a precommit")
+        own_votes = tuple(reader.var_bytes("state.own_votes", MAX_SIGNED_PAYLOAD) for _ in range(count))
+        valid_block = reader.var_bytes("state.valid_block", MAX_BLOCK_BYTES)
+        count = reader.u32("state.pol_votes")
+        if count > MAX_VALIDATORS:
+            raise DecodeError("state.pol_votes", f"{count} votes exceeds {MAX_VALIDATORS}")
+        pol_votes = tuple(reader.var_bytes("state.pol_votes", MAX_SIGNED_PAYLOAD) for _ in range(count))
+        for vote in own_votes + pol_votes:
+            Vote.decode(vote)
+        certificate = reader.var_bytes("state.certificate", MAX_CERTIFICATE_BYTES)
+        reader.finish()
+        return cls(signer, height, round, step, pairs[0], pairs[1], signed, own_votes, valid_block, pol_votes,
+                   certificate)
+
+
+def _read_step(reader: Reader, field: str) -> Step:
+    value = reader.u8(field)
+    if value not in (1, 2, 3):
+        raise DecodeError(field, f"unknown step {value}")
+    return Step(value)
+
+
+# ----------------------------------------------------------------------------- the engine
+
+
+class BftEngine(Engine):
+    """Tendermint for one node.  `signer` is the node key: a validator's key makes it vote,
+    any other key (or None) makes it a follower."""
+
+    name = "bft"
+    ancestors_needed = 1
+
+    def __init__(
+        self, chain_id: str, validators: ValidatorSet, params: BftParams, signer: crypto.PrivateKey | None,
+        max_block_transactions: int,
+    ):
+        self.chain_id = chain_id
+        self.validators = validators
+        self.params = params
+        self.max_block_transactions = max_block_transactions
+        address = address_of(signer.public_key) if signer is not None else None
+        self.signer = signer if address is not None and address in validators else None
+        self.address: bytes | None = address if self.signer is not None else None
+        # Chain position.
+        self.head: BlockHeader | None = None
+        self.last_commit: Certificate | None = None  # certificate of the head
+        self.last_block: Block | None = None  # the head block, when this engine decided it
+        self.decided: tuple[Block, Certificate] | None = None  # awaiting BlockCommitted
+        # The paper's variables (lines 2-9) for the current height.
+        self.height = 0
+        self.round = 0
+        self.step = Step.PROPOSE
+        self.locked_round = -1
+        self.locked_hash: bytes | None = None
+        self.valid_round = -1
+        self.valid_hash: bytes | None = None
+        self._signed: _Signed | None = None
+        self._encoded_valid: tuple[bytes | None, bytes] = (None, b"")
+        self._now = 0
+        self._future: list[tuple[str, Proposal | Vote]] = []  # messages for the next height
+        self._reset_height_state()
+        self._timeouts: dict[tuple[str, int, int], int] = {}
+        self._timer_at: int | None = None
+        self._out: list[Action] = []
+        self._catchup_sent: dict[str, tuple[int, int]] = {}  # peer -> (height sent, at)
+        self.evidence: dict[tuple[bytes, int, int, int], Evidence] = {}
+        self.refused_messages = 0
+        self._last_signed_height: dict[bytes, int] = {}
+        self._proposed_count: dict[bytes, int] = {}
+
+    @classmethod
+    def from_genesis(cls, genesis, signer: crypto.PrivateKey | None) -> BftEngine:
+        params, validators = BftParams.from_genesis(genesis.engine_params)
+        return cls(genesis.chain_id, validators, params, signer, genesis.max_block_transactions)
+
+    @property
+    def is_validator(self) -> bool:
+        return self.signer is not None
+
+    def _reset_height_state(self) -> None:
+        self.proposals: dict[int, Proposal] = {}
+        self.blocks: dict[bytes, Block] = {}
+        self.certified: dict[bytes, tuple[Block, Certificate]] = {}  # from a DECISION, certificate checked
+        self.validity: dict[bytes, bool] = {}
+        self.invalid_reasons: dict[bytes, str] = {}
+        self._executing: set[bytes] = set()
+        # Each validator's first vote per (round, type): what "2f+1 of any kind" counts.
+        self.votes: dict[tuple[int, VoteType], dict[bytes, Vote]] = {}
+        # Every counted vote per (round, type, value): what "2f+1 for id(v)" counts.  The
+        # paper counts signed messages, so an equivocator's vote counts for each value it
+        # signed (with f faulty, 2f+1 signers of v still include f+1 honest ones); else a
+        # lock that an equivocator's vote helped form could never be shown to others.
+        self._by_value: dict[tuple[int, VoteType], dict[bytes | None, dict[bytes, Vote]]] = {}
+        self._round_senders: dict[int, dict[bytes, None]] = {}
+        self._future_rounds: dict[bytes, list[int]] = {}
+        self._fired: set[tuple[int, int]] = set()  # (paper line, round) of "for the first time" rules
+        self._building: int | None = None  # round of the outstanding BuildBlock
+        self.waiting_for_txs = False
+        self._txs_ready = False
+        self._height_began = self._now
+
+    # ================================================================== events
+    def handle(self, event: Event) -> list[Action]:
+        self._out = []
+        self._now = event.now
+        if isinstance(event, Started):
+            self._on_started(event)
+        elif self.head is None:
+            return []  # nothing happens before Started
+        elif isinstance(event, Tick):
+            self._on_tick()
+        elif isinstance(event, PeerMessage):
+            self._on_peer_message(event.peer, event.message)
+        elif isinstance(event, BlockExecuted):
+            self._on_executed(event)
+        elif isinstance(event, BlockBuilt):
+            self._on_built(event.block)
+        elif isinstance(event, BlockCommitted):
+            self._on_committed(event.header)
+        elif isinstance(event, TxsAvailable):
+            if event.count > 0:
+                self._txs_ready = True
+                if self.waiting_for_txs:
+                    self._stop_waiting()
+        elif isinstance(event, PeerConnected):
+            # Tell a new peer where we are: if it is ahead it answers with a DECISION.
+            self._out.append(Send(event.peer, encode_message(self._status())))
+        elif isinstance(event, PeerDisconnected):
+            self._catchup_sent.pop(event.peer, None)
+        self._run_rules()
+        self._arm_timer()
+        return self._out
+
+    # ------------------------------------------------------------------ start and restart
+    def _on_started(self, event: Started) -> None:
+        self.head = event.head
+        self.last_commit = None
+        self.last_block = None
+        self.decided = None
+        self._timeouts.clear()
+        self._timer_at = None
+        saved = _Saved.decode(event.persisted) if event.persisted else None  # corrupt: refuse to run
+        self._enter_height(event.head.height + 1, start=False)
+        if saved is not None and self.address is not None and saved.signer == self.address:
+            self._signed = saved.signed  # the double-sign guard outlives heights
+            if saved.certificate:
+                certificate = Certificate.decode(saved.certificate)
+                if certificate.height == event.head.height and certificate.block_hash == event.head.hash:
+                    self.last_commit = certificate
+            if saved.height == self.height:
+                self.locked_round, self.locked_hash = saved.locked if saved.locked else (-1, None)
+                self.valid_round, self.valid_hash = saved.valid if saved.valid else (-1, None)
+                if saved.valid_block:
+                    block = Block.decode(saved.valid_block, self.max_block_transactions)
+                    if block.hash == self.valid_hash:
+                        self.blocks[block.hash] = block
+                        self.validity[block.hash] = True  # it was, on this same head
+                for encoded in saved.pol_votes:
+                    self._add_vote(Vote.decode(encoded), proof=True)
+                if saved.step is Step.PROPOSE:
+                    self._start_round(saved.round)
+                else:
+                    self.round, self.step = saved.round, saved.step
+                    self._arm_gossip()
+                    self._repeat_own_votes(saved.own_votes)
+                self._out.append(Broadcast(encode_message(self._status())))
+                return
+        self._start_round(0)
+        self._out.append(Broadcast(encode_message(self._status())))
+
+    def _repeat_own_votes(self, own_votes: tuple[bytes, ...]) -> None:
+        """After a restart mid-round: count and resend the votes signed before (same bytes)."""
+        for encoded in own_votes:
+            vote = Vote.decode(encoded)
+            if (vote.height, vote.round, vote.validator) == (self.height, self.round, self.address):
+                self._add_vote(vote)
+                self._out.append(Broadcast(encode_message(vote)))
+
+    def _enter_height(self, height: int, start: bool = True) -> None:
+        self.height = height
+        self.round = 0
+        self.step = Step.PROPOSE
+        # Line 53: reset the locks, the valid value and the message log.
+        self.locked_round, self.locked_hash = -1, None
+        self.valid_round, self.valid_hash = -1, None
+        future, self._future = self._future, []
+        self._reset_height_state()
+        self._height_began = self._now
+        self._timeouts = {key: at for key, at in self._timeouts.items() if key[1] >= height}
+        if start:
+            self._start_round(0)  # line 54
+            for peer, message in future:
+                if message.height == height:
+                    self._on_message(peer, message)
+
+    # ------------------------------------------------------------------ lines 11-21
+    def _start_round(self, round: int) -> None:
+        """StartRound(round), lines 11-21, with the wait for transactions before round 0."""
+        self.round = round  # line 12
+        self.step = Step.PROPOSE  # line 13
+        self._building = None
+        self._timeouts = {key: at for key, at in self._timeouts.items() if (key[1], key[2]) >= (self.height, round)}
+        self._arm_gossip()
+        if round == 0 and self._must_wait():
+            self.waiting_for_txs = True
+            return
+        self._propose_or_wait()
+
+    def _must_wait(self) -> bool:
+        """Round 0 waits for transactions (or the intervals); the wait timer re-checks."""
+        began = self._height_began
+        start_at = began + self.params.min_block_interval_ms
+        if self._now < start_at:
+            self._schedule("wait", 0, start_at)
+            return True
+        if self.params.create_empty_blocks or self._txs_ready:
+            return False
+        if self.params.max_block_interval_ms:
+            deadline = began + self.params.max_block_interval_ms
+            if self._now >= deadline:
+                return False
+            self._schedule("wait", 0, deadline)
+        return True
+
+    def _stop_waiting(self) -> None:
+        if self.waiting_for_txs and self.round == 0 and self.step is Step.PROPOSE:
+            self.waiting_for_txs = False
+            self._timeouts.pop(("wait", self.height, 0), None)
+            self._propose_or_wait()
+
+    def _propose_or_wait(self) -> None:
+        self.waiting_for_txs = False
+        if self.is_validator and self._proposer_address(self.round) == self.address:  # line 14
+            if self.valid_hash is not None and self.valid_hash in self.blocks:  # lines 15-16
+                self._propose(self.blocks[self.valid_hash], self.valid_round)
+            elif self.height == 1 or self.last_commit is not None:  # line 18: getValue()
+                self._building = self.round
+                head = self.head
+                assert head is not None
+                extra = self.last_commit.encode() if self.last_commit is not None else b""
+                self._out.append(BuildBlock(head.hash, self.height, max(self._now, head.timestamp), self.address, extra))
+            # else: without the head's certificate no valid block can be built; STATUS asks for it.
+        # Line 21.  CometBFT arms the propose timeout for the proposer too: if its own
+        # block never comes (a slow or failed build), it still moves on.
+        self._schedule("propose", self.round, self._now + self.params.timeout_propose(self.round))
+
+    def _on_built(self, block: Block) -> None:
+        round = self._building
+        header = block.header
+        head = self.head
+        assert head is not None
+        if round is None or header.parent != head.hash or header.height != self.height or self.decided is not None:
+            return  # the answer to a build on a head or height that has moved on
+        self._building = None
+        if round != self.round or self.step is not Step.PROPOSE or self.signer is None:
+            return
+        sealed = header.with_seal(self.signer.sign_digest(header.sealing_digest()))
+        block = Block(sealed, block.transactions)
+        self.blocks[block.hash] = block
+        self.validity[block.hash] = True  # the runtime built it by applying it to the head
+        self._propose(block, -1)
+
+    def _propose(self, block: Block, pol_round: int) -> None:
+        """Line 19: broadcast <PROPOSAL, h, round, proposal, validRound>."""
+        assert self.signer is not None and self.address is not None
+        payload = SignedProposal.signing_payload(self.chain_id, self.height, self.round, pol_round, block.hash, self.address)
+        signature = self._sign(Step.PROPOSE, payload, crypto.DOMAIN_PROPOSAL)
+        if signature is None:
+            return
+        signed = SignedProposal(self.height, self.round, pol_round, block.hash, self.address, signature)
+        pol_votes: tuple[Vote, ...] = ()
+        if pol_round >= 0:
+            pol_votes = tuple(self._by_value.get((pol_round, VoteType.PREVOTE), {}).get(block.hash, {}).values())
+        proposal = Proposal(signed, block, pol_votes)
+        self.proposals[self.round] = proposal
+        self.blocks[block.hash] = block
+        self._note_sender(self.round, self.address)
+        self._out.append(Broadcast(encode_message(proposal)))
+
+    # ------------------------------------------------------------------ signing
+    def _sign(self, step: Step, payload: bytes, domain: bytes, vote: tuple[VoteType, bytes | None] | None = None) -> bytes | None:
+        """The double-sign guard: never below the last signed (height, round, step); at the
+        same one only the same payload (its signature is reused).  A new signature is
+        persisted (Persist is durable before the broadcast that follows leaves)."""
+        assert self.signer is not None and self.address is not None
+        hrs = (self.height, self.round, int(step))
+        last = self._signed
+        if last is not None:
+            if hrs < last.hrs:
+                return None
+            if hrs == last.hrs:
+                return last.signature if last.payload == payload else None
+        signature = self.signer.sign(domain, payload)
+        self._signed = _Signed(self.height, self.round, step, payload, signature)
+        if vote is not None:  # counted before the Persist, so the Persist holds it
+            self._add_vote(Vote(vote[0], self.height, self.round, vote[1], self.address, signature))
+        self._persist()
+        return signature
+
+    def _vote(self, kind: VoteType, block_hash: bytes | None) -> None:
+        """Broadcast <PREVOTE|PRECOMMIT, h, round, value> (followers only change step)."""
+        if self.signer is None or self.address is None:
+            return
+        payload = Vote.signing_payload(self.chain_id, kind, self.height, self.round, block_hash, self.address)
+        step = Step.PREVOTE if kind is VoteType.PREVOTE else Step.PRECOMMIT
+        signature = self._sign(step, payload, crypto.DOMAIN_VOTE, (kind, block_hash))
+        if signature is None:
+            return
+        vote = Vote(kind, self.height, self.round, block_hash, self.address, signature)
+        self._add_vote(vote)  # a no-op when _sign counted it already
+        self._out.append(Broadcast(encode_message(vote)))
+
+    def _state_bytes(self) -> bytes:
+        assert self.address is not None
+        certificate = self.decided[1] if self.decided is not None else self.last_commit
+        valid_block, pol_votes = b"", ()
+        if self.valid_hash is not None and self.decided is None and self.valid_hash in self.blocks:
+            if self._encoded_valid[0] != self.valid_hash:
+                self._encoded_valid = (self.valid_hash, self.blocks[self.valid_hash].encode())
+            valid_block = self._encoded_valid[1]
+            signers = self._by_value.get((self.valid_round, VoteType.PREVOTE), {}).get(self.valid_hash, {})
+            pol_votes = tuple(vote.encode() for vote in signers.values())
+        return _Saved(
+            self.address, self.height, self.round, self.step,
+            (self.locked_round, self.locked_hash) if self.locked_hash is not None else None,
+            (self.valid_round, self.valid_hash) if self.valid_hash is not None else None,
+            self._signed, self._own_votes(), valid_block, pol_votes,
+            certificate.encode() if certificate is not None else b"",
+        ).encode()
+
+    def _own_votes(self) -> tuple[bytes, ...]:
+        assert self.address is not None
+        own = (self.votes.get((self.round, kind), {}).get(self.address) for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT))
+        return tuple(vote.encode() for vote in own if vote is not None)
+
+    def _persist(self) -> None:
+        if self.address is not None:
+            self._out.append(Persist(self._state_bytes()))
+
+    # ------------------------------------------------------------------ timeouts (lines 57-67)
+    def _schedule(self, kind: str, round: int, at: int) -> None:
+        self._timeouts[(kind, self.height, round)] = at
+
+    def _arm_gossip(self) -> None:
+        self._timeouts = {key: at for key, at in self._timeouts.items() if key[0] != "gossip"}
+        self._schedule("gossip", self.round, self._now + self.params.gossip_interval_ms)
+
+    def _arm_timer(self) -> None:
+        if not self._timeouts:
+            return
+        earliest = min(self._timeouts.values())
+        if earliest != self._timer_at:
+            self._timer_at = earliest
+            self._out.append(SetTimer(earliest))
+
+    def _on_tick(self) -> None:
+        now = self._now
+        if self._timer_at is not None and now >= self._timer_at:
+            self._timer_at = None
+        while True:
+            due = sorted((at, key) for key, at in self._timeouts.items() if at <= now)
+            if not due:
+                return
+            _, key = due[0]
+            del self._timeouts[key]
+            kind, height, round = key
+            if height != self.height or self.decided is not None:
+                continue
+            if kind == "propose":
+                # Lines 57-60 (the paper's condition is step = propose).
+                if round == self.round and self.step is Step.PROPOSE:
+                    self.step = Step.PREVOTE
+                    self._vote(VoteType.PREVOTE, NIL)
+            elif kind == "prevote":
+                # Lines 61-64.
+                if round == self.round and self.step is Step.PREVOTE:
+                    self.step = Step.PRECOMMIT
+                    self._vote(VoteType.PRECOMMIT, NIL)
+            elif kind == "precommit":
+                # Lines 65-67.
+                if round == self.round:
+                    self._start_round(self.round + 1)
+            elif kind == "wait":
+                if self.waiting_for_txs and not self._must_wait():
+                    self._stop_waiting()
+            elif kind == "gossip":
+                self._gossip()
+            self._run_rules()
+
+    def _gossip(self) -> None:
+        """No progress for a gossip interval: repeat our own messages of this round
+        (bounded: one proposal, two votes, one status) so peers that lost them catch up."""
+        proposal = self.proposals.get(self.round)
+        if proposal is not None and self.address is not None and proposal.signed.proposer == self.address:
+            self._out.append(Broadcast(encode_message(proposal)))
+        if self.address is not None:
+            for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+                own = self.votes.get((self.round, kind), {}).get(self.address)
+                if own is not None:
+                    self._out.append(Broadcast(encode_message(own)))
+        self._out.append(Broadcast(encode_message(self._status())))
+        self._schedule("gossip", self.round, self._now + self.params.gossip_interval_ms)
+
+    def _status(self) -> Status:
+        return Status(self.height, self.round, self.last_commit is None and self.height > 1)
+
+    # ------------------------------------------------------------------ peer messages
+    def _on_peer_message(self, peer: str, data: bytes) -> None:
+        try:
+            message = decode_message(data, self.max_block_transactions)
+        except DecodeError:
+            self.refused_messages += 1
+            return
+        if isinstance(message, Status):
+            self._on_status(peer, message)
+        elif isinstance(message, Decision):
+            self._on_decision(message)
+        else:
+            self._on_message(peer, message)
+
+    def _on_message(self, peer: str, message: Proposal | Vote) -> None:
+        if message.height == self.height + 1:
+            self._buffer_future(peer, message)
+            return
+        if message.height != self.height or self.decided is not None:
+            return
+        accepted = self._accept_vote(message) if isinstance(message, Vote) else self._accept_proposal(message)
+        if accepted:
+            self._stop_waiting()  # the round has begun elsewhere
+
+    def _buffer_future(self, peer: str, message: Proposal | Vote) -> None:
+        limit = 4 * len(self.validators) + 8
+        proposals = sum(1 for _, m in self._future if isinstance(m, Proposal))
+        if len(self._future) >= limit or (isinstance(message, Proposal) and proposals >= 2):
+            return
+        self._future.append((peer, message))
+
+    def _admit_round(self, validator: bytes, round: int) -> bool:
+        """Bound what one validator can make us keep: rounds up to round_p + 1 freely, and
+        at most MAX_FUTURE_ROUNDS above that (its newest ones; an older one is dropped)."""
+        if round <= self.round + 1:
+            return True
+        rounds = [r for r in self._future_rounds.get(validator, []) if r > self.round + 1]
+        if round in rounds:
+            self._future_rounds[validator] = rounds
+            return True
+        if len(rounds) >= MAX_FUTURE_ROUNDS:
+            oldest = min(rounds)
+            if round < oldest:
+                return False
+            rounds.remove(oldest)
+            self._forget(validator, oldest)
+        rounds.append(round)
+        self._future_rounds[validator] = rounds
+        return True
+
+    def _forget(self, validator: bytes, round: int) -> None:
+        for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+            self.votes.get((round, kind), {}).pop(validator, None)
+            for signers in self._by_value.get((round, kind), {}).values():
+                signers.pop(validator, None)
+        proposal = self.proposals.get(round)
+        if proposal is not None and proposal.signed.proposer == validator:
+            del self.proposals[round]
+        self._round_senders.get(round, {}).pop(validator, None)
+
+    def _accept_vote(self, vote: Vote, proof: bool = False) -> bool:
+        member = self.validators.get(vote.validator)
+        if member is None:
+            self.refused_messages += 1
+            return False
+        if self._by_value.get((vote.round, vote.kind), {}).get(vote.block_hash, {}).get(vote.validator) == vote:
+            return False  # a repeat
+        if not vote.verify(self.chain_id, member.public_key):
+            self.refused_messages += 1
+            return False
+        # Only after the signature: a forged vote must not use up a validator's budget.
+        if not self._admit_round(vote.validator, vote.round):
+            return False
+        return self._add_vote(vote, proof)
+
+    def _add_vote(self, vote: Vote, proof: bool = False) -> bool:
+        """Count a verified vote.  A second value from one validator is evidence; it counts
+        for its value too, but an equivocator gets one such extra value per (round, type)
+        unless the vote comes inside a proof (a proposal's POL), which is bounded."""
+        key = (vote.round, vote.kind)
+        first = self.votes.setdefault(key, {})
+        by_value = self._by_value.setdefault(key, {})
+        existing = first.get(vote.validator)
+        if existing is None:
+            first[vote.validator] = vote
+        elif existing.block_hash != vote.block_hash:
+            self._report(Evidence.of(existing, vote))
+            values = sum(1 for signers in by_value.values() if vote.validator in signers)
+            if values >= 2 and not proof:
+                return False
+        else:
+            return False
+        by_value.setdefault(vote.block_hash, {})[vote.validator] = vote
+        self._note_sender(vote.round, vote.validator)
+        return True
+
+    def _note_sender(self, round: int, validator: bytes) -> None:
+        self._round_senders.setdefault(round, {})[validator] = None
+
+    def _accept_proposal(self, proposal: Proposal) -> bool:
+        signed = proposal.signed
+        # Working out a far round's proposer costs a run per round: refuse those first.
+        if signed.round > self.round + MAX_PROPOSAL_LOOKAHEAD or signed.pol_round >= signed.round:
+            self.refused_messages += 1
+            return False
+        # Lines 22, 28, 36, 49: only a proposal "from proposer(h_p, r)" counts.
+        if signed.proposer != self._proposer_address(signed.round):
+            self.refused_messages += 1
+            return False
+        existing = self.proposals.get(signed.round)
+        if existing is not None and existing.signed == signed:
+            return False  # a repeat
+        member = self.validators.get(signed.proposer)
+        assert member is not None
+        if not signed.verify(self.chain_id, member.public_key):
+            self.refused_messages += 1
+            return False
+        if existing is not None:
+            self._report(Evidence.of(existing.signed, signed))
+            return False
+        if not self._admit_round(signed.proposer, signed.round):
+            return False
+        for vote in proposal.pol_votes:
+            if (vote.kind, vote.height, vote.round, vote.block_hash) != (
+                VoteType.PREVOTE, signed.height, signed.pol_round, signed.block_hash
+            ):
+                self.refused_messages += 1
+                return False
+        for vote in proposal.pol_votes:
+            self._accept_vote(vote, proof=True)
+        self.proposals[signed.round] = proposal
+        self._note_sender(signed.round, signed.proposer)
+        self._consider_block(proposal.block)
+        return True
+
+    def _on_decision(self, decision: Decision) -> None:
+        certificate, block = decision.certificate, decision.block
+        head = self.head
+        assert head is not None
+        if block is None:
+            block = self.blocks.get(certificate.block_hash)
+            if block is None and certificate.block_hash == head.hash:
+                block = self.last_block
+        if block is None:
+            if certificate.height == head.height and certificate.block_hash == head.hash and self.last_commit is None:
+                try:
+                    self.last_commit = verify_certificate(certificate, head, self.validators)
+                except InvalidCertificate:
+                    self.refused_messages += 1
+            return  # a certificate of a block we have not seen: the runtime's sync brings it
+        if certificate.height == self.height and self.decided is None:
+            try:
+                verify_certificate(certificate, block.header, self.validators)
+            except InvalidCertificate:
+                self.refused_messages += 1
+                return
+            # The certificate is the 2f+1 precommits of line 49 in itself.  (Its votes are not
+            # merged into the tallies: where an equivocator's other vote came first, the
+            # tally would not show the quorum the certificate proves.)
+            self.certified[block.hash] = (block, certificate)
+            self._consider_block(block)
+        elif certificate.height == head.height and block.hash == head.hash and self.last_commit is None:
+            try:
+                self.last_commit = verify_certificate(certificate, head, self.validators)
+            except InvalidCertificate:
+                self.refused_messages += 1
+                return
+            self.last_block = block
+
+    def _on_status(self, peer: str, status: Status) -> None:
+        """Help a peer that is behind: the block (and certificate) it needs next."""
+        answer: tuple[Block | None, Certificate] | None = None
+        if status.height == self.height and self.decided is not None:
+            answer = self.decided
+        elif self.last_commit is not None and (
+            status.height == self.height - 1 or (status.height == self.height and status.wants_last_commit)
+        ):
+            # Without the block at hand (say, after a restart) the certificate alone helps a
+            # peer that holds the block from its proposal.
+            answer = (self.last_block, self.last_commit)
+        if answer is None:
+            return
+        sent = self._catchup_sent.get(peer)
+        if sent is not None and sent[0] == answer[1].height and self._now < sent[1] + self.params.gossip_interval_ms:
+            return
+        self._catchup_sent[peer] = (answer[1].height, self._now)
+        self._out.append(Send(peer, encode_message(Decision(answer[1], answer[0]))))
+
+    # ------------------------------------------------------------------ valid(v)
+    def _consider_block(self, block: Block) -> None:
+        """The cheap rules of a valid block here; the rest (transactions, state) by the
+        runtime through ExecuteBlock, once per block."""
+        block_hash = block.hash
+        self.blocks[block_hash] = block
+        if block_hash in self.validity or block_hash in self._executing:
+            return
+        reason = self._block_problem(block)
+        if reason is not None:
+            self.validity[block_hash] = False
+            self.invalid_reasons[block_hash] = reason
+            return
+        head = self.head
+        assert head is not None
+        if self.last_commit is None and block.header.extra and head.height > 0:
+            # The block proves our head final (checked just now): adopt its certificate.
+            self.last_commit = Certificate.decode(block.header.extra)
+        self._executing.add(block_hash)
+        self._out.append(ExecuteBlock(block))
+
+    def _block_problem(self, block: Block) -> str | None:
+        header = block.header
+        head = self.head
+        assert head is not None
+        if header.chain_id != self.chain_id:
+            return "wrong chain id"
+        if header.height != self.height or header.parent != head.hash:
+            return "does not extend the head"
+        if header.tx_count != len(block.transactions):
+            return "tx_count does not match the transactions"
+        try:
+            self.verify_header(header, (head,))
+        except InvalidSeal as exc:
+            return str(exc)
+        return None
+
+    def _on_executed(self, event: BlockExecuted) -> None:
+        if event.block_hash not in self._executing:
+            return
+        self._executing.discard(event.block_hash)
+        self.validity[event.block_hash] = event.valid
+        if not event.valid:
+            self.invalid_reasons[event.block_hash] = event.reason or "refused by the runtime"
+
+    # ------------------------------------------------------------------ the rules
+    def _run_rules(self) -> None:
+        """Apply the paper's upon-rules until none fires (each may enable another)."""
+        if self.head is None:
+            return
+        while self.decided is None and (
+            self._line_55() or self._line_49() or self._line_22() or self._line_28() or self._line_34()
+            or self._line_36() or self._line_44() or self._line_47()
+        ):
+            pass
+
+    def _power(self, round: int, kind: VoteType, value: bytes | None) -> int:
+        return self.validators.power_of(self._by_value.get((round, kind), {}).get(value, {}))
+
+    def _total(self, round: int, kind: VoteType) -> int:
+        return self.validators.power_of(self.votes.get((round, kind), {}))
+
+    def _line_22(self) -> bool:
+        """Lines 22-27: a fresh proposal in the propose step gets our prevote."""
+        proposal = self.proposals.get(self.round)
+        if self.step is not Step.PROPOSE or self.waiting_for_txs or proposal is None or proposal.pol_round != -1:
+            return False
+        value = proposal.block_hash
+        if self.locked_round == -1 or self.locked_hash == value:  # line 23
+            validity = self.validity.get(value)
+            if validity is None:
+                return False  # valid(v) still being decided by ExecuteBlock
+            vote = value if validity else NIL  # lines 24, 26
+        else:
+            vote = NIL  # line 26: locked on another value
+        # Line 27 before the broadcast, so the Persist that precedes it records the new step.
+        self.step = Step.PREVOTE
+        self._vote(VoteType.PREVOTE, vote)
+        return True
+
+    def _line_28(self) -> bool:
+        """Lines 28-33: a re-proposal backed by 2f+1 prevotes of its valid round."""
+        proposal = self.proposals.get(self.round)
+        if self.step is not Step.PROPOSE or self.waiting_for_txs or proposal is None:
+            return False
+        value, pol_round = proposal.block_hash, proposal.pol_round
+        if not 0 <= pol_round < self.round:
+            return False
+        if not self.validators.is_quorum(self._power(pol_round, VoteType.PREVOTE, value)):
+            return False
+        if self.locked_round <= pol_round or self.locked_hash == value:  # line 29
+            validity = self.validity.get(value)
+            if validity is None:
+                return False
+            vote = value if validity else NIL  # lines 30, 32
+        else:
+            vote = NIL  # line 32
+        self.step = Step.PREVOTE  # line 33
+        self._vote(VoteType.PREVOTE, vote)
+        return True
+
+    def _line_34(self) -> bool:
+        """Lines 34-35: 2f+1 prevotes of any kind: arm the prevote timeout, once."""
+        if self.step is not Step.PREVOTE or (34, self.round) in self._fired:
+            return False
+        if not self.validators.is_quorum(self._total(self.round, VoteType.PREVOTE)):
+            return False
+        self._fired.add((34, self.round))
+        self._schedule("prevote", self.round, self._now + self.params.timeout_prevote(self.round))
+        return True
+
+    def _line_36(self) -> bool:
+        """Lines 36-43: 2f+1 prevotes for the proposal: lock and precommit it (in the
+        prevote step), and in any case remember it as the valid value."""
+        if self.step < Step.PREVOTE or (36, self.round) in self._fired:
+            return False
+        proposal = self.proposals.get(self.round)
+        if proposal is None:
+            return False
+        value = proposal.block_hash
+        if self.validity.get(value) is not True:
+            return False
+        if not self.validators.is_quorum(self._power(self.round, VoteType.PREVOTE, value)):
+            return False
+        self._fired.add((36, self.round))
+        if self.step is Step.PREVOTE:  # line 37
+            self.locked_hash, self.locked_round = value, self.round  # lines 38-39
+            self.valid_hash, self.valid_round = value, self.round  # lines 42-43
+            self.step = Step.PRECOMMIT  # line 41
+            self._vote(VoteType.PRECOMMIT, value)  # line 40
+        else:
+            self.valid_hash, self.valid_round = value, self.round  # lines 42-43
+        return True
+
+    def _line_44(self) -> bool:
+        """Lines 44-46: 2f+1 prevotes for nil: precommit nil."""
+        if self.step is not Step.PREVOTE:
+            return False
+        if not self.validators.is_quorum(self._power(self.round, VoteType.PREVOTE, NIL)):
+            return False
+        self.step = Step.PRECOMMIT  # line 46
+        self._vote(VoteType.PRECOMMIT, NIL)  # line 45
+        return True
+
+    def _line_47(self) -> bool:
+        """Lines 47-48: 2f+1 precommits of any kind: arm the precommit timeout, once."""
+        if (47, self.round) in self._fired:
+            return False
+        if not self.validators.is_quorum(self._total(self.round, VoteType.PRECOMMIT)):
+            return False
+        self._fired.add((47, self.round))
+        self._schedule("precommit", self.round, self._now + self.params.timeout_precommit(self.round))
+        return True
+
+    def _line_49(self) -> bool:
+        """Lines 49-54: a proposal of any round r and 2f+1 precommits for it: decide.
+        A DECISION (block + certificate) is both at once: 2f+1 precommits cannot exist
+        unless an honest validator saw the proposal."""
+        for block, certificate in self.certified.values():
+            self._consider_block(block)
+            if self.validity.get(block.hash) is True:  # line 50
+                self._decide(certificate.round, block, certificate)
+                return True
+        for (round, kind), by_value in self._by_value.items():
+            if kind is not VoteType.PRECOMMIT:
+                continue
+            for value, signers in by_value.items():
+                if value is None or not self.validators.is_quorum(self.validators.power_of(signers)):
+                    continue
+                proposal = self.proposals.get(round)
+                if proposal is None or proposal.block_hash != value:
+                    continue
+                block = proposal.block
+                self._consider_block(block)
+                if self.validity.get(value) is True:  # line 50
+                    self._decide(round, block)
+                    return True
+        return False
+
+    def _line_55(self) -> bool:
+        """Lines 55-56: f+1 validators sent messages of a higher round: go to that round."""
+        best = None
+        for round, senders in self._round_senders.items():
+            if round > self.round and (best is None or round > best):
+                if self.validators.is_one_third(self.validators.power_of(senders)):
+                    best = round
+        if best is None:
+            return False
+        self._start_round(best)
+        return True
+
+    def _decide(self, round: int, block: Block, certificate: Certificate | None = None) -> None:
+        """Line 51: decision_p[h_p] = v.  Lines 52-54 (next height) wait for BlockCommitted."""
+        if certificate is None:
+            certificate = Certificate.from_votes(list(self._by_value[(round, VoteType.PRECOMMIT)][block.hash].values()))
+        self.decided = (block, certificate)
+        self._timeouts = {key: at for key, at in self._timeouts.items() if key[1] > self.height}
+        self._persist()  # the certificate survives a restart, for the next block's extra
+        self._out.append(Commit(block, certificate.encode()))
+
+    # ------------------------------------------------------------------ commits
+    def _on_committed(self, header: BlockHeader) -> None:
+        head = self.head
+        assert head is not None
+        if header.hash == head.hash:
+            return  # the head again (a Commit the runtime dropped, or a repeat)
+        self._proposed_count[header.proposer] = self._proposed_count.get(header.proposer, 0) + 1
+        if header.height > 1 and header.extra:
+            try:
+                for signer in Certificate.decode(header.extra).signers:
+                    self._last_signed_height[signer] = max(self._last_signed_height.get(signer, 0), header.height - 1)
+            except DecodeError:
+                pass
+        decided = self.decided
+        self.head = header
+        if decided is not None and decided[0].hash == header.hash:
+            self.last_block, self.last_commit = decided
+            for signer in decided[1].signers:
+                self._last_signed_height[signer] = max(self._last_signed_height.get(signer, 0), header.height)
+        else:
+            self.last_block, self.last_commit = None, None  # imported by the runtime's sync
+        self.decided = None
+        self._enter_height(header.height + 1)  # lines 52-54
+
+    # ------------------------------------------------------------------ evidence
+    def _report(self, evidence: Evidence) -> None:
+        first = evidence.first
+        kind = int(first.kind) if isinstance(first, Vote) else 0
+        key = (evidence.validator, evidence.height, evidence.round, kind)
+        if key in self.evidence:
+            return
+        self.evidence[key] = evidence
+        while len(self.evidence) > MAX_EVIDENCE:
+            del self.evidence[next(iter(self.evidence))]
+        self._out.append(ReportEvidence(evidence.encode()))
+
+    # ================================================================== pure checks
+    def _proposer_address(self, round: int) -> bytes:
+        return self.validators.proposer(self.height, round).address
+
+    def verify_header(self, header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: int | None = None) -> None:
+        """A block's header on top of `ancestors[-1]`: it extends it, its proposer is a
+        validator whose key sealed it, and its `extra` is a valid certificate of the parent
+        (empty on block 1: genesis is final by definition).  This proves the PARENT final;
+        the block itself is final once a certificate of it is seen (the next header's
+        extra, or the one its Commit or a DECISION carries): see `verify_commit`."""
+        if not ancestors:
+            raise ValueError("verify_header needs at least the parent header")
+        parent = ancestors[-1]
+        if header.parent != parent.hash or header.height != parent.height + 1:
+            raise InvalidSeal(f"block {header.height} does not extend the given parent")
+        if header.timestamp < parent.timestamp:
+            raise InvalidSeal("block timestamp is before its parent's")
+        member = self.validators.get(header.proposer)
+        if member is None:
+            raise InvalidSeal(f"block proposer {header.proposer.hex()} is not a validator")
+        if not crypto.verify_digest(member.public_key, header.sealing_digest(), header.seal):
+            raise InvalidSeal("block seal is not its proposer's signature")
+        if header.height == 1:
+            if header.extra:
+                raise InvalidSeal("block 1 carries no certificate (genesis needs none)")
+        else:
+            verify_certificate(header.extra, parent, self.validators)
+
+    def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
+        self.verify_header(header, (parent,))
+
+    def verify_commit(self, header: BlockHeader, certificate: bytes) -> Certificate:
+        """Raise InvalidCertificate unless `certificate` proves `header` final."""
+        return verify_certificate(certificate, header, self.validators)
+
+    def finalized_height(self, head_height: int) -> int:
+        return head_height
+
+    # ================================================================== status
+    def validators_status(self) -> list[dict]:
+        return [
+            {
+                "address": v.address.hex(),
+                "public_key": v.public_key.hex(),
+                "power": v.power,
+                "last_signed_height": self._last_signed_height.get(v.address),
+                "proposer_count": self._proposed_count.get(v.address, 0),
+            }
+            for v in self.validators
+        ]
+
+    def status(self) -> dict:
+        rounds = sorted({round for round, _ in self._by_value})[-4:]
+        votes = {
+            str(round): {
+                kind.name.lower(): {
+                    (value.hex() if value is not None else "nil"): self.validators.power_of(signers)
+                    for value, signers in self._by_value.get((round, kind), {}).items() if signers
+                }
+                for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT)
+            }
+            for round in rounds
+        }
+        return {
+            "role": "validator" if self.is_validator else "follower",
+            "address": self.address.hex() if self.address else None,
+            "height": self.height,
+            "round": self.round,
+            "step": "decided" if self.decided is not None else self.step.name.lower(),
+            "waiting_for_transactions": self.waiting_for_txs,
+            "proposer": self._proposer_address(self.round).hex() if self.height >= 1 else None,
+            "locked": {"round": self.locked_round, "block": self.locked_hash.hex() if self.locked_hash else None},
+            "valid": {"round": self.valid_round, "block": self.valid_hash.hex() if self.valid_hash else None},
+            "decided": self.decided[0].hash.hex() if self.decided is not None else None,
+            "votes": votes,
+            "total_power": self.validators.total_power,
+            "quorum_power": self.validators.quorum_power,
+            "validators": self.validators_status(),
+            "evidence": [evidence.to_json() for evidence in self.evidence.values()],
+            "refused_messages": self.refused_messages,
+            "params": {
+                "timeout_propose_ms": self.params.timeout_propose_ms,
+                "timeout_prevote_ms": self.params.timeout_prevote_ms,
+                "timeout_precommit_ms": self.params.timeout_precommit_ms,
+                "timeout_delta_ms": self.params.timeout_delta_ms,
+                "create_empty_blocks": self.params.create_empty_blocks,
+                "max_block_interval_ms": self.params.max_block_interval_ms,
+                "min_block_interval_ms": self.params.min_block_interval_ms,
+            },
+        }
