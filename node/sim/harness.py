@@ -317,6 +317,7 @@ class Simulation:
         self._storm_second = -1
         self._storm_base = 0
         self._partitions = 0  # partitions started; a timed heal ends only the one it was set for
+        self._whole_since = 0.0  # when the last partition ended
         self._heal_time = config.duration
 
     # ------------------------------------------------------------------ setup
@@ -587,7 +588,12 @@ class Simulation:
             hub.faults = Faults()
             return hub.faults.describe()
         if kind == "partition":
+            limit = self.config.partition_limit
             if len(self.slots) < 2:
+                return None
+            if limit is not None and (hub.partitioned or self.loop.time() - self._whole_since < limit):
+                # Under a bound, splits do not follow each other back to back (that would
+                # isolate a node for longer than the bound): the network stays whole as long.
                 return None
             ids = [slot.node_id for slot in self.slots]
             rng.shuffle(ids)
@@ -595,11 +601,12 @@ class Simulation:
             groups = [ids[:cut], ids[cut:]]
             hub.partition(groups)
             self._partitions += 1
-            limit = self.config.partition_limit
             if limit is not None:
                 self.loop.call_later(limit, self._end_partition, self._partitions)
             return " | ".join(",".join(sorted(hub.label(n) for n in group)) for group in groups)
         if kind == "heal":
+            if hub.partitioned:
+                self._whole_since = self.loop.time()
             hub.heal()
             return "one network again"
         if kind == "crash":
@@ -620,6 +627,7 @@ class Simulation:
 
     def _end_partition(self, number: int) -> None:
         if number == self._partitions and self.hub.partitioned and self.loop.time() < self._heal_time:
+            self._whole_since = self.loop.time()
             self.hub.heal()
             self.faults_applied["heal"] += 1
             self.trace(f"fault heal: partition {number} ended after {self.config.partition_limit:g}s")
