@@ -344,7 +344,7 @@ class Simulation:
             engine_params={
                 "target_block_ms": self.config.pow_block_ms,
                 "initial_target": f"0x{POW_TARGET:064x}",
-                "retarget_window": 10,
+                "retarget_window": 45,  # as `ledger testnet` writes
                 "finality_depth": self.config.pow_finality_depth,
             },
             allocations={address_of(key.public_key): SENDER_BALANCE for key in accounts},
