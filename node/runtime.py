@@ -115,7 +115,11 @@ class Node:
                                             lambda: gossip.announced)
         self.sync = BlockSync(self)
         self.side_blocks = SideBlocks()
-        self.reorgs: list[dict] = []  # the most recent reorgs, newest last (GET /v1/node shows them)
+        # Engines whose blocks are final only with a commit certificate (BFT): a block from a
+        # peer is imported only once the next block's header (its `extra`) proves it.
+        self.certified = hasattr(self.engine, "verify_commit")
+        self.reorgs: list[dict] = []
+        self.evidence: list[bytes] = []  # encoded evidence the engine reported, newest last  # the most recent reorgs, newest last (GET /v1/node shows them)
         self.max_reorg_depth = int(genesis.engine_params.get("max_reorg_depth", 100))
         self._txs_signalled = False
         self._built: _Built | None = None
@@ -220,7 +224,8 @@ class Node:
                 self._feed(ev.BlockCommitted(self.now_ms(), self.head, tuple(self._recent)))
                 return
             await self._commit(action.block, action.certificate)
-            if self.network is not None:
+            if self.network is not None and not self.certified:
+                # A BFT block travels as a proposal; others import it with its certificate.
                 self.network.broadcast(wire.NewBlock(action.block.encode()))
         elif isinstance(action, ev.Broadcast):
             if self.network is not None:
@@ -235,6 +240,11 @@ class Node:
         elif isinstance(action, ev.StopMining):
             if self.miner is not None:
                 self.miner.stop()
+        elif isinstance(action, ev.ExecuteBlock):
+            self._feed(self._execute(action.block))
+        elif isinstance(action, ev.ReportEvidence):
+            self.evidence = self.evidence[-99:] + [action.evidence]
+            log.warning("evidence of validator misbehaviour: %s", action.evidence.hex()[:64])
         elif isinstance(action, ev.SetTimer):
             self._set_timer(action.at)
         elif isinstance(action, ev.Persist):
@@ -577,8 +587,18 @@ class Node:
 
     async def _import(self, item: _Import) -> None:
         assert self.network is not None
-        for block in item.blocks:
+        for position, block in enumerate(item.blocks):
             header = block.header
+            certificate = b""
+            if self.certified and header.height > self.head.height:
+                if item.relay or position + 1 >= len(item.blocks):
+                    break  # its certificate comes with the next block
+                certificate = item.blocks[position + 1].header.extra
+                try:
+                    self.engine.verify_commit(header, certificate)
+                except ValueError as exc:
+                    self._refuse(block, item.peer, exc)
+                    break
             if header.hash in self.side_blocks:
                 continue  # known
             if header.parent != self.head.hash:
@@ -593,12 +613,22 @@ class Node:
                 self._refuse(block, item.peer, exc)
                 break
             # While syncing, peers hear our new head once a batch, not once a block.
-            await self._commit(block, b"", effects, announce=item.relay)
+            await self._commit(block, certificate, effects, announce=item.relay)
             if item.relay:
                 self.network.broadcast(wire.NewBlock(block.encode()), exclude=frozenset((item.peer,)))
         if not item.relay:
             self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             self.sync.after_import()
+
+    def _execute(self, block: Block) -> ev.BlockExecuted:
+        """Check a proposed block on our head without committing it (ABCI's ProcessProposal)."""
+        try:
+            if block.header.parent != self.head.hash:
+                raise InvalidBlock("bad_parent", "the proposal does not extend our head")
+            self._validate(block, self.head)
+        except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
+            return ev.BlockExecuted(self.now_ms(), block.hash, False, getattr(exc, "reason", str(exc)))
+        return ev.BlockExecuted(self.now_ms(), block.hash, True)
 
     def _refuse(self, block: Block, peer: str, exc: Exception) -> None:
         reason = getattr(exc, "reason", type(exc).__name__)

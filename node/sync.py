@@ -42,6 +42,11 @@ class BlockSync:
         self._started_height = 0
         self._started_at = 0.0
 
+    @property
+    def _lag(self) -> int:
+        """Under BFT a peer's head is proven only by the block after it: we stay one behind."""
+        return 1 if self.node.certified else 0
+
     def _now(self) -> float:
         """Seconds on the node's clock (virtual under the simulator, so timeouts fire there too)."""
         return self.node.now_ms() / 1000
@@ -49,7 +54,7 @@ class BlockSync:
     # ------------------------------------------------------------------ state
     @property
     def syncing(self) -> bool:
-        return self.best_height > self.node.head.height + 1
+        return self.best_height > self.node.head.height + 1 + self._lag
 
     def progress(self) -> float:
         if not self.best_height:
@@ -63,7 +68,7 @@ class BlockSync:
         self._fruitless.pop(peer.id, None)
         if peer.head_height > self.best_height:
             self.best_height = peer.head_height
-        if peer.head_height > self.node.head.height:
+        if peer.head_height > self.node.head.height + self._lag:
             self._request(peer.id)
 
     def peer_gone(self, peer_id: str) -> None:
@@ -98,7 +103,7 @@ class BlockSync:
 
     def _ask_best_peer(self) -> None:
         ahead = [p for p in self.node.network.peers()
-                 if p.head_height > self.node.head.height and self._fruitless.get(p.id) != (p.head_height, p.head_hash)]
+                 if p.head_height > self.node.head.height + self._lag and self._fruitless.get(p.id) != (p.head_height, p.head_hash)]
         if ahead:
             self._request(max(ahead, key=lambda p: p.head_height).id)
         else:

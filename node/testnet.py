@@ -28,7 +28,7 @@ from ledger.hdkeys import dev_keys
 from node.keys import NODE_KEY_FILE, write_private_file
 from node.lifetime import die_with_parent
 
-CONSENSUS = ("solo", "pow")
+CONSENSUS = ("solo", "pow", "bft")
 TESTNET_CHAIN_ID = "ledger-testnet"
 DEV_BALANCE = 1_000_000 * 10**9
 
@@ -46,9 +46,12 @@ class NodeLayout:
     p2p_port: int
 
 
-def engine_params(consensus: str, authority: PrivateKey) -> dict:
+def engine_params(consensus: str, authority: PrivateKey, validators: list[PrivateKey] | None = None) -> dict:
     if consensus == "solo":
         return {"authority": authority.public_key.hex(), "block_interval_ms": 0}
+    if consensus == "bft":
+        # Every node of the testnet is a validator of equal power.
+        return {"validators": [{"public_key": key.public_key.hex(), "power": 10} for key in validators or [authority]]}
     # Proof of work tuned for a laptop: blocks every ~2 s on a few local miners.
     return {
         "target_block_ms": 2000,
@@ -61,13 +64,15 @@ def engine_params(consensus: str, authority: PrivateKey) -> dict:
     }
 
 
-def make_genesis(consensus: str, authority: PrivateKey, chain_id: str = TESTNET_CHAIN_ID) -> Genesis:
+def make_genesis(
+    consensus: str, authority: PrivateKey, chain_id: str = TESTNET_CHAIN_ID, validators: list[PrivateKey] | None = None,
+) -> Genesis:
     return Genesis(
         chain_id=chain_id,
         address_prefix="tst",
         timestamp=int(time.time() * 1000),
         engine=consensus,
-        engine_params=engine_params(consensus, authority),
+        engine_params=engine_params(consensus, authority, validators),
         allocations={address_of(key.public_key): DEV_BALANCE for key in dev_keys(10)},
         block_reward=50 * 10**9 if consensus == "pow" else 0,
     )
@@ -97,7 +102,7 @@ def write_network(
         raise TestnetError(f"{out} already holds a network; remove it or pick another --dir/--out")
     out.mkdir(parents=True, exist_ok=True)
     keys = [PrivateKey.generate() for _ in range(nodes)]
-    genesis = make_genesis(consensus, keys[0])
+    genesis = make_genesis(consensus, keys[0], validators=keys)
     genesis.save(out / "genesis.json")
     layouts = []
     for i, key in enumerate(keys):
