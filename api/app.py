@@ -67,7 +67,7 @@ from api.schemas import (
     transaction_out,
 )
 from api.service import Accepted, BlockRecord, NodeService, Rejection, TxRecord
-from ledger.address import encode_address
+from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.transaction import Transaction
 
@@ -591,6 +591,38 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
             "senders": record.senders,
             "transactions": [transaction_out(tx, ctx.prefix) for tx in record.transactions[:limit]],
         }
+
+    @app.get("/v1/validators", tags=["consensus"], summary="The validator set, as the engine reports it")
+    def validators() -> Any:
+        info = service.node_info()
+        engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
+        listed = engine.get("validators")
+        if isinstance(listed, list):
+            rows = [
+                {**row, "address": encode_address(ctx.prefix, bytes.fromhex(row["address"]))}
+                if isinstance(row.get("address"), str) and len(row["address"]) == 40 else row
+                for row in listed
+            ]
+            return {"engine": info.engine, "validators": rows}
+        if info.engine == "solo" and engine.get("authority"):
+            authority = bytes.fromhex(engine["authority"])
+            return {"engine": info.engine, "validators": [{
+                "address": encode_address(ctx.prefix, address_of(authority)), "public_key": engine["authority"],
+                "power": 1, "proposer_count": info.height, "last_signed_height": info.height,
+            }]}
+        return {"engine": info.engine, "validators": [], "note": f"the {info.engine} engine has no validator set"}
+
+    @app.get("/v1/consensus", tags=["consensus"], summary="The engine's state, for debugging (height, round, step, votes)")
+    def consensus_state() -> Any:
+        info = service.node_info()
+        engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
+        return {"engine": info.engine, "height": info.height, "state": engine}
+
+    @app.get("/v1/evidence", tags=["consensus"], summary="Evidence of validator misbehaviour the node has seen")
+    def evidence() -> Any:
+        info = service.node_info()
+        engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
+        return {"engine": info.engine, "evidence": engine.get("evidence", [])}
 
     @app.get("/v1/node", response_model=NodeInfoOut, tags=["node"], summary="Chain, head, finality and sync state")
     def node_info() -> Any:
