@@ -22,6 +22,7 @@ class SideBlocks:
         self.bytes = 0  # encoded size of the blocks held
         self._blocks: OrderedDict[bytes, Block] = OrderedDict()
         self._sizes: dict[bytes, int] = {}
+        self._children: dict[bytes, set[bytes]] = {}  # parent hash -> hashes of the side blocks on it
 
     def __contains__(self, block_hash: bytes) -> bool:
         return block_hash in self._blocks
@@ -35,13 +36,25 @@ class SideBlocks:
         size = len(block.encode())
         self._blocks[block.hash] = block
         self._sizes[block.hash] = size
+        self._children.setdefault(block.header.parent, set()).add(block.hash)
         self.bytes += size
         while len(self._blocks) > self.capacity or (self.bytes > self.max_bytes and len(self._blocks) > 1):
             self.discard(next(iter(self._blocks)))
 
     def discard(self, block_hash: bytes) -> None:
-        if self._blocks.pop(block_hash, None) is not None:
+        block = self._blocks.pop(block_hash, None)
+        if block is not None:
             self.bytes -= self._sizes.pop(block_hash)
+            siblings = self._children.get(block.header.parent)
+            if siblings is not None:
+                siblings.discard(block_hash)
+                if not siblings:
+                    del self._children[block.header.parent]
+
+    def children(self, parent_hash: bytes) -> list[Block]:
+        """Side blocks whose parent is `parent_hash`, oldest first (orphans that can now apply)."""
+        hashes = self._children.get(parent_hash, ())
+        return [block for block_hash, block in self._blocks.items() if block_hash in hashes] if hashes else []
 
     def prune(self, below_height: int) -> None:
         for block_hash in [h for h, b in self._blocks.items() if b.height < below_height]:

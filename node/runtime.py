@@ -599,23 +599,19 @@ class Node:
                 except ValueError as exc:
                     self._refuse(block, item.peer, exc)
                     break
-            if header.hash in self.side_blocks:
-                continue  # known
             if header.parent != self.head.hash:
-                if self._main_header(header.hash) is not None:
+                if header.hash in self.side_blocks or self._main_header(header.hash) is not None:
                     continue  # known
                 if not await self._consider_fork(block, item.peer):
                     break
                 continue
-            try:
-                effects = self._validate(block, self.head)
-            except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
-                self._refuse(block, item.peer, exc)
-                break
             # While syncing, peers hear our new head once a batch, not once a block.
-            await self._commit(block, certificate, effects, announce=item.relay)
+            if not await self._extend(block, certificate, item.peer, announce=item.relay):
+                break
             if item.relay:
                 self.network.broadcast(wire.NewBlock(block.encode()), exclude=frozenset((item.peer,)))
+            if not self.certified:
+                await self._adopt_orphans(announce=item.relay)
         if not item.relay:
             self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             self.sync.after_import()
@@ -630,10 +626,32 @@ class Node:
             return ev.BlockExecuted(self.now_ms(), block.hash, False, getattr(exc, "reason", str(exc)))
         return ev.BlockExecuted(self.now_ms(), block.hash, True)
 
-    def _refuse(self, block: Block, peer: str, exc: Exception) -> None:
+    async def _extend(self, block: Block, certificate: bytes, peer: str | None, announce: bool) -> bool:
+        """Validate a block on our head and commit it; False (and the sender penalized) if invalid."""
+        try:
+            effects = self._validate(block, self.head)
+        except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
+            self._refuse(block, peer, exc)
+            self.side_blocks.discard(block.hash)
+            return False
+        await self._commit(block, certificate, effects, announce=announce)
+        self.side_blocks.discard(block.hash)
+        return True
+
+    async def _adopt_orphans(self, announce: bool) -> None:
+        """Blocks that arrived before their parent wait as side blocks; once the parent is our
+        head they apply (the simulator found them skipped as known when sync sent them again)."""
+        while True:
+            children = self.side_blocks.children(self.head.hash)
+            if not children:
+                return
+            if not await self._extend(children[0], b"", None, announce):
+                continue  # that one was invalid and is gone; a sibling may still apply
+
+    def _refuse(self, block: Block, peer: str | None, exc: Exception) -> None:
         reason = getattr(exc, "reason", type(exc).__name__)
-        log.warning("refused block %d from %s: %s (%s)", block.height, peer[:12], exc, reason)
-        if self.network is not None:
+        log.warning("refused block %d from %s: %s (%s)", block.height, (peer or "an earlier peer")[:12], exc, reason)
+        if self.network is not None and peer is not None:
             self.network.penalize(peer, 50, f"invalid block: {exc}")
 
     def _main_header(self, block_hash: bytes) -> BlockHeader | None:
