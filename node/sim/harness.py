@@ -53,7 +53,7 @@ from node.runtime import Node
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import Faults, HubStats, SimHub, SimNetwork
 
-CONSENSUS = ("solo", "pow")
+CONSENSUS = ("solo", "pow", "bft")
 FAULT_KINDS = ("delay", "drop", "duplicate", "reorder", "partition", "crash")
 GENESIS_MS = 1_767_225_600_000
 EPOCH_MS = GENESIS_MS + 60_000  # virtual time 0 on the nodes' clocks
@@ -101,6 +101,11 @@ class SimConfig:
     max_partition: float | None = None
     pow_block_ms: int = 1000
     pow_finality_depth: int = 12
+    # BFT: every node a validator of equal power.  Its timeouts run on virtual time too.
+    bft_max_block_interval_ms: int = 0  # 0: blocks only while transactions are pending
+    # At most this many nodes down at once (None: all but one).  BFT with 3f+1 validators
+    # stays live with f down, so a bound of f lets a test demand commits during the faults.
+    max_down: int | None = None
     # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
     # something spins without letting virtual time pass.  Counted, not timed, so it replays.
     max_steps: int = 500_000
@@ -130,6 +135,8 @@ class SimConfig:
             raise ValueError("max_steps and max_messages_per_second: at least 1")
         if self.max_partition is not None and self.max_partition <= 0:
             raise ValueError("max_partition: positive, or None")
+        if self.max_down is not None and not 0 <= self.max_down < self.nodes:
+            raise ValueError("max_down: 0 to nodes - 1, or None")
 
     @property
     def partition_limit(self) -> float | None:
@@ -261,6 +268,7 @@ class Slot:
     block_txs: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
     seen_head: bytes = b""
     final_height: int = 0
+    certified_height: int = 0  # BFT: blocks up to here were checked to carry a valid commit certificate
 
 
 class _ErrorLog(logging.Handler):
@@ -336,6 +344,19 @@ class Simulation:
                 balance=SENDER_BALANCE, timestamp=GENESIS_MS, block_interval_ms=self.config.block_interval_ms,
             )
             return genesis
+        if self.config.consensus == "bft":
+            return Genesis(
+                chain_id=CHAIN_ID,
+                address_prefix="dev",
+                timestamp=GENESIS_MS,
+                engine="bft",
+                engine_params={
+                    "validators": [{"public_key": slot.key.public_key.hex(), "power": 10} for slot in self.slots],
+                    "max_block_interval_ms": self.config.bft_max_block_interval_ms,
+                },
+                allocations={address_of(key.public_key): SENDER_BALANCE for key in accounts},
+                block_reward=0,
+            )
         return Genesis(
             chain_id=CHAIN_ID,
             address_prefix="dev",
@@ -481,7 +502,9 @@ class Simulation:
             slot.node = None
 
     def _clock_ms(self) -> int:
-        return EPOCH_MS + int(self.loop.time() * 1000)
+        # Rounded to the microsecond first: a timer due at 11.000 s fires at 10.999999999 s of
+        # float virtual time, which must not read as 10,999 ms (a Tick before its deadline).
+        return EPOCH_MS + round(self.loop.time() * 1_000_000) // 1000
 
     # ------------------------------------------------------------------ workload
     def _live(self) -> list[Slot]:
@@ -613,6 +636,8 @@ class Simulation:
             live = self._live()
             if len(live) < 2:
                 return None  # keep one node up to take transactions
+            if self.config.max_down is not None and len(self.slots) - len(live) >= self.config.max_down:
+                return None
             victim = rng.choice(live)
             self._crash(victim)
             return victim.label
@@ -707,10 +732,33 @@ class Simulation:
             slot.block_txs[block.height] = tuple(tx.id for tx in block.transactions)
             self.trace(f"{slot.label} commit {block.height} {block.hash.hex()[:12]} txs={len(block.transactions)}")
         slot.seen_head = head.hash
+        if slot.certified_height > len(chain) - 1:
+            slot.certified_height = len(chain) - 1  # cannot happen under BFT (no reorgs), but stay exact
+        if hasattr(node.engine, "verify_commit"):
+            self._check_certificates(slot, node)
         supply = node.state.total_supply()
         expected = self.genesis.expected_supply(head.height)
         if supply != expected:
             self._fail(f"{slot.label}'s total supply is {supply} at height {head.height}, genesis says {expected}")
+
+    def _check_certificates(self, slot: Slot, node: Node, head_too: bool = False) -> None:
+        """Every block the node committed stores a commit certificate that proves it.  A block
+        imported from a peer gets its certificate from the next block's header, so the head may
+        have none yet (unless `head_too`): it is checked once the next block arrives."""
+        head_height = len(slot.chain) - 1
+        for height in range(slot.certified_height + 1, head_height + 1):
+            certificate = slot.store.certificate(height)
+            if not certificate and height == head_height and not head_too:
+                return
+            header = slot.store.block_header(height)
+            if header is None or header.hash != slot.chain[height]:
+                self._fail(f"{slot.label}'s store has no header for committed block {height}")
+            try:
+                node.engine.verify_commit(header, certificate)
+            except ValueError as exc:
+                self._fail(f"{slot.label}'s block {height} {header.hash.hex()[:12]} has no valid commit "
+                           f"certificate: {exc}")
+            slot.certified_height = height
 
     def _follow_finality(self, slot: Slot, node: Node) -> None:
         finalized = node.finalized_height
@@ -776,6 +824,9 @@ class Simulation:
         reference = self.slots[0]
         for slot in self.slots:
             self._check_stored_chain(slot)
+            if hasattr(slot.node.engine, "verify_commit"):
+                # Every node validates: each stored its own certificate for the common head.
+                self._check_certificates(slot, slot.node, head_too=True)
             if slot.node.state.accounts != reference.node.state.accounts:
                 self._fail(f"{slot.label}'s accounts differ from {reference.label}'s on the same head")
         missing = self.submitted - len(self.final_txs)
