@@ -136,3 +136,10 @@ def test_max_down_is_checked():
 def test_the_command_line_runs_bft_seeds(capsys):
     assert cli.main(["--seeds", "1-2", "--consensus", "bft", "--duration", "4", "--tx-rate", "5"]) == 0
     assert "2 seeds, 0 failed (bft, 4 nodes" in capsys.readouterr().out
+
+
+def test_the_command_line_takes_max_down_and_a_failure_replays_with_it(capsys):
+    assert cli.main(["--seeds", "1", "--consensus", "bft", "--duration", "4", "--max-down", "1"]) == 0
+    assert cli.main(["--seeds", "1", "--consensus", "bft", "--max-down", "4"]) == 2
+    assert "max_down" in capsys.readouterr().err
+    assert "--max-down 1 --trace" in bft_config(1, max_down=1).replay_command()

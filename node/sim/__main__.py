@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--converge-within", type=_positive(float), default=60.0,
                         help="virtual seconds the nodes have to reach one head after the faults heal (default 60)")
     parser.add_argument("--tx-rate", type=_positive(float), default=20.0, help="transfers per virtual second")
+    parser.add_argument("--max-down", type=int, default=None,
+                        help="at most this many nodes crashed at once (default: all but one)")
     parser.add_argument("--jobs", type=_positive(int), default=1, help="seeds run in parallel processes")
     parser.add_argument("--trace", action="store_true", help="print every event of each run")
     parser.add_argument("--verbose", "-v", action="store_true", help="a line for passing seeds too")
@@ -86,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _config(args: argparse.Namespace, seed: int) -> SimConfig:
     return SimConfig(
         seed=seed, nodes=args.nodes, consensus=args.consensus, faults=args.faults, duration=args.duration,
-        converge_within=args.converge_within, tx_per_second=args.tx_rate,
+        converge_within=args.converge_within, tx_per_second=args.tx_rate, max_down=args.max_down,
     )
 
 

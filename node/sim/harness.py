@@ -148,7 +148,8 @@ class SimConfig:
     def replay_command(self) -> str:
         faults = ",".join(sorted(self.faults)) or "none"
         return (f"python -m node.sim --seeds {self.seed} --consensus {self.consensus} --nodes {self.nodes} "
-                f"--faults {faults} --duration {self.duration:g} --trace")
+                f"--faults {faults} --duration {self.duration:g}"
+                + (f" --max-down {self.max_down}" if self.max_down is not None else "") + " --trace")
 
 
 @dataclass
