@@ -625,8 +625,9 @@ class BftEngine(Engine):
 
     def _on_tick(self) -> None:
         now = self._now
-        if self._timer_at is not None and now >= self._timer_at:
-            self._timer_at = None
+        # Every Tick answers our one timer: forget it, so the next one is always armed again,
+        # even if the Tick came a hair before its deadline.
+        self._timer_at = None
         while True:
             due = sorted((at, key) for key, at in self._timeouts.items() if at <= now)
             if not due:

@@ -75,10 +75,11 @@ class _Import:
 
 @dataclass
 class _Built:
-    """The effects computed when a block was built, reused when it commits."""
+    """The effects computed when a block was built, reused when that same block commits.
+    Keyed by the whole unsealed header: under BFT another proposer's block at the same height
+    can carry the same transactions and differ only in who gets the fees."""
 
-    height: int
-    tx_root: bytes
+    unsealed: bytes
     effects: BlockEffects
 
 
@@ -257,7 +258,9 @@ class Node:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
         delay = max(0.0, (at_ms - self.now_ms()) / 1000)
-        self._timer = loop.call_later(delay, lambda: self._feed(ev.Tick(self.now_ms())))
+        # The engine boundary promises a Tick at or after the deadline; the wall clock and the
+        # loop's monotonic clock can disagree by a millisecond.
+        self._timer = loop.call_later(delay, lambda: self._feed(ev.Tick(max(self.now_ms(), at_ms))))
 
     def _build_block(self, request: ev.BuildBlock) -> Block:
         if request.parent != self.head.hash:
@@ -283,7 +286,7 @@ class Node:
                     self.pool.remove_committed([bad])
                 transactions = transactions[: exc.index]
         header = build_header(self.genesis.chain_id, self.head, request.timestamp, transactions, request.proposer, request.extra)
-        self._built = _Built(header.height, header.tx_root, effects)
+        self._built = _Built(header.unsealed_bytes(), effects)
         return Block(header, tuple(transactions))
 
     async def _commit(
@@ -293,7 +296,7 @@ class Node:
         built = self._built
         if effects is not None:
             pass
-        elif built is not None and built.height == header.height and built.tx_root == header.tx_root:
+        elif built is not None and built.unsealed == header.unsealed_bytes():
             effects = built.effects
         else:
             effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
