@@ -228,6 +228,44 @@ def bytes_between(before: dict, after: dict) -> tuple[int, int]:
     return moved, len(set(before) - set(after))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (its own threads, not its children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU jiffies of the whole machine so far, every process included."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+class CpuMeter:
+    """Where the CPU went between start() and stop(): each node, this client, the machine."""
+
+    def __init__(self, pids: list[int]):
+        self.pids = pids
+
+    def start(self) -> None:
+        self._nodes = [cpu_seconds(pid) for pid in self.pids]
+        self._self = time.process_time()
+        self._machine = machine_busy()
+        self._wall = time.perf_counter()
+
+    def stop(self) -> str:
+        nodes = [cpu_seconds(pid) - before for pid, before in zip(self.pids, self._nodes)]
+        busy, total = machine_busy()
+        share = (busy - self._machine[0]) / max(1, total - self._machine[1])
+        wall = time.perf_counter() - self._wall
+        return (f"CPU seconds over {wall:.1f} s: " + " ".join(f"node{i}={c:.1f}" for i, c in enumerate(nodes))
+                + f" client={time.process_time() - self._self:.1f}; machine busy {100 * share:.0f}% of "
+                f"{os.cpu_count()} CPUs (other users' processes included)")
+
+
 # ---------------------------------------------------------------------------------- throughput
 def split_by_node(txs: list, senders: int, nodes: int) -> list[list]:
     """The transfers of senders i, i+nodes, ... for node i, still in nonce order per sender."""
@@ -238,24 +276,41 @@ async def wait_final_everywhere(network: Network, ids: set[bytes], depth: int, t
     """Wait until every node has an empty mempool and has finalized the blocks holding all
     `ids` (read from node0's chain); returns the height of the highest of those blocks."""
     deadline = time.monotonic() + timeout
-    checked_upto = 0
-    ids_at: dict[int, set[bytes]] = {}
+    # height -> (block hash, its transaction ids): a block is fetched whole once per hash, so
+    # polling does not load the node it measures (a 5,000-transfer block is a heavy read).
+    read: dict[int, tuple[str, set[bytes]]] = {}
+    last_read = 0
     infos: list[dict] = []
     found: set[bytes] = set()
+    node0 = network.urls[0]
     async with httpx.AsyncClient(timeout=30) as client:
         while time.monotonic() < deadline:
             infos = [(await client.get(f"{url}/v1/node")).json() for url in network.urls]
             if all(info["mempool_size"] == 0 for info in infos):
                 height = min(info["height"] for info in infos)
-                # Blocks above what we read may have been replaced by a reorg: reread from
-                # the oldest one not yet final.
-                for h in range(max(1, checked_upto - depth), height + 1):
-                    block = (await client.get(f"{network.urls[0]}/v1/blocks/{h}")).json()
-                    ids_at[h] = {bytes.fromhex(tx["id"]) for tx in block.get("transactions", [])}
-                checked_upto = height
-                found = set().union(*ids_at.values())
+                # Blocks not final when last read may have been replaced by a reorg since.
+                start = max(1, last_read - depth - 1)
+                for stale in [h for h in read if h > height]:
+                    del read[stale]
+                last_read = height
+                before = height + 1
+                while before > start:
+                    page = (await client.get(f"{node0}/v1/blocks", params={"before": before, "limit": 100})).json()
+                    headers = [h for h in page["blocks"] if h["height"] >= start]
+                    for header in headers:
+                        h, block_hash = header["height"], header["hash"]
+                        if h not in read or read[h][0] != block_hash:
+                            txs: set[bytes] = set()
+                            if header["tx_count"]:
+                                block = (await client.get(f"{node0}/v1/blocks/{block_hash}")).json()
+                                txs = {bytes.fromhex(tx["id"]) for tx in block["transactions"]}
+                            read[h] = (block_hash, txs)
+                    if not headers or page["next"] is None:
+                        break
+                    before = headers[-1]["height"]
+                found = set().union(*(txs for _, txs in read.values()))
                 if ids <= found:
-                    holding = max(h for h, held in ids_at.items() if held & ids)
+                    holding = max(h for h, (_, held) in read.items() if held & ids)
                     if all(info["finalized_height"] >= holding for info in infos):
                         return holding
             await asyncio.sleep(0.05)
@@ -309,6 +364,8 @@ async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
         messages_before, announced_before = await message_counters(network.urls)
         bytes_before = peer_socket_bytes(network.p2p_ports)
         sent_at = [[0.0] * len(batches) for batches in batch_lists]
+        cpu = CpuMeter([process.pid for process in network.processes])
+        cpu.start()
         start = time.perf_counter()
         outcomes = await asyncio.gather(*(
             submit_all(network.urls[target], batches, connections, times)
@@ -319,6 +376,7 @@ async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
         retries = sum(r for _, r in outcomes)
         height = await wait_final_everywhere(network, {tx.id for tx in txs}, depth, timeout=600)
         polled_final = time.perf_counter()
+        log(cpu.stop())
         # The events streams may deliver the last block a moment after the poll saw it.
         final_height = height + depth
         deadline = time.perf_counter() + 5
@@ -353,12 +411,12 @@ async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
     if replaced:
         log(f"warning: {replaced} peer connections were replaced during the run; bytes/tx is a lower bound")
     return (
-        f"engine={args.consensus} nodes={args.nodes} db=sqlite N={len(txs)} submit_to={args.submit_to} "
+        f"engine={args.consensus} nodes={args.nodes} db=sqlite N={len(txs)} "
         f"submitted/s={accepted / submitted_elapsed:.0f} committed/s={len(txs) / (end - start):.0f} "
         f"final_p50_ms={statistics.median(latencies):.0f} final_p99_ms={percentile(latencies, 0.99):.0f} "
         f"rss_mib_max={max(rss):.0f} msgs/tx={sum(messages.values()) / len(txs):.3f} "
         f"announces/tx={(announced_after - announced_before) / len(txs):.2f} "
-        f"bytes/tx={moved / len(txs):.0f}"
+        f"bytes/tx={moved / len(txs):.0f} submit_to={args.submit_to}"
     )
 
 
@@ -478,6 +536,8 @@ async def run_catchup(args: argparse.Namespace, workdir: Path) -> str:
                 raise RuntimeError(f"node0 starts at height {head}, not {target}")
             started = time.perf_counter()
             with running(network, [1]):
+                cpu = CpuMeter([process.pid for process in network.processes])
+                cpu.start()
                 url = network.urls[1]
                 first_progress = None
                 samples = []
@@ -501,6 +561,7 @@ async def run_catchup(args: argparse.Namespace, workdir: Path) -> str:
                         break
                     await asyncio.sleep(0.05)
                 rss = vm_hwm_mib(network.processes[1].pid)
+                log(cpu.stop())
     total = done - started
     assert first_progress is not None
     syncing = done - first_progress[0]
@@ -563,6 +624,9 @@ async def one_startup(args: argparse.Namespace, workdir: Path, run: int) -> dict
                         first_block.setdefault(i, now)
 
                 await asyncio.gather(*(poll(i) for i in range(args.nodes) if i not in first_block))
+                if len(first_block) == args.nodes:
+                    children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+                    cpu = {"command": cpu_seconds(process.pid), "nodes": sum(cpu_seconds(int(pid)) for pid in children)}
                 if args.consensus == "solo" and 0 in api_up and not transfer_sent:
                     # Solo seals a block when there is something to put in it.
                     tx = new_transfer(dev_keys(1)[0], TESTNET_CHAIN_ID, 0, sha256(b"startup")[:20], amount=1, fee=1)
@@ -577,6 +641,8 @@ async def one_startup(args: argparse.Namespace, workdir: Path, run: int) -> dict
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+    log(f"CPU seconds until then: ledger testnet {cpu['command']:.1f}, its {len(children)} nodes {cpu['nodes']:.1f}; "
+        f"machine load average {os.getloadavg()[0]:.1f}")
     return {
         "api": max(api_up.values()) - started,
         "connected": max(connected.values(), default=float("nan")) - started,
