@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
-import json
 import os
 import re
 import signal
