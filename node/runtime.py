@@ -293,14 +293,12 @@ class Node:
         self, block: Block, certificate: bytes, effects: BlockEffects | None = None, announce: bool = True
     ) -> None:
         header = block.header
-        built = self._built
-        if effects is not None:
-            pass
-        elif built is not None and built.unsealed == header.unsealed_bytes():
-            effects = built.effects
-        else:
-            effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
-        self._built = None
+        built, self._built = self._built, None
+        if effects is None:
+            if built is not None and built.unsealed == header.unsealed_bytes():
+                effects = built.effects
+            else:
+                effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
         started = time.perf_counter()
         await self._blocking(self.store.commit_block, block, effects, certificate)
         self._committed(block, effects, time.perf_counter() - started, announce)
