@@ -39,14 +39,19 @@ def test_four_validators_finalize_transfers_and_a_follower_proves_every_block(tm
             await validators[3].submit(second)
             assert set((await validators[0].wait_final([tx.id for tx in second], 20)).values()) == {"final"}
             # One more block, so the follower holds a certificate for the block with `second`.
-            await validators[0].submit([new_transfer(SENDER, GENESIS.chain_id, 13, bytes(20), 5)])
+            third = new_transfer(SENDER, GENESIS.chain_id, 13, bytes(20), 5)
+            await validators[0].submit([third])
+            assert (await validators[0].wait_final([third.id], 20)) == {third.id: "final"}
             last = validators[0].transaction(second[-1].id).block_height
+            top = validators[0].transaction(third.id).block_height
+            # Validators commit a height at slightly different instants: wait for all of them.
             for _ in range(200):
-                if follower.head.height >= last:
+                if follower.head.height >= last and all(node.head.height >= top for node in validators):
                     break
                 await asyncio.sleep(0.05)
-            heads = {node.head.hash for node in validators}
-            assert len(heads) == 1  # one chain
+            assert all(node.head.height >= top for node in validators)
+            for height in range(1, top + 1):  # one chain
+                assert len({node.store.block_header(height).hash for node in validators}) == 1
             assert follower.head.height >= last
             for height in range(1, follower.head.height + 1):
                 header = follower.store.block_header(height)
