@@ -2,6 +2,7 @@
 
     python bench/network.py --nodes 4 --consensus solo
     python bench/network.py --nodes 4 --consensus pow
+    python bench/network.py --validators 4,7,10 --consensus bft --only throughput,steady
 
 Each invocation starts its own networks (free ports, a temporary directory, SQLite; the
 files and processes of `ledger testnet`, from node/testnet.py), stops every process at the
@@ -16,6 +17,9 @@ end even on error, and prints one summary line per run:
               the peer connections, framing included).  N defaults to 20,000 for solo and
               5,000 for proof of work: PoW blocks come every ~2 s and a transfer is final
               6 blocks later, so a PoW run is bounded by block time and depth, not by N.
+              (BFT: 20,000; a block is final once committed, every node a validator.)
+  steady      the same transfers sent to node0 at a fixed `--rate` (500/s) for `--duration`
+              (60 s), a batch every `--tick-ms` (20 ms); time to final on every node p50/p99.
   gossip      single transfers sent to node1 at a low rate (`--gossip-count`,
               `--gossip-rate`); for each, the time from its POST until every node's
               events stream has shown it (in its mempool, or in a block): p50/p99.
@@ -26,7 +30,11 @@ end even on error, and prints one summary line per run:
               makes blocks only for transactions: one transfer is sent to node0 as soon as
               its API answers).  Median of `--startup-runs`.
 
-`--only gossip,startup` picks runs (catchup is in the default set for solo only).
+`--only gossip,startup` picks runs (catchup is in the default set for solo only, steady for
+bft only).  `--nodes 4,7,10` (or `--validators`) repeats the runs for each network size.
+`--param timeout_propose_ms=1000` and `--max-block-txs` change the network's genesis (named
+in the summary line); `--profile DIR` runs the nodes under cProfile.  Every summary line
+ends with how busy the whole machine was during the run (it is shared).
 Figures and their reading: docs/benchmarks.md, "Networks".
 """
 
@@ -36,7 +44,10 @@ import argparse
 import asyncio
 import ctypes
 import dataclasses
+import io
+import json
 import os
+import pstats
 import re
 import signal
 import socket
@@ -46,7 +57,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,14 +85,20 @@ from ledger.state import State  # noqa: E402
 from ledger.store import ChainStore  # noqa: E402
 from ledger.transaction import new_transfer  # noqa: E402
 from node.config import load_config  # noqa: E402
+from node.lifetime import die_with_parent  # noqa: E402
 from node.testnet import TESTNET_CHAIN_ID, NodeLayout, start_nodes, stop_nodes, wait_until_connected, write_network  # noqa: E402
 
 # The node processes run `python -m node.cli`: they must import the checkout from anywhere.
 os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
 SENDER_BALANCE = 10**15
-DEFAULT_N = {"solo": 20_000, "pow": 5_000}
-RUNS = ("throughput", "gossip", "catchup", "startup")
+DEFAULT_N = {"solo": 20_000, "pow": 5_000, "bft": 20_000}
+RUNS = ("throughput", "steady", "gossip", "catchup", "startup")
+DEFAULT_RUNS = {
+    "solo": ["throughput", "gossip", "catchup", "startup"],
+    "pow": ["throughput", "gossip", "startup"],
+    "bft": ["throughput", "steady", "gossip", "startup"],
+}
 
 
 def log(message: str) -> None:
@@ -139,8 +156,10 @@ class Network:
         return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def prepare_network(directory: Path, nodes: int, consensus: str, funded: list[bytes], **genesis_changes) -> Network:
-    """`ledger init`'s files on free ports, with the benchmark's senders added to genesis."""
+def prepare_network(directory: Path, nodes: int, consensus: str, funded: list[bytes], engine_params: dict | None = None,
+                    **genesis_changes) -> Network:
+    """`ledger init`'s files on free ports, with the benchmark's senders added to genesis and
+    `engine_params` laid over the testnet's own (BFT timeouts, for instance)."""
     api_base = free_port_run(nodes)
     p2p_base = free_port_run(nodes, avoid=set(range(api_base, api_base + nodes)))
     layouts = write_network(directory, nodes, consensus, api_base, p2p_base)
@@ -148,16 +167,40 @@ def prepare_network(directory: Path, nodes: int, consensus: str, funded: list[by
     genesis = Genesis.load(path)
     allocations = dict(genesis.allocations)
     allocations.update({address: SENDER_BALANCE for address in funded})
+    if engine_params:
+        genesis_changes["engine_params"] = {**genesis.engine_params, **engine_params}
     genesis = dataclasses.replace(genesis, allocations=allocations, **genesis_changes)
     genesis.save(path)
     return Network(directory, layouts, Genesis.load(path))
 
 
+def start_profiled(layouts: list[NodeLayout], profile_dir: Path) -> list[subprocess.Popen]:
+    """`ledger node` under cProfile (event-loop thread only; worker threads are not seen). A node
+    returns from main on SIGTERM, so stop_nodes makes cProfile write node<i>.prof."""
+    profile_dir.mkdir(parents=True, exist_ok=True)
+    processes = []
+    for layout in layouts:
+        with open(layout.directory / "node.log", "ab") as output:
+            processes.append(subprocess.Popen(
+                [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"node{layout.index}.prof"),
+                 "-m", "node.cli", "node", "--config", str(layout.config)],
+                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent))
+    return processes
+
+
+def print_profiles(profile_dir: Path, lines: int) -> None:
+    for path in sorted(profile_dir.glob("node*.prof"))[:2]:
+        log(f"--- cProfile of {path.stem}'s event-loop thread ({path}), by own time:")
+        stream = io.StringIO()
+        pstats.Stats(str(path), stream=stream).sort_stats("tottime").print_stats(lines)
+        log(stream.getvalue().strip())
+
+
 @contextmanager
-def running(network: Network, indices: list[int] | None = None) -> Iterator[Network]:
+def running(network: Network, indices: list[int] | None = None, profile_dir: Path | None = None) -> Iterator[Network]:
     """Start the nodes (all, or `indices`); stop every one of them on the way out, whatever happens."""
     chosen = [network.layouts[i] for i in (indices if indices is not None else range(len(network.layouts)))]
-    started = start_nodes(chosen)
+    started = start_profiled(chosen, profile_dir) if profile_dir is not None else start_nodes(chosen)
     network.processes.extend(started)
     try:
         yield network
@@ -227,10 +270,11 @@ def bytes_between(before: dict, after: dict) -> tuple[int, int]:
     return moved, len(set(before) - set(after))
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (its own threads, not its children)."""
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU time of one process (its own threads, not its children), or of one of its threads."""
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat")
+        fields = stat.read_text().rpartition(")")[2].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return float("nan")
@@ -249,19 +293,25 @@ class CpuMeter:
     def __init__(self, pids: list[int]):
         self.pids = pids
 
+    busy_share = float("nan")
+
     def start(self) -> None:
         self._nodes = [cpu_seconds(pid) for pid in self.pids]
+        self._loops = [cpu_seconds(pid, pid) for pid in self.pids]
         self._self = time.process_time()
         self._machine = machine_busy()
         self._wall = time.perf_counter()
 
     def stop(self) -> str:
         nodes = [cpu_seconds(pid) - before for pid, before in zip(self.pids, self._nodes)]
+        # The main thread runs the event loop; the rest is worker threads (database writes).
+        loops = [cpu_seconds(pid, pid) - before for pid, before in zip(self.pids, self._loops)]
         busy, total = machine_busy()
-        share = (busy - self._machine[0]) / max(1, total - self._machine[1])
+        self.busy_share = (busy - self._machine[0]) / max(1, total - self._machine[1])
         wall = time.perf_counter() - self._wall
-        return (f"CPU seconds over {wall:.1f} s: " + " ".join(f"node{i}={c:.1f}" for i, c in enumerate(nodes))
-                + f" client={time.process_time() - self._self:.1f}; machine busy {100 * share:.0f}% of "
+        return (f"CPU seconds over {wall:.1f} s: "
+                + " ".join(f"node{i}={c:.1f}(loop {l:.1f})" for i, (c, l) in enumerate(zip(nodes, loops)))
+                + f" client={time.process_time() - self._self:.1f}; machine busy {100 * self.busy_share:.0f}% of "
                 f"{os.cpu_count()} CPUs (other users' processes included)")
 
 
@@ -329,50 +379,84 @@ async def tx_heights(url: str, height: int) -> dict[bytes, int]:
     return heights
 
 
-async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
-    n = args.n or DEFAULT_N[args.consensus]
-    senders = make_keys(args.senders, b"bench-sender")
-    t0 = time.perf_counter()
-    _, txs = sign_workload(senders, n, args.recipients, chain_id=TESTNET_CHAIN_ID)
-    log(f"signed {len(txs)} transfers in {time.perf_counter() - t0:.1f} s")
-    network = prepare_network(workdir / f"throughput-{args.consensus}", args.nodes, args.consensus,
-                              [address_of(key.public_key) for key in senders])
-    depth = int(network.genesis.engine_params.get("finality_depth", 0))
-    if args.submit_to == "all":
-        per_node = split_by_node(txs, args.senders, args.nodes)
-        targets = list(range(args.nodes))
-        connections = max(1, args.connections // args.nodes)
-    else:
-        per_node = [txs]
-        targets = [0]
-        connections = args.connections
-    batch_lists = [[[tx.encode().hex() for tx in part[i : i + 100]] for i in range(0, len(part), 100)] for part in per_node]
-    batch_of = {tx.id: (part_index, i // 100) for part_index, part in enumerate(per_node) for i, tx in enumerate(part)}
+def network_for(args: argparse.Namespace, workdir: Path, run: str, funded: list[bytes]) -> Network:
+    """The network of one run, with the genesis settings given on the command line."""
+    changes = {"max_block_transactions": args.max_block_txs} if args.max_block_txs else {}
+    return prepare_network(workdir / f"{run}-{args.consensus}-{args.nodes}", args.nodes, args.consensus, funded,
+                           args.params, **changes)
 
-    with running(network):
+
+def run_settings(args: argparse.Namespace, busy_share: float) -> str:
+    """What a figure was measured under: genesis settings changed from the testnet's, and how
+    busy the whole machine was meanwhile (the machine is shared)."""
+    changed = [f"{name}={json.dumps(value)}" for name, value in sorted(args.params.items())]
+    if args.max_block_txs:
+        changed.append(f"max_block_transactions={args.max_block_txs}")
+    return (f" params={','.join(changed)}" if changed else "") + f" machine_busy={100 * busy_share:.0f}%"
+
+
+async def traffic(network: Network) -> tuple[Counter[str], int, dict]:
+    """Peer messages sent by type, ids announced and peer-connection bytes so far, over all nodes."""
+    sent, announced = await message_counters(network.urls)
+    return sent, announced, peer_socket_bytes(network.p2p_ports)
+
+
+def traffic_per_tx(before: tuple, after: tuple, count: int) -> tuple[float, float, float]:
+    """(messages, announced ids, bytes) between the nodes per transfer, from two snapshots."""
+    messages = after[0] - before[0]
+    moved, replaced = bytes_between(before[2], after[2])
+    log("peer messages during the run: " + ", ".join(f"{kind}={n}" for kind, n in messages.most_common()))
+    if replaced:
+        log(f"warning: {replaced} peer connections were replaced during the run; bytes/tx is a lower bound")
+    return sum(messages.values()) / count, (after[1] - before[1]) / count, moved / count
+
+
+@dataclasses.dataclass
+class Measured:
+    """One workload's figures."""
+
+    n: int
+    accepted: int
+    submit_seconds: float  # first submission to the last one accepted
+    final_seconds: float  # first submission to the moment the last transfer is final on every node
+    latencies: list[float]  # ms from a transfer's submission to its block being final on every node
+    rss: list[float]
+    per_tx: tuple[float, float, float]
+    busy_share: float
+
+    def figures(self) -> str:
+        msgs, announces, moved = self.per_tx
+        return (f"final_p50_ms={statistics.median(self.latencies):.0f} "
+                f"final_p99_ms={percentile(self.latencies, 0.99):.0f} rss_mib_max={max(self.rss):.0f} "
+                f"msgs/tx={msgs:.3f} announces/tx={announces:.2f} bytes/tx={moved:.0f}")
+
+
+# send(network, start) submits the transfers; returns how many were accepted, the mempool-full
+# retries, and each transfer's submission time (perf_counter).
+Sender = Callable[[Network, float], Awaitable[tuple[int, int, dict[bytes, float]]]]
+
+
+async def measure_workload(args: argparse.Namespace, network: Network, txs: list, send: Sender) -> Measured:
+    """Run the network, send the transfers, and time each one until it is final on every node."""
+    depth = int(network.genesis.engine_params.get("finality_depth", 0))
+    profile_dir = args.profile / network.directory.name if args.profile else None
+    with running(network, profile_dir=profile_dir):
         try:
             await wait_all_ready(network)
         except Exception:
-            for i in range(args.nodes):
+            for i in range(len(network.layouts)):
                 log(f"node{i}: {network.log_tail(i)}")
             raise
         commit_times: list[dict[int, float]] = [{} for _ in network.urls]
         stop = asyncio.Event()
         followers = [asyncio.create_task(follow_blocks(url, times, stop)) for url, times in zip(network.urls, commit_times)]
         await asyncio.sleep(0.5)
-        messages_before, announced_before = await message_counters(network.urls)
-        bytes_before = peer_socket_bytes(network.p2p_ports)
-        sent_at = [[0.0] * len(batches) for batches in batch_lists]
+        before = await traffic(network)
         cpu = CpuMeter([process.pid for process in network.processes])
         cpu.start()
         start = time.perf_counter()
-        outcomes = await asyncio.gather(*(
-            submit_all(network.urls[target], batches, connections, times)
-            for target, batches, times in zip(targets, batch_lists, sent_at)
-        ))
+        accepted, retries, sent_at = await send(network, start)
         submitted_elapsed = time.perf_counter() - start
-        accepted = sum(a for a, _ in outcomes)
-        retries = sum(r for _, r in outcomes)
         height = await wait_final_everywhere(network, {tx.id for tx in txs}, depth, timeout=600)
         polled_final = time.perf_counter()
         log(cpu.stop())
@@ -381,13 +465,14 @@ async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
         deadline = time.perf_counter() + 5
         while any(final_height not in times for times in commit_times) and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
-        messages_after, announced_after = await message_counters(network.urls)
-        bytes_after = peer_socket_bytes(network.p2p_ports)
+        after = await traffic(network)
         heights = await tx_heights(network.urls[0], height)
         stop.set()
         for follower in followers:
             follower.cancel()
         rss = [vm_hwm_mib(process.pid) for process in network.processes]
+    if profile_dir is not None:
+        print_profiles(profile_dir, args.profile_lines)
 
     # A transfer is final on a node when the block `depth` above its own commits there.
     latencies = []
@@ -398,24 +483,81 @@ async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
         h = heights[tx.id] + depth
         if all(h in times for times in commit_times):
             final_everywhere = max(times[h] for times in commit_times)
-            part, batch = batch_of[tx.id]
-            latencies.append((final_everywhere - sent_at[part][batch]) * 1000)
+            latencies.append((final_everywhere - sent_at[tx.id]) * 1000)
             ends.append(final_everywhere)
     # Without a commit time for every transfer (an events stream dropped one), the poll's time.
     end = max(ends) if len(ends) == len(txs) else polled_final
-    messages = messages_after - messages_before
-    moved, replaced = bytes_between(bytes_before, bytes_after)
-    log(f"last_workload_block={height} mempool_full_retries={retries} measured_latencies={len(latencies)} of {len(txs)}")
-    log("peer messages during the run: " + ", ".join(f"{kind}={count}" for kind, count in messages.most_common()))
-    if replaced:
-        log(f"warning: {replaced} peer connections were replaced during the run; bytes/tx is a lower bound")
+    blocks = sorted(set(heights.values()))
+    log(f"last_workload_block={height} blocks_with_workload={len(blocks)} "
+        f"transfers/block={len(heights) / max(1, len(blocks)):.0f} mempool_full_retries={retries} "
+        f"measured_latencies={len(latencies)} of {len(txs)}")
+    return Measured(len(txs), accepted, submitted_elapsed, end - start, latencies, rss,
+                    traffic_per_tx(before, after, len(txs)), cpu.busy_share)
+
+
+async def run_throughput(args: argparse.Namespace, workdir: Path) -> str:
+    n = args.n or DEFAULT_N[args.consensus]
+    senders = make_keys(args.senders, b"bench-sender")
+    t0 = time.perf_counter()
+    _, txs = sign_workload(senders, n, args.recipients, chain_id=TESTNET_CHAIN_ID)
+    log(f"signed {len(txs)} transfers in {time.perf_counter() - t0:.1f} s")
+    network = network_for(args, workdir, "throughput", [address_of(key.public_key) for key in senders])
+    if args.submit_to == "all":
+        per_node = split_by_node(txs, args.senders, args.nodes)
+        targets = list(range(args.nodes))
+        connections = max(1, args.connections // args.nodes)
+    else:
+        per_node = [txs]
+        targets = [0]
+        connections = args.connections
+    batch_lists = [[[tx.encode().hex() for tx in part[i : i + 100]] for i in range(0, len(part), 100)] for part in per_node]
+
+    async def send(network: Network, start: float) -> tuple[int, int, dict[bytes, float]]:
+        sent_at = [[0.0] * len(batches) for batches in batch_lists]
+        outcomes = await asyncio.gather(*(
+            submit_all(network.urls[target], batches, connections, times)
+            for target, batches, times in zip(targets, batch_lists, sent_at)
+        ))
+        times = {tx.id: sent_at[p][i // 100] for p, part in enumerate(per_node) for i, tx in enumerate(part)}
+        return sum(a for a, _ in outcomes), sum(r for _, r in outcomes), times
+
+    m = await measure_workload(args, network, txs, send)
     return (
-        f"engine={args.consensus} nodes={args.nodes} db=sqlite N={len(txs)} "
-        f"submitted/s={accepted / submitted_elapsed:.0f} committed/s={len(txs) / (end - start):.0f} "
-        f"final_p50_ms={statistics.median(latencies):.0f} final_p99_ms={percentile(latencies, 0.99):.0f} "
-        f"rss_mib_max={max(rss):.0f} msgs/tx={sum(messages.values()) / len(txs):.3f} "
-        f"announces/tx={(announced_after - announced_before) / len(txs):.2f} "
-        f"bytes/tx={moved / len(txs):.0f} submit_to={args.submit_to}"
+        f"engine={args.consensus} nodes={args.nodes} db=sqlite N={m.n} "
+        f"submitted/s={m.accepted / m.submit_seconds:.0f} committed/s={m.n / m.final_seconds:.0f} "
+        f"{m.figures()} submit_to={args.submit_to}{run_settings(args, m.busy_share)}"
+    )
+
+
+# ---------------------------------------------------------------------------------- steady load
+async def run_steady(args: argparse.Namespace, workdir: Path) -> str:
+    n = int(args.rate * args.duration)
+    senders = make_keys(args.senders, b"bench-sender")
+    _, txs = sign_workload(senders, n, args.recipients, chain_id=TESTNET_CHAIN_ID)
+    network = network_for(args, workdir, "steady", [address_of(key.public_key) for key in senders])
+    # Transfer i is due i/rate seconds after the start; those due within one tick go in one batch.
+    tick = args.tick_ms / 1000
+    groups: dict[int, list] = {}
+    for i, tx in enumerate(txs):
+        groups.setdefault(int(i / args.rate / tick), []).append(tx)
+    slots = sorted(groups)
+    batches = [[tx.encode().hex() for tx in groups[slot]] for slot in slots]
+
+    async def send(network: Network, start: float) -> tuple[int, int, dict[bytes, float]]:
+        sent_at = [0.0] * len(batches)
+        due = [start + slot * tick for slot in slots]
+        accepted, retries = await submit_all(network.urls[0], batches, args.connections, sent_at, due)
+        late = [(s - d) * 1000 for s, d in zip(sent_at, due)]
+        # A client that falls behind its schedule would understate the latency at the rate.
+        log(f"steady: batches of {len(txs) / len(batches):.1f} every {args.tick_ms} ms; client behind schedule "
+            f"p50 {statistics.median(late):.1f} ms, p99 {percentile(late, 0.99):.1f} ms, max {max(late):.1f} ms")
+        return accepted, retries, {tx.id: sent_at[k] for k, slot in enumerate(slots) for tx in groups[slot]}
+
+    m = await measure_workload(args, network, txs, send)
+    return (
+        f"steady engine={args.consensus} nodes={args.nodes} db=sqlite rate/s={args.rate:g} "
+        f"duration_s={args.duration:g} N={m.n} sent/s={m.accepted / m.submit_seconds:.0f} "
+        f"{m.figures()}{run_settings(args, m.busy_share)}"
     )
 
 
@@ -424,8 +566,7 @@ async def run_gossip(args: argparse.Namespace, workdir: Path) -> str:
     keys = make_keys(args.gossip_count, b"bench-gossip")
     recipient = sha256(b"gossip-recipient")[:20]
     txs = [new_transfer(key, TESTNET_CHAIN_ID, 0, recipient, amount=1, fee=1) for key in keys]
-    network = prepare_network(workdir / f"gossip-{args.consensus}", args.nodes, args.consensus,
-                              [address_of(key.public_key) for key in keys])
+    network = network_for(args, workdir, "gossip", [address_of(key.public_key) for key in keys])
     entry = 1 if args.nodes > 1 else 0
     seen: list[dict[str, float]] = [{} for _ in range(args.nodes)]
 
@@ -443,8 +584,9 @@ async def run_gossip(args: argparse.Namespace, workdir: Path) -> str:
         stop = asyncio.Event()
         followers = [asyncio.create_task(follow_events(url, recorder(i), stop)) for i, url in enumerate(network.urls)]
         await asyncio.sleep(0.5)
-        messages_before, announced_before = await message_counters(network.urls)
-        bytes_before = peer_socket_bytes(network.p2p_ports)
+        before = await traffic(network)
+        cpu = CpuMeter([process.pid for process in network.processes])
+        cpu.start()
         sent_at: dict[str, float] = {}
         interval = 1.0 / args.gossip_rate
         async with httpx.AsyncClient(base_url=network.urls[entry], timeout=30) as client:
@@ -462,8 +604,8 @@ async def run_gossip(args: argparse.Namespace, workdir: Path) -> str:
         deadline = time.perf_counter() + 30
         while time.perf_counter() < deadline and not all(tx_id in s for s in seen for tx_id in sent_at):
             await asyncio.sleep(0.05)
-        messages_after, announced_after = await message_counters(network.urls)
-        bytes_after = peer_socket_bytes(network.p2p_ports)
+        log(cpu.stop())
+        after = await traffic(network)
         stop.set()
         for follower in followers:
             follower.cancel()
@@ -474,14 +616,12 @@ async def run_gossip(args: argparse.Namespace, workdir: Path) -> str:
         own = [(s[tx_id] - t) * 1000 for tx_id, t in sent_at.items() if tx_id in s]
         per_node.append(f"node{i}={statistics.median(own):.1f}" if own else f"node{i}=none")
     log("p50 ms by node (node%d is the entry): %s" % (entry, " ".join(per_node)))
-    messages = messages_after - messages_before
-    moved, _ = bytes_between(bytes_before, bytes_after)
-    log("peer messages during the run: " + ", ".join(f"{kind}={count}" for kind, count in messages.most_common()))
+    msgs, _, moved = traffic_per_tx(before, after, len(txs))
     return (
         f"gossip engine={args.consensus} nodes={args.nodes} txs={len(txs)} rate/s={args.gossip_rate:g} "
         f"reached_all={len(reach_all)} reach_all_p50_ms={statistics.median(reach_all):.1f} "
-        f"reach_all_p99_ms={percentile(reach_all, 0.99):.1f} msgs/tx={sum(messages.values()) / len(txs):.2f} "
-        f"bytes/tx={moved / len(txs):.0f}"
+        f"reach_all_p99_ms={percentile(reach_all, 0.99):.1f} msgs/tx={msgs:.2f} "
+        f"bytes/tx={moved:.0f}{run_settings(args, cpu.busy_share)}"
     )
 
 
@@ -626,8 +766,8 @@ async def one_startup(args: argparse.Namespace, workdir: Path, run: int) -> dict
                 if len(first_block) == args.nodes:
                     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
                     cpu = {"command": cpu_seconds(process.pid), "nodes": sum(cpu_seconds(int(pid)) for pid in children)}
-                if args.consensus == "solo" and 0 in api_up and not transfer_sent:
-                    # Solo seals a block when there is something to put in it.
+                if args.consensus in ("solo", "bft") and 0 in api_up and not transfer_sent:
+                    # Solo and BFT (by default) make a block when there is something to put in it.
                     tx = new_transfer(dev_keys(1)[0], TESTNET_CHAIN_ID, 0, sha256(b"startup")[:20], amount=1, fee=1)
                     response = await client.post(f"{urls[0]}/v1/transactions", json={"raw": tx.encode().hex()})
                     transfer_sent = response.status_code < 300
@@ -666,46 +806,90 @@ async def run_startup(args: argparse.Namespace, workdir: Path) -> str:
 
 # ---------------------------------------------------------------------------------- main
 async def main_async(args: argparse.Namespace) -> None:
-    runners = {"throughput": run_throughput, "gossip": run_gossip, "catchup": run_catchup, "startup": run_startup}
+    runners = {"throughput": run_throughput, "steady": run_steady, "gossip": run_gossip, "catchup": run_catchup,
+               "startup": run_startup}
     with tempfile.TemporaryDirectory(prefix="ledger-netbench-") as tmp:
-        for name in args.only:
-            # The machine may be shared: the load next to a figure says how far to trust it.
-            log(f"--- {name} (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
-            print(await runners[name](args, Path(tmp)), flush=True)
+        for nodes in args.node_counts:
+            for name in args.only:
+                if name == "catchup" and nodes != args.node_counts[0]:
+                    continue  # always two nodes: once is enough
+                # The machine may be shared: the load next to a figure says how far to trust it.
+                log(f"--- {name}, {nodes} nodes (load average {' '.join(f'{x:.1f}' for x in os.getloadavg())})")
+                print(await runners[name](argparse.Namespace(**{**vars(args), "nodes": nodes}), Path(tmp)), flush=True)
+
+
+def engine_param(text: str) -> tuple[str, object]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"the value of {name} is not JSON (a number, true or false): {value!r}") from None
+
+
+def node_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or a comma-separated list such as 4,7,10, got {text!r}") from None
+    if not counts or any(not 2 <= count <= 64 for count in counts):
+        raise argparse.ArgumentTypeError("node counts are 2 to 64")
+    return counts
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--nodes", type=int, default=4)
-    parser.add_argument("--consensus", choices=("solo", "pow"), default="solo")
-    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000]")
+    parser.add_argument("--nodes", "--validators", dest="node_counts", type=node_counts, default=[4],
+                        help="nodes of each network (with bft every node is a validator); 4,7,10 runs each count in turn")
+    parser.add_argument("--consensus", choices=("solo", "pow", "bft"), default="solo")
+    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000, bft 20000]")
     parser.add_argument("--submit-to", choices=("node0", "all"), default="node0",
                         help="throughput: send everything to node0, or each node a share of the senders")
     parser.add_argument("--senders", type=int, default=100)
     parser.add_argument("--recipients", type=int, default=1_000)
     parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=500.0, help="steady: transfers a second [500]")
+    parser.add_argument("--duration", type=float, default=60.0, help="steady: seconds of sending [60]")
+    parser.add_argument("--tick-ms", type=int, default=20, help="steady: one batch every this many ms [20]")
     parser.add_argument("--gossip-count", type=int, default=200, help="gossip: single transfers sent to node1")
     parser.add_argument("--gossip-rate", type=float, default=20.0, help="gossip: transfers a second")
     parser.add_argument("--catchup-blocks", type=int, default=10_000)
     parser.add_argument("--catchup-txs", type=int, default=0, help="catchup: transfers in each block [0]")
     parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--param", dest="params", type=engine_param, action="append", default=[], metavar="NAME=VALUE",
+                        help="an engine parameter laid over the testnet genesis's, e.g. timeout_propose_ms=1000 "
+                             "(repeatable; not for catchup and startup)")
+    parser.add_argument("--max-block-txs", type=int, default=None,
+                        help="genesis max_block_transactions [the testnet's 10000]; not for catchup and startup")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="throughput and steady: run the nodes under cProfile, keep node<i>.prof under DIR "
+                             "and print the top of node0's and node1's")
+    parser.add_argument("--profile-lines", type=int, default=30)
     parser.add_argument("--only", help=f"comma-separated runs among {', '.join(RUNS)}")
     args = parser.parse_args(argv)
+    args.params = dict(args.params)
     if args.only:
         args.only = [name.strip() for name in args.only.split(",") if name.strip()]
         unknown = [name for name in args.only if name not in RUNS]
         if unknown:
             parser.error(f"unknown run {unknown[0]!r}; choose among {', '.join(RUNS)}")
     else:
-        args.only = [name for name in RUNS if name != "catchup" or args.consensus == "solo"]
-    if args.nodes < 2 or args.nodes > 64:
-        parser.error("--nodes is 2 to 64")
+        args.only = DEFAULT_RUNS[args.consensus]
     if args.n is not None and args.n < args.senders:
         parser.error("-n must be at least --senders")
+    if args.rate <= 0 or args.duration <= 0 or args.tick_ms < 1:
+        parser.error("--rate, --duration and --tick-ms must be positive")
+    if args.rate * args.duration < args.senders:
+        parser.error("--rate times --duration must be at least --senders (each sender sends the same number)")
+    if args.max_block_txs is not None and args.max_block_txs < 1:
+        parser.error("--max-block-txs must be positive")
     if args.gossip_rate <= 0 or args.gossip_count < 1:
         parser.error("--gossip-rate and --gossip-count must be positive")
     if args.catchup_blocks < 1 or args.catchup_txs < 0 or args.startup_runs < 1:
         parser.error("--catchup-blocks and --startup-runs must be positive, --catchup-txs not negative")
+    if args.profile is not None:
+        args.profile = args.profile.resolve()
     return args
 
 

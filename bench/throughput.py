@@ -134,7 +134,11 @@ async def follow_blocks(url: str, commit_times: dict[int, float], stop: asyncio.
     await follow_events(url, on_event, stop)
 
 
-async def submit_all(url: str, batches: list[list[str]], connections: int, sent_at: list[float]) -> tuple[int, int]:
+async def submit_all(
+    url: str, batches: list[list[str]], connections: int, sent_at: list[float], not_before: list[float] | None = None
+) -> tuple[int, int]:
+    """Send the batches in order over `connections` connections, each as soon as one is free or,
+    with `not_before`, no earlier than its perf_counter time there (a fixed-rate load)."""
     queue: asyncio.Queue[int] = asyncio.Queue()
     for index in range(len(batches)):
         queue.put_nowait(index)
@@ -148,6 +152,8 @@ async def submit_all(url: str, batches: list[list[str]], connections: int, sent_
             while not queue.empty():
                 index = queue.get_nowait()
                 pending = bodies[index]
+                if not_before is not None and not_before[index] > time.perf_counter():
+                    await asyncio.sleep(not_before[index] - time.perf_counter())
                 while True:
                     sent_at[index] = time.perf_counter()
                     response = await client.post(
