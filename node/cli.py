@@ -249,7 +249,7 @@ def _check_ports(api_port: int, p2p_port: int, nodes: int) -> None:
 @app.command()
 def testnet(
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
-    consensus: str = typer.Option("solo", "--consensus", help="solo, pow or bft (every node a validator)"),
+    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), solo or pow"),
     directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
@@ -278,6 +278,11 @@ def testnet(
     except TestnetError as exc:
         fail(str(exc))
     genesis = Genesis.load(directory / "genesis.json")
+    if genesis.engine != consensus:
+        # The chain on disk wins (its genesis names the engine); say so, or a stale
+        # solo testnet/ would pass for the bft network the user asked for.
+        console.print(f"note: {directory} holds a {genesis.engine} network, so --consensus {consensus} does not "
+                      f"apply; --fresh starts a new {consensus} chain there", style="yellow", highlight=False)
     stopping = False
 
     def request_stop(*_):

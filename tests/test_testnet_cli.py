@@ -30,6 +30,7 @@ import pytest
 
 from ledger.address import address_of, encode_address
 from ledger.crypto import PrivateKey
+from ledger.genesis import Genesis
 from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
 from tests.nodeproc import ROOT, child_env
@@ -102,8 +103,11 @@ class Testnet:
 
     __test__ = False  # a helper, not a test class
 
-    def __init__(self, directory: Path, api_port: int, p2p_port: int, logs: Path, *extra: str):
+    def __init__(self, directory: Path, api_port: int, p2p_port: int, logs: Path, *extra: str,
+                 nodes: int = NODES, consensus: str | None = "solo"):
         self.directory = directory
+        self.nodes = nodes
+        self.consensus = consensus  # None: the command's default
         self.api_port = api_port
         self.p2p_port = p2p_port
         self.logs = logs
@@ -113,7 +117,7 @@ class Testnet:
 
     @property
     def urls(self) -> list[str]:
-        return [f"http://127.0.0.1:{self.api_port + i}" for i in range(NODES)]
+        return [f"http://127.0.0.1:{self.api_port + i}" for i in range(self.nodes)]
 
     def start(self) -> Testnet:
         self.runs += 1
@@ -121,7 +125,8 @@ class Testnet:
         self.stdout_path = self.logs / f"testnet{self.runs}.stdout"
         self.stderr_path = self.logs / f"testnet{self.runs}.stderr"
         command = [
-            sys.executable, "-m", "node.cli", "testnet", "--nodes", str(NODES), "--consensus", "solo",
+            sys.executable, "-m", "node.cli", "testnet", "--nodes", str(self.nodes),
+            *(("--consensus", self.consensus) if self.consensus is not None else ()),
             "--dir", str(self.directory), "--api-port", str(self.api_port), "--p2p-port", str(self.p2p_port),
             *self.extra,
         ]
@@ -153,7 +158,7 @@ class Testnet:
 
     def node_logs(self) -> str:
         tails = []
-        for i in range(NODES):
+        for i in range(self.nodes):
             log = self.directory / f"node{i}" / "node.log"
             if log.exists():
                 tails.append(f"--- node{i}.log\n" + log.read_text(errors="replace")[-1500:])
@@ -184,8 +189,8 @@ class Testnet:
 def testnets(tmp_path) -> Iterator[Callable[..., Testnet]]:
     started: list[Testnet] = []
 
-    def make(directory: Path, api_port: int, p2p_port: int, *extra: str) -> Testnet:
-        testnet = Testnet(directory, api_port, p2p_port, tmp_path / "logs", *extra)
+    def make(directory: Path, api_port: int, p2p_port: int, *extra: str, **options) -> Testnet:
+        testnet = Testnet(directory, api_port, p2p_port, tmp_path / "logs", *extra, **options)
         started.append(testnet)
         return testnet
 
@@ -212,13 +217,49 @@ def info_or_none(http: httpx.Client, url: str) -> dict | None:
     return response.json() if response.status_code == 200 else None
 
 
+def printed_roles(testnet: Testnet, output: str) -> list[str]:
+    """The table: one line per node, with its API, explorer and peer port; the roles."""
+    roles = []
+    for i in range(testnet.nodes):
+        api, p2p = testnet.api_port + i, testnet.p2p_port + i
+        row = re.search(rf"node{i}\s+API http://127\.0\.0\.1:{api}/v1\s+explorer "
+                        rf"http://127\.0\.0\.1:{api}/explorer\s+p2p 127\.0\.0\.1:{p2p}\s+(\w+)", output)
+        assert row is not None, output
+        roles.append(row.group(1))
+    return roles
+
+
+def printed_dev_keys(output: str) -> dict[int, PrivateKey]:
+    """The ten dev accounts, their keys printed in full."""
+    printed = dict(re.findall(r"^\s+\((\d)\) ([0-9a-f]{64})\s*$", output, re.MULTILINE))
+    assert {int(i): key for i, key in printed.items()} == {i: key.secret.hex() for i, key in enumerate(dev_keys(10))}
+    return {int(i): PrivateKey.from_hex(key) for i, key in printed.items()}
+
+
+def transfer_final_everywhere(http: httpx.Client, urls: list[str], key: PrivateKey, via: str) -> str:
+    """A transfer from `key`, sent to `via`, awaited until final on every node of `urls`; its id."""
+    info = http.get(f"{via}/v1/node").json()
+    sender = encode_address(info["address_prefix"], address_of(key.public_key))
+    nonce = http.get(f"{via}/v1/accounts/{sender}").json()["pending_nonce"]
+    tx = new_transfer(key, info["chain_id"], nonce, BOB, 1_000, 1)
+    response = http.post(f"{via}/v1/transactions", json={"raw": tx.encode().hex()})
+    assert response.status_code == 202, response.text
+
+    def agreed() -> bool:
+        records = [http.get(f"{url}/v1/transactions/{tx.id.hex()}") for url in urls]
+        return all(r.status_code == 200 and r.json()["status"] == "final" for r in records)
+
+    wait_until(agreed, 20, "the transfer final on every node")
+    return tx.id.hex()
+
+
 def assert_stopped_cleanly(testnet: Testnet) -> None:
     code = testnet.wait_exit()
     assert code == 0, f"exit code {code}:\n{testnet.stdout}\n{testnet.stderr}"
     assert "all nodes stopped" in testnet.stdout
     assert "Traceback" not in testnet.stdout + testnet.stderr
     wait_until(lambda: not processes_naming(str(testnet.directory)), 5, "no process left naming the testnet dir")
-    for i in range(NODES):
+    for i in range(testnet.nodes):
         log = (testnet.directory / f"node{i}" / "node.log").read_text(errors="replace")
         assert "Traceback" not in log, log[-3000:]
         assert "node stopped at height" in log.splitlines()[-1] or "node stopped at height" in log[-2000:]
@@ -232,35 +273,16 @@ def test_testnet_serves_then_stops_on_ctrl_c_and_sigterm_and_keeps_its_chain(tmp
     testnet = testnets(directory, api_port, p2p_port).start()
     output = testnet.wait_for_output("Ctrl-C stops every node.")
 
-    # The table: one line per node, with its API, explorer and peer port, and its role.
-    for i in range(NODES):
-        row = re.search(rf"node{i}\s+API http://127\.0\.0\.1:{api_port + i}/v1\s+explorer "
-                        rf"http://127\.0\.0\.1:{api_port + i}/explorer\s+p2p 127\.0\.0\.1:{p2p_port + i}\s+(\w+)", output)
-        assert row is not None, output
-        assert row.group(1) == ("producer" if i == 0 else "follower")
-    # The ten dev accounts, their keys printed in full.
-    printed_keys = dict(re.findall(r"^\s+\((\d)\) ([0-9a-f]{64})\s*$", output, re.MULTILINE))
-    assert {int(i): key for i, key in printed_keys.items()} == {i: key.secret.hex() for i, key in enumerate(dev_keys(10))}
-    alice = PrivateKey.from_hex(printed_keys["3"])
+    assert printed_roles(testnet, output) == ["producer"] + ["follower"] * (NODES - 1)
+    alice = printed_dev_keys(output)[3]
 
     with httpx.Client(timeout=5.0) as http:
         infos = [info_or_none(http, url) for url in testnet.urls]
         assert all(info is not None and info["peers"] == NODES - 1 for info in infos), infos
-        chain_id, prefix = infos[0]["chain_id"], infos[0]["address_prefix"]
 
         # A transfer with a printed key, sent to a follower: gossiped to the producer, then
         # the block reaches everyone.
-        sender = encode_address(prefix, address_of(alice.public_key))
-        nonce = http.get(f"{testnet.urls[1]}/v1/accounts/{sender}").json()["pending_nonce"]
-        tx = new_transfer(alice, chain_id, nonce, BOB, 1_000, 1)
-        response = http.post(f"{testnet.urls[1]}/v1/transactions", json={"raw": tx.encode().hex()})
-        assert response.status_code == 202, response.text
-
-        def agreed() -> bool:
-            records = [http.get(f"{url}/v1/transactions/{tx.id.hex()}") for url in testnet.urls]
-            return all(r.status_code == 200 and r.json()["status"] == "final" for r in records)
-
-        wait_until(agreed, 20, "the transfer final on every node")
+        tx_id = transfer_final_everywhere(http, testnet.urls, alice, via=testnet.urls[1])
         heads = {(info["height"], info["head_hash"]) for info in (info_or_none(http, url) for url in testnet.urls)}
         assert len(heads) == 1 and next(iter(heads))[0] >= 1, heads
         [(height, head_hash)] = heads
@@ -272,19 +294,49 @@ def test_testnet_serves_then_stops_on_ctrl_c_and_sigterm_and_keeps_its_chain(tmp
         assert_stopped_cleanly(testnet)
         assert all(info_or_none(http, url) is None for url in testnet.urls)
 
-        # Again on the same --dir: the same chain, not a new one.
+        # Again on the same --dir, without --consensus: the same solo chain, not a new one
+        # of the default engine, and a note that says so.
         genesis_before = (directory / "genesis.json").read_bytes()
-        again = testnets(directory, api_port, p2p_port).start()
-        again.wait_for_output("Ctrl-C stops every node.")
+        again = testnets(directory, api_port, p2p_port, consensus=None).start()
+        output = again.wait_for_output("Ctrl-C stops every node.")
+        assert f"note: {directory} holds a solo network, so --consensus bft does not apply" in output.replace("\n", " ")
         assert (directory / "genesis.json").read_bytes() == genesis_before
         for url in again.urls:
             info = info_or_none(http, url)
             assert info is not None and info["height"] == height and info["head_hash"] == head_hash, info
-            assert http.get(f"{url}/v1/transactions/{tx.id.hex()}").json()["status"] == "final"
+            assert http.get(f"{url}/v1/transactions/{tx_id}").json()["status"] == "final"
 
         # `kill <pid>` of the launcher alone: it stops its nodes itself.
         again.process.send_signal(signal.SIGTERM)
         assert_stopped_cleanly(again)
+
+
+def test_make_testnet_runs_four_bft_validators_by_default(tmp_path, testnets):
+    """What the README's first command starts: `make testnet` is `ledger testnet --nodes 4`
+    with no --consensus, so the command's default is what users get."""
+    recipe = re.search(r"^testnet:.*\n\t(.+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert recipe is not None and recipe.group(1).split() == ["$(BIN)/ledger", "testnet", "--nodes", "4", "$(ARGS)"]
+
+    api_port = free_port_run(4)
+    p2p_port = free_port_run(4, avoid=range(api_port, api_port + 4))
+    directory = tmp_path / "tn"
+    testnet = testnets(directory, api_port, p2p_port, nodes=4, consensus=None).start()
+    output = testnet.wait_for_output("Ctrl-C stops every node.")
+    assert re.search(r"Testnet 4 nodes, chain \S+, engine bft", output), output
+    assert printed_roles(testnet, output) == ["validator"] * 4
+    genesis = Genesis.load(directory / "genesis.json")
+    node_keys = {PrivateKey.from_hex((directory / f"node{i}" / "node_key").read_text().strip()).public_key.hex()
+                 for i in range(4)}
+    assert genesis.engine == "bft"
+    assert {v["public_key"] for v in genesis.engine_params["validators"]} == node_keys
+    assert len({v["power"] for v in genesis.engine_params["validators"]}) == 1
+
+    with httpx.Client(timeout=5.0) as http:
+        tx_id = transfer_final_everywhere(http, testnet.urls, printed_dev_keys(output)[0], via=testnet.urls[2])
+        blocks = {http.get(f"{url}/v1/transactions/{tx_id}").json()["block_hash"] for url in testnet.urls}
+        assert len(blocks) == 1, blocks
+        os.killpg(testnet.process.pid, signal.SIGINT)
+        assert_stopped_cleanly(testnet)
 
 
 @pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
