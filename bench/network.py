@@ -84,9 +84,10 @@ from ledger.hdkeys import dev_keys  # noqa: E402
 from ledger.state import State  # noqa: E402
 from ledger.store import ChainStore  # noqa: E402
 from ledger.transaction import new_transfer  # noqa: E402
+from consensus.registry import create_engine  # noqa: E402
 from node.config import load_config  # noqa: E402
 from node.lifetime import die_with_parent  # noqa: E402
-from node.testnet import TESTNET_CHAIN_ID, NodeLayout, start_nodes, stop_nodes, wait_until_connected, write_network  # noqa: E402
+from node.testnet import TESTNET_CHAIN_ID, NodeLayout, TestnetError, start_nodes, stop_nodes, wait_until_connected, write_network  # noqa: E402
 
 # The node processes run `python -m node.cli`: they must import the checkout from anywhere.
 os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
@@ -170,30 +171,58 @@ def prepare_network(directory: Path, nodes: int, consensus: str, funded: list[by
     if engine_params:
         genesis_changes["engine_params"] = {**genesis.engine_params, **engine_params}
     genesis = dataclasses.replace(genesis, allocations=allocations, **genesis_changes)
+    try:
+        create_engine(genesis, None, mine=False)  # what the nodes would refuse to start on
+    except ValueError as exc:
+        raise RuntimeError(f"the network's genesis is not valid: {exc}") from None
     genesis.save(path)
     return Network(directory, layouts, Genesis.load(path))
 
 
+# `ledger node` with a profiler of its main thread (the event loop; worker threads are not
+# seen) that SIGUSR1 starts and SIGUSR2 stops and writes out, so that a profile covers the
+# measured window only, not imports and start-up.
+PROFILED_NODE = """
+import cProfile, runpy, signal, sys
+out = sys.argv.pop(1)
+profiler = cProfile.Profile()
+def start(signum, frame):
+    profiler.enable()
+def stop(signum, frame):
+    profiler.disable()
+    profiler.dump_stats(out)
+signal.signal(signal.SIGUSR1, start)
+signal.signal(signal.SIGUSR2, stop)
+sys.argv[0] = "ledger"
+runpy.run_module("node.cli", run_name="__main__", alter_sys=True)
+"""
+
+
 def start_profiled(layouts: list[NodeLayout], profile_dir: Path) -> list[subprocess.Popen]:
-    """`ledger node` under cProfile (event-loop thread only; worker threads are not seen). A node
-    returns from main on SIGTERM, so stop_nodes makes cProfile write node<i>.prof."""
     profile_dir.mkdir(parents=True, exist_ok=True)
     processes = []
     for layout in layouts:
         with open(layout.directory / "node.log", "ab") as output:
             processes.append(subprocess.Popen(
-                [sys.executable, "-m", "cProfile", "-o", str(profile_dir / f"node{layout.index}.prof"),
-                 "-m", "node.cli", "node", "--config", str(layout.config)],
+                [sys.executable, "-c", PROFILED_NODE, str(profile_dir / f"node{layout.index}.prof"),
+                 "node", "--config", str(layout.config)],
                 stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent))
     return processes
 
 
+def signal_all(network: Network, signum: int) -> None:
+    for process in network.processes:
+        if process.poll() is None:
+            process.send_signal(signum)
+
+
 def print_profiles(profile_dir: Path, lines: int) -> None:
     for path in sorted(profile_dir.glob("node*.prof"))[:2]:
-        log(f"--- cProfile of {path.stem}'s event-loop thread ({path}), by own time:")
-        stream = io.StringIO()
-        pstats.Stats(str(path), stream=stream).sort_stats("tottime").print_stats(lines)
-        log(stream.getvalue().strip())
+        for order in ("tottime", "cumulative"):
+            log(f"--- cProfile of {path.stem}'s event-loop thread over the run ({path}), by {order}:")
+            stream = io.StringIO()
+            pstats.Stats(str(path), stream=stream).strip_dirs().sort_stats(order).print_stats(lines)
+            log(stream.getvalue().strip())
 
 
 @contextmanager
@@ -453,6 +482,8 @@ async def measure_workload(args: argparse.Namespace, network: Network, txs: list
         await asyncio.sleep(0.5)
         before = await traffic(network)
         cpu = CpuMeter([process.pid for process in network.processes])
+        if profile_dir is not None:
+            signal_all(network, signal.SIGUSR1)
         cpu.start()
         start = time.perf_counter()
         accepted, retries, sent_at = await send(network, start)
@@ -460,6 +491,8 @@ async def measure_workload(args: argparse.Namespace, network: Network, txs: list
         height = await wait_final_everywhere(network, {tx.id for tx in txs}, depth, timeout=600)
         polled_final = time.perf_counter()
         log(cpu.stop())
+        if profile_dir is not None:
+            signal_all(network, signal.SIGUSR2)
         # The events streams may deliver the last block a moment after the poll saw it.
         final_height = height + depth
         deadline = time.perf_counter() + 5
@@ -894,7 +927,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main() -> None:
-    asyncio.run(main_async(parse_args()))
+    args = parse_args()
+    try:
+        asyncio.run(main_async(args))
+    except (RuntimeError, TestnetError) as exc:
+        # Its nodes are stopped by then; their logs went with the temporary directory.
+        sys.exit(f"error: {exc}")
 
 
 if __name__ == "__main__":
