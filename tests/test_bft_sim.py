@@ -125,10 +125,10 @@ def test_a_block_stored_with_a_broken_certificate_fails_the_run():
             return
         commit_block = node.store.commit_block
 
-        def forged(block, effects, certificate):
+        def forged(block, effects, certificate, *rest):  # rest: whatever else the store takes
             if block.height == 3 and certificate:
                 certificate = certificate[:-1] + bytes([certificate[-1] ^ 1])
-            return commit_block(block, effects, certificate)
+            return commit_block(block, effects, certificate, *rest)
 
         node.store.commit_block = forged
 

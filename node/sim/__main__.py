@@ -1,5 +1,8 @@
 """Run the simulator over many seeds: `python -m node.sim --seeds 1-200 --consensus solo --nodes 4`.
 
+`--consensus bft --byzantine 1 --byzantine-kind mix` makes that many validators Byzantine
+(equivocate, invalid, silent or mix: see node/sim/byzantine.py).
+
 Prints one line per failing seed (its reason and the command that replays it) and a
 summary; exits 1 when any seed failed, 2 on bad arguments.  `--trace` prints every
 event of the run as it happens (use it when replaying one seed); `--verbose` prints a
@@ -13,7 +16,7 @@ import concurrent.futures
 import sys
 import time
 
-from node.sim.harness import CONSENSUS, FAULT_KINDS, SimConfig, SimulationFailure, run_seed
+from node.sim.harness import BYZANTINE_KINDS, CONSENSUS, FAULT_KINDS, SimConfig, SimulationFailure, run_seed
 
 MAX_SEEDS = 1_000_000
 
@@ -52,6 +55,18 @@ def parse_faults(text: str) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def parse_gap(text: str) -> tuple[float, float]:
+    """"0.5,3" -> (0.5, 3.0): the least and most virtual seconds between two faults."""
+    low_text, comma, high_text = text.partition(",")
+    try:
+        low, high = float(low_text), float(high_text if comma else low_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not two numbers like 0.5,3") from None
+    if not 0 < low <= high < float("inf"):
+        raise argparse.ArgumentTypeError(f"'{text}': need 0 < low <= high")
+    return low, high
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -79,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--tx-rate", type=_positive(float), default=20.0, help="transfers per virtual second")
     parser.add_argument("--max-down", type=int, default=None,
                         help="at most this many nodes crashed at once (default: all but one)")
+    parser.add_argument("--fault-gap", type=parse_gap, default=(0.5, 3.0),
+                        help="virtual seconds between faults, LOW,HIGH (default 0.5,3)")
+    parser.add_argument("--byzantine", type=int, default=0,
+                        help="bft: this many validators are Byzantine (safe up to f of 3f+1; default 0)")
+    parser.add_argument("--byzantine-kind", choices=BYZANTINE_KINDS, default="mix",
+                        help="what the Byzantine validators do (default mix: a kind per round, by seed)")
     parser.add_argument("--jobs", type=_positive(int), default=1, help="seeds run in parallel processes")
     parser.add_argument("--trace", action="store_true", help="print every event of each run")
     parser.add_argument("--verbose", "-v", action="store_true", help="a line for passing seeds too")
@@ -89,6 +110,7 @@ def _config(args: argparse.Namespace, seed: int) -> SimConfig:
     return SimConfig(
         seed=seed, nodes=args.nodes, consensus=args.consensus, faults=args.faults, duration=args.duration,
         converge_within=args.converge_within, tx_per_second=args.tx_rate, max_down=args.max_down,
+        fault_gap=args.fault_gap, byzantine=args.byzantine, byzantine_kind=args.byzantine_kind,
     )
 
 
@@ -107,6 +129,10 @@ def run_one(args: argparse.Namespace, seed: int) -> tuple[bool, str, str]:
         f"({result.messages_per_tx():.1f}/tx, {result.announces_per_tx_link():.2f} announces/tx/link), "
         f"faults {faults}, {result.wall_seconds:.2f}s, digest {result.digest[:16]}"
     )
+    if result.byzantine:
+        lies = ",".join(f"{kind.replace(' ', '-')}x{count}" for kind, count in sorted(result.byzantine_actions.items()))
+        caught = ",".join(f"{label}x{count}" for label, count in sorted(result.evidence.items())) or "none"
+        line += f"; byzantine {','.join(result.byzantine)}: {lies or 'nothing'}; evidence against {caught}"
     return True, line, ""
 
 
@@ -128,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             failures += _report(args, *run_one(args, seed))
     elapsed = time.perf_counter() - started
-    print(f"{len(args.seeds)} seeds, {failures} failed ({args.consensus}, {args.nodes} nodes, "
+    byzantine = f", {args.byzantine} byzantine ({args.byzantine_kind})" if args.byzantine else ""
+    print(f"{len(args.seeds)} seeds, {failures} failed ({args.consensus}, {args.nodes} nodes{byzantine}, "
           f"faults {','.join(sorted(args.faults)) or 'none'}) in {elapsed:.1f}s")
     return 1 if failures else 0
 

@@ -39,6 +39,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from api.service import Accepted, Rejection
+from consensus.bft_messages import Evidence, InvalidEvidence, verify_evidence
 from consensus.mining import mine
 from consensus.pow import MAX_TARGET, round_target, work_of_target
 from ledger.address import address_of
@@ -50,6 +51,8 @@ from ledger.store import ChainStore
 from ledger.transaction import Transaction, new_transfer
 from node.config import NodeConfig
 from node.runtime import Node
+from node.sim.byzantine import MODES as BYZANTINE_KINDS
+from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import Faults, HubStats, SimHub, SimNetwork
 
@@ -106,6 +109,11 @@ class SimConfig:
     # At most this many nodes down at once (None: all but one).  BFT with 3f+1 validators
     # stays live with f down, so a bound of f lets a test demand commits during the faults.
     max_down: int | None = None
+    # BFT: this many validators are Byzantine (`node.sim.byzantine`), chosen by the seed, each
+    # behaving as `byzantine_kind` says.  Safety and liveness are promised up to f of 3f + 1;
+    # more is allowed, to see the invariants catch what then goes wrong.
+    byzantine: int = 0
+    byzantine_kind: str = "mix"
     # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
     # something spins without letting virtual time pass.  Counted, not timed, so it replays.
     max_steps: int = 500_000
@@ -137,6 +145,17 @@ class SimConfig:
             raise ValueError("max_partition: positive, or None")
         if self.max_down is not None and not 0 <= self.max_down < self.nodes:
             raise ValueError("max_down: 0 to nodes - 1, or None")
+        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.nodes:
+            raise ValueError("byzantine: 0 to nodes - 1 validators (at most f of 3f + 1 keeps the chain safe)")
+        if self.byzantine and self.consensus != "bft":
+            raise ValueError("byzantine: only with --consensus bft (validators that sign)")
+        if self.byzantine_kind not in BYZANTINE_KINDS:
+            raise ValueError(f"byzantine_kind: one of {', '.join(BYZANTINE_KINDS)}")
+
+    @property
+    def max_faulty(self) -> int:
+        """f: the most validators of `nodes` (of equal power) that BFT tolerates."""
+        return (self.nodes - 1) // 3
 
     @property
     def partition_limit(self) -> float | None:
@@ -147,9 +166,21 @@ class SimConfig:
 
     def replay_command(self) -> str:
         faults = ",".join(sorted(self.faults)) or "none"
-        return (f"python -m node.sim --seeds {self.seed} --consensus {self.consensus} --nodes {self.nodes} "
-                f"--faults {faults} --duration {self.duration:g}"
-                + (f" --max-down {self.max_down}" if self.max_down is not None else "") + " --trace")
+        defaults = SimConfig(seed=0)
+        options = [f"--seeds {self.seed} --consensus {self.consensus} --nodes {self.nodes} --faults {faults} "
+                   f"--duration {self.duration:g}"]
+        # Whatever differs from the command line's defaults, so the command replays this run.
+        if self.converge_within != defaults.converge_within:
+            options.append(f"--converge-within {self.converge_within:g}")
+        if self.tx_per_second != defaults.tx_per_second:
+            options.append(f"--tx-rate {self.tx_per_second:g}")
+        if self.fault_gap != defaults.fault_gap:
+            options.append(f"--fault-gap {self.fault_gap[0]:g},{self.fault_gap[1]:g}")
+        if self.max_down is not None:
+            options.append(f"--max-down {self.max_down}")
+        if self.byzantine:
+            options.append(f"--byzantine {self.byzantine} --byzantine-kind {self.byzantine_kind}")
+        return "python -m node.sim " + " ".join(options) + " --trace"
 
 
 @dataclass
@@ -167,6 +198,9 @@ class SimResult:
     converged_after: float  # virtual seconds from the heal to one head
     links: int  # peer links of the full mesh
     reorgs: int  # times a node's head moved to another branch
+    byzantine: tuple[str, ...] = ()  # labels of the Byzantine validators
+    byzantine_actions: Counter = field(default_factory=Counter)  # what they did, by kind of lie
+    evidence: Counter = field(default_factory=Counter)  # label of the accused -> pieces seen on honest nodes
 
     def announces_per_tx_link(self) -> float:
         """Transaction ids announced, per final transaction and peer link (both directions)."""
@@ -270,6 +304,9 @@ class Slot:
     seen_head: bytes = b""
     final_height: int = 0
     certified_height: int = 0  # BFT: blocks up to here were checked to carry a valid commit certificate
+    byzantine: ByzantineValidator | None = None  # its messages lie; the invariants skip it
+    evidence_seen: tuple[int, object] = (0, None)  # (count, newest key) of its engine's evidence when last read
+    evidence_keys: set = field(default_factory=set)
 
 
 class _ErrorLog(logging.Handler):
@@ -302,6 +339,7 @@ class Simulation:
         self.fault_rng = random.Random(master.getrandbits(64))
         self.work_rng = random.Random(master.getrandbits(64))
         self.mining_rng = random.Random(master.getrandbits(64))
+        self.byzantine_rng = random.Random(master.getrandbits(64))
         self.loop = VirtualTimeLoop()
         self.trace = Trace(self.loop.time, config.trace_tail, echo)
         self.hub = SimHub(config.seed, self.net_rng, trace=self.trace)
@@ -328,6 +366,10 @@ class Simulation:
         self._partitions = 0  # partitions started; a timed heal ends only the one it was set for
         self._whole_since = 0.0  # when the last partition ended
         self._heal_time = config.duration
+        self.adversary: Adversary | None = None
+        self.evidence_against: Counter = Counter()
+        if config.byzantine:
+            self._make_byzantine()
 
     # ------------------------------------------------------------------ setup
     def _make_slot(self, index: int) -> Slot:
@@ -336,6 +378,21 @@ class Simulation:
         label = f"n{index}"
         self.hub.name(node_id, label)
         return Slot(index, label, key, node_id, ChainStore("sqlite://"))
+
+    def _make_byzantine(self) -> None:
+        chosen = sorted(self.byzantine_rng.sample(range(len(self.slots)), self.config.byzantine))
+        self.adversary = Adversary(
+            self.config.byzantine_kind, self.byzantine_rng, CHAIN_ID,
+            node_ids=sorted(slot.node_id for slot in self.slots),
+            byzantine=sorted(self.slots[index].node_id for index in chosen),
+            label=self.hub.label, trace=self.trace,
+        )
+        for index in chosen:
+            slot = self.slots[index]
+            slot.byzantine = ByzantineValidator(self.adversary, slot.node_id, slot.key, self.genesis.max_block_transactions)
+
+    def _honest(self) -> list[Slot]:
+        return [slot for slot in self.slots if slot.byzantine is None]
 
     def _make_genesis(self) -> Genesis:
         accounts = _dev_keys(self.config.senders)
@@ -415,9 +472,15 @@ class Simulation:
             converged_after=converged_after,
             links=self.config.nodes * (self.config.nodes - 1) // 2,
             reorgs=self.reorgs,
+            byzantine=tuple(slot.label for slot in self.slots if slot.byzantine is not None),
+            byzantine_actions=self.adversary.stats if self.adversary is not None else Counter(),
+            evidence=self.evidence_against,
         )
 
     async def _main(self) -> float:
+        if self.adversary is not None:
+            liars = [slot.label for slot in self.slots if slot.byzantine is not None]
+            self.trace(f"byzantine {','.join(liars)} ({self.config.byzantine_kind})")
         for slot in self.slots:
             self._start(slot)
         await asyncio.sleep(0)
@@ -440,10 +503,12 @@ class Simulation:
                 self._fail(f"no convergence {self.config.converge_within:g}s after the faults healed: {waiting_for}")
             await asyncio.sleep(POLL_SECONDS)
         converged_after = self.loop.time() - heal_at
-        self.trace(f"converged after {converged_after:.3f}s at height {self.slots[0].node.head.height}")
+        reference = self._honest()[0].node
+        assert reference is not None
+        self.trace(f"converged after {converged_after:.3f}s at height {reference.head.height}")
         helpers[1].cancel()
         self._check_end_state()
-        self.final_height = self.slots[0].node.head.height
+        self.final_height = reference.head.height
         for slot in self.slots:
             await self._stop(slot)
         return converged_after
@@ -453,11 +518,16 @@ class Simulation:
         slot.actor = _Actor(slot.label, slot.incarnation)
         slot.context = contextvars.copy_context()
         slot.context.run(ACTOR.set, slot.actor)
-        slot.network = SimNetwork(self.hub, slot.node_id)
+        if slot.byzantine is not None:
+            slot.network = ByzantineNetwork(self.hub, slot.node_id, slot.byzantine)
+        else:
+            slot.network = SimNetwork(self.hub, slot.node_id)
         node = Node(
             self._node_config(slot), self.genesis, slot.key, slot.network,
             clock=self._clock_ms, blocking=inline_blocking, store=slot.store, **self._node_options(slot),
         )
+        if slot.byzantine is not None:
+            slot.byzantine.node = node
         if self.on_node is not None:
             self.on_node(slot, node)
         slot.node = node
@@ -467,7 +537,9 @@ class Simulation:
         await node.start()
         head = node.head
         self.trace(f"start {slot.label}#{slot.incarnation} at height {head.height} {head.hash.hex()[:12]}")
-        if slot.chain:
+        if slot.byzantine is not None:
+            pass  # not followed: what a Byzantine node holds proves nothing
+        elif slot.chain:
             # A crash must lose nothing that was committed: the store is the node's disk.
             if head.hash != slot.chain[-1]:
                 self._fail(f"{slot.label} restarted at {head.height} {head.hash.hex()[:12]}, not at the head it had "
@@ -482,7 +554,7 @@ class Simulation:
 
     def _crash(self, slot: Slot) -> None:
         node = slot.node
-        if node is not None and slot.running:
+        if node is not None and slot.running and slot.byzantine is None:
             # Commits earlier in this loop iteration are not checked yet: the store must keep them too.
             if node.head.hash != slot.seen_head:
                 self._follow_head(slot, node)
@@ -687,8 +759,10 @@ class Simulation:
                        f"second {second} (so far by type: {dict(counts.most_common(4))})")
         for slot in self.slots:
             node = slot.node
-            if node is None or not slot.running:
+            if node is None or not slot.running or slot.byzantine is not None:
                 continue
+            if self.adversary is not None:
+                self._follow_evidence(slot, node)
             head = node.head
             if head.hash != slot.seen_head:
                 self._follow_head(slot, node)
@@ -729,6 +803,9 @@ class Simulation:
                 slot.block_txs.pop(height, None)
             del chain[common + 1 :]
         for block in new_blocks:
+            if self.adversary is not None and block.hash in self.adversary.invalid_blocks:
+                self._fail(f"{slot.label} committed invalid block {block.height} {block.hash.hex()[:12]} "
+                           f"({self.adversary.invalid_blocks[block.hash]}) from a Byzantine proposer")
             chain.append(block.hash)
             slot.block_txs[block.height] = tuple(tx.id for tx in block.transactions)
             self.trace(f"{slot.label} commit {block.height} {block.hash.hex()[:12]} txs={len(block.transactions)}")
@@ -741,6 +818,36 @@ class Simulation:
         expected = self.genesis.expected_supply(head.height)
         if supply != expected:
             self._fail(f"{slot.label}'s total supply is {supply} at height {head.height}, genesis says {expected}")
+
+    def _follow_evidence(self, slot: Slot, node: Node) -> None:
+        """Evidence an honest engine holds must be valid and name a Byzantine validator: an
+        honest one never signs two things at one height, round and step."""
+        held = getattr(node.engine, "evidence", None)
+        if not held:
+            return
+        newest = next(reversed(held))
+        if (len(held), newest) == slot.evidence_seen:
+            return
+        slot.evidence_seen = (len(held), newest)
+        for key, evidence in list(held.items()):
+            if key in slot.evidence_keys:
+                continue
+            slot.evidence_keys.add(key)
+            self._check_evidence(slot, node, evidence)
+
+    def _check_evidence(self, slot: Slot, node: Node, evidence: Evidence) -> None:
+        try:
+            verify_evidence(evidence, node.engine.validators, CHAIN_ID)
+        except InvalidEvidence as exc:
+            self._fail(f"{slot.label} holds invalid evidence against {self.hub.label(evidence.validator.hex())}: {exc}")
+        accused = self.hub.label(evidence.validator.hex())
+        byzantine = self.adversary.byzantine if self.adversary is not None else []
+        self.trace(f"{slot.label} evidence against {accused}: {evidence.kind.name.lower()} "
+                   f"{evidence.height}/{evidence.round}")
+        if evidence.validator.hex() not in byzantine:
+            self._fail(f"{slot.label} holds evidence against honest validator {accused} "
+                       f"({evidence.kind.name.lower()} at {evidence.height}/{evidence.round})")
+        self.evidence_against[accused] += 1
 
     def _check_certificates(self, slot: Slot, node: Node, head_too: bool = False) -> None:
         """Every block the node committed stores a commit certificate that proves it.  A block
@@ -802,12 +909,13 @@ class Simulation:
 
     def _not_converged(self) -> str | None:
         """None once every node runs on one head with every transfer final; else what is missing."""
-        down = [slot.label for slot in self.slots if not slot.running]
+        honest = self._honest()  # what a Byzantine node holds is no concern of liveness
+        down = [slot.label for slot in honest if not slot.running]
         if down:
             return f"not running: {', '.join(down)}"
-        heads = {slot.node.head.hash for slot in self.slots}
+        heads = {slot.node.head.hash for slot in honest}
         if len(heads) > 1:
-            return "heads differ: " + ", ".join(self._describe(slot) for slot in self.slots)
+            return "heads differ: " + ", ".join(self._describe(slot) for slot in honest)
         if self.outstanding:
             tx, _ = next(iter(self.outstanding.values()))
             return (f"{len(self.outstanding)} transfers not final (first: {tx.id.hex()[:12]}, "
@@ -822,8 +930,9 @@ class Simulation:
                 f"{', syncing' if info.syncing else ''}, mempool {info.mempool_size})")
 
     def _check_end_state(self) -> None:
-        reference = self.slots[0]
-        for slot in self.slots:
+        honest = self._honest()
+        reference = honest[0]
+        for slot in honest:
             self._check_stored_chain(slot)
             if hasattr(slot.node.engine, "verify_commit"):
                 # Every node validates: each stored its own certificate for the common head.
