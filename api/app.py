@@ -69,6 +69,7 @@ from api.schemas import (
 from api.service import Accepted, BlockRecord, NodeService, Rejection, TxRecord
 from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
+from ledger.evidence import EvidenceRecord
 from ledger.transaction import Transaction
 
 logger = logging.getLogger(__name__)
@@ -314,9 +315,22 @@ class _Context:
             "size": record.size,
         }
 
+    def evidence_out(self, record: EvidenceRecord, recorded_at: int | None = None) -> dict[str, Any]:
+        shown = {
+            "validator": encode_address(self.prefix, record.validator),
+            "kind": record.kind,
+            "height": record.height,
+            "round": record.round,
+            "evidence": record.data.hex(),
+        }
+        if recorded_at is not None:
+            shown["recorded_at"] = recorded_at
+        return shown
+
     def block_out(self, record: BlockRecord) -> dict[str, Any]:
         shown = self.header_out(record)
         shown["certificate"] = record.certificate.hex()
+        shown["evidence"] = [self.evidence_out(item) for item in record.evidence]
         shown["transactions"] = (
             None if record.transactions is None else [transaction_out(tx, self.prefix) for tx in record.transactions]
         )
@@ -618,11 +632,27 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
         engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
         return {"engine": info.engine, "height": info.height, "state": engine}
 
-    @app.get("/v1/evidence", tags=["consensus"], summary="Evidence of validator misbehaviour the node has seen")
-    def evidence() -> Any:
+    @app.get("/v1/evidence", tags=["consensus"], summary="Evidence of validator misbehaviour: seen, and recorded in blocks")
+    def evidence(
+        validator: str | None = Query(None, description="only this validator's (an address)"),
+        before: int | None = Query(None, ge=0, le=MAX_AMOUNT, description="recorded: only blocks below this height (`next`)"),
+        limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
+    ) -> Any:
+        address = parse_address(validator, ctx.prefix, "validator") if validator is not None else None
         info = service.node_info()
         engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
-        return {"engine": info.engine, "evidence": engine.get("evidence", [])}
+        seen = [
+            item for item in engine.get("evidence", [])
+            if address is None or item.get("validator") == address.hex()
+        ]
+        recorded = service.recorded_evidence(address, before, limit)
+        last = recorded[-1][0] if recorded else 0
+        return {
+            "engine": info.engine,
+            "evidence": seen,
+            "recorded": [ctx.evidence_out(record, height) for height, record in recorded],
+            "next": last if len(recorded) == limit and last > 0 else None,
+        }
 
     @app.get("/v1/node", response_model=NodeInfoOut, tags=["node"], summary="Chain, head, finality and sync state")
     def node_info() -> Any:

@@ -571,7 +571,12 @@ class Explorer:
             "extra": header.extra.hex(),
             "size": record.size,
             "sealer": self.sealer_note(header.height, header.proposer),
-            "signers": [],  # filled when the engine's commit certificate has a decoder
+            "signers": [{"address": self.address(address), "power": power} for address, power in record.signers],
+            "evidence": [
+                {"validator": self.address(item.validator), "kind": item.kind.replace("_", " "), "height": item.height,
+                 "round": item.round, "data": item.data.hex()}
+                for item in record.evidence
+            ],
             "transactions": shown,
             "tx_offset": offset,
             "tx_more": offset + BLOCK_TX_PAGE < len(transactions),

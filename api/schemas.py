@@ -212,8 +212,17 @@ class BlockHeaderOut(_Response):
     size: int = 0
 
 
+class EvidenceOut(_Response):
+    validator: str = Field(description="the validator that misbehaved")
+    kind: str = Field(description="`duplicate_vote` or `duplicate_proposal`")
+    height: int = Field(description="where it misbehaved")
+    round: int
+    evidence: str = Field(description="hex of the proof (docs/protocol.md, Evidence): two conflicting signed messages")
+
+
 class BlockOut(BlockHeaderOut):
     certificate: str = ""
+    evidence: list[EvidenceOut] = Field(default_factory=list, description="misbehaviour this block records")
     transactions: list[TransactionOut] | None = None
 
 

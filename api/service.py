@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ledger.block import Block, BlockHeader
+from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
 from ledger.transaction import Transaction
 
@@ -55,6 +56,8 @@ class BlockRecord:
     confirmations: int
     certificate: bytes = b""
     size: int = 0
+    evidence: tuple[EvidenceRecord, ...] = ()  # misbehaviour this block records
+    signers: tuple[tuple[bytes, int], ...] = ()  # the certificate's signers and their voting power
 
     @property
     def block(self) -> Block:
@@ -138,6 +141,13 @@ class NodeService(Protocol):
         ...
 
     def mempool(self, limit: int) -> MempoolRecord: ...
+
+    def recorded_evidence(
+        self, validator: bytes | None, before_height: int | None, limit: int
+    ) -> list[tuple[int, EvidenceRecord]]:
+        """Evidence the chain records, newest first, each with the height of the block that
+        records it; only `validator`'s when given, only blocks below `before_height`."""
+        ...
 
     def subscribe(self) -> asyncio.Queue[Event | None]:
         """A queue of live events; None in it means the node is stopping and the stream ends."""

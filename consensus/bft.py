@@ -55,20 +55,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from functools import lru_cache
 from typing import Any
 
 from ledger import crypto
 from ledger.address import address_of
 from ledger.block import HASH_SIZE, Block, BlockHeader
 from ledger.codec import DecodeError, Reader, Writer
+from ledger.evidence import EvidenceRecord
 
 from consensus.bft_messages import (
     MAX_BLOCK_BYTES,
+    MAX_BLOCK_EVIDENCE,
+    BlockExtra,
     MAX_CERTIFICATE_BYTES,
     Certificate,
     Decision,
     Evidence,
     InvalidCertificate,
+    InvalidEvidence,
     Proposal,
     SignedProposal,
     Status,
@@ -77,6 +82,7 @@ from consensus.bft_messages import (
     decode_message,
     encode_message,
     verify_certificate,
+    verify_evidence,
 )
 from consensus.engine import (
     Action,
@@ -110,6 +116,7 @@ MAX_FUTURE_ROUNDS = 4  # rounds above round_p + 1 kept per validator (their newe
 MAX_PROPOSAL_LOOKAHEAD = 64  # proposals further ahead than this many rounds are ignored
 MAX_EVIDENCE = 1000  # kept for the API; older ones are dropped (they were reported)
 MAX_SIGNED_PAYLOAD = 1024
+MAX_EVIDENCE_AGE = 10_000  # heights; the runtime keeps this many recent headers in memory
 NIL = None
 
 
@@ -134,6 +141,9 @@ class BftParams:
     max_block_interval_ms: int = 0  # 0: round 0 waits for transactions as long as it takes
     min_block_interval_ms: int = 0
     gossip_interval_ms: int = 1000
+    # Evidence older than this many heights can no longer go into a block.  It bounds the
+    # headers a block's evidence is checked against for duplicates (`ancestors_needed`).
+    evidence_max_age: int = 100
 
     def timeout_propose(self, round: int) -> int:
         return self.timeout_propose_ms + round * self.timeout_delta_ms
@@ -151,7 +161,7 @@ class BftParams:
             raise ValueError("bft engine: genesis engine.params must be an object")
         known = {"validators", "timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
                  "timeout_delta_ms", "create_empty_blocks", "max_block_interval_ms", "min_block_interval_ms",
-                 "gossip_interval_ms"}
+                 "gossip_interval_ms", "evidence_max_age"}
         unknown = sorted(set(params) - known)
         if unknown:
             raise ValueError(f"bft engine: unknown engine.params {', '.join(unknown)} (known: {', '.join(sorted(known))})")
@@ -172,13 +182,14 @@ class BftParams:
             max_block_interval_ms=_int_param(params, "max_block_interval_ms", 0, 0),
             min_block_interval_ms=_int_param(params, "min_block_interval_ms", 0, 0),
             gossip_interval_ms=_int_param(params, "gossip_interval_ms", 1, defaults.gossip_interval_ms),
+            evidence_max_age=_int_param(params, "evidence_max_age", 1, defaults.evidence_max_age, MAX_EVIDENCE_AGE),
         ), validators
 
 
-def _int_param(params: dict, name: str, low: int, default: int) -> int:
+def _int_param(params: dict, name: str, low: int, default: int, high: int = _TIMEOUT_LIMIT) -> int:
     value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _TIMEOUT_LIMIT:
-        raise ValueError(f"bft engine: engine.params.{name} must be an integer from {low} to {_TIMEOUT_LIMIT}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"bft engine: engine.params.{name} must be an integer from {low} to {high}, got {value!r}")
     return value
 
 
@@ -308,6 +319,7 @@ class BftEngine(Engine):
         self.validators = validators
         self.params = params
         self.max_block_transactions = max_block_transactions
+        self.ancestors_needed = params.evidence_max_age
         address = address_of(signer.public_key) if signer is not None else None
         self.signer = signer if address is not None and address in validators else None
         self.address: bytes | None = address if self.signer is not None else None
@@ -333,7 +345,11 @@ class BftEngine(Engine):
         self._timer_at: int | None = None
         self._out: list[Action] = []
         self._catchup_sent: dict[str, tuple[int, int]] = {}  # peer -> (height sent, at)
-        self.evidence: dict[tuple[bytes, int, int, int], Evidence] = {}
+        self.evidence: dict[tuple[bytes, int, int, int], Evidence] = {}  # seen, by Evidence.key
+        # Evidence recorded by the recent blocks (Evidence.key -> height of the block): not
+        # proposed again.  The recent headers themselves, for `verify_header` of proposals.
+        self._recorded: dict[tuple[bytes, int, int, int], int] = {}
+        self._recent: tuple[BlockHeader, ...] = ()
         self.refused_messages = 0
         self._last_signed_height: dict[bytes, int] = {}
         self._proposed_count: dict[bytes, int] = {}
@@ -386,7 +402,7 @@ class BftEngine(Engine):
         elif isinstance(event, BlockBuilt):
             self._on_built(event.block)
         elif isinstance(event, BlockCommitted):
-            self._on_committed(event.header)
+            self._on_committed(event.header, event.recent)
         elif isinstance(event, TxsAvailable):
             if event.count > 0:
                 self._txs_ready = True
@@ -404,6 +420,10 @@ class BftEngine(Engine):
     # ------------------------------------------------------------------ start and restart
     def _on_started(self, event: Started) -> None:
         self.head = event.head
+        self._recent = event.recent or (event.head,)
+        self._recorded = {}
+        for header in self._recent:
+            self._note_recorded(header)
         self.last_commit = None
         self.last_block = None
         self.decided = None
@@ -507,7 +527,7 @@ class BftEngine(Engine):
                 self._building = self.round
                 head = self.head
                 assert head is not None
-                extra = self.last_commit.encode() if self.last_commit is not None else b""
+                extra = BlockExtra(self.last_commit, self._evidence_to_record()).encode()
                 self._out.append(BuildBlock(head.hash, self.height, max(self._now, head.timestamp), self.address, extra))
             # else: without the head's certificate no valid block can be built; STATUS asks for it.
         # Line 21.  CometBFT arms the propose timeout for the proposer too: if its own
@@ -880,7 +900,7 @@ class BftEngine(Engine):
         assert head is not None
         if self.last_commit is None and block.header.extra and head.height > 0:
             # The block proves our head final (checked just now): adopt its certificate.
-            self.last_commit = Certificate.decode(block.header.extra)
+            self.last_commit = BlockExtra.decode(block.header.extra).certificate
         self._executing.add(block_hash)
         self._out.append(ExecuteBlock(block))
 
@@ -895,7 +915,7 @@ class BftEngine(Engine):
         if header.tx_count != len(block.transactions):
             return "tx_count does not match the transactions"
         try:
-            self.verify_header(header, (head,))
+            self.verify_header(header, self._recent)
         except InvalidSeal as exc:
             return str(exc)
         return None
@@ -1064,18 +1084,17 @@ class BftEngine(Engine):
         self._out.append(Commit(block, certificate.encode()))
 
     # ------------------------------------------------------------------ commits
-    def _on_committed(self, header: BlockHeader) -> None:
+    def _on_committed(self, header: BlockHeader, recent: tuple[BlockHeader, ...]) -> None:
         head = self.head
         assert head is not None
         if header.hash == head.hash:
             return  # the head again (a Commit the runtime dropped, or a repeat)
         self._proposed_count[header.proposer] = self._proposed_count.get(header.proposer, 0) + 1
-        if header.height > 1 and header.extra:
-            try:
-                for signer in Certificate.decode(header.extra).signers:
-                    self._last_signed_height[signer] = max(self._last_signed_height.get(signer, 0), header.height - 1)
-            except DecodeError:
-                pass
+        extra = self._note_recorded(header)
+        if extra is not None and extra.certificate is not None:
+            for signer in extra.certificate.signers:
+                self._last_signed_height[signer] = max(self._last_signed_height.get(signer, 0), header.height - 1)
+        self._recent = recent if recent else (header,)
         decided = self.decided
         self.head = header
         if decided is not None and decided[0].hash == header.hash:
@@ -1089,15 +1108,39 @@ class BftEngine(Engine):
 
     # ------------------------------------------------------------------ evidence
     def _report(self, evidence: Evidence) -> None:
-        first = evidence.first
-        kind = int(first.kind) if isinstance(first, Vote) else 0
-        key = (evidence.validator, evidence.height, evidence.round, kind)
-        if key in self.evidence:
+        if evidence.key in self.evidence:
             return
-        self.evidence[key] = evidence
+        self._keep(evidence)
+        self._out.append(ReportEvidence(evidence.encode()))
+
+    def _keep(self, evidence: Evidence) -> None:
+        self.evidence[evidence.key] = evidence
         while len(self.evidence) > MAX_EVIDENCE:
             del self.evidence[next(iter(self.evidence))]
-        self._out.append(ReportEvidence(evidence.encode()))
+
+    def _evidence_to_record(self) -> tuple[Evidence, ...]:
+        """Evidence for the block being built: seen, not yet in a block, not too old."""
+        oldest = self.height - self.params.evidence_max_age
+        chosen = [
+            evidence for key, evidence in self.evidence.items()
+            if key not in self._recorded and oldest <= evidence.height < self.height
+        ]
+        return tuple(chosen[:MAX_BLOCK_EVIDENCE])
+
+    def _note_recorded(self, header: BlockHeader) -> BlockExtra | None:
+        """Remember the evidence a committed header records (and forget what aged out)."""
+        try:
+            extra = BlockExtra.decode(header.extra)
+        except DecodeError:
+            return None  # a header from before Started or a foreign one: nothing to learn
+        for evidence in extra.evidence:
+            self._recorded[evidence.key] = header.height
+            if evidence.key not in self.evidence:
+                self._keep(evidence)  # shown by the API, though another validator caught it
+        oldest = header.height + 1 - self.params.evidence_max_age
+        if self._recorded and min(key[1] for key in self._recorded) < oldest:
+            self._recorded = {key: at for key, at in self._recorded.items() if key[1] >= oldest}
+        return extra
 
     # ================================================================== pure checks
     def _proposer_address(self, round: int) -> bytes:
@@ -1121,14 +1164,65 @@ class BftEngine(Engine):
             raise InvalidSeal(f"block proposer {header.proposer.hex()} is not a validator")
         if not crypto.verify_digest(member.public_key, header.sealing_digest(), header.seal):
             raise InvalidSeal("block seal is not its proposer's signature")
+        try:
+            extra = BlockExtra.decode(header.extra)
+        except DecodeError as exc:
+            raise InvalidSeal(f"block extra does not decode: {exc}") from None
         if header.height == 1:
-            if header.extra:
+            if extra.certificate is not None:
                 raise InvalidSeal("block 1 carries no certificate (genesis needs none)")
+        elif extra.certificate is None:
+            raise InvalidSeal(f"block {header.height} lacks the commit certificate of its parent")
         else:
-            verify_certificate(header.extra, parent, self.validators)
+            verify_certificate(extra.certificate, parent, self.validators)
+        if extra.evidence:
+            self._check_evidence(header, extra.evidence, ancestors)
+
+    def _check_evidence(self, header: BlockHeader, evidence: tuple[Evidence, ...], ancestors: Sequence[BlockHeader]) -> None:
+        """Each piece valid, of a height before the block and at most `evidence_max_age` before
+        it, recorded once: not twice in the block, not in a block among `ancestors`."""
+        oldest = header.height - self.params.evidence_max_age
+        earlier = set()
+        for ancestor in ancestors[-self.params.evidence_max_age:]:
+            earlier.update(_recorded_keys(ancestor.extra))
+        seen = set()
+        for index, item in enumerate(evidence):
+            try:
+                verify_evidence(item, self.validators, self.chain_id)
+            except InvalidEvidence as exc:
+                raise InvalidSeal(f"block evidence {index}: {exc}") from None
+            if not oldest <= item.height < header.height:
+                raise InvalidSeal(
+                    f"block evidence {index} is for height {item.height}: a block at {header.height} records "
+                    f"evidence from heights {max(1, oldest)} to {header.height - 1}"
+                )
+            if item.key in seen or item.key in earlier:
+                raise InvalidSeal(f"block evidence {index} is already recorded")
+            seen.add(item.key)
 
     def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
         self.verify_header(header, (parent,))
+
+    def parent_certificate(self, header: BlockHeader) -> bytes:
+        try:
+            certificate = BlockExtra.decode(header.extra).certificate
+        except DecodeError:
+            return b""
+        return certificate.encode() if certificate is not None else b""
+
+    def certificate_signers(self, certificate: bytes) -> list[tuple[bytes, int]]:
+        try:
+            signers = Certificate.decode(certificate).signers if certificate else []
+        except DecodeError:
+            return []
+        return [(address, self.validators.power_of([address])) for address in signers]
+
+    def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
+        try:
+            evidence = BlockExtra.decode(header.extra).evidence
+        except DecodeError:
+            return []
+        return [EvidenceRecord(item.validator, item.height, item.round, item.kind_name, item.encode()) for item in evidence]
 
     def verify_commit(self, header: BlockHeader, certificate: bytes) -> Certificate:
         """Raise InvalidCertificate unless `certificate` proves `header` final."""
@@ -1189,3 +1283,13 @@ class BftEngine(Engine):
                 "min_block_interval_ms": self.params.min_block_interval_ms,
             },
         }
+
+
+@lru_cache(maxsize=4096)
+def _recorded_keys(extra: bytes) -> frozenset[tuple[bytes, int, int, int]]:
+    """The evidence keys a (verified, committed) header's extra records; cached because
+    each new block with evidence checks them against the recent headers."""
+    try:
+        return frozenset(item.key for item in BlockExtra.decode(extra).evidence)
+    except DecodeError:
+        return frozenset()

@@ -35,6 +35,7 @@ MAX_CERTIFICATE_BYTES = 8 + 4 + HASH_SIZE + 4 + MAX_VALIDATORS * _SIGNATURE_ENTR
 _VOTE_SIZE = 1 + 8 + 4 + 1 + HASH_SIZE + ADDRESS_SIZE + SIGNATURE_SIZE  # the largest (non-nil) vote
 _SIGNED_PROPOSAL_SIZE = 8 + 4 + 1 + 4 + HASH_SIZE + ADDRESS_SIZE + SIGNATURE_SIZE
 MAX_EVIDENCE_BYTES = 1 + 2 * (4 + max(_VOTE_SIZE, _SIGNED_PROPOSAL_SIZE))
+MAX_BLOCK_EVIDENCE = 16  # pieces of evidence one block records; the rest wait for later blocks
 
 
 class MessageType(IntEnum):
@@ -547,6 +548,16 @@ class Evidence:
     def round(self) -> int:
         return self.first.round
 
+    @property
+    def key(self) -> tuple[bytes, int, int, int]:
+        """What one misbehaviour is: whoever reports it, with whichever pair of messages."""
+        first = self.first
+        return (self.validator, self.height, self.round, int(first.kind) if isinstance(first, Vote) else 0)
+
+    @property
+    def kind_name(self) -> str:
+        return "duplicate_vote" if self.kind == EvidenceType.DUPLICATE_VOTE else "duplicate_proposal"
+
     def encode(self) -> bytes:
         first, second = self.first.encode(), self.second.encode()
         return Writer().u8(int(self.kind)).var_bytes(first).var_bytes(second).bytes()
@@ -576,7 +587,7 @@ class Evidence:
     def to_json(self) -> dict:
         first = self.first
         return {
-            "kind": "duplicate_vote" if self.kind == EvidenceType.DUPLICATE_VOTE else "duplicate_proposal",
+            "kind": self.kind_name,
             "validator": self.validator.hex(),
             "height": self.height,
             "round": self.round,
@@ -620,3 +631,44 @@ def verify_evidence(evidence: bytes | Evidence, validators: ValidatorSet, chain_
         if not item.verify(chain_id, member.public_key):
             raise InvalidEvidence("a signature of the evidence is invalid")
     return evidence
+
+
+# ----------------------------------------------------------------------------- a block's extra
+
+
+@dataclass(frozen=True, slots=True)
+class BlockExtra:
+    """What a BFT block's header `extra` carries: the commit certificate of its parent
+    (none in block 1: genesis needs none) and evidence of misbehaviour seen since, which
+    the block records for good.  Empty extra is block 1 without evidence; any other has
+    one encoding (`docs/protocol.md`, "Block extra")."""
+
+    certificate: Certificate | None = None
+    evidence: tuple[Evidence, ...] = ()
+
+    def encode(self) -> bytes:
+        if self.certificate is None and not self.evidence:
+            return b""
+        writer = Writer().var_bytes(self.certificate.encode() if self.certificate is not None else b"")
+        writer.u32(len(self.evidence))
+        for item in self.evidence:
+            writer.var_bytes(item.encode())
+        return writer.bytes()
+
+    @classmethod
+    def decode(cls, data: bytes) -> BlockExtra:
+        if not data:
+            return cls()
+        reader = Reader(data)
+        raw_certificate = reader.var_bytes("extra.certificate", MAX_CERTIFICATE_BYTES)
+        certificate = Certificate.decode(raw_certificate) if raw_certificate else None
+        count = reader.u32("extra.evidence")
+        if count > MAX_BLOCK_EVIDENCE:
+            raise DecodeError("extra.evidence", f"{count} pieces of evidence exceeds the limit of {MAX_BLOCK_EVIDENCE}")
+        evidence = tuple(
+            Evidence.decode(reader.var_bytes(f"extra.evidence[{index}]", MAX_EVIDENCE_BYTES)) for index in range(count)
+        )
+        reader.finish()
+        if certificate is None and not evidence:
+            raise DecodeError("extra", "an extra with neither certificate nor evidence is encoded empty")
+        return cls(certificate, evidence)

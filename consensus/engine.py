@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, BlockHeader
+from ledger.evidence import EvidenceRecord
 
 # ----------------------------------------------------------------------------- events
 
@@ -225,6 +226,19 @@ class Engine(ABC):
     @abstractmethod
     def finalized_height(self, head_height: int) -> int:
         """The highest height that can no longer be reverted, given the head."""
+
+    def parent_certificate(self, header: BlockHeader) -> bytes:
+        """The certificate that `header` carries of its parent (engines whose blocks are final
+        only with one, BFT); b"" when it carries none."""
+        return b""
+
+    def certificate_signers(self, certificate: bytes) -> list[tuple[bytes, int]]:
+        """Who signed a stored commit certificate, with their voting power (for display)."""
+        return []
+
+    def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
+        """The evidence of misbehaviour a header records (already checked by `verify_header`)."""
+        return []
 
     def block_work(self, header: BlockHeader) -> int:
         """The weight of a block in fork choice; the heaviest chain wins.  1 a block: the longest."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ from sqlalchemy.pool import StaticPool
 from ledger.address import ADDRESS_SIZE, address_of
 from ledger.block import HASH_SIZE, Block, BlockHeader
 from ledger.codec import Writer
+from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
 from ledger.state import Account, BlockEffects, decode_undo, encode_undo
 from ledger.transaction import Transaction
@@ -84,6 +85,20 @@ undo_table = sa.Table(
     metadata,
     sa.Column("height", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("data", sa.LargeBinary, nullable=False),  # ledger.state.encode_undo
+)
+
+evidence_table = sa.Table(
+    "evidence",
+    metadata,
+    sa.Column("height", sa.BigInteger, nullable=False),  # of the block that records it
+    sa.Column("idx", sa.Integer, nullable=False),  # its position in that block
+    sa.Column("validator", sa.LargeBinary, nullable=False),
+    sa.Column("offence_height", sa.BigInteger, nullable=False),
+    sa.Column("round", sa.BigInteger, nullable=False),
+    sa.Column("kind", sa.String(32), nullable=False),
+    sa.Column("data", sa.LargeBinary, nullable=False),  # the engine's encoding of the proof
+    sa.PrimaryKeyConstraint("height", "idx", name="pk_evidence"),
+    sa.Index("ix_evidence_validator", "validator", "height"),
 )
 
 meta_table = sa.Table(
@@ -334,14 +349,17 @@ class ChainStore:
 
     # --- writing blocks --------------------------------------------------------------------
 
-    def commit_block(self, block: Block, effects: BlockEffects, certificate: bytes = b"") -> None:
-        """Write a block extending the head, with its state changes, in one transaction."""
+    def commit_block(
+        self, block: Block, effects: BlockEffects, certificate: bytes = b"", evidence: Sequence[EvidenceRecord] = (),
+    ) -> None:
+        """Write a block extending the head, with its state changes and the evidence it
+        records, in one transaction."""
         header = block.header
         if header.tx_count != len(block.transactions):
             raise ChainStoreError(
                 f"block {header.height} declares {header.tx_count} transactions but carries {len(block.transactions)}"
             )
-        prepared = self._prepare(block, effects)
+        prepared = self._prepare(block, effects, evidence)
         try:
             with self._writing() as conn:
                 self._commit_prepared(conn, block, prepared, certificate)
@@ -351,12 +369,15 @@ class ChainStore:
             ) from None
 
     def reorganize(
-        self, fork_height: int, blocks: list[tuple[Block, BlockEffects, bytes]]
+        self, fork_height: int, blocks: list[tuple[Block, BlockEffects, bytes, Sequence[EvidenceRecord]]]
     ) -> list[tuple[Block, dict[bytes, Account | None]]]:
-        """Revert the main chain down to `fork_height` and commit `blocks` (with their effects
-        and certificates) on top, in ONE database transaction: a crash leaves the old chain or
-        the new one, never a mix. Returns the reverted blocks and their undo maps, newest first."""
-        prepared = [(block, self._prepare(block, effects), certificate) for block, effects, certificate in blocks]
+        """Revert the main chain down to `fork_height` and commit `blocks` (with their effects,
+        certificates and evidence) on top, in ONE database transaction: a crash leaves the old
+        chain or the new one, never a mix. Returns the reverted blocks and their undo maps,
+        newest first."""
+        prepared = [
+            (block, self._prepare(block, effects, evidence), certificate) for block, effects, certificate, evidence in blocks
+        ]
         try:
             with self._writing() as conn:
                 reverted = []
@@ -378,7 +399,7 @@ class ChainStore:
         return head[0], bytes(head[1])
 
     @staticmethod
-    def _prepare(block: Block, effects: BlockEffects) -> tuple:
+    def _prepare(block: Block, effects: BlockEffects, evidence: Sequence[EvidenceRecord] = ()) -> tuple:
         """Everything derivable, computed before the transaction opens to keep it short."""
         raws = [tx.encode() for tx in block.transactions]
         height = block.header.height
@@ -387,10 +408,15 @@ class ChainStore:
             for index, (tx, raw) in enumerate(zip(block.transactions, raws))
         ]
         account_rows = [(address, balance, nonce) for address, (balance, nonce) in effects.changes.items()]
-        return raws, tx_rows, account_rows, encode_undo(effects.undo)
+        evidence_rows = [
+            {"height": height, "idx": index, "validator": item.validator, "offence_height": item.height,
+             "round": item.round, "kind": item.kind, "data": item.data}
+            for index, item in enumerate(evidence)
+        ]
+        return raws, tx_rows, account_rows, encode_undo(effects.undo), evidence_rows
 
     def _commit_prepared(self, conn: Connection, block: Block, prepared: tuple, certificate: bytes) -> None:
-        raws, tx_rows, account_rows, undo_data = prepared
+        raws, tx_rows, account_rows, undo_data, evidence_rows = prepared
         header = block.header
         height = header.height
         head_height, head_hash = self._head_row(conn)
@@ -404,6 +430,8 @@ class ChainStore:
         if account_rows:
             conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
         conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
+        if evidence_rows:
+            conn.execute(evidence_table.insert(), evidence_rows)
         self._put_meta(conn, META_HEAD, block.hash)
 
     def _insert_block_row(self, conn: Connection, block: Block, raws: list[bytes], certificate: bytes) -> None:
@@ -451,6 +479,7 @@ class ChainStore:
             conn.execute(accounts_table.delete().where(accounts_table.c.address == sa.bindparam("gone")), created)
         conn.execute(transactions_table.delete().where(transactions_table.c.height == height))
         conn.execute(undo_table.delete().where(undo_table.c.height == height))
+        conn.execute(evidence_table.delete().where(evidence_table.c.height == height))
         conn.execute(blocks_table.delete().where(blocks_table.c.height == height))
         self._put_meta(conn, META_HEAD, header.parent)
         return block, undo
@@ -544,6 +573,24 @@ class ChainStore:
                 sa.select(blocks_table.c.certificate).where(blocks_table.c.height == _int(height, "height"))
             ).scalar_one_or_none()
         return b"" if value is None else bytes(value)
+
+    def evidence(
+        self, validator: bytes | None = None, before_height: int | None = None, limit: int = 100,
+    ) -> list[tuple[int, EvidenceRecord]]:
+        """Recorded evidence, newest block first, each with the height of the block recording
+        it: all of it, or one validator's; strictly below `before_height` when given."""
+        table = evidence_table
+        query = sa.select(table).order_by(table.c.height.desc(), table.c.idx.desc()).limit(_limit(limit))
+        if validator is not None:
+            query = query.where(table.c.validator == bytes(validator))
+        if before_height is not None:
+            query = query.where(table.c.height < _int(before_height, "before_height"))
+        with self._reading() as conn:
+            rows = conn.execute(query).all()
+        return [
+            (row.height, EvidenceRecord(bytes(row.validator), row.offence_height, row.round, row.kind, bytes(row.data)))
+            for row in rows
+        ]
 
     def block_size(self, height: int) -> int | None:
         """Bytes of the block's canonical encoding (Block.encode)."""

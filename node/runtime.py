@@ -36,6 +36,7 @@ from ledger.block import Block, BlockHeader, InvalidBlock, build_header
 from ledger.codec import DecodeError
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
+from ledger.evidence import EvidenceRecord
 from ledger.mempool import Mempool, MempoolRejection
 from ledger.merkle import EMPTY_ROOT
 from ledger.state import Account, BlockEffects, Overlay, State, StateError, apply_transactions
@@ -300,7 +301,8 @@ class Node:
             else:
                 effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
         started = time.perf_counter()
-        await self._blocking(self.store.commit_block, block, effects, certificate)
+        evidence = self.engine.block_evidence(header)
+        await self._blocking(self.store.commit_block, block, effects, certificate, evidence)
         self._committed(block, effects, time.perf_counter() - started, announce)
 
     def _committed(self, block: Block, effects: BlockEffects, elapsed: float, announce: bool = True) -> None:
@@ -594,7 +596,7 @@ class Node:
             if self.certified and header.height > self.head.height:
                 if item.relay or position + 1 >= len(item.blocks):
                     break  # its certificate comes with the next block
-                certificate = item.blocks[position + 1].header.extra
+                certificate = self.engine.parent_certificate(item.blocks[position + 1].header)
                 try:
                     self.engine.verify_commit(header, certificate)
                 except ValueError as exc:
@@ -717,7 +719,7 @@ class Node:
         recent = deque(await self._blocking(self._main_headers, max(0, fork_point.height - window + 1), fork_point.height),
                        maxlen=window)
         parent = fork_point
-        checked: list[tuple[Block, BlockEffects, bytes]] = []
+        checked: list[tuple[Block, BlockEffects, bytes, list[EvidenceRecord]]] = []
         for block in branch:
             try:
                 effects = self._validate(block, parent, tuple(recent), accounts)
@@ -726,7 +728,7 @@ class Node:
                 self.side_blocks.discard(block.hash)
                 return
             accounts.commit(effects)
-            checked.append((block, effects, b""))
+            checked.append((block, effects, b"", self.engine.block_evidence(block.header)))
             parent = block.header
             recent.append(parent)
         started = time.perf_counter()
@@ -740,8 +742,8 @@ class Node:
         while self._unfinal and self._unfinal[-1][0] > fork_point.height:
             self._unfinal.pop()
         self._load_recent()
-        applied = [block for block, _, _ in checked]
-        for block, effects, _ in checked:
+        applied = [block for block, _, _, _ in checked]
+        for block, effects, _, _ in checked:
             self._committed(block, effects, elapsed / len(checked))
             self.side_blocks.discard(block.hash)
         for abandoned in reverted:
@@ -867,10 +869,16 @@ class Node:
                 return None  # reverted between the two reads
             transactions = block.transactions
         status, confirmations = self._status_of(header.height)
+        certificate = self.store.certificate(header.height)
         return BlockRecord(
-            header, transactions, status, confirmations, self.store.certificate(header.height),
-            self.store.block_size(header.height) or 0,
+            header, transactions, status, confirmations, certificate, self.store.block_size(header.height) or 0,
+            tuple(self.engine.block_evidence(header)), tuple(self.engine.certificate_signers(certificate)),
         )
+
+    def recorded_evidence(
+        self, validator: bytes | None, before_height: int | None, limit: int
+    ) -> list[tuple[int, EvidenceRecord]]:
+        return self.store.evidence(validator, before_height, limit)
 
     def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
         records = []

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from consensus.bft import BftEngine, BftParams
 from consensus.bft_messages import (
+    BlockExtra,
     Certificate,
     Proposal,
     SignedProposal,
@@ -262,7 +263,7 @@ class Cluster:
             if height + 1 in self.committed[source]:
                 following = self.committed[source][height + 1][0].header
                 engine.verify_header(following, (block.header,))  # its extra certifies `block`
-                certificate = Certificate.decode(following.extra)
+                certificate = BlockExtra.decode(following.extra).certificate
             else:
                 certificate = engine.verify_commit(block.header, stored.encode())
             self.committed[index][height] = (block, certificate)

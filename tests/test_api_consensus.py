@@ -26,6 +26,18 @@ async def get(node: Node, path: str) -> dict:
         return response.json()
 
 
+async def start_validators(tmp_path, genesis, keys, hub: SimHub) -> list[Node]:
+    """One started node a key, each with its own SQLite file, on the in-memory network."""
+    nodes = []
+    for index, key in enumerate(keys):
+        folder = tmp_path / f"n{index}"
+        config = NodeConfig(data_dir=folder, db=f"sqlite:///{folder / 'c.db'}")
+        nodes.append(Node(config, genesis, key, SimNetwork(hub, address_of(key.public_key).hex())))
+    for node in nodes:
+        await node.start()
+    return nodes
+
+
 def test_a_solo_node_lists_its_authority_and_engine_state(tmp_path):
     async def scenario():
         genesis = dev_genesis(KEYS[0].public_key)
@@ -49,14 +61,7 @@ def test_a_solo_node_lists_its_authority_and_engine_state(tmp_path):
 def test_bft_validators_show_power_signing_and_the_round(tmp_path):
     async def scenario():
         genesis = make_genesis("bft", KEYS[0], validators=KEYS)
-        hub = SimHub(3)
-        nodes = []
-        for index, key in enumerate(KEYS):
-            folder = tmp_path / f"n{index}"
-            config = NodeConfig(data_dir=folder, db=f"sqlite:///{folder / 'c.db'}")
-            nodes.append(Node(config, genesis, key, SimNetwork(hub, address_of(key.public_key).hex())))
-        for node in nodes:
-            await node.start()
+        nodes = await start_validators(tmp_path, genesis, KEYS, SimHub(3))
         try:
             from ledger.hdkeys import dev_keys
             from ledger.transaction import new_transfer
@@ -77,3 +82,66 @@ def test_bft_validators_show_power_signing_and_the_round(tmp_path):
                 await node.stop()
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_block_records_an_equivocation_and_the_api_lists_it(tmp_path):
+    """Three of four validators run; the test holds the fourth key and signs two prevotes
+    for one height and round.  A validator that sees both reports them, the next block it
+    proposes records them, every node stores the record, and GET /v1/evidence lists it."""
+    from consensus import engine as ev
+    from consensus.bft_messages import Vote, VoteType, encode_message
+    from ledger.hdkeys import dev_keys
+    from ledger.transaction import new_transfer
+
+    async def scenario():
+        genesis = make_genesis("bft", KEYS[0], validators=KEYS)
+        nodes = await start_validators(tmp_path, genesis, KEYS[:3], SimHub(5))
+        try:
+            equivocator = address_of(KEYS[3].public_key)
+            height = nodes[0].engine.height
+            for value in (bytes(range(32)), None):
+                vote = Vote.sign(KEYS[3], genesis.chain_id, VoteType.PREVOTE, height, 0, value)
+                for node in nodes:
+                    node._feed(ev.PeerMessage(node.now_ms(), "byzantine", encode_message(vote)))
+            sender = dev_keys(1)[0]
+            recorded = []
+            for nonce in range(12):  # blocks until one of the validators that saw it proposes
+                tx = new_transfer(sender, genesis.chain_id, nonce, bytes(20), 5)
+                await nodes[nonce % 3].submit([tx])
+                assert (await nodes[0].wait_final([tx.id], 20))[tx.id] == "final"
+                recorded = nodes[0].store.evidence()
+                if recorded:
+                    break
+            [(at, record)] = recorded
+            assert (record.validator, record.height, record.round, record.kind) == (equivocator, height, 0, "duplicate_vote")
+            for node in nodes[1:]:
+                for _ in range(100):
+                    if node.head.height >= at:
+                        break
+                    await asyncio.sleep(0.05)
+                assert node.store.evidence(equivocator) == recorded
+            address = encode_address(genesis.address_prefix, equivocator)
+            listed = await get(nodes[1], f"/v1/evidence?validator={address}")
+            assert [(item["validator"], item["height"], item["recorded_at"]) for item in listed["recorded"]] == [
+                (address, height, at)
+            ]
+            assert listed["evidence"] and all(item["validator"] == equivocator.hex() for item in listed["evidence"])
+            other = encode_address(genesis.address_prefix, address_of(KEYS[0].public_key))
+            assert (await get(nodes[1], f"/v1/evidence?validator={other}"))["recorded"] == []
+            block = await get(nodes[2], f"/v1/blocks/{at}")
+            assert [item["evidence"] for item in block["evidence"]] == [record.data.hex()]
+            transport = httpx.ASGITransport(app=create_app(nodes[0]))
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+                page = (await client.get(f"/explorer/block/{at}")).text
+                assert "Evidence of misbehaviour" in page and address in page and "duplicate vote" in page
+                signers = page.split('aria-label="Certificate signers"')[1].split("</table>")[0]
+                assert signers.count("<tr>") >= 1 + 3 and ">10<" in signers  # header row, 3 signers of power 10
+                for bad in ("validator=notanaddress", "limit=0", "before=-1"):
+                    response = await client.get(f"/v1/evidence?{bad}")
+                    assert response.status_code in (400, 422), (bad, response.text)
+                    assert response.headers["content-type"].startswith("application/problem+json")
+        finally:
+            for node in nodes:
+                await node.stop()
+
+    asyncio.run(asyncio.wait_for(scenario(), 90))

@@ -43,6 +43,8 @@ from bft_helpers import (
 )
 from consensus.bft import BftEngine, BftParams, Step
 from consensus.bft_messages import (
+    MAX_BLOCK_EVIDENCE,
+    BlockExtra,
     Certificate,
     Decision,
     Evidence,
@@ -60,6 +62,7 @@ from consensus.bft_messages import (
 from consensus.engine import (
     BlockBuilt,
     BlockCommitted,
+    BlockExecuted,
     Broadcast,
     BuildBlock,
     Commit,
@@ -79,7 +82,7 @@ from consensus.registry import create_engine
 from consensus.validators import ValidatorSet, increment_priorities, validator_set_of
 from ledger.address import address_of
 from ledger.block import Block, build_header
-from ledger.codec import DecodeError
+from ledger.codec import DecodeError, Writer
 from ledger.genesis import Genesis
 
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
@@ -144,7 +147,9 @@ def test_happy_path_commits_in_round_zero_with_a_certificate_in_the_next_header(
     # Block h+1 carries the certificate of block h, and every engine accepts the chain.
     for height in (2, 3):
         header, parent = cluster.committed[0][height][0].header, cluster.committed[0][height - 1][0].header
-        verify_certificate(header.extra, parent, VALIDATORS)
+        verify_certificate(BlockExtra.decode(header.extra).certificate, parent, VALIDATORS)
+        carried = cluster.engines[1].parent_certificate(header)
+        assert verify_certificate(carried, parent, VALIDATORS).block_hash == parent.hash
         cluster.engines[1].verify_header(header, (parent,))
     assert cluster.committed[0][1][0].header.extra == b""
     # No timeout was needed: three heights within a few message delays.
@@ -238,6 +243,10 @@ def byzantine_cluster(seed: int, byzantine: int) -> Cluster:
     return cluster
 
 
+def _recorded_in(cluster: Cluster, index: int) -> list[Evidence]:
+    return [item for block, _ in cluster.committed[index].values() for item in BlockExtra.decode(block.header.extra).evidence]
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_an_equivocating_validator_breaks_neither_safety_nor_liveness(seed):
     byzantine = seed % 4
@@ -245,6 +254,8 @@ def test_an_equivocating_validator_breaks_neither_safety_nor_liveness(seed):
     cluster = byzantine_cluster(seed, byzantine)
     cluster.start()
     cluster.run(cluster.all_at_least(4, honest), limit_ms=600_000)
+    # Its misbehaviour ends up in a block, which every honest engine accepted.
+    cluster.run(lambda c: any(_recorded_in(c, i) for i in honest), limit_ms=600_000)
     for height in range(1, 5):
         assert len({cluster.committed[i][height][0].hash for i in honest if height in cluster.committed[i]}) == 1
         for i in honest:
@@ -252,7 +263,7 @@ def test_an_equivocating_validator_breaks_neither_safety_nor_liveness(seed):
             verify_certificate(certificate, block.header, VALIDATORS)
     reported = [Evidence.decode(raw) for i in honest for raw in cluster.evidence[i]]
     assert reported, "its conflicting votes were never noticed"
-    for evidence in reported:
+    for evidence in reported + [item for i in honest for item in _recorded_in(cluster, i)]:
         assert evidence.validator == ADDRESSES[byzantine]
         verify_evidence(evidence, VALIDATORS, CHAIN)
 
@@ -507,7 +518,7 @@ def test_after_commit_the_next_height_starts_and_uses_messages_that_came_early()
     [commit] = of_type(actions, Commit)
     # A proposal of height 2 arrives while the runtime still writes block 1.
     certificate = Certificate.decode(commit.certificate)
-    block_2 = make_block(proposer_index(2, 0), parent=BLOCK_A.header, extra=certificate.encode())
+    block_2 = make_block(proposer_index(2, 0), parent=BLOCK_A.header, extra=BlockExtra(certificate).encode())
     assert deliver(engine, proposal_bytes(proposer_index(2, 0), 2, 0, block_2), T0 + 5) == []
     actions = engine.handle(BlockCommitted(T0 + 6, BLOCK_A.header))
     assert engine.height == 2 and (engine.locked_round, engine.valid_round) == (-1, -1)
@@ -524,7 +535,7 @@ def test_the_next_proposer_puts_the_heads_certificate_in_extra():
     builds = [a for index, _, actions in cluster.log if index == proposer for a in of_type(actions, BuildBlock)]
     [build] = [b for b in builds if b.height == 2]
     assert build.extra == cluster.committed[proposer][2][0].header.extra
-    verify_certificate(build.extra, cluster.committed[proposer][1][0].header, VALIDATORS)
+    verify_certificate(BlockExtra.decode(build.extra).certificate, cluster.committed[proposer][1][0].header, VALIDATORS)
 
 
 # ============================================================================ empty blocks
@@ -618,6 +629,97 @@ def test_a_forged_conflicting_vote_is_not_evidence():
     assert engine.refused_messages == 1
 
 
+def _duplicate_prevote(validator: int, height: int, round: int = 0) -> Evidence:
+    return Evidence.of(vote(validator, PREVOTE, height, round, BLOCK_A.hash), vote(validator, PREVOTE, height, round, None))
+
+
+def _chain(length: int) -> list[Block]:
+    """Blocks 1..length, each carrying a certificate of its parent; index 0 is block 1."""
+    blocks = [make_block(proposer_index(1, 0))]
+    while len(blocks) < length:
+        parent = blocks[-1]
+        blocks.append(make_block(proposer_index(parent.height + 1, 0), parent=parent.header,
+                                 extra=BlockExtra(certificate_for(parent)).encode()))
+    return blocks
+
+
+def _with_evidence(parent: Block, *evidence: Evidence) -> Block:
+    return make_block(proposer_index(parent.height + 1, 0), parent=parent.header,
+                      extra=BlockExtra(certificate_for(parent), evidence).encode())
+
+
+def test_evidence_seen_goes_into_the_next_block_this_validator_builds_once():
+    engine = make_engine(proposer_index(3, 0), params=QUIET)
+    chain = _chain(1)
+    engine.handle(Started(T0, chain[0].header, None))
+    deliver(engine, vote_bytes(0, PREVOTE, 2, 0, BLOCK_A.hash), T0 + 1)
+    [report] = of_type(deliver(engine, vote_bytes(0, PREVOTE, 2, 0, None), T0 + 2), ReportEvidence)
+    # Block 2 is decided from DECISIONs (the first proves block 1, which block 3 must carry).
+    engine.handle(PeerMessage(T0 + 3, peer(1), encode_message(Decision(certificate_for(chain[0]), chain[0]))))
+    block_2 = _with_evidence(chain[0])
+    engine.handle(PeerMessage(T0 + 4, peer(1), encode_message(Decision(certificate_for(block_2), block_2))))
+    [commit] = of_type(engine.handle(BlockExecuted(T0 + 5, block_2.hash, True)), Commit)
+    actions = engine.handle(BlockCommitted(T0 + 6, block_2.header, (chain[0].header, block_2.header)))
+    [build] = of_type(actions, BuildBlock)
+    extra = BlockExtra.decode(build.extra)
+    assert [item.encode() for item in extra.evidence] == [report.evidence]
+    assert extra.certificate is not None and extra.certificate.encode() == commit.certificate
+    # Once a block records it, it is not proposed again (also after a restart).
+    block_3 = make_block(proposer_index(3, 0), parent=block_2.header, extra=build.extra)
+    recent = (chain[0].header, block_2.header, block_3.header)
+    engine.verify_header(block_3.header, recent[:-1])
+    engine.handle(Started(T0 + 8, block_2.header, None, recent[:-1]))
+    assert engine._evidence_to_record() == extra.evidence
+    engine.handle(Started(T0 + 9, block_3.header, None, recent))
+    assert engine._evidence_to_record() == ()
+    [record] = engine.block_evidence(block_3.header)
+    assert (record.validator, record.height, record.round, record.kind) == (ADDRESSES[0], 2, 0, "duplicate_vote")
+
+
+def test_verify_header_checks_every_piece_of_evidence_a_block_records():
+    engine = make_engine(None, signer=OUTSIDER)
+    chain = _chain(3)
+    ancestors = tuple(block.header for block in chain)
+    good = _duplicate_prevote(1, 2)
+    engine.verify_header(_with_evidence(chain[-1], good, _duplicate_prevote(2, 3)).header, ancestors)
+    assert [r.height for r in engine.block_evidence(_with_evidence(chain[-1], good).header)] == [2]
+    forged = Evidence.of(vote(1, PREVOTE, 2, 0, BLOCK_A.hash), dataclasses.replace(vote(1, PREVOTE, 2, 0, None),
+                                                                                 signature=vote(2, PREVOTE, 2, 0, None).signature))
+    recorded = _with_evidence(chain[-1], good)
+    cases = {
+        "forged signature": (_with_evidence(chain[-1], forged), ancestors),
+        "from the block's own height": (_with_evidence(chain[-1], _duplicate_prevote(1, 4)), ancestors),
+        "twice in one block": (_with_evidence(chain[-1], good, good), ancestors),
+        "already recorded": (_with_evidence(recorded, good), ancestors + (recorded.header,)),
+        "not a validator's": (_with_evidence(chain[-1], Evidence.of(
+            Vote.sign(OUTSIDER, CHAIN, PREVOTE, 2, 0, BLOCK_A.hash), Vote.sign(OUTSIDER, CHAIN, PREVOTE, 2, 0, None))), ancestors),
+    }
+    for name, (block, given) in cases.items():
+        with pytest.raises(InvalidSeal):
+            engine.verify_header(block.header, given)
+            pytest.fail(name)
+    old = make_engine(None, params=dataclasses.replace(FAST, evidence_max_age=1), signer=OUTSIDER)
+    with pytest.raises(InvalidSeal, match="heights 3 to 3"):
+        old.verify_header(_with_evidence(chain[-1], good).header, ancestors)
+    undecodable = make_block(proposer_index(4, 0), parent=chain[-1].header, extra=b"\x01\x02")
+    with pytest.raises(InvalidSeal, match="does not decode"):
+        engine.verify_header(undecodable.header, ancestors)
+
+
+def test_block_extra_has_one_encoding():
+    certificate = certificate_for(BLOCK_A)
+    evidence = (_duplicate_prevote(1, 1),)
+    for extra in (BlockExtra(), BlockExtra(certificate), BlockExtra(certificate, evidence), BlockExtra(None, evidence)):
+        assert BlockExtra.decode(extra.encode()) == extra
+    assert BlockExtra().encode() == b""
+    with pytest.raises(DecodeError):  # "nothing" has the empty encoding only
+        BlockExtra.decode(Writer().var_bytes(b"").u32(0).bytes())
+    with pytest.raises(DecodeError):
+        BlockExtra.decode(Writer().var_bytes(b"").u32(MAX_BLOCK_EVIDENCE + 1).bytes())
+    with pytest.raises(DecodeError):
+        BlockExtra.decode(BlockExtra(certificate).encode() + b"\x00")
+
+
 # ============================================================================ restart
 
 
@@ -680,8 +782,8 @@ def test_a_certificate_persisted_at_decision_lets_a_restarted_proposer_build_the
     restarted = make_engine(proposer)
     actions = restarted.handle(Started(T0 + 10, BLOCK_A.header, state))
     [build] = of_type(actions, BuildBlock)
-    assert build.height == 2 and build.extra == commit.certificate
-    verify_certificate(build.extra, BLOCK_A.header, VALIDATORS)
+    assert build.height == 2 and BlockExtra.decode(build.extra).certificate.encode() == commit.certificate
+    verify_certificate(commit.certificate, BLOCK_A.header, VALIDATORS)
 
 
 @pytest.mark.parametrize("seed", range(8))
@@ -773,7 +875,7 @@ def test_a_node_without_its_heads_certificate_asks_for_it_and_can_then_propose()
     assert proposer_index(2, 4) == proposer
     actions = jump_to_round(engine, 4, senders=others(proposer)[:2], now=T0 + 5)
     [build] = of_type(actions, BuildBlock)
-    assert build.extra == decision.certificate.encode()
+    assert build.extra == BlockExtra(decision.certificate).encode()
 
 
 def test_a_decision_with_a_bad_certificate_is_refused():
@@ -908,15 +1010,15 @@ def test_verify_header_checks_the_parents_certificate_and_the_seal():
     engine.verify_header(block_1.header, (GENESIS,))
     engine.verify_seal(block_1.header, GENESIS)
     certificate = certificate_for(block_1)
-    block_2 = make_block(proposer_index(2, 0), parent=block_1.header, extra=certificate.encode())
+    block_2 = make_block(proposer_index(2, 0), parent=block_1.header, extra=BlockExtra(certificate).encode())
     engine.verify_header(block_2.header, (block_1.header,))
     assert engine.verify_commit(block_1.header, certificate.encode()) == certificate
     cases = {
-        "weak certificate": make_block(1, parent=block_1.header, extra=certificate_for(block_1, signers=[0, 1]).encode()),
+        "weak certificate": make_block(1, parent=block_1.header, extra=BlockExtra(certificate_for(block_1, signers=[0, 1])).encode()),
         "no certificate": make_block(1, parent=block_1.header),
-        "foreign seal": make_block(1, parent=block_1.header, extra=certificate.encode(), signer=KEYS[2]),
-        "early timestamp": make_block(1, parent=block_1.header, extra=certificate.encode(), timestamp=T0),
-        "certificate on block 1": make_block(0, extra=certificate.encode()),
+        "foreign seal": make_block(1, parent=block_1.header, extra=BlockExtra(certificate).encode(), signer=KEYS[2]),
+        "early timestamp": make_block(1, parent=block_1.header, extra=BlockExtra(certificate).encode(), timestamp=T0),
+        "certificate on block 1": make_block(0, extra=BlockExtra(certificate).encode()),
     }
     for name, block in cases.items():
         parent = GENESIS if block.height == 1 else block_1.header

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 from ledger.store import ChainStore, make_engine, metadata, migrations_dir
 
 REPO = Path(__file__).resolve().parent.parent
-DECLARED_TABLES = {"blocks", "transactions", "accounts", "undo", "meta"}
+DECLARED_TABLES = {"blocks", "transactions", "accounts", "undo", "evidence", "meta"}
 
 
 def upgraded_engine(url: str) -> sa.Engine:
@@ -36,7 +36,7 @@ def describe_columns(table: sa.Table) -> dict:
     }
 
 
-def test_the_store_declares_the_five_tables():
+def test_the_store_declares_the_six_tables():
     assert set(metadata.tables) == DECLARED_TABLES
 
 
@@ -97,7 +97,7 @@ def test_upgrade_finds_its_migrations_from_any_working_directory(tmp_path, monke
     store = ChainStore(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     try:
         store.upgrade()
-        assert store.schema_revision() == "0001"
+        assert store.schema_revision() == "0002"
     finally:
         store.close()
     assert (migrations_dir() / "env.py").is_file()

@@ -542,7 +542,7 @@ def test_reorganize_swaps_branches_in_one_transaction_or_not_at_all(store):
     for transfer in ([(3, ADDRESSES[1], 7, 2)], [(2, fresh_address("theirs"), 9, 0)]):
         block, effects = theirs.next_block(transfer, proposer=fresh_address("their miner"))
         theirs.accept(block, effects)
-        branch.append((block, effects, b""))
+        branch.append((block, effects, b"", ()))
 
     # A branch whose second block collides with a stored transaction fails whole: our chain stays.
     before = snapshot(store)
@@ -550,7 +550,7 @@ def test_reorganize_swaps_branches_in_one_transaction_or_not_at_all(store):
     bad_header = build_header(GENESIS.chain_id, branch[0][0].header, branch[0][0].header.timestamp + 1000,
                               list(collide_txs), PROPOSER)
     with pytest.raises(StoreConflict):
-        store.reorganize(fork.height, [branch[0], (Block(bad_header, collide_txs), branch[1][1], b"")])
+        store.reorganize(fork.height, [branch[0], (Block(bad_header, collide_txs), branch[1][1], b"", ())])
     assert snapshot(store) == before
 
     reverted = store.reorganize(fork.height, branch)
@@ -559,3 +559,21 @@ def test_reorganize_swaps_branches_in_one_transaction_or_not_at_all(store):
     assert store.load_accounts() == theirs.state.accounts
     assert store.transaction(ours.blocks[1].transactions[0].id) is None
     assert store.undo_record(3) == branch[1][1].undo and store.undo_record(9) is None
+
+
+def test_evidence_is_stored_with_its_block_listed_by_validator_and_reverted_with_it(store):
+    from ledger.evidence import EvidenceRecord
+
+    chain = Chain()
+    chain.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    records = [EvidenceRecord(ADDRESSES[3], 1, 0, "duplicate_vote", b"proof-a"),
+               EvidenceRecord(ADDRESSES[0], 1, 2, "duplicate_proposal", b"proof-b")]
+    block, effects = chain.next_block([])
+    store.commit_block(block, effects, b"", records)
+    chain.accept(block, effects)
+    assert store.evidence() == [(2, records[1]), (2, records[0])]
+    assert store.evidence(ADDRESSES[3]) == [(2, records[0])]
+    assert store.evidence(before_height=2) == []
+    assert store.evidence(limit=1) == [(2, records[1])]
+    store.revert_head()
+    assert store.evidence() == []
