@@ -375,18 +375,28 @@ class ChainStore:
         certificates and evidence) on top, in ONE database transaction: a crash leaves the old
         chain or the new one, never a mix. Returns the reverted blocks and their undo maps,
         newest first."""
+        return self._write_blocks(fork_height, blocks)
+
+    def commit_blocks(self, blocks: list[tuple[Block, BlockEffects, bytes, Sequence[EvidenceRecord]]]) -> None:
+        """Write consecutive blocks extending the head (a sync batch) in ONE transaction: one
+        durable write instead of one a block, and all of them or none."""
+        self._write_blocks(None, blocks)
+
+    def _write_blocks(
+        self, fork_height: int | None, blocks: list[tuple[Block, BlockEffects, bytes, Sequence[EvidenceRecord]]]
+    ) -> list[tuple[Block, dict[bytes, Account | None]]]:
         prepared = [
             (block, self._prepare(block, effects, evidence), certificate) for block, effects, certificate, evidence in blocks
         ]
         try:
             with self._writing() as conn:
                 reverted = []
-                while self._head_row(conn)[0] > fork_height:
+                while fork_height is not None and self._head_row(conn)[0] > fork_height:
                     reverted.append(self._revert_head(conn))
                 for block, rows, certificate in prepared:
                     self._commit_prepared(conn, block, rows, certificate)
         except sa.exc.IntegrityError as exc:
-            raise StoreConflict(f"the new branch conflicts with stored data: {exc.orig}") from None
+            raise StoreConflict(f"the blocks conflict with stored data: {exc.orig}") from None
         return reverted
 
     @staticmethod

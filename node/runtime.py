@@ -590,10 +590,11 @@ class Node:
 
     async def _import(self, item: _Import) -> None:
         assert self.network is not None
+        run = _Run(self)  # sync: consecutive blocks on our head, committed together
         for position, block in enumerate(item.blocks):
             header = block.header
             certificate = b""
-            if self.certified and header.height > self.head.height:
+            if self.certified and header.height > run.tip.height:
                 if item.relay or position + 1 >= len(item.blocks):
                     break  # its certificate comes with the next block
                 certificate = self.engine.parent_certificate(item.blocks[position + 1].header)
@@ -602,20 +603,26 @@ class Node:
                 except ValueError as exc:
                     self._refuse(block, item.peer, exc)
                     break
+            if not item.relay and header.parent == run.tip.hash:
+                if not run.add(block, certificate, item.peer):
+                    break
+                continue
+            await run.flush()
             if header.parent != self.head.hash:
                 if header.hash in self.side_blocks or self._main_header(header.hash) is not None:
                     continue  # known
                 if not await self._consider_fork(block, item.peer):
                     break
                 continue
-            # While syncing, peers hear our new head once a batch, not once a block.
             if not await self._extend(block, certificate, item.peer, announce=item.relay):
                 break
             if item.relay:
                 self.network.broadcast(wire.NewBlock(block.encode()), exclude=frozenset((item.peer,)))
             if not self.certified:
                 await self._adopt_orphans(announce=item.relay)
+        await run.flush()
         if not item.relay:
+            # While syncing, peers hear our new head once a batch, not once a block.
             self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             self.sync.after_import()
 
@@ -909,3 +916,48 @@ class Node:
 
     def metrics_text(self) -> bytes:
         return self.metrics.text()
+
+
+class _Run:
+    """Blocks from sync that extend our head one after another: each is checked against
+    the state the ones before it leave (in memory), and all are written in one database
+    transaction, which more than halves the cost of a block while catching up.  An invalid
+    block ends the run; the ones before it still commit."""
+
+    def __init__(self, node: Node):
+        self.node = node
+        self.tip = node.head
+        self.checked: list[tuple[Block, BlockEffects, bytes, list[EvidenceRecord]]] = []
+        self.accounts = Overlay(node.state.accounts)
+        self.recent = deque(node._recent, maxlen=node._recent.maxlen)
+
+    def add(self, block: Block, certificate: bytes, peer: str) -> bool:
+        node = self.node
+        try:
+            effects = node._validate(block, self.tip, tuple(self.recent), self.accounts)
+        except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
+            node._refuse(block, peer, exc)
+            node.side_blocks.discard(block.hash)
+            return False
+        self.accounts.commit(effects)
+        self.checked.append((block, effects, certificate, node.engine.block_evidence(block.header)))
+        self.tip = block.header
+        self.recent.append(block.header)
+        return True
+
+    async def flush(self) -> None:
+        if not self.checked:
+            return
+        node, checked = self.node, self.checked
+        self.checked = []
+        started = time.perf_counter()
+        await node._blocking(node.store.commit_blocks, checked)
+        elapsed = (time.perf_counter() - started) / len(checked)
+        for block, effects, _, _ in checked:
+            node._committed(block, effects, elapsed, announce=False)
+            node.side_blocks.discard(block.hash)
+        if not node.certified:
+            await node._adopt_orphans(announce=False)
+        self.tip = node.head
+        self.accounts = Overlay(node.state.accounts)
+        self.recent = deque(node._recent, maxlen=node._recent.maxlen)

@@ -368,6 +368,41 @@ def test_a_bad_block_in_a_sync_answer_is_refused(tmp_path):
     run_scene(tmp_path, scenario)
 
 
+def test_a_sync_answer_commits_its_valid_blocks_before_a_bad_one_and_nothing_after(tmp_path):
+    """Sync writes consecutive blocks in one database transaction; a bad block in the
+    middle of an answer ends the batch: what came before it commits, nothing after."""
+
+    async def scenario(scene: Scene) -> None:
+        start = scene.node.head
+        good = []
+        for nonce in range(3):  # valid blocks, each with a transfer
+            block = scene.chain.valid_block([transfer(ALICE, scene.node.account(address_of(ALICE.public_key)).nonce + nonce)])
+            scene.chain.accept(block)
+            good.append(block)
+        forged = scene.chain.bad_pow_block()
+        after = scene.chain.valid_block()  # valid on the forged block's parent: never reached
+        peer = RawPeer("half-liar")
+        scene.peers.append(peer)
+
+        async def answer(request: m.GetBlocks) -> None:
+            await peer.send(m.Blocks(tuple(block.encode() for block in (*good, forged, after))))
+
+        peer.answers[m.GetBlocks] = answer
+        await peer.connect(scene.network.listen_port, genesis_hash=scene.node.genesis.hash,
+                           head_height=start.height + 50, head_hash=secrets.token_bytes(32))
+        # A block with a bad proof of work gets its sender banned at once.
+        await eventually(lambda: any("invalid block" in reason for reason in scene.reasons(peer)), "the forged block refused")
+        assert scene.node.head == good[-1].header
+        for block in good:
+            assert scene.node.store.block_header_by_hash(block.hash) == block.header
+            assert scene.node.transaction(block.transactions[0].id).block_height == block.height
+        for block in (forged, after):
+            assert scene.node.store.block_header_by_hash(block.hash) is None
+        assert scene.node.state.total_supply() == scene.node.genesis.expected_supply(scene.node.head.height)
+
+    run_scene(tmp_path, scenario)
+
+
 def test_a_branch_of_forged_blocks_does_not_cost_the_node_its_chain(tmp_path):
     """A side branch that claims enormous work but carries no valid proof of it."""
 

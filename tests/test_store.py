@@ -577,3 +577,23 @@ def test_evidence_is_stored_with_its_block_listed_by_validator_and_reverted_with
     assert store.evidence(limit=1) == [(2, records[1])]
     store.revert_head()
     assert store.evidence() == []
+
+
+def test_commit_blocks_writes_a_run_of_blocks_in_one_transaction_or_none(store):
+    chain = Chain()
+    chain.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    first, first_effects = chain.next_block([(2, ADDRESSES[3], 20, 1)])
+    chain.accept(first, first_effects)
+    second, second_effects = chain.next_block([(3, ADDRESSES[1], 7, 2)])
+    # The second block repeats a stored transaction: the database refuses, the first is not kept.
+    colliding = (second.transactions[0], chain.blocks[0].transactions[0])
+    bad_header = build_header(GENESIS.chain_id, first.header, first.header.timestamp + 1000, list(colliding), PROPOSER)
+    before = snapshot(store)
+    with pytest.raises(StoreConflict):
+        store.commit_blocks([(first, first_effects, b"", ()), (Block(bad_header, colliding), second_effects, b"", ())])
+    assert snapshot(store) == before
+    store.commit_blocks([(first, first_effects, b"", ()), (second, second_effects, b"cert", ())])
+    chain.accept(second, second_effects)
+    assert store.head() == second.header
+    assert store.load_accounts() == chain.state.accounts
+    assert store.certificate(second.height) == b"cert"
