@@ -207,7 +207,7 @@ class ByzantineValidator:
             adversary.stats["silent proposals"] += 1
             adversary.trace(f"byzantine {self.label} withholds its proposal {height}/{round}")
         elif kind == "invalid":
-            block, variant = self._invalid_block(proposal.block)
+            block, variant = self.invalid_block(proposal.block, adversary.rng.choice(INVALID_VARIANTS))
             adversary.invalid_blocks[block.hash] = variant
             adversary.invalid_at[(height, round)] = block.hash
             plan = _Plan((self._proposal_payload(proposal, block),))
@@ -251,9 +251,10 @@ class ByzantineValidator:
             return self._seal(block, list(block.transactions[: rng.randrange(len(block.transactions))]))
         return self._seal(block, timestamp=block.header.timestamp + rng.randint(1, 50))
 
-    def _invalid_block(self, block: Block) -> tuple[Block, str]:
+    def invalid_block(self, block: Block, variant: str) -> tuple[Block, str]:
+        """`block` made invalid as `variant` says (one of INVALID_VARIANTS), sealed again; and
+        the variant it became (a replay with nothing committed to replay overspends)."""
         rng = self.adversary.rng
-        variant = rng.choice(INVALID_VARIANTS)
         transactions = list(block.transactions)
         if variant == "replay":
             replayed = self._committed_transaction()
@@ -272,8 +273,11 @@ class ByzantineValidator:
             signature[rng.randrange(32)] ^= 1 << rng.randrange(8)  # r only: s stays low
             transactions[index] = replace(tx, signature=bytes(signature))
             return self._seal(block, transactions), variant
+        if variant != "overspend":
+            raise ValueError(f"unknown invalid block variant {variant!r}")
         balance = self._own_account()[0]
-        return self._seal(block, transactions + [self._own_transfer(min(balance + 1 + rng.randrange(1000), MAX_AMOUNT))]), "overspend"
+        overspent = self._own_transfer(min(balance + 1 + rng.randrange(1000), MAX_AMOUNT))
+        return self._seal(block, transactions + [overspent]), variant
 
     def _own_account(self) -> tuple[int, int]:
         node = self.node
@@ -308,6 +312,7 @@ class ByzantineValidator:
         if kind == "silent":
             plan = None
             adversary.stats["silent votes"] += 1
+            adversary.trace(f"byzantine {self.label} withholds its {name} {height}/{round}")
         elif kind == "invalid":
             target = adversary.invalid_at.get((height, round)) or self._invalid_proposal(round)
             if target is None or target == vote.block_hash:

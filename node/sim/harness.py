@@ -500,7 +500,9 @@ class Simulation:
             if waiting_for is None:
                 break
             if self.loop.time() >= deadline:
-                self._fail(f"no convergence {self.config.converge_within:g}s after the faults healed: {waiting_for}")
+                nodes = "" if waiting_for.startswith("heads differ") else (
+                    "; " + ", ".join(self._describe(slot) for slot in self._honest() if slot.running))
+                self._fail(f"no convergence {self.config.converge_within:g}s after the faults healed: {waiting_for}{nodes}")
             await asyncio.sleep(POLL_SECONDS)
         converged_after = self.loop.time() - heal_at
         reference = self._honest()[0].node
@@ -926,8 +928,12 @@ class Simulation:
         node = slot.node
         assert node is not None
         info = node.node_info()
+        engine = node.engine
+        # BFT: where its consensus is, which tells a stall in one round from a height left behind.
+        position = (f", consensus {engine.height}/{engine.round}/{engine.step.name.lower()}"
+                    if hasattr(engine, "round") and hasattr(engine, "step") else "")
         return (f"{slot.label} at {info.height}/{info.head_hash.hex()[:8]} ({info.peers} peers"
-                f"{', syncing' if info.syncing else ''}, mempool {info.mempool_size})")
+                f"{', syncing' if info.syncing else ''}, mempool {info.mempool_size}{position})")
 
     def _check_end_state(self) -> None:
         honest = self._honest()
