@@ -123,9 +123,8 @@ class Block:
             writer.var_bytes(tx.encode())
         return writer.bytes()
 
-    @classmethod
-    def decode(cls, data: bytes, max_transactions: int) -> Block:
-        reader = Reader(data)
+    @staticmethod
+    def _read_header(reader: Reader, data: bytes) -> BlockHeader:
         header_size = reader.u32("header")
         if header_size > MAX_HEADER_SIZE:
             raise DecodeError("header", "header too large")
@@ -133,8 +132,21 @@ class Block:
         if header_end > reader.end:
             # Without this the header reader would run past the data and fail inside struct.
             raise DecodeError("header", "truncated")
-        header = BlockHeader.read(Reader(data, reader.pos, header_end))
+        header_reader = Reader(data, reader.pos, header_end)
+        header = BlockHeader.read(header_reader)
+        header_reader.finish()
         reader.pos = header_end
+        return header
+
+    @classmethod
+    def decode_header(cls, data: bytes) -> BlockHeader:
+        """Only the header of an encoded block (to tell a known block without its body)."""
+        return cls._read_header(Reader(data), data)
+
+    @classmethod
+    def decode(cls, data: bytes, max_transactions: int) -> Block:
+        reader = Reader(data)
+        header = cls._read_header(reader, data)
         if header.tx_count > max_transactions:
             raise DecodeError("header.tx_count", f"{header.tx_count} exceeds the block limit {max_transactions}")
         transactions = []

@@ -225,10 +225,14 @@ class Node:
                 log.info("dropped our block %d: the head moved while it was sealed", action.block.height)
                 self._feed(ev.BlockCommitted(self.now_ms(), self.head, tuple(self._recent)))
                 return
-            await self._commit(action.block, action.certificate)
-            if self.network is not None and not self.certified:
+            push = self.network is not None and not self.certified
+            await self._commit(action.block, action.certificate, announce=not push)
+            if push:
                 # A BFT block travels as a proposal; others import it with its certificate.
+                # The block goes before our new Status: a peer that heard the Status first
+                # would also ask for the block by sync, and get it twice.
                 self.network.broadcast(wire.NewBlock(action.block.encode()))
+                self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
         elif isinstance(action, ev.Broadcast):
             if self.network is not None:
                 self.network.broadcast(wire.EngineMessage(action.message))
@@ -553,6 +557,8 @@ class Node:
             asyncio.get_running_loop().create_task(gossip.on_batch(peer_id, message.transactions))
         elif isinstance(message, wire.NewBlock):
             try:
+                if self._have_block(Block.decode_header(message.block)):
+                    return  # pushed by several peers: the header says we have it, skip the body
                 block = Block.decode(message.block, self.genesis.max_block_transactions)
             except DecodeError as exc:
                 self.network.penalize(peer_id, 50, f"undecodable block: {exc}")
@@ -617,7 +623,7 @@ class Node:
             if not await self._extend(block, certificate, item.peer, announce=item.relay):
                 break
             if item.relay:
-                self.network.broadcast(wire.NewBlock(block.encode()), exclude=frozenset((item.peer,)))
+                self.network.broadcast(wire.NewBlock(block.encode()), exclude=self._peers_past(block.header, item.peer))
             if not self.certified:
                 await self._adopt_orphans(announce=item.relay)
         await run.flush()
@@ -663,6 +669,21 @@ class Node:
         log.warning("refused block %d from %s: %s (%s)", block.height, (peer or "an earlier peer")[:12], exc, reason)
         if self.network is not None and peer is not None:
             self.network.penalize(peer, 50, f"invalid block: {exc}")
+
+    def _have_block(self, header: BlockHeader) -> bool:
+        block_hash = header.hash
+        if block_hash == self.head.hash or block_hash in self.side_blocks:
+            return True
+        return header.height < self.head.height and self.store.block_header_by_hash(block_hash) is not None
+
+    def _peers_past(self, header: BlockHeader, sender: str) -> frozenset[str]:
+        """Peers a relayed block would be news to no one of: its sender, and the peers whose
+        last Status shows that block or a higher one as their head."""
+        assert self.network is not None
+        return frozenset(
+            [sender] + [peer.id for peer in self.network.peers()
+                        if peer.head_hash == header.hash or peer.head_height > header.height]
+        )
 
     def _main_header(self, block_hash: bytes) -> BlockHeader | None:
         if block_hash == self.head.hash:

@@ -517,6 +517,19 @@ def test_block_decode_refuses_trailing_bytes():
         Block.decode(data + b"\x00", max_transactions=10)
 
 
+def test_the_header_of_an_encoded_block_decodes_alone_and_must_fill_its_length():
+    block = _valid_block(3)
+    data = block.encode()
+    assert Block.decode_header(data) == block.header
+    header = block.header.encode()
+    padded = Writer().var_bytes(header + b"\x00").bytes() + data[4 + len(header):]
+    for decode in (Block.decode_header, lambda raw: Block.decode(raw, max_transactions=10)):
+        with pytest.raises(DecodeError):  # a header with bytes after it inside its length: not canonical
+            decode(padded)
+        with pytest.raises(DecodeError):
+            decode(data[: 4 + len(header) - 1])
+
+
 def test_block_decode_refuses_more_transactions_than_allowed():
     with pytest.raises(DecodeError) as caught:
         Block.decode(_valid_block(3).encode(), max_transactions=2)
