@@ -504,6 +504,7 @@ async def measure_workload(args: argparse.Namespace, network: Network, txs: list
         for follower in followers:
             follower.cancel()
         rss = [vm_hwm_mib(process.pid) for process in network.processes]
+        log("peak RSS (VmHWM) MiB: " + " ".join(f"node{i}={r:.0f}" for i, r in enumerate(rss)))
     if profile_dir is not None:
         print_profiles(profile_dir, args.profile_lines)
 
