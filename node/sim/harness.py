@@ -910,11 +910,11 @@ class Simulation:
                 self._fail(f"final transaction {tx_id.hex()[:12]} (height {height}) is {where} on {slot.label}")
 
     def _not_converged(self) -> str | None:
-        """None once every node runs on one head with every transfer final; else what is missing."""
-        honest = self._honest()  # what a Byzantine node holds is no concern of liveness
-        down = [slot.label for slot in honest if not slot.running]
+        """None once every node runs, the honest ones on one head, with every transfer final; else what is missing."""
+        down = [slot.label for slot in self.slots if not slot.running]  # all booted, so all can stop
         if down:
             return f"not running: {', '.join(down)}"
+        honest = self._honest()  # what a Byzantine node holds is no concern of liveness
         heads = {slot.node.head.hash for slot in honest}
         if len(heads) > 1:
             return "heads differ: " + ", ".join(self._describe(slot) for slot in honest)
