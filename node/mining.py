@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +24,18 @@ from node.lifetime import die_with_parent
 log = logging.getLogger("ledger.mining")
 
 SLICE = 50_000  # nonces a worker tries before reporting back (~0.1 s of SHA-256 in Python)
+# Below the nodes: four testnet nodes and their four miners share two cores, and miners at
+# the nodes' priority slowed every node's start-up (and its API) for the hashes' sake.  An
+# idle node still leaves its miner the whole core.
+MINER_NICENESS = 10
+
+
+def _init_worker() -> None:
+    die_with_parent()  # a SIGKILLed node must not leave its worker mining forever
+    # Ctrl-C in a terminal reaches the whole process group; the node stops its miner itself,
+    # and a worker killed by the KeyboardInterrupt would leave the pool's semaphores behind.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    os.nice(MINER_NICENESS)
 
 
 class ProcessMiner:
@@ -35,9 +49,8 @@ class ProcessMiner:
         self.stop()
         if self._pool is None:
             # spawn, not fork: the node's event loop and database connections stay out of the worker.
-            # die_with_parent: a SIGKILLed node must not leave its worker mining forever.
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=die_with_parent
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
             )
         self._job = asyncio.get_running_loop().create_task(self._run(header, target, on_found))
 
