@@ -4,9 +4,11 @@ The story: it prints the node table and the dev keys, the nodes agree on a trans
 made with a printed key, Ctrl-C (SIGINT to the whole process group, as a terminal sends
 it) stops every node with exit code 0; a second `testnet` on the same --dir continues
 the same chain, and SIGTERM to the launcher alone stops it just as cleanly.  After each
-stop no process whose command line names the testnet's directory is left.  Bad
-arguments are one-line errors that write nothing; a taken port is a clear error that
-leaves no node behind.
+stop no process whose command line names the testnet's directory is left.  What `make
+testnet` starts with no --consensus, four BFT validators, commits a transfer and stops
+cleanly too; a second run without --consensus on a solo directory keeps the solo chain
+and says so.  Bad arguments are one-line errors that write nothing; a taken port is a
+clear error that leaves no node behind.
 
 Every process started here is killed in teardown, pass or fail.
 """
