@@ -9,7 +9,11 @@ quietly turns honest."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +39,7 @@ from node.sim import byzantine
 from node.sim.harness import CHAIN_ID, EPOCH_MS, GENESIS_MS, SimConfig, Simulation, SimulationFailure, run_seed
 from node.sim.loop import inline_blocking
 
+ROOT = Path(__file__).resolve().parent.parent
 COMMIT = re.compile(r"^\s*([\d.]+) (n\d+) commit (\d+) ")
 NETWORK_FAULTS = frozenset({"delay", "drop", "duplicate", "reorder"})
 
@@ -153,11 +158,22 @@ def test_seeds_that_stall_the_honest_validators(seed, kind):
         raise
 
 
-def test_a_byzantine_seed_replays_to_the_same_trace():
+def test_a_byzantine_seed_replays_to_the_same_trace_in_another_process():
+    """The replay runs under another PYTHONHASHSEED: no lie may depend on a set's order."""
     config = byzantine_config(5, 4, "mix")
-    first, again = run_seed(config), run_seed(config)
-    assert first.digest == again.digest
-    assert first.byzantine_actions == again.byzantine_actions and first.evidence == again.evidence
+    first = run_seed(config)
+    code = (
+        "from tests.test_bft_byzantine import byzantine_config\n"
+        "from node.sim.harness import run_seed\n"
+        "r = run_seed(byzantine_config(5, 4, 'mix'))\n"
+        "print(r.digest, sum(r.byzantine_actions.values()), sum(r.evidence.values()))\n"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="4242")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    expected = f"{first.digest} {sum(first.byzantine_actions.values())} {sum(first.evidence.values())}"
+    assert done.stdout.strip() == expected
+    assert sum(first.byzantine_actions.values()) > 0
     assert run_seed(byzantine_config(5, 4, "equivocate")).digest != first.digest
 
 
