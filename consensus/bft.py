@@ -345,6 +345,7 @@ class BftEngine(Engine):
         self._timer_at: int | None = None
         self._out: list[Action] = []
         self._catchup_sent: dict[str, tuple[int, int]] = {}  # peer -> (height sent, at)
+        self._round_votes_sent: dict[str, tuple[tuple[int, int, int], int]] = {}  # peer -> ((h, their r, our r), at)
         self.evidence: dict[tuple[bytes, int, int, int], Evidence] = {}  # seen, by Evidence.key
         # Evidence recorded by the recent blocks (Evidence.key -> height of the block): not
         # proposed again.  The recent headers themselves, for `verify_header` of proposals.
@@ -413,6 +414,7 @@ class BftEngine(Engine):
             self._out.append(Send(event.peer, encode_message(self._status())))
         elif isinstance(event, PeerDisconnected):
             self._catchup_sent.pop(event.peer, None)
+            self._round_votes_sent.pop(event.peer, None)
         self._run_rules()
         self._arm_timer()
         return self._out
@@ -431,6 +433,7 @@ class BftEngine(Engine):
         self._timer_at = None
         saved = _Saved.decode(event.persisted) if event.persisted else None  # corrupt: refuse to run
         self._enter_height(event.head.height + 1, start=False)
+        self._adopt_stored_head(event)
         if saved is not None and self.address is not None and saved.signer == self.address:
             self._signed = saved.signed  # the double-sign guard outlives heights
             if saved.certificate:
@@ -457,6 +460,20 @@ class BftEngine(Engine):
                 return
         self._start_round(0)
         self._out.append(Broadcast(encode_message(self._status())))
+
+    def _adopt_stored_head(self, event: Started) -> None:
+        """The head's block and certificate from the store: a peer still deciding the head's
+        height needs both (a certificate alone is no help to a peer that missed the
+        proposal), and the next block needs the certificate.  A follower or a validator that
+        imported its head by sync has no persisted certificate, only the stored one."""
+        head = event.head
+        if event.head_block is not None and event.head_block.hash == head.hash:
+            self.last_block = event.head_block
+        if event.head_certificate and head.height > 0:
+            try:
+                self.last_commit = verify_certificate(event.head_certificate, head, self.validators)
+            except InvalidCertificate:
+                self.last_commit = None  # the persisted one, if any, is tried next
 
     def _repeat_own_votes(self, own_votes: tuple[bytes, ...]) -> None:
         """After a restart mid-round: count and resend the votes signed before (same bytes)."""
@@ -865,7 +882,11 @@ class BftEngine(Engine):
             self.last_block = block
 
     def _on_status(self, peer: str, status: Status) -> None:
-        """Help a peer that is behind: the block (and certificate) it needs next."""
+        """Help a peer that is behind: the block (and certificate) it needs next, or at our
+        height in an older round, the votes that moved us on."""
+        if status.height == self.height and status.round < self.round and self.decided is None:
+            self._send_round_votes(peer, status.round)
+            return
         answer: tuple[Block | None, Certificate] | None = None
         if status.height == self.height and self.decided is not None:
             answer = self.decided
@@ -882,6 +903,22 @@ class BftEngine(Engine):
             return
         self._catchup_sent[peer] = (answer[1].height, self._now)
         self._out.append(Send(peer, encode_message(Decision(answer[1], answer[0]))))
+
+    def _send_round_votes(self, peer: str, their_round: int) -> None:
+        """The paper assumes what a correct process receives, every correct process receives
+        eventually; our own repeats cover only our round.  A peer left in an older round
+        (its messages lost, say) gets every vote we hold of its round, which lets it time
+        out as we did (lines 34-35, 47-48), and of ours: f + 1 senders of a higher round
+        move it there (line 55).  CometBFT's vote gossip does the same per peer round.
+        At most once a gossip interval a peer, at most two rounds of votes."""
+        sent = self._round_votes_sent.get(peer)
+        if sent is not None and sent[0] == (self.height, their_round, self.round) and self._now < sent[1] + self.params.gossip_interval_ms:
+            return
+        self._round_votes_sent[peer] = ((self.height, their_round, self.round), self._now)
+        for round in (their_round, self.round):
+            for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT):
+                for vote in self.votes.get((round, kind), {}).values():
+                    self._out.append(Send(peer, encode_message(vote)))
 
     # ------------------------------------------------------------------ valid(v)
     def _consider_block(self, block: Block) -> None:

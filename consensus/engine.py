@@ -39,6 +39,11 @@ class Started:
     # `head` (fewer only when the chain is shorter).  Engines that need only the head
     # (ancestors_needed == 1) accept it empty.
     recent: tuple[BlockHeader, ...] = ()
+    # The head block and the certificate stored with it (b"" if none): what a BFT engine
+    # hands a peer still deciding that height, and needs to build the next block, when
+    # its memory of them went with a restart.
+    head_block: Block | None = None
+    head_certificate: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)

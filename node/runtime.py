@@ -161,7 +161,10 @@ class Node:
         await self._blocking(self.open)
         self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
         self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self._feed(ev.Started(self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY), tuple(self._recent)))
+        self._feed(ev.Started(
+            self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY), tuple(self._recent),
+            self.store.block(self.head.height), self.store.certificate(self.head.height),
+        ))
         if self.network is not None:
             self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             await self.network.start(self)

@@ -878,6 +878,48 @@ def test_a_node_without_its_heads_certificate_asks_for_it_and_can_then_propose()
     assert build.extra == BlockExtra(decision.certificate).encode()
 
 
+def test_a_restarted_node_answers_from_its_stored_head_block_and_certificate():
+    # A peer still deciding height 1 needs the block, not only the certificate: a node that
+    # restarted after committing block 1 takes both from the store (Started), not memory.
+    certificate = certificate_for(BLOCK_A)
+    engine = make_engine(3, params=QUIET)
+    engine.handle(Started(T0, BLOCK_A.header, None, (GENESIS, BLOCK_A.header), BLOCK_A, certificate.encode()))
+    [answer] = engine.handle(PeerMessage(T0 + 1, peer(1), encode_message(Status(1, 2))))
+    decision = decode_message(answer.message, MAX_TX)
+    assert isinstance(decision, Decision) and decision.block == BLOCK_A and decision.certificate == certificate
+    # With the stored certificate it can build block 2 (its proposer, with no persisted state).
+    proposer = make_engine(proposer_index(2, 0), params=QUIET)
+    actions = proposer.handle(Started(T0, BLOCK_A.header, None, (GENESIS, BLOCK_A.header), BLOCK_A, certificate.encode()))
+    [build] = of_type(actions, BuildBlock)
+    assert BlockExtra.decode(build.extra).certificate == certificate
+    # A stored certificate that does not prove the head is ignored, not trusted.
+    doubtful = make_engine(proposer_index(2, 0), params=QUIET)
+    weak = certificate_for(BLOCK_A, signers=[0, 1]).encode()
+    actions = doubtful.handle(Started(T0, BLOCK_A.header, None, (GENESIS, BLOCK_A.header), BLOCK_A, weak))
+    assert of_type(actions, BuildBlock) == [] and doubtful.last_commit is None
+
+
+def test_a_peer_left_in_an_older_round_gets_the_votes_of_its_round_and_ours():
+    params = dataclasses.replace(QUIET, gossip_interval_ms=300)
+    engine, _ = started(3, params)
+    round_0 = [vote_bytes(i, PRECOMMIT, 1, 0, None) for i in (0, 1)]
+    deliver_all(engine, round_0)
+    jump_to_round(engine, 1, senders=(0, 1))
+    assert engine.round == 1
+    actions = engine.handle(PeerMessage(T0 + 1, peer(2), encode_message(Status(1, 0))))
+    sent = [decode_message(a.message, MAX_TX) for a in actions if isinstance(a, Send) and a.peer == peer(2)]
+    assert {(v.round, v.kind, v.validator) for v in sent} >= {
+        (0, PRECOMMIT, ADDRESSES[0]), (0, PRECOMMIT, ADDRESSES[1]), (1, PREVOTE, ADDRESSES[0]), (1, PREVOTE, ADDRESSES[1]),
+    }
+    assert all(isinstance(v, Vote) and v.round in (0, 1) for v in sent)
+    # Not again within a gossip interval; again after it if the peer is still behind.
+    assert engine.handle(PeerMessage(T0 + 2, peer(2), encode_message(Status(1, 0)))) == []
+    again = engine.handle(PeerMessage(T0 + 301, peer(2), encode_message(Status(1, 0))))
+    assert len([a for a in again if isinstance(a, Send)]) == len(sent)
+    # A peer in our round or ahead gets nothing of this kind.
+    assert engine.handle(PeerMessage(T0 + 3, peer(1), encode_message(Status(1, 1)))) == []
+
+
 def test_a_decision_with_a_bad_certificate_is_refused():
     engine, _ = started(3)
     weak = certificate_for(BLOCK_A, signers=[0, 1])
