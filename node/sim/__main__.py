@@ -154,7 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             failures += _report(args, *run_one(args, seed))
     elapsed = time.perf_counter() - started
-    byzantine = f", {args.byzantine} byzantine ({args.byzantine_kind})" if args.byzantine else ""
+    byzantine = ""
+    if args.byzantine:
+        f = SimConfig(seed=0, nodes=args.nodes).max_faulty
+        beyond = f", more than f = {f}: safety not promised" if args.byzantine > f else ""
+        byzantine = f", {args.byzantine} byzantine ({args.byzantine_kind}{beyond})"
     print(f"{len(args.seeds)} seeds, {failures} failed ({args.consensus}, {args.nodes} nodes{byzantine}, "
           f"faults {','.join(sorted(args.faults)) or 'none'}) in {elapsed:.1f}s")
     return 1 if failures else 0

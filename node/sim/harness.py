@@ -19,6 +19,9 @@ as a disk would, and drops everything else: the Node object, its tasks and timer
 mempool.  A restart builds a new Node on the same store and first checks that everything
 the node had committed is still there.
 
+Under BFT, `byzantine` validators may lie (`node.sim.byzantine`): their messages are rewritten
+on the way out, and the invariants, convergence included, are checked on the honest nodes.
+
 All randomness comes from `random.Random` instances seeded from the run's seed, the loop
 runs no threads, and nodes are iterated in a fixed order, so a seed replays the same run:
 the trace digest (every message, fault and commit, with its virtual time) is equal.
