@@ -346,6 +346,7 @@ class BftEngine(Engine):
         self._out: list[Action] = []
         self._catchup_sent: dict[str, tuple[int, int]] = {}  # peer -> (height sent, at)
         self._round_votes_sent: dict[str, tuple[tuple[int, int, int], int]] = {}  # peer -> ((h, their r, our r), at)
+        self._last_progress = 0  # when our round last saw a new vote or proposal
         self.evidence: dict[tuple[bytes, int, int, int], Evidence] = {}  # seen, by Evidence.key
         # Evidence recorded by the recent blocks (Evidence.key -> height of the block): not
         # proposed again.  The recent headers themselves, for `verify_header` of proposals.
@@ -648,6 +649,14 @@ class BftEngine(Engine):
     def _schedule(self, kind: str, round: int, at: int) -> None:
         self._timeouts[(kind, self.height, round)] = at
 
+    def _progress(self, round: int) -> None:
+        """A new vote or proposal of our round: the round moves, nothing needs repeating
+        yet; the gossip timer, when it fires, waits out a quiet interval from here.  (Only
+        our round counts: a validator can sign a bounded number of messages for it, so it
+        cannot keep our repeats from ever being sent.)"""
+        if round == self.round:
+            self._last_progress = self._now
+
     def _arm_gossip(self) -> None:
         self._timeouts = {key: at for key, at in self._timeouts.items() if key[0] != "gossip"}
         self._schedule("gossip", self.round, self._now + self.params.gossip_interval_ms)
@@ -692,7 +701,11 @@ class BftEngine(Engine):
                 if self.waiting_for_txs and not self._must_wait():
                     self._stop_waiting()
             elif kind == "gossip":
-                self._gossip()
+                quiet_until = self._last_progress + self.params.gossip_interval_ms
+                if round == self.round and now < quiet_until:
+                    self._schedule("gossip", round, quiet_until)
+                else:
+                    self._gossip()
             self._run_rules()
 
     def _gossip(self) -> None:
@@ -715,7 +728,7 @@ class BftEngine(Engine):
     # ------------------------------------------------------------------ peer messages
     def _on_peer_message(self, peer: str, data: bytes) -> None:
         try:
-            message = decode_message(data, self.max_block_transactions)
+            message = decode_message(data, self.max_block_transactions, self._known_block)
         except DecodeError:
             self.refused_messages += 1
             return
@@ -725,6 +738,12 @@ class BftEngine(Engine):
             self._on_decision(message)
         else:
             self._on_message(peer, message)
+
+    def _known_block(self, block_hash: bytes) -> Block | None:
+        block = self.blocks.get(block_hash)
+        if block is None and self.last_block is not None and self.last_block.hash == block_hash:
+            return self.last_block
+        return block
 
     def _on_message(self, peer: str, message: Proposal | Vote) -> None:
         if message.height == self.height + 1:
@@ -797,6 +816,7 @@ class BftEngine(Engine):
         existing = first.get(vote.validator)
         if existing is None:
             first[vote.validator] = vote
+            self._progress(vote.round)
         elif existing.block_hash != vote.block_hash:
             self._report(Evidence.of(existing, vote))
             values = sum(1 for signers in by_value.values() if vote.validator in signers)
@@ -843,6 +863,7 @@ class BftEngine(Engine):
         for vote in proposal.pol_votes:
             self._accept_vote(vote, proof=True)
         self.proposals[signed.round] = proposal
+        self._progress(signed.round)
         self._note_sender(signed.round, signed.proposer)
         self._consider_block(proposal.block)
         return True
@@ -898,11 +919,17 @@ class BftEngine(Engine):
             answer = (self.last_block, self.last_commit)
         if answer is None:
             return
+        block, certificate = answer
         sent = self._catchup_sent.get(peer)
-        if sent is not None and sent[0] == answer[1].height and self._now < sent[1] + self.params.gossip_interval_ms:
+        asked_before = sent is not None and sent[0] == certificate.height
+        if asked_before and self._now < sent[1] + self.params.gossip_interval_ms:
             return
-        self._catchup_sent[peer] = (answer[1].height, self._now)
-        self._out.append(Send(peer, encode_message(Decision(answer[1], answer[0]))))
+        self._catchup_sent[peer] = (certificate.height, self._now)
+        # The certificate first: a peer a height behind mostly holds the block from its
+        # proposal, and every validator that decided answers, so sending the block each
+        # time cost every node a decode per peer and height under load.  A peer that asks
+        # again a gossip interval later lacks the block too and gets it.
+        self._out.append(Send(peer, encode_message(Decision(certificate, block if asked_before else None))))
 
     def _send_round_votes(self, peer: str, their_round: int) -> None:
         """The paper assumes what a correct process receives, every correct process receives

@@ -16,6 +16,7 @@ verify and whether a height or round makes sense is for `verify_certificate`,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -27,6 +28,7 @@ from ledger.codec import DecodeError, Reader, Writer
 from consensus.engine import InvalidSeal
 from consensus.validators import MAX_VALIDATORS, ValidatorSet
 
+KnownBlocks = Callable[[bytes], "Block | None"]  # a block hash -> the block, if the receiver holds it
 SIGNATURE_SIZE = crypto.SIGNATURE_SIZE
 MAX_ROUND = 0xFFFFFFFF  # rounds are u32 on the wire
 MAX_BLOCK_BYTES = 32 * 1024 * 1024  # as the peer protocol's NEW_BLOCK
@@ -291,11 +293,14 @@ class Proposal:
         return writer
 
     @classmethod
-    def read(cls, reader: Reader, max_transactions: int) -> Proposal:
+    def read(cls, reader: Reader, max_transactions: int, known: KnownBlocks | None = None) -> Proposal:
         signed = SignedProposal.read(reader)
-        block = Block.decode(reader.var_bytes("proposal.block", MAX_BLOCK_BYTES), max_transactions)
-        if block.hash != signed.block_hash:
-            raise DecodeError("proposal.block", "the block is not the one the proposal signs")
+        raw = reader.var_bytes("proposal.block", MAX_BLOCK_BYTES)
+        block = known(signed.block_hash) if known is not None else None
+        if block is None:
+            block = Block.decode(raw, max_transactions)
+            if block.hash != signed.block_hash:
+                raise DecodeError("proposal.block", "the block is not the one the proposal signs")
         count = reader.u32("proposal.pol_votes")
         if count > MAX_VALIDATORS:
             raise DecodeError("proposal.pol_votes", f"{count} votes exceeds the limit of {MAX_VALIDATORS}")
@@ -443,12 +448,14 @@ class Decision:
         return writer.var_bytes(self.certificate.encode()).var_bytes(block)
 
     @classmethod
-    def read(cls, reader: Reader, max_transactions: int) -> Decision:
+    def read(cls, reader: Reader, max_transactions: int, known: KnownBlocks | None = None) -> Decision:
         certificate = Certificate.decode(reader.var_bytes("decision.certificate", MAX_CERTIFICATE_BYTES))
         raw = reader.var_bytes("decision.block", MAX_BLOCK_BYTES)
         if not raw:
             return cls(certificate, None)
-        block = Block.decode(raw, max_transactions)
+        block = known(certificate.block_hash) if known is not None else None
+        if block is None:
+            block = Block.decode(raw, max_transactions)
         if block.hash != certificate.block_hash or block.height != certificate.height:
             raise DecodeError("decision.block", "the block is not the one the certificate commits")
         return cls(certificate, block)
@@ -494,17 +501,23 @@ def encode_message(message: Message) -> bytes:
     raise TypeError(f"not a consensus message: {type(message).__name__}")
 
 
-def decode_message(data: bytes, max_transactions: int) -> Message:
-    """Decode one consensus message; DecodeError (never another exception) when malformed."""
+def decode_message(data: bytes, max_transactions: int, known: KnownBlocks | None = None) -> Message:
+    """Decode one consensus message; DecodeError (never another exception) when malformed.
+
+    `known(hash)` gives a block the receiver holds already, or None: a proposal or decision
+    for such a block takes it instead of decoding the copy inside (the signature or the
+    certificate names the hash, so the content is the same).  Under load validators repeat
+    proposals and answer decisions, and decoding every copy of a big block was most of
+    their event loop's time."""
     reader = Reader(data)
     kind = reader.u8("message.type")
     try:
         if kind == MessageType.PROPOSAL:
-            message: Message = Proposal.read(reader, max_transactions)
+            message: Message = Proposal.read(reader, max_transactions, known)
         elif kind == MessageType.VOTE:
             message = Vote.read(reader)
         elif kind == MessageType.DECISION:
-            message = Decision.read(reader, max_transactions)
+            message = Decision.read(reader, max_transactions, known)
         elif kind == MessageType.STATUS:
             message = Status.read(reader)
         else:

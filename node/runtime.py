@@ -125,6 +125,7 @@ class Node:
         self.max_reorg_depth = int(genesis.engine_params.get("max_reorg_depth", 100))
         self._txs_signalled = False
         self._built: _Built | None = None
+        self._executed: tuple[bytes, bytes, BlockEffects] | None = None  # (block, its parent, effects) of the last ExecuteBlock
         self._stopping = False
         self._engine_task: asyncio.Task | None = None
         self._housekeeping_task: asyncio.Task | None = None
@@ -302,9 +303,12 @@ class Node:
     ) -> None:
         header = block.header
         built, self._built = self._built, None
+        executed, self._executed = self._executed, None
         if effects is None:
             if built is not None and built.unsealed == header.unsealed_bytes():
                 effects = built.effects
+            elif executed is not None and executed[:2] == (block.hash, self.head.hash):
+                effects = executed[2]
             else:
                 effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
         started = time.perf_counter()
@@ -640,9 +644,11 @@ class Node:
         try:
             if block.header.parent != self.head.hash:
                 raise InvalidBlock("bad_parent", "the proposal does not extend our head")
-            self._validate(block, self.head)
+            effects = self._validate(block, self.head)
         except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
             return ev.BlockExecuted(self.now_ms(), block.hash, False, getattr(exc, "reason", str(exc)))
+        # Kept for the Commit that mostly follows, so the block is not applied twice.
+        self._executed = (block.hash, self.head.hash, effects)
         return ev.BlockExecuted(self.now_ms(), block.hash, True)
 
     async def _extend(self, block: Block, certificate: bytes, peer: str | None, announce: bool) -> bool:

@@ -846,7 +846,9 @@ def test_a_validator_a_height_behind_commits_the_decision_its_status_asks_for():
     verify_certificate(certificate, block.header, VALIDATORS)
     answered = [m for index, _, actions in cluster.log if index != 3 for a in actions if isinstance(a, Send)
                 for m in [decode_message(a.message, MAX_TX)] if isinstance(m, Decision)]
-    assert answered and all(m.block.hash == block.hash for m in answered)
+    # The certificate first, the block to a peer that asks again (it had missed the proposal).
+    assert answered and all(m.certificate.block_hash == block.hash for m in answered)
+    assert any(m.block is not None for m in answered) and all(m.block in (None, block) for m in answered)
 
 
 def test_a_node_without_its_heads_certificate_asks_for_it_and_can_then_propose():
@@ -868,7 +870,7 @@ def test_a_node_without_its_heads_certificate_asks_for_it_and_can_then_propose()
     assert isinstance(answer, Send) and answer.peer == peer(proposer)
     assert decider.handle(PeerMessage(T0 + 3, peer(proposer), encode_message(status))) == []  # not again so soon
     decision = decode_message(answer.message, MAX_TX)
-    assert isinstance(decision, Decision) and decision.block == BLOCK_A
+    assert isinstance(decision, Decision) and decision.block is None  # it holds block 1: the certificate does
     deliver(engine, answer.message, T0 + 4)
     assert engine.last_commit == decision.certificate
     # Its next turn to propose at height 2 (round 4 with four equal validators) builds on it.
@@ -884,7 +886,9 @@ def test_a_restarted_node_answers_from_its_stored_head_block_and_certificate():
     certificate = certificate_for(BLOCK_A)
     engine = make_engine(3, params=QUIET)
     engine.handle(Started(T0, BLOCK_A.header, None, (GENESIS, BLOCK_A.header), BLOCK_A, certificate.encode()))
-    [answer] = engine.handle(PeerMessage(T0 + 1, peer(1), encode_message(Status(1, 2))))
+    [first] = engine.handle(PeerMessage(T0 + 1, peer(1), encode_message(Status(1, 2))))
+    assert decode_message(first.message, MAX_TX) == Decision(certificate, None)  # mostly, the peer has the block
+    [answer] = engine.handle(PeerMessage(T0 + 1 + QUIET.gossip_interval_ms, peer(1), encode_message(Status(1, 2))))
     decision = decode_message(answer.message, MAX_TX)
     assert isinstance(decision, Decision) and decision.block == BLOCK_A and decision.certificate == certificate
     # With the stored certificate it can build block 2 (its proposer, with no persisted state).
@@ -958,6 +962,19 @@ def test_gossip_repeats_our_own_votes_when_a_round_stalls():
     assert len(sent_messages(repeated)) <= 4
     assert not of_type(repeated, Persist)  # nothing new was signed
     assert T0 + 600 in timers(repeated)
+
+
+def test_gossip_waits_for_a_quiet_interval_after_the_last_new_vote_of_our_round():
+    params = dataclasses.replace(QUIET, gossip_interval_ms=300)
+    engine, _ = started(3, params)
+    actions = answer_executions(engine, deliver(engine, proposal_bytes(0, 1, 0, BLOCK_A)), T0)
+    [prevote] = sent_votes(actions)
+    deliver(engine, vote_bytes(1, PREVOTE, 1, 0, None), T0 + 250)  # progress at 250
+    assert sent_messages(tick_to(engine, T0 + 300)) == []  # not quiet for 300 ms yet
+    assert sent_votes(tick_to(engine, T0 + 550)) == [prevote]
+    # A vote of another round is no progress of ours.
+    deliver(engine, vote_bytes(1, PREVOTE, 1, 5, None), T0 + 700)
+    assert sent_votes(tick_to(engine, T0 + 850)) == [prevote]
 
 
 def test_peer_connected_gets_our_status():

@@ -333,3 +333,25 @@ def test_vote_signatures_verify_with_an_independent_ecdsa_implementation():
     proposal = SignedProposal.sign(KEY_ONE, DOC_CHAIN, 1, 0, -1, b"\xbb" * 32)
     digest = crypto.signing_digest(crypto.DOMAIN_PROPOSAL, proposal.payload(DOC_CHAIN))
     assert verifying_key.verify_digest(proposal.signature, digest, sigdecode=ecdsa.util.sigdecode_string)
+
+
+def test_a_proposal_or_decision_for_a_known_block_takes_it_instead_of_decoding_the_copy():
+    signed = SignedProposal.sign(KEYS[0], "msg-test", 1, 0, -1, BLOCK.hash)
+    proposal = encode_message(Proposal(signed, BLOCK))
+    decision = encode_message(Decision(Certificate(1, 0, BLOCK.hash, ((address_of(KEYS[1].public_key), bytes(64)),)), BLOCK))
+    asked = []
+
+    def known(block_hash):
+        asked.append(block_hash)
+        return BLOCK if block_hash == BLOCK.hash else None
+
+    for data in (proposal, decision):
+        # The copy inside is replaced by bytes that would not decode: the known block is used.
+        body = BLOCK.encode()
+        tampered = data.replace(body, bytes(len(body)))
+        assert tampered != data
+        assert decode_message(tampered, 10, known).block is BLOCK
+        with pytest.raises(DecodeError):
+            decode_message(tampered, 10)  # not known: the copy is decoded, and refused
+        assert decode_message(data, 10, lambda block_hash: None).block == BLOCK
+    assert asked == [BLOCK.hash, BLOCK.hash]
