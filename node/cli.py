@@ -218,7 +218,7 @@ def db_upgrade(
 def init(
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
     out: Path = typer.Option(Path("testnet"), "--out", help="Folder to write genesis.json and node<i>/ into"),
-    consensus: str = typer.Option("solo", "--consensus", help="solo, pow or bft (every node a validator)"),
+    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), solo or pow"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node)"),

@@ -3,6 +3,7 @@ path and file it names exists (the image's COPY sources, the configs `ledger ini
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -40,7 +41,9 @@ def test_compose_file_names_only_what_exists(tmp_path):
         assert host_port[0] == "127.0.0.1" and host_port[2] == "8000"
         ports.add(host_port[1])
     assert len(ports) == 4
-    assert (out / "genesis.json").exists()
+    # The same network as `make testnet`: four BFT validators, one per node key.
+    genesis = json.loads((out / "genesis.json").read_text())
+    assert genesis["engine"]["name"] == "bft" and len(genesis["engine"]["params"]["validators"]) == 4
 
     # The image: every COPY source exists and the entry point is a declared console script.
     dockerfile = (ROOT / "Dockerfile").read_text()
