@@ -72,6 +72,9 @@ class EventStreamResponse(Response):
 
                 tasks.start_soon(watch_disconnect)
                 await self._pump(queue, send)
+                # The node is stopping (or the client went): end the response properly, or
+                # the server logs that the app returned without completing it.
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tasks.cancel_scope.cancel()
         except OSError:
             pass  # the client went away while we wrote

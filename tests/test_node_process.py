@@ -396,6 +396,8 @@ def test_open_events_stream_and_waiting_request_do_not_delay_the_exit(nodes):
     waiter.join(5)
     answer = waited.get("answer")
     assert getattr(answer, "status", None) == "pending" and getattr(answer, "timed_out", False), answer
+    # The stream ended as a complete response, not one the server had to call unfinished.
+    assert "without completing response" not in node.stderr, node.stderr[-2000:]
 
 
 # --- restarts and the banner ------------------------------------------------------------------
