@@ -347,6 +347,8 @@ class BftEngine(Engine):
         self._catchup_sent: dict[str, tuple[int, int]] = {}  # peer -> (height sent, at)
         self._round_votes_sent: dict[str, tuple[tuple[int, int, int], int]] = {}  # peer -> ((h, their r, our r), at)
         self._last_progress = 0  # when our round last saw a new vote or proposal
+        # The votes and proposals of the height decided last, for late evidence only.
+        self._previous: tuple[int, dict, dict[int, Proposal]] | None = None
         self.evidence: dict[tuple[bytes, int, int, int], Evidence] = {}  # seen, by Evidence.key
         # Evidence recorded by the recent blocks (Evidence.key -> height of the block): not
         # proposed again.  The recent headers themselves, for `verify_header` of proposals.
@@ -492,6 +494,7 @@ class BftEngine(Engine):
         self.locked_round, self.locked_hash = -1, None
         self.valid_round, self.valid_hash = -1, None
         future, self._future = self._future, []
+        self._previous = (self.height - 1, self.votes, self.proposals) if height > 1 else None
         self._reset_height_state()
         self._height_began = self._now
         self._timeouts = {key: at for key, at in self._timeouts.items() if key[1] >= height}
@@ -750,10 +753,40 @@ class BftEngine(Engine):
             self._buffer_future(peer, message)
             return
         if message.height != self.height or self.decided is not None:
+            self._check_late(message)
             return
         accepted = self._accept_vote(message) if isinstance(message, Vote) else self._accept_proposal(message)
         if accepted:
             self._stop_waiting()  # the round has begun elsewhere
+
+    def _check_late(self, message: Proposal | Vote) -> None:
+        """A vote or proposal for a height decided here counts for nothing, but is still
+        compared with what its signer sent before: a Byzantine validator can time its
+        second message to arrive late, and should be caught all the same."""
+        if message.height == self.height:
+            votes, proposals = self.votes, self.proposals
+        elif self._previous is not None and message.height == self._previous[0]:
+            _, votes, proposals = self._previous
+        else:
+            return
+        if isinstance(message, Vote):
+            earlier: Vote | SignedProposal | None = votes.get((message.round, message.kind), {}).get(message.validator)
+            signed: Vote | SignedProposal = message
+            signer = message.validator
+            same = earlier is None or earlier.block_hash == message.block_hash
+        else:
+            proposal = proposals.get(message.round)
+            earlier = proposal.signed if proposal is not None else None
+            signed = message.signed
+            signer = signed.proposer
+            same = earlier is None or earlier.proposer != signer or (
+                (earlier.block_hash, earlier.pol_round) == (signed.block_hash, signed.pol_round)
+            )
+        if same:
+            return
+        member = self.validators.get(signer)
+        if member is not None and signed.verify(self.chain_id, member.public_key):
+            self._report(Evidence.of(earlier, signed))
 
     def _buffer_future(self, peer: str, message: Proposal | Vote) -> None:
         limit = 4 * len(self.validators) + 8

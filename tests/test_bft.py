@@ -598,6 +598,30 @@ def test_conflicting_votes_are_reported_once_and_count_their_validator_once():
     assert of_type(deliver(engine, vote_bytes(1, PRECOMMIT, 1, 0, BLOCK_A.hash)), ReportEvidence) == []
 
 
+def test_a_conflicting_vote_or_proposal_that_arrives_after_the_decision_is_still_evidence():
+    engine, _ = started(3)
+    actions = deliver(engine, proposal_bytes(0, 1, 0, BLOCK_A))
+    actions += answer_executions(engine, actions, T0)
+    actions += deliver_all(engine, [vote_bytes(i, PRECOMMIT, 1, 0, BLOCK_A.hash) for i in (0, 1, 2)])
+    assert of_type(actions, Commit) and engine.decided is not None
+    # Decided, not yet committed: validator 1's nil precommit of round 0 comes late.
+    [report] = of_type(deliver(engine, vote_bytes(1, PRECOMMIT, 1, 0, None), T0 + 1), ReportEvidence)
+    assert Evidence.decode(report.evidence).validator == ADDRESSES[1]
+    engine.handle(BlockCommitted(T0 + 2, BLOCK_A.header))
+    assert engine.height == 2
+    # Committed: validator 2's other precommit and validator 0's second proposal of height 1.
+    [report] = of_type(deliver(engine, vote_bytes(2, PRECOMMIT, 1, 0, BLOCK_B.hash), T0 + 3), ReportEvidence)
+    assert Evidence.decode(report.evidence).validator == ADDRESSES[2]
+    other = make_block(0, timestamp=T0 + 99)
+    [report] = of_type(deliver(engine, proposal_bytes(0, 1, 0, other), T0 + 4), ReportEvidence)
+    assert Evidence.decode(report.evidence).kind == EvidenceType.DUPLICATE_PROPOSAL
+    # Repeats and forgeries are nothing; two heights back is forgotten.
+    assert of_type(deliver(engine, vote_bytes(0, PRECOMMIT, 1, 0, BLOCK_A.hash), T0 + 5), ReportEvidence) == []
+    forged = dataclasses.replace(vote(0, PRECOMMIT, 1, 0, None), signature=vote(1, PRECOMMIT, 1, 0, None).signature)
+    assert of_type(deliver(engine, encode_message(forged), T0 + 6), ReportEvidence) == []
+    assert len(engine.evidence) == 3
+
+
 def test_an_equivocators_vote_inside_a_pol_still_counts():
     # Validator 0 told us nil for round 1, but signed a prevote for B too; with it, B has a POL.
     engine, _ = started(3)

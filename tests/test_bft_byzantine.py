@@ -81,14 +81,11 @@ def test_f_byzantine_validators_under_every_fault_keep_the_honest_nodes_safe_and
 
 
 def test_equivocation_is_caught_as_evidence_against_the_equivocators_only():
-    for nodes, seed in [(4, 1), (4, 2), (7, 1)]:
+    for nodes, seed in [(4, 1), (4, 2), (7, 1), (10, 1)]:
         result = check_run(byzantine_config(seed, nodes, "equivocate", faults=NETWORK_FAULTS, duration=6.0))
-        assert result.evidence, (nodes, seed)  # an honest engine holds evidence of it
-        assert set(result.evidence) <= set(result.byzantine)
-        if nodes == 7:
-            # Both equivocators are caught.  (Not a must on every seed: votes that arrive after
-            # a height is decided are not looked at, and a late liar's may all be.)
-            assert set(result.evidence) == set(result.byzantine)
+        # Every equivocator is caught, and only they: on 10 validators, n4's conflicting votes
+        # all arrived after the height was decided, which were not compared before.
+        assert set(result.evidence) == set(result.byzantine), (nodes, seed)
 
 
 def test_with_f_byzantine_validators_the_honest_ones_commit_all_along():
