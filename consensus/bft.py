@@ -345,7 +345,7 @@ class BftEngine(Engine):
         self._timer_at: int | None = None
         self._out: list[Action] = []
         self._catchup_sent: dict[str, tuple[int, int]] = {}  # peer -> (height sent, at)
-        self._round_votes_sent: dict[str, tuple[tuple[int, int, int], int]] = {}  # peer -> ((h, their r, our r), at)
+        self._round_votes_sent: dict[str, int] = {}  # peer -> when we last sent it votes of a round
         self._last_progress = 0  # when our round last saw a new vote or proposal
         # The votes and proposals of the height decided last, for late evidence only.
         self._previous: tuple[int, dict, dict[int, Proposal]] | None = None
@@ -784,6 +784,9 @@ class BftEngine(Engine):
             )
         if same:
             return
+        assert earlier is not None
+        if Evidence.of(earlier, signed).key in self.evidence:
+            return  # known already: no signature check for a replayed late message
         member = self.validators.get(signer)
         if member is not None and signed.verify(self.chain_id, member.public_key):
             self._report(Evidence.of(earlier, signed))
@@ -875,8 +878,10 @@ class BftEngine(Engine):
             self.refused_messages += 1
             return False
         existing = self.proposals.get(signed.round)
-        if existing is not None and existing.signed == signed:
-            return False  # a repeat
+        if existing is not None and (existing.block_hash, existing.pol_round) == (signed.block_hash, signed.pol_round):
+            # A repeat - also with another signature: ECDSA can sign one payload many ways,
+            # and two signatures of the same proposal are no equivocation (nor evidence).
+            return False
         member = self.validators.get(signed.proposer)
         assert member is not None
         if not signed.verify(self.chain_id, member.public_key):
@@ -971,10 +976,10 @@ class BftEngine(Engine):
         out as we did (lines 34-35, 47-48), and of ours: f + 1 senders of a higher round
         move it there (line 55).  CometBFT's vote gossip does the same per peer round.
         At most once a gossip interval a peer, at most two rounds of votes."""
-        sent = self._round_votes_sent.get(peer)
-        if sent is not None and sent[0] == (self.height, their_round, self.round) and self._now < sent[1] + self.params.gossip_interval_ms:
-            return
-        self._round_votes_sent[peer] = ((self.height, their_round, self.round), self._now)
+        sent_at = self._round_votes_sent.get(peer)
+        if sent_at is not None and self._now < sent_at + self.params.gossip_interval_ms:
+            return  # whatever round it names: a peer must not make us send votes on demand
+        self._round_votes_sent[peer] = self._now
         for round in (their_round, self.round):
             for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT):
                 for vote in self.votes.get((round, kind), {}).values():
@@ -1207,6 +1212,11 @@ class BftEngine(Engine):
     def _report(self, evidence: Evidence) -> None:
         if evidence.key in self.evidence:
             return
+        try:
+            # What we keep we put in blocks: it must pass the check every node makes there.
+            verify_evidence(evidence, self.validators, self.chain_id)
+        except InvalidEvidence:
+            return
         self._keep(evidence)
         self._out.append(ReportEvidence(evidence.encode()))
 
@@ -1382,7 +1392,7 @@ class BftEngine(Engine):
         }
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=256)
 def _recorded_keys(extra: bytes) -> frozenset[tuple[bytes, int, int, int]]:
     """The evidence keys a (verified, committed) header's extra records; cached because
     each new block with evidence checks them against the recent headers."""

@@ -51,6 +51,7 @@ from consensus.bft_messages import (
     EvidenceType,
     InvalidCertificate,
     Proposal,
+    SignedProposal,
     Status,
     Vote,
     VoteType,
@@ -80,6 +81,7 @@ from consensus.engine import (
 )
 from consensus.registry import create_engine
 from consensus.validators import ValidatorSet, increment_priorities, validator_set_of
+from ledger import crypto
 from ledger.address import address_of
 from ledger.block import Block, build_header
 from ledger.codec import DecodeError, Writer
@@ -643,6 +645,39 @@ def test_two_proposals_from_one_proposer_at_one_round_are_evidence():
     evidence = verify_evidence(report.evidence, VALIDATORS, CHAIN)
     assert evidence.kind == EvidenceType.DUPLICATE_PROPOSAL
     assert engine.proposals[0].block_hash == BLOCK_A.hash
+
+
+def _resigned(signed: SignedProposal, key) -> SignedProposal:
+    """The same proposal signed again with another nonce (ECDSA allows many signatures of
+    one payload), through the independent `ecdsa` package, low-S as ours."""
+    import ecdsa
+    from ecdsa.util import sigencode_string
+
+    digest = crypto.signing_digest(crypto.DOMAIN_PROPOSAL, signed.payload(CHAIN))
+    signing_key = ecdsa.SigningKey.from_string(key.secret, curve=ecdsa.SECP256k1)
+    order = ecdsa.SECP256k1.order
+    signature = signing_key.sign_digest(digest, sigencode=sigencode_string, k=12345)
+    r, s_value = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    low_s = min(s_value, order - s_value)
+    resigned = dataclasses.replace(signed, signature=r.to_bytes(32, "big") + low_s.to_bytes(32, "big"))
+    assert resigned.signature != signed.signature and resigned.verify(CHAIN, key.public_key)
+    return resigned
+
+
+def test_one_proposal_signed_twice_is_a_repeat_not_evidence():
+    # Else the pair would be kept, put in our next block, and every node (we too) would
+    # refuse that block: one Byzantine proposer could stall the chain at each of its turns.
+    engine, _ = started(3)
+    first = decode_message(proposal_bytes(0, 1, 0, BLOCK_A), MAX_TX)
+    deliver(engine, encode_message(first))
+    again = dataclasses.replace(first, signed=_resigned(first.signed, KEYS[0]))
+    assert of_type(deliver(engine, encode_message(again)), ReportEvidence) == []
+    assert engine.evidence == {} and engine._evidence_to_record() == ()
+    # Late (after the decision) too.
+    actions = answer_executions(engine, [ExecuteBlock(BLOCK_A)], T0)
+    deliver_all(engine, [vote_bytes(i, PRECOMMIT, 1, 0, BLOCK_A.hash) for i in (0, 1, 2)])
+    assert engine.decided is not None
+    assert of_type(deliver(engine, encode_message(again)), ReportEvidence) == [] and engine.evidence == {}
 
 
 def test_a_forged_conflicting_vote_is_not_evidence():
