@@ -510,7 +510,7 @@ def _parse_block_ref(ref: str) -> int | bytes | None:
     raise ProblemException(problem("bad_block_ref", "a block is named by its height or its 64-hex-digit hash", "ref"))
 
 
-def _parse_account_cursor(text: str) -> tuple[int, int]:
+def _parse_cursor(text: str) -> tuple[int, int]:
     height, sep, index = text.partition(":")
     if (
         not sep
@@ -581,7 +581,7 @@ def _add_chain_routes(app: FastAPI, ctx: _Context) -> None:
         limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
     ) -> Any:
         account = parse_address(address, ctx.prefix, "address")
-        cursor = _parse_account_cursor(before) if before is not None else None
+        cursor = _parse_cursor(before) if before is not None else None
         records = service.account_transactions(account, cursor, limit)
         next_cursor = None
         if len(records) == limit and records[-1].block_height is not None and records[-1].index is not None:
@@ -635,23 +635,23 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
     @app.get("/v1/evidence", tags=["consensus"], summary="Evidence of validator misbehaviour: seen, and recorded in blocks")
     def evidence(
         validator: str | None = Query(None, description="only this validator's (an address)"),
-        before: int | None = Query(None, ge=0, le=MAX_AMOUNT, description="recorded: only blocks below this height (`next`)"),
+        before: str | None = Query(None, description="recorded: the `height:index` cursor from `next`"),
         limit: int = Query(DEFAULT_PAGE, ge=1, le=MAX_PAGE),
     ) -> Any:
         address = parse_address(validator, ctx.prefix, "validator") if validator is not None else None
+        cursor = _parse_cursor(before) if before is not None else None
         info = service.node_info()
         engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
         seen = [
             item for item in engine.get("evidence", [])
             if address is None or item.get("validator") == address.hex()
         ]
-        recorded = service.recorded_evidence(address, before, limit)
-        last = recorded[-1][0] if recorded else 0
+        recorded = service.recorded_evidence(address, cursor, limit)
         return {
             "engine": info.engine,
             "evidence": seen,
-            "recorded": [ctx.evidence_out(record, height) for height, record in recorded],
-            "next": last if len(recorded) == limit and last > 0 else None,
+            "recorded": [ctx.evidence_out(record, height) for height, _, record in recorded],
+            "next": f"{recorded[-1][0]}:{recorded[-1][1]}" if len(recorded) == limit else None,
         }
 
     @app.get("/v1/node", response_model=NodeInfoOut, tags=["node"], summary="Chain, head, finality and sync state")

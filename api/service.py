@@ -143,10 +143,11 @@ class NodeService(Protocol):
     def mempool(self, limit: int) -> MempoolRecord: ...
 
     def recorded_evidence(
-        self, validator: bytes | None, before_height: int | None, limit: int
-    ) -> list[tuple[int, EvidenceRecord]]:
+        self, validator: bytes | None, before: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int, EvidenceRecord]]:
         """Evidence the chain records, newest first, each with the height of the block that
-        records it; only `validator`'s when given, only blocks below `before_height`."""
+        records it and its position there; only `validator`'s when given, only before the
+        (height, position) cursor when given."""
         ...
 
     def subscribe(self) -> asyncio.Queue[Event | None]:

@@ -585,20 +585,24 @@ class ChainStore:
         return b"" if value is None else bytes(value)
 
     def evidence(
-        self, validator: bytes | None = None, before_height: int | None = None, limit: int = 100,
-    ) -> list[tuple[int, EvidenceRecord]]:
-        """Recorded evidence, newest block first, each with the height of the block recording
-        it: all of it, or one validator's; strictly below `before_height` when given."""
+        self, validator: bytes | None = None, before: tuple[int, int] | None = None, limit: int = 100,
+    ) -> list[tuple[int, int, EvidenceRecord]]:
+        """Recorded evidence, newest first, each with the height of the block recording it
+        and its position there: all of it, or one validator's; strictly before the
+        (height, position) cursor `before` when given (a block records up to 16)."""
         table = evidence_table
         query = sa.select(table).order_by(table.c.height.desc(), table.c.idx.desc()).limit(_limit(limit))
         if validator is not None:
             query = query.where(table.c.validator == bytes(validator))
-        if before_height is not None:
-            query = query.where(table.c.height < _int(before_height, "before_height"))
+        if before is not None:
+            cursor = sa.tuple_(
+                sa.literal(_int(before[0], "before height"), sa.BigInteger), sa.literal(_int(before[1], "before index"), sa.BigInteger)
+            )
+            query = query.where(sa.tuple_(table.c.height, table.c.idx) < cursor)
         with self._reading() as conn:
             rows = conn.execute(query).all()
         return [
-            (row.height, EvidenceRecord(bytes(row.validator), row.offence_height, row.round, row.kind, bytes(row.data)))
+            (row.height, row.idx, EvidenceRecord(bytes(row.validator), row.offence_height, row.round, row.kind, bytes(row.data)))
             for row in rows
         ]
 

@@ -603,6 +603,17 @@ class Node:
 
     async def _import(self, item: _Import) -> None:
         assert self.network is not None
+        try:
+            await self._import_blocks(item)
+        finally:
+            if not item.relay:
+                # While syncing, peers hear our new head once a batch, not once a block; and
+                # sync asks for more even when the batch failed to commit.
+                self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
+                self.sync.after_import()
+
+    async def _import_blocks(self, item: _Import) -> None:
+        assert self.network is not None
         run = _Run(self)  # sync: consecutive blocks on our head, committed together
         for position, block in enumerate(item.blocks):
             header = block.header
@@ -634,10 +645,6 @@ class Node:
             if not self.certified:
                 await self._adopt_orphans(announce=item.relay)
         await run.flush()
-        if not item.relay:
-            # While syncing, peers hear our new head once a batch, not once a block.
-            self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
-            self.sync.after_import()
 
     def _execute(self, block: Block) -> ev.BlockExecuted:
         """Check a proposed block on our head without committing it (ABCI's ProcessProposal)."""
@@ -686,13 +693,11 @@ class Node:
         return header.height < self.head.height and self.store.block_header_by_hash(block_hash) is not None
 
     def _peers_past(self, header: BlockHeader, sender: str) -> frozenset[str]:
-        """Peers a relayed block would be news to no one of: its sender, and the peers whose
-        last Status shows that block or a higher one as their head."""
+        """Peers a relayed block would be no news to: its sender, and the peers whose last
+        Status shows it as their head.  (Not those merely higher: under proof of work a
+        longer branch can be the lighter one, and its peers need our blocks.)"""
         assert self.network is not None
-        return frozenset(
-            [sender] + [peer.id for peer in self.network.peers()
-                        if peer.head_hash == header.hash or peer.head_height > header.height]
-        )
+        return frozenset([sender] + [peer.id for peer in self.network.peers() if peer.head_hash == header.hash])
 
     def _main_header(self, block_hash: bytes) -> BlockHeader | None:
         if block_hash == self.head.hash:
@@ -913,9 +918,9 @@ class Node:
         )
 
     def recorded_evidence(
-        self, validator: bytes | None, before_height: int | None, limit: int
-    ) -> list[tuple[int, EvidenceRecord]]:
-        return self.store.evidence(validator, before_height, limit)
+        self, validator: bytes | None, before: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int, EvidenceRecord]]:
+        return self.store.evidence(validator, before, limit)
 
     def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
         records = []

@@ -113,7 +113,7 @@ def test_a_block_records_an_equivocation_and_the_api_lists_it(tmp_path):
                 recorded = nodes[0].store.evidence()
                 if recorded:
                     break
-            [(at, record)] = recorded
+            [(at, _, record)] = recorded
             assert (record.validator, record.height, record.round, record.kind) == (equivocator, height, 0, "duplicate_vote")
             for node in nodes[1:]:
                 for _ in range(100):
@@ -137,7 +137,9 @@ def test_a_block_records_an_equivocation_and_the_api_lists_it(tmp_path):
                 assert "Evidence of misbehaviour" in page and address in page and "duplicate vote" in page
                 signers = page.split('aria-label="Certificate signers"')[1].split("</table>")[0]
                 assert signers.count("<tr>") >= 1 + 3 and ">10<" in signers  # header row, 3 signers of power 10
-                for bad in ("validator=notanaddress", "limit=0", "before=-1"):
+                assert (await client.get("/v1/evidence?limit=1")).json()["next"] == f"{at}:0"
+                assert (await client.get(f"/v1/evidence?before={at}:0")).json()["recorded"] == []
+                for bad in ("validator=notanaddress", "limit=0", "before=-1", "before=7", "before=1:x"):
                     response = await client.get(f"/v1/evidence?{bad}")
                     assert response.status_code in (400, 422), (bad, response.text)
                     assert response.headers["content-type"].startswith("application/problem+json")

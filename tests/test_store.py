@@ -571,10 +571,12 @@ def test_evidence_is_stored_with_its_block_listed_by_validator_and_reverted_with
     block, effects = chain.next_block([])
     store.commit_block(block, effects, b"", records)
     chain.accept(block, effects)
-    assert store.evidence() == [(2, records[1]), (2, records[0])]
-    assert store.evidence(ADDRESSES[3]) == [(2, records[0])]
-    assert store.evidence(before_height=2) == []
-    assert store.evidence(limit=1) == [(2, records[1])]
+    assert store.evidence() == [(2, 1, records[1]), (2, 0, records[0])]
+    assert store.evidence(ADDRESSES[3]) == [(2, 0, records[0])]
+    assert store.evidence(before=(2, 0)) == []
+    # Pages end inside a block and go on from there: the cursor is (height, position).
+    assert store.evidence(limit=1) == [(2, 1, records[1])]
+    assert store.evidence(before=(2, 1), limit=1) == [(2, 0, records[0])]
     store.revert_head()
     assert store.evidence() == []
 
