@@ -614,7 +614,7 @@ class Node:
 
     async def _import_blocks(self, item: _Import) -> None:
         assert self.network is not None
-        run = _Run(self)  # sync: consecutive blocks on our head, committed together
+        run = _Run.on_head(self)  # sync: consecutive blocks on our head, committed together
         for position, block in enumerate(item.blocks):
             header = block.header
             certificate = b""
@@ -760,19 +760,11 @@ class Node:
         window = self._recent.maxlen or 1
         recent = deque(await self._blocking(self._main_headers, max(0, fork_point.height - window + 1), fork_point.height),
                        maxlen=window)
-        parent = fork_point
-        checked: list[tuple[Block, BlockEffects, bytes, list[EvidenceRecord]]] = []
+        run = _Run(self, fork_point, accounts, recent)
         for block in branch:
-            try:
-                effects = self._validate(block, parent, tuple(recent), accounts)
-            except (InvalidBlock, ev.InvalidSeal, StateError, InvalidTransaction) as exc:
-                self._refuse(block, peer, exc)
-                self.side_blocks.discard(block.hash)
+            if not run.add(block, b"", peer):
                 return
-            accounts.commit(effects)
-            checked.append((block, effects, b"", self.engine.block_evidence(block.header)))
-            parent = block.header
-            recent.append(parent)
+        checked = run.checked
         started = time.perf_counter()
         reverted_with_undo = await self._blocking(self.store.reorganize, fork_point.height, checked)
         elapsed = time.perf_counter() - started
@@ -954,17 +946,22 @@ class Node:
 
 
 class _Run:
-    """Blocks from sync that extend our head one after another: each is checked against
-    the state the ones before it leave (in memory), and all are written in one database
-    transaction, which more than halves the cost of a block while catching up.  An invalid
-    block ends the run; the ones before it still commit."""
+    """Blocks that extend `tip` one after another, each checked against the state the ones
+    before it leave (an Overlay, in memory).  Sync runs on our head and `flush` writes them
+    in one database transaction, which more than halves the cost of a block while catching
+    up; an invalid block ends the run, the ones before it still commit.  A reorg runs a
+    branch from its fork point and hands `checked` to the store's reorganize."""
 
-    def __init__(self, node: Node):
+    def __init__(self, node: Node, tip: BlockHeader, accounts: Overlay, recent: deque[BlockHeader]):
         self.node = node
-        self.tip = node.head
+        self.tip = tip
         self.checked: list[tuple[Block, BlockEffects, bytes, list[EvidenceRecord]]] = []
-        self.accounts = Overlay(node.state.accounts)
-        self.recent = deque(node._recent, maxlen=node._recent.maxlen)
+        self.accounts = accounts
+        self.recent = recent
+
+    @classmethod
+    def on_head(cls, node: Node) -> _Run:
+        return cls(node, node.head, Overlay(node.state.accounts), deque(node._recent, maxlen=node._recent.maxlen))
 
     def add(self, block: Block, certificate: bytes, peer: str) -> bool:
         node = self.node
@@ -993,6 +990,5 @@ class _Run:
             node.side_blocks.discard(block.hash)
         if not node.certified:
             await node._adopt_orphans(announce=False)
-        self.tip = node.head
-        self.accounts = Overlay(node.state.accounts)
-        self.recent = deque(node._recent, maxlen=node._recent.maxlen)
+        fresh = _Run.on_head(node)
+        self.tip, self.accounts, self.recent = fresh.tip, fresh.accounts, fresh.recent
