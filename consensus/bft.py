@@ -779,9 +779,7 @@ class BftEngine(Engine):
             earlier = proposal.signed if proposal is not None else None
             signed = message.signed
             signer = signed.proposer
-            same = earlier is None or earlier.proposer != signer or (
-                (earlier.block_hash, earlier.pol_round) == (signed.block_hash, signed.pol_round)
-            )
+            same = earlier is None or earlier.proposer != signer or earlier.proposes_the_same(signed)
         if same:
             return
         assert earlier is not None
@@ -878,10 +876,8 @@ class BftEngine(Engine):
             self.refused_messages += 1
             return False
         existing = self.proposals.get(signed.round)
-        if existing is not None and (existing.block_hash, existing.pol_round) == (signed.block_hash, signed.pol_round):
-            # A repeat - also with another signature: ECDSA can sign one payload many ways,
-            # and two signatures of the same proposal are no equivocation (nor evidence).
-            return False
+        if existing is not None and existing.signed.proposes_the_same(signed):
+            return False  # a repeat, maybe signed anew: no equivocation
         member = self.validators.get(signed.proposer)
         assert member is not None
         if not signed.verify(self.chain_id, member.public_key):

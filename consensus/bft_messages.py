@@ -228,6 +228,11 @@ class SignedProposal:
     def verify(self, chain_id: str, public_key: bytes) -> bool:
         return crypto.verify(public_key, crypto.DOMAIN_PROPOSAL, self.payload(chain_id), self.signature)
 
+    def proposes_the_same(self, other: SignedProposal) -> bool:
+        """Same block and POL round: one proposal, whatever its signature (ECDSA can sign one
+        payload many ways), so never evidence of equivocation."""
+        return (self.block_hash, self.pol_round) == (other.block_hash, other.pol_round)
+
     def write(self, writer: Writer) -> Writer:
         writer.u64(self.height).u32(self.round)
         if self.pol_round < 0:
@@ -633,7 +638,7 @@ def verify_evidence(evidence: bytes | Evidence, validators: ValidatorSet, chain_
     elif isinstance(a, SignedProposal) and isinstance(b, SignedProposal):
         if (a.height, a.round, a.proposer) != (b.height, b.round, b.proposer):
             raise InvalidEvidence("the two proposals are not from one proposer at one height and round")
-        if (a.block_hash, a.pol_round) == (b.block_hash, b.pol_round):
+        if a.proposes_the_same(b):
             raise InvalidEvidence("the two proposals are the same")
     else:
         raise InvalidEvidence("evidence mixes a vote and a proposal")
