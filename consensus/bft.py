@@ -62,7 +62,9 @@ from ledger import crypto
 from ledger.address import address_of
 from ledger.block import HASH_SIZE, Block, BlockHeader
 from ledger.codec import DecodeError, Reader, Writer
+from ledger.engine_status import Finality
 from ledger.evidence import EvidenceRecord
+from ledger.state import ValidatorUpdate
 
 from consensus.bft_messages import (
     MAX_BLOCK_BYTES,
@@ -107,7 +109,7 @@ from consensus.engine import (
     Tick,
     TxsAvailable,
 )
-from consensus.validators import MAX_VALIDATORS, InvalidValidatorSet, ValidatorSet
+from consensus.validators import MAX_VALIDATORS, InvalidValidatorSet, ValidatorSchedule, ValidatorSet
 
 __all__ = ["BftEngine", "BftParams", "Step", "verify_certificate", "InvalidCertificate"]
 
@@ -309,20 +311,27 @@ class BftEngine(Engine):
     any other key (or None) makes it a follower."""
 
     name = "bft"
+    finality = Finality.CERTIFICATE
     ancestors_needed = 1
+    # A block is proven final by the certificate in the next block's header, and travels
+    # as a proposal (an engine message), not as a pushed block.
+    import_waits_for_certificate = True
+    pushes_own_blocks = False
 
     def __init__(
         self, chain_id: str, validators: ValidatorSet, params: BftParams, signer: crypto.PrivateKey | None,
         max_block_transactions: int,
     ):
         self.chain_id = chain_id
-        self.validators = validators
+        # The set of each height still checked (changes arrive with BlockCommitted); the
+        # current height's is `self.validators`.
+        self.schedule = ValidatorSchedule(validators)
         self.params = params
         self.max_block_transactions = max_block_transactions
         self.ancestors_needed = params.evidence_max_age
-        address = address_of(signer.public_key) if signer is not None else None
-        self.signer = signer if address is not None and address in validators else None
-        self.address: bytes | None = address if self.signer is not None else None
+        # The node key votes while it is a validator's of the current height; any other follows.
+        self._key = signer
+        self._key_address = address_of(signer.public_key) if signer is not None else None
         # Chain position.
         self.head: BlockHeader | None = None
         self.last_commit: Certificate | None = None  # certificate of the head
@@ -362,6 +371,18 @@ class BftEngine(Engine):
     def from_genesis(cls, genesis, signer: crypto.PrivateKey | None) -> BftEngine:
         params, validators = BftParams.from_genesis(genesis.engine_params)
         return cls(genesis.chain_id, validators, params, signer, genesis.max_block_transactions)
+
+    @property
+    def validators(self) -> ValidatorSet:
+        return self.schedule.at(max(self.height, 1))
+
+    @property
+    def signer(self) -> crypto.PrivateKey | None:
+        return self._key if self._key_address is not None and self._key_address in self.validators else None
+
+    @property
+    def address(self) -> bytes | None:
+        return self._key_address if self.signer is not None else None
 
     @property
     def is_validator(self) -> bool:
@@ -406,7 +427,7 @@ class BftEngine(Engine):
         elif isinstance(event, BlockBuilt):
             self._on_built(event.block)
         elif isinstance(event, BlockCommitted):
-            self._on_committed(event.header, event.recent)
+            self._on_committed(event.header, event.recent, event.validator_updates)
         elif isinstance(event, TxsAvailable):
             if event.count > 0:
                 self._txs_ready = True
@@ -474,7 +495,7 @@ class BftEngine(Engine):
             self.last_block = event.head_block
         if event.head_certificate and head.height > 0:
             try:
-                self.last_commit = verify_certificate(event.head_certificate, head, self.validators)
+                self.last_commit = verify_certificate(event.head_certificate, head, self.schedule.at(head.height))
             except InvalidCertificate:
                 self.last_commit = None  # the persisted one, if any, is tried next
 
@@ -913,7 +934,7 @@ class BftEngine(Engine):
         if block is None:
             if certificate.height == head.height and certificate.block_hash == head.hash and self.last_commit is None:
                 try:
-                    self.last_commit = verify_certificate(certificate, head, self.validators)
+                    self.last_commit = verify_certificate(certificate, head, self.schedule.at(head.height))
                 except InvalidCertificate:
                     self.refused_messages += 1
             return  # a certificate of a block we have not seen: the runtime's sync brings it
@@ -930,7 +951,7 @@ class BftEngine(Engine):
             self._consider_block(block)
         elif certificate.height == head.height and block.hash == head.hash and self.last_commit is None:
             try:
-                self.last_commit = verify_certificate(certificate, head, self.validators)
+                self.last_commit = verify_certificate(certificate, head, self.schedule.at(head.height))
             except InvalidCertificate:
                 self.refused_messages += 1
                 return
@@ -1182,11 +1203,16 @@ class BftEngine(Engine):
         self._out.append(Commit(block, certificate.encode()))
 
     # ------------------------------------------------------------------ commits
-    def _on_committed(self, header: BlockHeader, recent: tuple[BlockHeader, ...]) -> None:
+    def _on_committed(
+        self, header: BlockHeader, recent: tuple[BlockHeader, ...], validator_updates: tuple[ValidatorUpdate, ...],
+    ) -> None:
         head = self.head
         assert head is not None
         if header.hash == head.hash:
             return  # the head again (a Commit the runtime dropped, or a repeat)
+        self.schedule.apply(header.height, validator_updates)
+        # Blocks up to evidence_max_age back are still checked (evidence, late certificates).
+        self.schedule.forget_below(header.height + 1 - self.params.evidence_max_age)
         self._proposed_count[header.proposer] = self._proposed_count.get(header.proposer, 0) + 1
         extra = self._note_recorded(header)
         if extra is not None and extra.certificate is not None:
@@ -1210,7 +1236,7 @@ class BftEngine(Engine):
             return
         try:
             # What we keep we put in blocks: it must pass the check every node makes there.
-            verify_evidence(evidence, self.validators, self.chain_id)
+            verify_evidence(evidence, self.schedule.at(evidence.height), self.chain_id)
         except InvalidEvidence:
             return
         self._keep(evidence)
@@ -1247,7 +1273,7 @@ class BftEngine(Engine):
 
     # ================================================================== pure checks
     def _proposer_address(self, round: int) -> bytes:
-        return self.validators.proposer(self.height, round).address
+        return self.schedule.proposer(self.height, round).address
 
     def verify_header(self, header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: int | None = None) -> None:
         """A block's header on top of `ancestors[-1]`: it extends it, its proposer is a
@@ -1262,7 +1288,7 @@ class BftEngine(Engine):
             raise InvalidSeal(f"block {header.height} does not extend the given parent")
         if header.timestamp < parent.timestamp:
             raise InvalidSeal("block timestamp is before its parent's")
-        member = self.validators.get(header.proposer)
+        member = self.schedule.at(header.height).get(header.proposer)
         if member is None:
             raise InvalidSeal(f"block proposer {header.proposer.hex()} is not a validator")
         if not crypto.verify_digest(member.public_key, header.sealing_digest(), header.seal):
@@ -1277,7 +1303,7 @@ class BftEngine(Engine):
         elif extra.certificate is None:
             raise InvalidSeal(f"block {header.height} lacks the commit certificate of its parent")
         else:
-            verify_certificate(extra.certificate, parent, self.validators)
+            verify_certificate(extra.certificate, parent, self.schedule.at(parent.height))
         if extra.evidence:
             self._check_evidence(header, extra.evidence, ancestors)
 
@@ -1291,7 +1317,7 @@ class BftEngine(Engine):
         seen = set()
         for index, item in enumerate(evidence):
             try:
-                verify_evidence(item, self.validators, self.chain_id)
+                verify_evidence(item, self.schedule.at(item.height), self.chain_id)
             except InvalidEvidence as exc:
                 raise InvalidSeal(f"block evidence {index}: {exc}") from None
             if not oldest <= item.height < header.height:
@@ -1315,10 +1341,13 @@ class BftEngine(Engine):
 
     def certificate_signers(self, certificate: bytes) -> list[tuple[bytes, int]]:
         try:
-            signers = Certificate.decode(certificate).signers if certificate else []
+            decoded = Certificate.decode(certificate) if certificate else None
         except DecodeError:
             return []
-        return [(address, self.validators.power_of([address])) for address in signers]
+        if decoded is None:
+            return []
+        validators = self.schedule.at(decoded.height)
+        return [(address, validators.power_of([address])) for address in decoded.signers]
 
     def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
         try:
@@ -1329,7 +1358,7 @@ class BftEngine(Engine):
 
     def verify_commit(self, header: BlockHeader, certificate: bytes) -> Certificate:
         """Raise InvalidCertificate unless `certificate` proves `header` final."""
-        return verify_certificate(certificate, header, self.validators)
+        return verify_certificate(certificate, header, self.schedule.at(header.height))
 
     def finalized_height(self, head_height: int) -> int:
         return head_height

@@ -24,8 +24,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ledger.block import Block, BlockHeader
+from ledger.block import Block, BlockHeader, InvalidSeal
+from ledger.engine_status import Finality
 from ledger.evidence import EvidenceRecord
+from ledger.state import ValidatorUpdate
 
 # ----------------------------------------------------------------------------- events
 
@@ -84,6 +86,8 @@ class BlockCommitted:
     # then the new head's recent headers, as in Started.  A child of the previous head
     # may come without them; the engine extends its own window.
     recent: tuple[BlockHeader, ...] = ()
+    # The validator-set changes executing this block decided (ledger.state.ValidatorUpdate).
+    validator_updates: tuple[ValidatorUpdate, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,17 +200,31 @@ Action = (
 )
 
 
-class InvalidSeal(ValueError):
-    pass
-
-
 class Engine(ABC):
-    """One consensus engine.  Subclasses implement `handle` and the pure seal check."""
+    """One consensus engine.  Subclasses implement `handle` and the pure seal check.
+
+    Everything the runtime, the simulator, the API or the explorer needs to know about an
+    engine is declared here, with a default where one makes sense; nothing outside
+    `consensus/` asks which engine it runs."""
 
     name: str
+    # How a block becomes final (the kind: the height is `finalized_height`).
+    finality: Finality = Finality.AT_COMMIT
     # How many recent headers, oldest first and ending with the parent, `verify_header`
     # needs to check a block (and the state machine needs in Started.recent).
     ancestors_needed: int = 1
+    # True when a block from a peer may be imported only with a certificate that proves it
+    # final (BFT: the next block's header carries it), so a node imports one block behind
+    # the best peer it hears of and never keeps an orphan for later.
+    import_waits_for_certificate: bool = False
+    # True when the runtime pushes each block this node's engine commits to its peers
+    # (NewBlock); False when the engine's own messages carry its blocks (a BFT proposal).
+    pushes_own_blocks: bool = True
+    # The deepest reorg the node accepts: a branch forking further below the head is refused
+    # whatever its weight, even where finality does not already forbid it.
+    max_reorg_depth: int = 100
+    # How far ahead of the receiver's clock a block's timestamp may be (ledger/validate.py).
+    max_future_ms: int = 15_000
 
     @abstractmethod
     def handle(self, event: Event) -> list[Action]:
@@ -246,8 +264,23 @@ class Engine(ABC):
         return []
 
     def block_work(self, header: BlockHeader) -> int:
-        """The weight of a block in fork choice; the heaviest chain wins.  1 a block: the longest."""
+        """The weight of a block in the default fork choice.  1 a block: the longest chain."""
         return 1
+
+    def fork_choice(self, branches: Sequence[Sequence[BlockHeader]]) -> int:
+        """Which branch the node follows: `branches` each hold the headers after one common
+        fork point, oldest first, checked already; the first is the current chain's.  Returns
+        the index of the winner.  Pure.  The default: the most summed `block_work`, ties
+        keeping the earlier branch (the current chain, then the first seen)."""
+        if not branches:
+            raise ValueError("fork_choice needs at least one branch")
+        weights = [sum(self.block_work(header) for header in branch) for branch in branches]
+        return weights.index(max(weights))
+
+    def verify_commit(self, header: BlockHeader, certificate: bytes) -> object:
+        """Raise InvalidSeal unless `certificate` proves `header` final.  Called only when
+        `import_waits_for_certificate`; engines that set it implement this."""
+        raise NotImplementedError(f"the {self.name} engine does not certify blocks")
 
     def status(self) -> dict:
         """Engine state for debugging (GET /v1/node shows it)."""

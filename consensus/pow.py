@@ -31,6 +31,8 @@ from typing import Any
 
 from ledger.address import ADDRESS_SIZE
 from ledger.block import Block, BlockHeader
+from ledger.engine_status import Finality
+from ledger.validate import too_far_ahead
 
 from consensus.engine import (
     Action,
@@ -294,19 +296,6 @@ def work_of_target(target: int) -> int:
     return (1 << 256) // (target + 1)
 
 
-def fork_choice(candidates: Sequence[tuple[bytes, int]]) -> bytes:
-    """The head hash with the most cumulative work among (head hash, cumulative work) pairs,
-    listed in the order the node first saw them; a tie goes to the first seen, so a node
-    never switches branches for equal work (which would let anyone flip it for free)."""
-    if not candidates:
-        raise ValueError("fork choice needs at least one candidate head")
-    best_hash, best_work = candidates[0]
-    for block_hash, work in candidates[1:]:
-        if work > best_work:
-            best_hash, best_work = block_hash, work
-    return best_hash
-
-
 def verify_seal(header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: int | None, params: PowParams) -> None:
     """Raise InvalidSeal unless `header` is a valid proof-of-work block on top of
     `ancestors[-1]`, with `ancestors` the branch's last `params.ancestors_needed` headers,
@@ -338,10 +327,9 @@ def verify_seal(header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: i
         raise InvalidSeal(
             f"timestamp {header.timestamp} is not after {median}, the median of the last {min(len(window), MEDIAN_SPAN)} blocks"
         )
-    if now_ms is not None and header.timestamp > now_ms + params.max_future_ms:
-        raise InvalidSeal(
-            f"timestamp {header.timestamp} is {header.timestamp - now_ms} ms in the future (at most {params.max_future_ms})"
-        )
+    problem = too_far_ahead(header.timestamp, now_ms, params.max_future_ms)
+    if problem is not None:
+        raise InvalidSeal(problem)
 
 
 def finalized_height(head_height: int, params: PowParams) -> int:
@@ -373,6 +361,7 @@ class PowEngine(Engine):
     """
 
     name = "pow"
+    finality = Finality.DEPTH
 
     def __init__(
         self, params: dict | PowParams, miner_address: bytes | None = None, mine: bool = False,
@@ -386,6 +375,7 @@ class PowEngine(Engine):
         self.max_block_transactions = max_block_transactions
         self.ancestors_needed = self.params.ancestors_needed
         self.max_reorg_depth = self.params.max_reorg_depth
+        self.max_future_ms = self.params.max_future_ms
         self._window: deque[BlockHeader] = deque(maxlen=self.ancestors_needed)
         self._next_target: int | None = None  # for the block after the head, once the window is full
         self._build_parent: bytes | None = None  # parent of the BuildBlock awaiting its BlockBuilt
@@ -438,7 +428,8 @@ class PowEngine(Engine):
         if isinstance(event, Tick):
             return self._on_tick(event.now)
         # Blocks from peers reach the engine as BlockCommitted once the runtime has checked
-        # them (verify_header), stored them and chosen the head (fork_choice).
+        # them (ledger/validate.py), stored them and chosen the head (`fork_choice`: the
+        # default over `block_work`, the most cumulative work).
         return []
 
     def _set_window(self, head: BlockHeader, recent: tuple[BlockHeader, ...], extend: bool) -> None:

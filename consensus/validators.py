@@ -29,6 +29,7 @@ from typing import Any
 
 from ledger import crypto
 from ledger.address import address_of
+from ledger.state import ValidatorUpdate
 
 MAX_VALIDATORS = 500  # a commit certificate of all of them (84 bytes each) must fit a header's 64 KiB extra
 # CometBFT's bound (int64 max / 8): priorities of +-2 P plus a power always fit 64 bits.
@@ -102,6 +103,18 @@ class ValidatorSet:
                 raise InvalidValidatorSet(f"{where}.power must be an integer from 1 to {MAX_TOTAL_POWER}")
             members.append(Validator(address_of(public_key), public_key, power))
         return cls(members)
+
+    def updated(self, updates: Iterable[ValidatorUpdate]) -> ValidatorSet:
+        """The set after `updates`, in order: a key's power becomes the update's; 0 removes it.
+        Raises InvalidValidatorSet if the result is not a valid set (empty, too many, a bad key)."""
+        members = {v.address: v for v in self.validators}
+        for update in updates:
+            address = address_of(update.public_key)
+            if update.power == 0:
+                members.pop(address, None)
+            else:
+                members[address] = Validator(address, update.public_key, update.power)
+        return ValidatorSet(members.values())
 
     def to_genesis(self) -> list[dict]:
         return [{"public_key": v.public_key.hex(), "power": v.power} for v in self.validators]
@@ -240,3 +253,47 @@ def validator_set_of(keys: Iterable[tuple[bytes, int]]) -> ValidatorSet:
     """A set from (public key, power) pairs, for tests and tools."""
     return ValidatorSet(Validator(address_of(key), key, power) for key, power in keys)
 
+
+class ValidatorSchedule:
+    """The validator set of every height an engine still checks blocks of.
+
+    Updates that executing block h decided take effect at h + UPDATE_DELAY (CometBFT's
+    rule: the block after h is already being agreed on by the old set when h commits).
+    Each set's proposer rotation starts afresh at its first height.  Sets no height in the
+    window needs any more are dropped (`forget_below`).
+    """
+
+    UPDATE_DELAY = 2
+
+    def __init__(self, genesis_set: ValidatorSet):
+        self._sets: list[tuple[int, ValidatorSet]] = [(1, genesis_set)]  # (first height, set), ascending
+
+    def at(self, height: int) -> ValidatorSet:
+        """The set that proposes and votes at `height` (heights beyond the newest change use the newest set)."""
+        for first, validators in reversed(self._sets):
+            if first <= height:
+                return validators
+        return self._sets[0][1]
+
+    def proposer(self, height: int, round: int) -> Validator:
+        for first, validators in reversed(self._sets):
+            if first <= height:
+                return validators.proposer(height - first + 1, round)
+        raise ValueError(f"no validator set covers height {height}")
+
+    def apply(self, height: int, updates: Sequence[ValidatorUpdate]) -> None:
+        """Block `height` committed with `updates`; a set decided before for a later height (a
+        branch since reverted) is replaced."""
+        if not updates:
+            return
+        first = height + self.UPDATE_DELAY
+        self._sets = [(start, s) for start, s in self._sets if start < first]
+        self._sets.append((first, self.at(first).updated(updates)))
+
+    def forget_below(self, height: int) -> None:
+        """Drop the sets that only heights below `height` used (the oldest kept still covers it)."""
+        while len(self._sets) > 1 and self._sets[1][0] <= height:
+            self._sets.pop(0)
+
+    def __len__(self) -> int:
+        return len(self._sets)

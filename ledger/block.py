@@ -30,6 +30,12 @@ class InvalidBlock(ValueError):
         self.reason = reason
 
 
+class InvalidSeal(ValueError):
+    """A header its engine does not accept (seal, proposer, certificate, target).  Raised by
+    the engines' pure checks; it lives here so the block-validity rule (ledger/validate.py)
+    can name it without importing an engine."""
+
+
 @dataclass(frozen=True, slots=True)
 class BlockHeader:
     chain_id: str

@@ -33,11 +33,23 @@ class StateError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class ValidatorUpdate:
+    """A change to the validator set that executing a block decided (as ABCI's EndBlock
+    returns them): the key's power becomes `power`; 0 removes it.  The engine receives
+    them with the block's commit (BlockCommitted) and applies them to later heights."""
+
+    public_key: bytes
+    power: int
+
+
+@dataclass(frozen=True, slots=True)
 class BlockEffects:
     changes: dict[bytes, Account]  # new value of every touched account
     undo: dict[bytes, Account | None]  # its value before the block; None: it did not exist
     fees: int
     reward: int
+    # Transfers change no validator; staking transactions will (proof of stake).
+    validator_updates: tuple[ValidatorUpdate, ...] = ()
 
 
 def apply_transactions(

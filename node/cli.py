@@ -162,6 +162,8 @@ def node(
              "is another node running? Pick another port with --p2p-port.", EXIT_RUNTIME)
     except KeyboardInterrupt:
         pass
+    if runtime.failure is not None:
+        fail(f"the node stopped: {runtime.failure}", EXIT_RUNTIME)
 
 
 def _print_banner(config: NodeConfig, runtime, created: bool) -> None:

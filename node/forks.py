@@ -51,6 +51,9 @@ class SideBlocks:
                 if not siblings:
                     del self._children[block.header.parent]
 
+    def get(self, block_hash: bytes) -> Block | None:
+        return self._blocks.get(block_hash)
+
     def children(self, parent_hash: bytes) -> list[Block]:
         """Side blocks whose parent is `parent_hash`, oldest first (orphans that can now apply)."""
         hashes = self._children.get(parent_hash, ())

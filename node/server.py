@@ -59,6 +59,7 @@ async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_re
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, request_stop)
+    node.on_failure = lambda reason: request_stop()  # the runtime says why in node.failure
     serving = asyncio.create_task(server.serve(sockets=[api_socket]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)

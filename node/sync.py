@@ -10,15 +10,13 @@ up to BATCH blocks after it.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
 
-from ledger.block import Block
+from ledger.block import Block, BlockHeader
 from ledger.codec import DecodeError
+from ledger.store import ChainStore
 from node.p2p.messages import Blocks, GetBlocks
-from node.p2p.network import PeerInfo
-
-if TYPE_CHECKING:
-    from node.runtime import Node
+from node.p2p.network import Network, PeerInfo
 
 log = logging.getLogger("ledger.sync")
 
@@ -29,8 +27,21 @@ PROGRESS_LOG_SECONDS = 5.0
 
 
 class BlockSync:
-    def __init__(self, node: Node):
-        self.node = node
+    """`head` reads the node's current head; `lag` is how many blocks behind a peer's claimed
+    head we can get (1 when a block is proven only by the certificate in the next one:
+    the engine's `import_waits_for_certificate`); `blocking` runs a store read off the loop."""
+
+    def __init__(
+        self, network: Network | None, store: ChainStore, head: Callable[[], BlockHeader], *, lag: int,
+        now_ms: Callable[[], int], blocking: Callable[..., Awaitable], max_block_transactions: int,
+    ):
+        self.network = network
+        self.store = store
+        self.head = head
+        self.lag = lag
+        self.now_ms = now_ms
+        self.blocking = blocking
+        self.max_block_transactions = max_block_transactions
         self.best_height = 0  # the highest head a peer has told us about
         self._outstanding: tuple[str, float] | None = None  # (peer, when asked)
         # Peers whose answer moved our head nowhere (a lie, a stale status, a longer but lighter
@@ -42,24 +53,19 @@ class BlockSync:
         self._started_height = 0
         self._started_at = 0.0
 
-    @property
-    def _lag(self) -> int:
-        """Under BFT a peer's head is proven only by the block after it: we stay one behind."""
-        return 1 if self.node.certified else 0
-
     def _now(self) -> float:
         """Seconds on the node's clock (virtual under the simulator, so timeouts fire there too)."""
-        return self.node.now_ms() / 1000
+        return self.now_ms() / 1000
 
     # ------------------------------------------------------------------ state
     @property
     def syncing(self) -> bool:
-        return self.best_height > self.node.head.height + 1 + self._lag
+        return self.best_height > self.head().height + 1 + self.lag
 
     def progress(self) -> float:
         if not self.best_height:
             return 1.0
-        return min(1.0, self.node.head.height / self.best_height)
+        return min(1.0, self.head().height / self.best_height)
 
     # ------------------------------------------------------------------ asking
     def on_peer_status(self, peer: PeerInfo) -> None:
@@ -68,7 +74,7 @@ class BlockSync:
         self._fruitless.pop(peer.id, None)
         if peer.head_height > self.best_height:
             self.best_height = peer.head_height
-        if peer.head_height > self.node.head.height + self._lag:
+        if peer.head_height > self.head().height + self.lag:
             self._request(peer.id)
 
     def peer_gone(self, peer_id: str) -> None:
@@ -85,25 +91,25 @@ class BlockSync:
             peer_id = self._outstanding[0]
             log.warning("peer %s did not answer a block request in time", peer_id[:12])
             self._outstanding = None
-            self.node.network.penalize(peer_id, 10, "block request timed out")
+            self.network.penalize(peer_id, 10, "block request timed out")
             self._ask_best_peer()
 
     def _request(self, peer_id: str) -> None:
         if self._outstanding is not None:
             return
         if not self._started_at:
-            self._started_at, self._started_height = self._now(), self.node.head.height
+            self._started_at, self._started_height = self._now(), self.head().height
         self._outstanding = (peer_id, self._now())
-        self.node.network.send(peer_id, GetBlocks(tuple(self.node.locator()), BATCH))
+        self.network.send(peer_id, GetBlocks(tuple(self.locator()), BATCH))
 
     def _best_claim(self, exclude: str = "") -> int:
         """The highest head a connected peer claims that we have not found to be empty."""
-        return max((p.head_height for p in self.node.network.peers()
+        return max((p.head_height for p in self.network.peers()
                     if p.id != exclude and self._fruitless.get(p.id) != (p.head_height, p.head_hash)), default=0)
 
     def _ask_best_peer(self) -> None:
-        ahead = [p for p in self.node.network.peers()
-                 if p.head_height > self.node.head.height + self._lag and self._fruitless.get(p.id) != (p.head_height, p.head_hash)]
+        ahead = [p for p in self.network.peers()
+                 if p.head_height > self.head().height + self.lag and self._fruitless.get(p.id) != (p.head_height, p.head_hash)]
         if ahead:
             self._request(max(ahead, key=lambda p: p.head_height).id)
         else:
@@ -113,13 +119,13 @@ class BlockSync:
         """The blocks of an answer, or None (and a lower score) if it does not decode."""
         if self._outstanding is not None and self._outstanding[0] == peer_id:
             self._outstanding = None
-        limit = self.node.genesis.max_block_transactions
+        limit = self.max_block_transactions
         try:
             blocks = [Block.decode(raw, limit) for raw in message.blocks]
-            self._answer = (peer_id, self.node.head.hash)
+            self._answer = (peer_id, self.head().hash)
             return blocks
         except DecodeError as exc:
-            self.node.network.penalize(peer_id, 50, f"undecodable block: {exc}")
+            self.network.penalize(peer_id, 50, f"undecodable block: {exc}")
             return None
 
     def after_import(self) -> None:
@@ -127,13 +133,13 @@ class BlockSync:
         if self._answer is not None:
             peer_id, head_before = self._answer
             self._answer = None
-            if self.node.head.hash == head_before:
-                claimed = [(p.head_height, p.head_hash) for p in self.node.network.peers() if p.id == peer_id]
+            if self.head().hash == head_before:
+                claimed = [(p.head_height, p.head_hash) for p in self.network.peers() if p.id == peer_id]
                 if claimed:
                     self._fruitless[peer_id] = claimed[0]
                 self.best_height = self._best_claim()
         now = self._now()
-        height = self.node.head.height
+        height = self.head().height
         if self._started_at and now - self._last_log >= PROGRESS_LOG_SECONDS:
             self._last_log = now
             rate = (height - self._started_height) / max(now - self._started_at, 1e-6)
@@ -141,13 +147,31 @@ class BlockSync:
                      100 * self.progress(), rate)
         self._ask_best_peer()
 
+    def locator(self) -> list[bytes]:
+        """Our block hashes at heights head, head-1, head-2, head-4, ... and genesis."""
+        head = self.head()
+        heights = []
+        step, height = 1, head.height
+        while height > 0:
+            heights.append(height)
+            if len(heights) >= 10:
+                step *= 2
+            height -= step
+        heights.append(0)
+        hashes = []
+        for h in heights[:64]:
+            header = head if h == head.height else self.store.block_header(h)
+            if header is not None:
+                hashes.append(header.hash)
+        return hashes
+
     # ------------------------------------------------------------------ serving
     async def serve(self, peer_id: str, request: GetBlocks) -> None:
-        raws = await self.node._blocking(self._blocks_after, request.locator, min(request.max_count, BATCH))
-        self.node.network.send(peer_id, Blocks(tuple(raws)))
+        raws = await self.blocking(self._blocks_after, request.locator, min(request.max_count, BATCH))
+        self.network.send(peer_id, Blocks(tuple(raws)))
 
     def _blocks_after(self, locator: tuple[bytes, ...], count: int) -> list[bytes]:
-        store = self.node.store
+        store = self.store
         start = None
         for block_hash in locator:
             header = store.block_header_by_hash(block_hash)
@@ -156,7 +180,7 @@ class BlockSync:
                 break
         if start is None:
             start = 1  # nothing in common but genesis (which every node of the chain shares)
-        last = min(start + count - 1, self.node.head.height)
+        last = min(start + count - 1, self.head().height)
         if last < start:
             return []
         return store.encoded_blocks(start, last - start + 1, MAX_BATCH_BYTES)

@@ -103,7 +103,7 @@ def test_a_block_records_an_equivocation_and_the_api_lists_it(tmp_path):
             for value in (bytes(range(32)), None):
                 vote = Vote.sign(KEYS[3], genesis.chain_id, VoteType.PREVOTE, height, 0, value)
                 for node in nodes:
-                    node._feed(ev.PeerMessage(node.now_ms(), "byzantine", encode_message(vote)))
+                    node.feed(ev.PeerMessage(node.now_ms(), "byzantine", encode_message(vote)))
             sender = dev_keys(1)[0]
             recorded = []
             for nonce in range(12):  # blocks until one of the validators that saw it proposes

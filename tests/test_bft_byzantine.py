@@ -282,7 +282,7 @@ def test_an_invalid_proposer_proposes_blocks_that_honest_validation_refuses(liar
     assert reasons == {"bad_signature": "bad_signature", "bad_tx_root": "bad_merkle_root",
                        "overspend": "insufficient_balance"}
     assert validator.invalid_block(block, "replay")[1] == "overspend"  # nothing committed yet
-    asyncio.run(node._commit(block, b""))  # block 1 commits: its transfers can be replayed
+    asyncio.run(node.commit(block, b""))  # block 1 commits: its transfers can be replayed
     header = build_header(CHAIN_ID, node.head, GENESIS_MS + 2000, [], validator.address, b"")
     empty = Block(header.with_seal(validator.key.sign_digest(header.sealing_digest())))
     replayed, became = validator.invalid_block(empty, "replay")

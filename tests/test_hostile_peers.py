@@ -421,7 +421,7 @@ def test_a_branch_of_forged_blocks_does_not_cost_the_node_its_chain(tmp_path):
         scene.assert_chain_kept(head, forged)
         # Not even for a moment: reverting the head and committing it again would show as events.
         assert events.empty(), [events.get_nowait() for _ in range(events.qsize())]
-        assert forged.hash not in scene.node.side_blocks
+        assert forged.hash not in scene.node.importer.side_blocks
 
     run_scene(tmp_path, scenario)
 
@@ -554,7 +554,7 @@ def test_orphan_blocks_a_peer_parks_at_the_node_stay_within_a_byte_budget(tmp_pa
     """Blocks whose parent nobody knows cannot be checked yet; they must not pile up."""
 
     async def scenario(scene: Scene) -> None:
-        side = scene.node.side_blocks
+        side = scene.node.importer.side_blocks
         side.max_bytes = 2_000_000  # the production budget is 64 MB; the rule is the same
         head = scene.node.head
         filler = new_transfer(ALICE, CHAIN, 0, BOB, 1, 0, payload=bytes(200))

@@ -110,3 +110,58 @@ def test_blocks_fill_up_to_the_genesis_limit_and_stay_ordered(tmp_path):
             await node.stop()
 
     run(scenario())
+
+
+def test_a_block_the_store_fails_to_write_once_is_written_on_a_retry(tmp_path, monkeypatch):
+    monkeypatch.setattr("node.runtime.COMMIT_RETRY_SECONDS", (0.01, 0.01))
+
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        await node.start()
+        try:
+            real_commit, failures = node.store.commit_block, []
+
+            def flaky(*args):
+                if not failures:
+                    failures.append(args[0].height)
+                    raise OSError("disk I/O error")
+                return real_commit(*args)
+
+            node.store.commit_block = flaky
+            tx = new_transfer(KEYS[0], CHAIN, 0, BOB, 100)
+            await node.submit([tx])
+            assert (await node.wait_final([tx.id], timeout=10)) == {tx.id: "final"}
+            assert failures == [1] and node.failure is None
+            assert node.store.head().height == node.head.height == 1
+        finally:
+            await node.stop()
+
+    run(scenario())
+
+
+def test_a_block_the_store_cannot_write_stops_the_node_with_the_reason(tmp_path, monkeypatch):
+    monkeypatch.setattr("node.runtime.COMMIT_RETRY_SECONDS", (0.01, 0.01))
+
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        stopped = asyncio.Event()
+        node.on_failure = lambda reason: stopped.set()
+        await node.start()
+        attempts = []
+
+        def broken(*args):
+            attempts.append(args[0].height)
+            raise OSError("disk I/O error")
+
+        node.store.commit_block = broken
+        tx = new_transfer(KEYS[0], CHAIN, 0, BOB, 100)
+        await node.submit([tx])
+        await asyncio.wait_for(stopped.wait(), timeout=10)
+        assert attempts == [1, 1, 1]  # the first try and one a pause
+        assert "cannot store block 1" in node.failure and "disk I/O error" in node.failure
+        # Nothing moved in memory: the head, the state and the mempool are the stored ones.
+        assert node.head.height == 0 and node.transaction(tx.id).status == "pending"
+        assert (await node.submit([new_transfer(KEYS[1], CHAIN, 0, BOB, 1)]))[0].reason == "shutting_down"
+        await node.stop()
+
+    run(scenario())

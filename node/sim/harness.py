@@ -47,6 +47,7 @@ from consensus.mining import mine
 from consensus.pow import MAX_TARGET, round_target, work_of_target
 from ledger.address import address_of
 from ledger.block import Block, BlockHeader
+from ledger.engine_status import Finality
 from ledger.crypto import InvalidKey, PrivateKey
 from ledger.genesis import Genesis, dev_genesis
 from ledger.hdkeys import dev_keys
@@ -817,7 +818,7 @@ class Simulation:
         slot.seen_head = head.hash
         if slot.certified_height > len(chain) - 1:
             slot.certified_height = len(chain) - 1  # cannot happen under BFT (no reorgs), but stay exact
-        if hasattr(node.engine, "verify_commit"):
+        if node.engine.finality is Finality.CERTIFICATE:
             self._check_certificates(slot, node)
         supply = node.state.total_supply()
         expected = self.genesis.expected_supply(head.height)
@@ -943,7 +944,7 @@ class Simulation:
         reference = honest[0]
         for slot in honest:
             self._check_stored_chain(slot)
-            if hasattr(slot.node.engine, "verify_commit"):
+            if slot.node.engine.finality is Finality.CERTIFICATE:
                 # Every node validates: each stored its own certificate for the common head.
                 self._check_certificates(slot, slot.node, head_too=True)
             if slot.node.state.accounts != reference.node.state.accounts:

@@ -1,0 +1,146 @@
+"""The reads the API makes of a node (api.service.NodeService), over the runtime's state.
+
+Called from the API's worker threads: what the event loop mutates (the mempool, the
+account state) is read under the runtime's `lock`; the store has its own connections.
+Node mixes this in, so the runtime module holds only the engine loop.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from api.service import AccountRecord, BlockRecord, MempoolRecord, NodeInfo, TxRecord, TxStatusName
+from consensus.engine import Engine
+from ledger.block import BlockHeader
+from ledger.evidence import EvidenceRecord
+from ledger.genesis import Genesis
+from ledger.mempool import Mempool
+from ledger.state import State
+from ledger.store import ChainStore
+from node import __version__
+from node.importer import BlockImporter
+from node.metrics import NodeMetrics
+from node.p2p.network import Network
+from node.sync import BlockSync
+
+
+class ChainReads:
+    genesis: Genesis
+    engine: Engine
+    store: ChainStore
+    state: State
+    pool: Mempool
+    head: BlockHeader
+    finalized_height: int
+    lock: threading.Lock
+    network: Network | None
+    metrics: NodeMetrics
+    sync: BlockSync
+    importer: BlockImporter
+    node_id: str
+
+    def node_info(self) -> NodeInfo:
+        head = self.head
+        peers = self.network.peers() if self.network is not None else []
+        return NodeInfo(
+            chain_id=self.genesis.chain_id,
+            genesis_hash=self.genesis.hash,
+            engine=self.engine.name,
+            height=head.height,
+            head_hash=head.hash,
+            head_timestamp=head.timestamp,
+            finalized_height=self.finalized_height,
+            version=__version__,
+            address_prefix=self.genesis.address_prefix,
+            denomination=self.genesis.denomination.name,
+            decimals=self.genesis.denomination.decimals,
+            node_id=self.node_id,
+            mempool_size=len(self.pool),
+            syncing=self.sync.syncing,
+            sync_progress=round(self.sync.progress(), 4),
+            peers=len(peers),
+            extra={
+                "engine": self.engine.status(),
+                "tx_per_second": round(self.metrics.tx_rate(), 1),
+                "reorgs": self.importer.reorgs,
+                "peers": [
+                    {"node_id": p.id, "address": p.address, "direction": "inbound" if p.inbound else "outbound",
+                     "height": p.head_height, "score": p.score}
+                    for p in peers
+                ],
+            },
+        )
+
+    def _status_of(self, height: int) -> tuple[TxStatusName, int]:
+        head_height = self.head.height
+        confirmations = max(0, head_height - height + 1)
+        return ("final" if height <= self.finalized_height else "included"), confirmations
+
+    def transaction(self, tx_id: bytes) -> TxRecord | None:
+        with self.lock:
+            pending = self.pool.get(tx_id)
+        if pending is not None:
+            return TxRecord(pending, "pending")
+        stored = self.store.transaction(tx_id)
+        if stored is None:
+            return None
+        status, confirmations = self._status_of(stored.height)
+        return TxRecord(
+            stored.tx, status, stored.height, stored.block_hash, stored.index, confirmations, stored.timestamp
+        )
+
+    def block(self, ref: int | bytes, with_transactions: bool = True) -> BlockRecord | None:
+        if isinstance(ref, int):
+            header = self.store.block_header(ref)
+        else:
+            header = self.store.block_header_by_hash(ref)
+        if header is None:
+            return None
+        transactions = None
+        if with_transactions:
+            block = self.store.block(header.height)
+            if block is None or block.hash != header.hash:
+                return None  # reverted between the two reads
+            transactions = block.transactions
+        status, confirmations = self._status_of(header.height)
+        certificate = self.store.certificate(header.height)
+        return BlockRecord(
+            header, transactions, status, confirmations, certificate, self.store.block_size(header.height) or 0,
+            tuple(self.engine.block_evidence(header)), tuple(self.engine.certificate_signers(certificate)),
+        )
+
+    def recorded_evidence(
+        self, validator: bytes | None, before: tuple[int, int] | None, limit: int
+    ) -> list[tuple[int, int, EvidenceRecord]]:
+        return self.store.evidence(validator, before, limit)
+
+    def blocks(self, before_height: int | None, limit: int) -> list[BlockRecord]:
+        records = []
+        for header, size in self.store.headers_with_sizes(before_height, limit):
+            status, confirmations = self._status_of(header.height)
+            records.append(BlockRecord(header, None, status, confirmations, size=size))
+        return records
+
+    def account(self, address: bytes) -> AccountRecord:
+        with self.lock:
+            balance, nonce = self.state.get(address)
+            pending_nonce = max(nonce, self.pool.pending_nonce(address))
+            pending_count = self.pool.pending_count(address)
+        return AccountRecord(address, balance, nonce, pending_nonce, pending_count)
+
+    def account_transactions(self, address: bytes, before: tuple[int, int] | None, limit: int) -> list[TxRecord]:
+        records = []
+        for stored in self.store.account_transactions(address, before, limit):
+            status, confirmations = self._status_of(stored.height)
+            records.append(
+                TxRecord(stored.tx, status, stored.height, stored.block_hash, stored.index, confirmations, stored.timestamp)
+            )
+        return records
+
+    def mempool(self, limit: int) -> MempoolRecord:
+        with self.lock:
+            return MempoolRecord(len(self.pool), self.pool.capacity, self.pool.senders(), self.pool.snapshot(limit))
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()
+
