@@ -2,8 +2,10 @@
 
 A repository behind a narrow interface, written with SQLAlchemy 2 Core.  SQLite
 (WAL mode) is the embedded default, PostgreSQL is one URL away.  Alembic owns the
-schema (`migrations/`); `metadata` below is the schema the code expects, and a
-test checks that the migrations produce exactly it.
+schema (`migrations/`, which runs the upgrade: this module sits below it and does
+not import it); `metadata` and `SCHEMA_REVISION` below are the schema the code
+expects, and tests check that the migrations produce exactly it and end at that
+revision.
 
 Committing a block is one database transaction (block, transactions, account
 changes, undo record and head) or nothing, so a node killed at any instant
@@ -116,6 +118,10 @@ META_HEAD = "head"
 RESERVED_META_KEYS = frozenset({META_GENESIS_HASH, META_HEAD})
 MAX_META_KEY = 64
 
+# The newest migration, the one `metadata` describes; a new revision in
+# migrations/versions changes both (tests/test_migrations.py holds them together).
+SCHEMA_REVISION = "0002"
+
 
 # --- errors and records ----------------------------------------------------------------------
 
@@ -154,13 +160,6 @@ class StoredTx:
 
 
 # --- the store -------------------------------------------------------------------------------
-
-
-def migrations_dir() -> Path:
-    """The Alembic script directory, wherever the `migrations` package is installed."""
-    import migrations
-
-    return Path(migrations.__file__).resolve().parent
 
 
 def _is_memory_sqlite(url: sa.URL) -> bool:
@@ -282,24 +281,17 @@ class ChainStore:
 
     # --- schema ----------------------------------------------------------------------------
 
-    def _alembic_config(self):
-        from alembic.config import Config
+    @contextlib.contextmanager
+    def schema_connection(self) -> Iterator[Connection]:
+        """A connection for changing the schema (migrations.upgrade).
 
-        config = Config()
-        config.set_main_option("script_location", str(migrations_dir()))
-        return config
-
-    def upgrade(self) -> None:
-        """Bring the schema to the newest migration (alembic upgrade head)."""
-        from alembic import command
-
-        config = self._alembic_config()
+        It holds the writer lock and begins no transaction, so the migration tool runs
+        its own; what it leaves uncommitted is rolled back on leaving.  For an in-memory
+        SQLite database it is the only connection there is, which is why a migration
+        must use it rather than open one of its own."""
         with self._write_lock, self._use_lock, self._engine.connect() as conn:
             conn.execution_options(ledger_write=True)
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-            if conn.in_transaction():
-                conn.commit()
+            yield conn
 
     def schema_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -308,14 +300,11 @@ class ChainStore:
             return MigrationContext.configure(conn).get_current_revision()
 
     def _check_schema(self) -> None:
-        from alembic.script import ScriptDirectory
-
-        expected = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
         current = self.schema_revision()
-        if current != expected:
+        if current != SCHEMA_REVISION:
             raise SchemaOutOfDate(
-                f"database schema is at revision {current or 'none'}, this node needs {expected}: "
-                "run `ledger db upgrade` (ChainStore.upgrade)"
+                f"database schema is at revision {current or 'none'}, this node needs {SCHEMA_REVISION}: "
+                "run `ledger db upgrade` (migrations.upgrade)"
             )
 
     # --- genesis ---------------------------------------------------------------------------
@@ -776,5 +765,5 @@ def _meta_key(key: str) -> str:
 
 __all__ = [
     "ChainStore", "ChainStoreError", "GenesisMismatch", "NotInitialized", "NotNextBlock", "SchemaOutOfDate",
-    "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "parse_url", "metadata", "migrations_dir",
+    "SCHEMA_REVISION", "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "parse_url", "metadata",
 ]

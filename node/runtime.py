@@ -42,6 +42,7 @@ from ledger.merkle import EMPTY_ROOT
 from ledger.state import Account, BlockEffects, Overlay, State, StateError, apply_transactions
 from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
+import migrations
 from node import __version__
 from node.config import NodeConfig
 from node.forks import SideBlocks
@@ -142,7 +143,7 @@ class Node:
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Bring the database to the current schema and load the chain (blocking)."""
-        self.store.upgrade()
+        migrations.upgrade(self.store)
         self.store.initialize(self.genesis)
         head = self.store.head()
         assert head is not None, "an initialized store has a genesis block"

@@ -33,6 +33,7 @@ from ledger.store import (
     parse_url,
 )
 from ledger.transaction import new_transfer
+import migrations
 
 KEYS = dev_keys(4)
 ADDRESSES = [address_of(key.public_key) for key in KEYS]
@@ -87,7 +88,7 @@ class Chain:
 @pytest.fixture
 def store(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
+    migrations.upgrade(store)
     store.initialize(GENESIS)
     yield store
     store.close()
@@ -110,8 +111,8 @@ def snapshot(store: ChainStore) -> dict:
 
 def test_initialize_stores_genesis_and_reopening_finds_it(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
-    store.upgrade()  # already at head: nothing to do
+    migrations.upgrade(store)
+    migrations.upgrade(store)  # already at head: nothing to do
     store.initialize(GENESIS)
     genesis_block = GENESIS.block()
     assert store.head() == genesis_block.header
@@ -150,7 +151,7 @@ def test_initialize_before_upgrade_is_refused(store_url):
 
 def test_commit_before_initialize_is_refused(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
+    migrations.upgrade(store)
     block, effects = Chain().next_block([(1, ADDRESSES[2], 10, 1)])
     try:
         with pytest.raises(NotInitialized):
@@ -352,7 +353,7 @@ def test_revert_head_restores_the_exact_prior_accounts(store):
 
 def test_a_fresh_store_on_the_same_database_sees_the_same_chain(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
+    migrations.upgrade(store)
     store.initialize(GENESIS)
     chain = Chain()
     for round_ in range(3):
@@ -362,7 +363,7 @@ def test_a_fresh_store_on_the_same_database_sees_the_same_chain(store_url):
 
     reopened = ChainStore(store_url)
     try:
-        reopened.upgrade()
+        migrations.upgrade(reopened)
         reopened.initialize(GENESIS)
         assert reopened.head() == chain.head
         assert reopened.load_accounts() == chain.state.accounts
@@ -385,7 +386,7 @@ step_strategy = st.one_of(st.just("revert"), st.lists(transfer_strategy, max_siz
 def test_any_sequence_of_commits_and_reverts_keeps_the_store_equal_to_the_state(steps):
     store = ChainStore("sqlite://")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(GENESIS)
         chain = Chain()
         for step in steps:
@@ -506,7 +507,7 @@ def test_readers_on_other_threads_see_whole_blocks(store):
 def test_in_memory_sqlite_store_works_across_threads():
     store = ChainStore("sqlite://")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(GENESIS)
         read_while_committing(store)
         assert store.schema_revision() is not None
@@ -518,7 +519,7 @@ def test_a_missing_parent_directory_is_created(tmp_path):
     path = tmp_path / "deep" / "er" / "chain.db"
     store = ChainStore(f"sqlite:///{path}")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(GENESIS)
         assert path.exists()
         plain = sa.create_engine(f"sqlite:///{path}")
