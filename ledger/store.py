@@ -224,6 +224,31 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
+@contextlib.contextmanager
+def _synchronous_full(conn: Connection) -> Iterator[None]:
+    """SQLite's synchronous=FULL on this connection for one transaction begun inside.
+
+    SQLite refuses to change the level inside a transaction, so it is set on the
+    driver's connection before BEGIN (through SQLAlchemy the statement would begin one)
+    and restored after the commit or rollback."""
+    driver = conn.connection.dbapi_connection
+    driver.execute("PRAGMA synchronous=FULL")
+    try:
+        yield
+    finally:
+        try:
+            if driver.in_transaction:
+                # A failed commit leaves its transaction open until the pool resets the
+                # connection, and the level cannot change inside it; the write is lost
+                # either way.
+                driver.rollback()
+            driver.execute("PRAGMA synchronous=NORMAL")
+        except Exception:
+            # Not back in the pool with FULL, where it would sync every block commit.
+            conn.invalidate()
+            raise
+
+
 class ChainStore:
     def __init__(self, url: str):
         parsed = parse_url(url)
@@ -278,6 +303,24 @@ class ChainStore:
             conn.execution_options(ledger_write=True)
             with conn.begin():
                 yield conn
+
+    @contextlib.contextmanager
+    def _durable_writing(self) -> Iterator[Connection]:
+        """A write that is on disk when its commit returns, power cut included.
+
+        Block commits do not pay for this: a block lost after a power cut is fetched
+        again from peers, while a lost signing record can make a validator sign twice."""
+        with self._write_lock, self._use_lock, self._engine.connect() as conn:
+            conn.execution_options(ledger_write=True)
+            if self.backend == "sqlite":
+                with _synchronous_full(conn), conn.begin():
+                    yield conn
+            else:
+                with conn.begin():
+                    # On by default, but a server or role may turn it off, and then a
+                    # commit returns before its WAL record is flushed.
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+                    yield conn
 
     # --- schema ----------------------------------------------------------------------------
 
@@ -672,14 +715,19 @@ class ChainStore:
             value = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar_one_or_none()
         return None if value is None else bytes(value)
 
-    def set_meta(self, key: str, value: bytes) -> None:
-        """Durable node metadata (engine state); the chain's own keys are refused."""
+    def set_meta(self, key: str, value: bytes, *, durable: bool = False) -> None:
+        """Node metadata (engine state); the chain's own keys are refused.
+
+        Any write survives a killed process.  durable=True also survives a power cut
+        once this returns: SQLite syncs its WAL at this commit (synchronous=FULL for
+        this transaction only), PostgreSQL waits for its WAL flush (synchronous_commit
+        on).  For what must never be forgotten, such as what a validator last signed."""
         key = _meta_key(key)
         if key in RESERVED_META_KEYS:
             raise ValueError(f"meta key '{key}' is maintained by the store itself")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("meta value must be bytes")
-        with self._writing() as conn:
+        with self._durable_writing() if durable else self._writing() as conn:
             self._put_meta(conn, key, bytes(value))
 
     def _put_meta(self, conn: Connection, key: str, value: bytes) -> None:
