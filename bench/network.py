@@ -84,6 +84,7 @@ from ledger.hdkeys import dev_keys  # noqa: E402
 from ledger.state import State  # noqa: E402
 from ledger.store import ChainStore  # noqa: E402
 from ledger.transaction import new_transfer  # noqa: E402
+import migrations  # noqa: E402
 from consensus.registry import create_engine  # noqa: E402
 from node.config import load_config  # noqa: E402
 from node.lifetime import die_with_parent  # noqa: E402
@@ -665,7 +666,7 @@ def build_solo_chain(store_url: str, genesis: Genesis, authority: PrivateKey, bl
     """`blocks` sealed solo blocks written straight into a store, as the node would commit them."""
     store = ChainStore(store_url)
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(genesis)
         state = State({address: (balance, 0) for address, balance in genesis.allocations.items()})
         head = store.head()

@@ -33,6 +33,7 @@ from ledger.hdkeys import dev_keys  # noqa: E402
 from ledger.state import State  # noqa: E402
 from ledger.store import ChainStore  # noqa: E402
 from ledger.transaction import new_transfer  # noqa: E402
+import migrations  # noqa: E402
 
 SENDERS = 100
 RECIPIENTS = 1_000
@@ -98,7 +99,7 @@ def main() -> None:
     with scratch_database(args.db) as url:
         store = ChainStore(url)
         try:
-            store.upgrade()
+            migrations.upgrade(store)
             store.initialize(genesis)
             block_times = []
             for block, effects in prepared:

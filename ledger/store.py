@@ -2,8 +2,10 @@
 
 A repository behind a narrow interface, written with SQLAlchemy 2 Core.  SQLite
 (WAL mode) is the embedded default, PostgreSQL is one URL away.  Alembic owns the
-schema (`migrations/`); `metadata` below is the schema the code expects, and a
-test checks that the migrations produce exactly it.
+schema (`migrations/`, which runs the upgrade: this module sits below it and does
+not import it); `metadata` and `SCHEMA_REVISION` below are the schema the code
+expects, and tests check that the migrations produce exactly it and end at that
+revision.
 
 Committing a block is one database transaction (block, transactions, account
 changes, undo record and head) or nothing, so a node killed at any instant
@@ -116,6 +118,10 @@ META_HEAD = "head"
 RESERVED_META_KEYS = frozenset({META_GENESIS_HASH, META_HEAD})
 MAX_META_KEY = 64
 
+# The newest migration, the one `metadata` describes; a new revision in
+# migrations/versions changes both (tests/test_migrations.py holds them together).
+SCHEMA_REVISION = "0002"
+
 
 # --- errors and records ----------------------------------------------------------------------
 
@@ -154,13 +160,6 @@ class StoredTx:
 
 
 # --- the store -------------------------------------------------------------------------------
-
-
-def migrations_dir() -> Path:
-    """The Alembic script directory, wherever the `migrations` package is installed."""
-    import migrations
-
-    return Path(migrations.__file__).resolve().parent
 
 
 def _is_memory_sqlite(url: sa.URL) -> bool:
@@ -225,6 +224,31 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
+@contextlib.contextmanager
+def _synchronous_full(conn: Connection) -> Iterator[None]:
+    """SQLite's synchronous=FULL on this connection for one transaction begun inside.
+
+    SQLite refuses to change the level inside a transaction, so it is set on the
+    driver's connection before BEGIN (through SQLAlchemy the statement would begin one)
+    and restored after the commit or rollback."""
+    driver = conn.connection.dbapi_connection
+    driver.execute("PRAGMA synchronous=FULL")
+    try:
+        yield
+    finally:
+        try:
+            if driver.in_transaction:
+                # A failed commit leaves its transaction open until the pool resets the
+                # connection, and the level cannot change inside it; the write is lost
+                # either way.
+                driver.rollback()
+            driver.execute("PRAGMA synchronous=NORMAL")
+        except Exception:
+            # Not back in the pool with FULL, where it would sync every block commit.
+            conn.invalidate()
+            raise
+
+
 class ChainStore:
     def __init__(self, url: str):
         parsed = parse_url(url)
@@ -280,26 +304,37 @@ class ChainStore:
             with conn.begin():
                 yield conn
 
-    # --- schema ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _durable_writing(self) -> Iterator[Connection]:
+        """A write that is on disk when its commit returns, power cut included.
 
-    def _alembic_config(self):
-        from alembic.config import Config
-
-        config = Config()
-        config.set_main_option("script_location", str(migrations_dir()))
-        return config
-
-    def upgrade(self) -> None:
-        """Bring the schema to the newest migration (alembic upgrade head)."""
-        from alembic import command
-
-        config = self._alembic_config()
+        Block commits do not pay for this: a block lost after a power cut is fetched
+        again from peers, while a lost signing record can make a validator sign twice."""
         with self._write_lock, self._use_lock, self._engine.connect() as conn:
             conn.execution_options(ledger_write=True)
-            config.attributes["connection"] = conn
-            command.upgrade(config, "head")
-            if conn.in_transaction():
-                conn.commit()
+            if self.backend == "sqlite":
+                with _synchronous_full(conn), conn.begin():
+                    yield conn
+            else:
+                with conn.begin():
+                    # On by default, but a server or role may turn it off, and then a
+                    # commit returns before its WAL record is flushed.
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
+                    yield conn
+
+    # --- schema ----------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def schema_connection(self) -> Iterator[Connection]:
+        """A connection for changing the schema (migrations.upgrade).
+
+        It holds the writer lock and begins no transaction, so the migration tool runs
+        its own; what it leaves uncommitted is rolled back on leaving.  For an in-memory
+        SQLite database it is the only connection there is, which is why a migration
+        must use it rather than open one of its own."""
+        with self._write_lock, self._use_lock, self._engine.connect() as conn:
+            conn.execution_options(ledger_write=True)
+            yield conn
 
     def schema_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -308,14 +343,11 @@ class ChainStore:
             return MigrationContext.configure(conn).get_current_revision()
 
     def _check_schema(self) -> None:
-        from alembic.script import ScriptDirectory
-
-        expected = ScriptDirectory.from_config(self._alembic_config()).get_current_head()
         current = self.schema_revision()
-        if current != expected:
+        if current != SCHEMA_REVISION:
             raise SchemaOutOfDate(
-                f"database schema is at revision {current or 'none'}, this node needs {expected}: "
-                "run `ledger db upgrade` (ChainStore.upgrade)"
+                f"database schema is at revision {current or 'none'}, this node needs {SCHEMA_REVISION}: "
+                "run `ledger db upgrade` (migrations.upgrade)"
             )
 
     # --- genesis ---------------------------------------------------------------------------
@@ -683,14 +715,19 @@ class ChainStore:
             value = conn.execute(sa.select(meta_table.c.value).where(meta_table.c.key == key)).scalar_one_or_none()
         return None if value is None else bytes(value)
 
-    def set_meta(self, key: str, value: bytes) -> None:
-        """Durable node metadata (engine state); the chain's own keys are refused."""
+    def set_meta(self, key: str, value: bytes, *, durable: bool = False) -> None:
+        """Node metadata (engine state); the chain's own keys are refused.
+
+        Any write survives a killed process.  durable=True also survives a power cut
+        once this returns: SQLite syncs its WAL at this commit (synchronous=FULL for
+        this transaction only), PostgreSQL waits for its WAL flush (synchronous_commit
+        on).  For what must never be forgotten, such as what a validator last signed."""
         key = _meta_key(key)
         if key in RESERVED_META_KEYS:
             raise ValueError(f"meta key '{key}' is maintained by the store itself")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("meta value must be bytes")
-        with self._writing() as conn:
+        with self._durable_writing() if durable else self._writing() as conn:
             self._put_meta(conn, key, bytes(value))
 
     def _put_meta(self, conn: Connection, key: str, value: bytes) -> None:
@@ -776,5 +813,5 @@ def _meta_key(key: str) -> str:
 
 __all__ = [
     "ChainStore", "ChainStoreError", "GenesisMismatch", "NotInitialized", "NotNextBlock", "SchemaOutOfDate",
-    "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "parse_url", "metadata", "migrations_dir",
+    "SCHEMA_REVISION", "StoreConflict", "StoredTx", "account_transactions_query", "make_engine", "parse_url", "metadata",
 ]

@@ -1,7 +1,7 @@
 """Alembic environment of the chain store.
 
 Two ways in:
-- ChainStore.upgrade() hands over its own connection in
+- migrations.upgrade(store) hands over the store's own connection in
   `config.attributes["connection"]` (so an in-memory SQLite database, which lives
   only on that connection, can be migrated);
 - the `alembic` command line from the repository root (alembic.ini), on the URL

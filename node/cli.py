@@ -18,6 +18,7 @@ from ledger.address import address_of
 from ledger.genesis import Genesis, InvalidGenesis, dev_genesis
 from ledger.hdkeys import DEV_MNEMONIC, account_path, dev_keys
 from ledger.store import ChainStore, ChainStoreError, GenesisMismatch
+import migrations
 from node import __version__
 from node.config import ConfigError, NodeConfig, load_config
 from node.keys import NodeKeyError, load_or_create_node_key
@@ -209,7 +210,7 @@ def db_upgrade(
     # --db elsewhere must not leave an empty data/node behind.
     try:
         store = ChainStore(config.db_url)
-        store.upgrade()
+        migrations.upgrade(store)
         store.close()
     except Exception as exc:  # the database driver's errors vary by backend; say which URL failed
         fail(f"cannot upgrade {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)

@@ -14,6 +14,7 @@ the API reads through node/reads.py, live events leave through node/events.py an
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
@@ -35,6 +36,7 @@ from ledger.state import Account, BlockEffects, State, StateError
 from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block, validate_header
+import migrations
 from node.config import NodeConfig
 from node.events import EventHub
 from node.finality import FinalityWaiters
@@ -133,7 +135,7 @@ class Node(ChainReads):
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
         """Bring the database to the current schema and load the chain (blocking)."""
-        self.store.upgrade()
+        migrations.upgrade(self.store)
         self.store.initialize(self.genesis)
         head = self.store.head()
         assert head is not None, "an initialized store has a genesis block"
@@ -247,7 +249,8 @@ class Node(ChainReads):
         elif isinstance(action, ev.SetTimer):
             self._set_timer(action.at)
         elif isinstance(action, ev.Persist):
-            await self.blocking(self.store.set_meta, ENGINE_STATE_KEY, action.state)
+            # Durable (fsync) before any later action's message leaves: the double-sign guard.
+            await self.blocking(functools.partial(self.store.set_meta, ENGINE_STATE_KEY, action.state, durable=True))
         elif isinstance(action, ev.SetHead):
             await self.importer.set_head(action.block_hash)
         else:

@@ -19,6 +19,7 @@ import pytest
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis, dev_genesis
 from ledger.store import ChainStore, metadata
+import migrations
 from node import __version__
 from tests.nodeproc import free_port, run_cli
 
@@ -136,7 +137,7 @@ def test_genesis_of_another_chain_for_an_existing_data_dir(tmp_path):
     data_dir.mkdir()
     original = write_genesis(data_dir / "genesis.json")
     with ChainStore(f"sqlite:///{data_dir / 'chain.db'}") as store:  # what a first start does
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(original)
     other = write_genesis(tmp_path / "other.json")
     result = run_cli(*node_command(data_dir, "--genesis", str(tmp_path / "other.json")))

@@ -10,11 +10,12 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.autogenerate import compare_metadata
-from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from ledger.store import ChainStore, make_engine, metadata, migrations_dir
+from ledger.store import SCHEMA_REVISION, ChainStore, make_engine, metadata
+import migrations
+from migrations import migrations_dir
 
 REPO = Path(__file__).resolve().parent.parent
 DECLARED_TABLES = {"blocks", "transactions", "accounts", "undo", "evidence", "meta"}
@@ -22,7 +23,7 @@ DECLARED_TABLES = {"blocks", "transactions", "accounts", "undo", "evidence", "me
 
 def upgraded_engine(url: str) -> sa.Engine:
     store = ChainStore(url)
-    store.upgrade()
+    migrations.upgrade(store)
     store.close()
     return make_engine(url)
 
@@ -76,8 +77,7 @@ def test_no_autogenerate_difference_between_migrations_and_metadata(store_url):
 def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(store_url):
     engine = upgraded_engine(store_url)
     try:
-        config = Config()
-        config.set_main_option("script_location", str(migrations_dir()))
+        config = migrations.alembic_config()
         with engine.connect() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, "base")
@@ -96,12 +96,18 @@ def test_upgrade_finds_its_migrations_from_any_working_directory(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     store = ChainStore(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         assert store.schema_revision() == "0002"
     finally:
         store.close()
     assert (migrations_dir() / "env.py").is_file()
     assert (migrations_dir() / "versions").is_dir()
+
+
+def test_the_revision_the_store_expects_is_the_newest_migration():
+    """A new revision must bump ledger.store.SCHEMA_REVISION, which `initialize` checks."""
+    assert migrations.head_revision() == SCHEMA_REVISION
+    assert ScriptDirectory(str(migrations_dir())).get_current_head() == SCHEMA_REVISION
 
 
 def test_a_single_linear_history():

@@ -41,6 +41,7 @@ from ledger.hdkeys import dev_keys
 from ledger.state import State
 from ledger.store import ChainStore
 from ledger.transaction import new_transfer
+import migrations
 from tests.nodeproc import ROOT, NodeFailed, NodeProcess, NodeProcesses, child_env, run_cli
 
 pytestmark = pytest.mark.integration
@@ -390,7 +391,7 @@ def write_solo_chain(directory: Path, genesis: Genesis, blocks: int) -> bytes:
     proposer = address_of(authority.public_key)
     store = ChainStore(f"sqlite:///{directory / 'node0' / 'chain.db'}")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(genesis)
         state = State(store.load_accounts())
         head = store.head()

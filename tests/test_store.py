@@ -33,6 +33,7 @@ from ledger.store import (
     parse_url,
 )
 from ledger.transaction import new_transfer
+import migrations
 
 KEYS = dev_keys(4)
 ADDRESSES = [address_of(key.public_key) for key in KEYS]
@@ -87,7 +88,7 @@ class Chain:
 @pytest.fixture
 def store(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
+    migrations.upgrade(store)
     store.initialize(GENESIS)
     yield store
     store.close()
@@ -110,8 +111,8 @@ def snapshot(store: ChainStore) -> dict:
 
 def test_initialize_stores_genesis_and_reopening_finds_it(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
-    store.upgrade()  # already at head: nothing to do
+    migrations.upgrade(store)
+    migrations.upgrade(store)  # already at head: nothing to do
     store.initialize(GENESIS)
     genesis_block = GENESIS.block()
     assert store.head() == genesis_block.header
@@ -150,7 +151,7 @@ def test_initialize_before_upgrade_is_refused(store_url):
 
 def test_commit_before_initialize_is_refused(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
+    migrations.upgrade(store)
     block, effects = Chain().next_block([(1, ADDRESSES[2], 10, 1)])
     try:
         with pytest.raises(NotInitialized):
@@ -352,7 +353,7 @@ def test_revert_head_restores_the_exact_prior_accounts(store):
 
 def test_a_fresh_store_on_the_same_database_sees_the_same_chain(store_url):
     store = ChainStore(store_url)
-    store.upgrade()
+    migrations.upgrade(store)
     store.initialize(GENESIS)
     chain = Chain()
     for round_ in range(3):
@@ -362,7 +363,7 @@ def test_a_fresh_store_on_the_same_database_sees_the_same_chain(store_url):
 
     reopened = ChainStore(store_url)
     try:
-        reopened.upgrade()
+        migrations.upgrade(reopened)
         reopened.initialize(GENESIS)
         assert reopened.head() == chain.head
         assert reopened.load_accounts() == chain.state.accounts
@@ -385,7 +386,7 @@ step_strategy = st.one_of(st.just("revert"), st.lists(transfer_strategy, max_siz
 def test_any_sequence_of_commits_and_reverts_keeps_the_store_equal_to_the_state(steps):
     store = ChainStore("sqlite://")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(GENESIS)
         chain = Chain()
         for step in steps:
@@ -424,6 +425,111 @@ def test_meta_values_round_trip_and_the_store_keys_are_protected(store):
         store.set_meta("engine", "text")
     assert store.get_meta("head") == GENESIS.block().hash
     assert store.get_meta("engine") == b"\x02"
+
+
+# What a commit waits for: SQLite's `PRAGMA synchronous`, PostgreSQL's synchronous_commit.
+LAX = {"sqlite": "normal", "postgresql": "off"}
+DURABLE = {"sqlite": "full", "postgresql": "on"}
+SQLITE_SYNCHRONOUS = {0: "off", 1: "normal", 2: "full", 3: "extra"}
+
+
+class WriteCommits:
+    """The sync level each write transaction of one store commits with, read on the
+    driver's connection at the commit; `fail_next` makes the next write fail there,
+    after its statements and before the database commits them."""
+
+    def __init__(self, store: ChainStore):
+        self.url = store.url
+        self.backend = store.backend
+        self.seen: list[tuple[int, str]] = []  # (driver connection, level)
+        self.fail_next = False
+
+    def levels(self) -> list[str]:
+        return [level for _, level in self.seen]
+
+    def connections(self) -> set[int]:
+        return {connection for connection, _ in self.seen}
+
+    def _on_commit(self, conn) -> None:
+        if conn.engine.url != self.url or not conn.get_execution_options().get("ledger_write"):
+            return
+        driver = conn.connection.dbapi_connection
+        if self.backend == "sqlite":
+            level = SQLITE_SYNCHRONOUS[driver.execute("PRAGMA synchronous").fetchone()[0]]
+        else:
+            level = driver.execute("SHOW synchronous_commit").fetchone()[0]
+        self.seen.append((id(driver), level))
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("no space left on device")
+
+    def __enter__(self) -> WriteCommits:
+        sa.event.listen(sa.Engine, "commit", self._on_commit)
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        sa.event.remove(sa.Engine, "commit", self._on_commit)
+
+
+@pytest.fixture
+def lax_store(store_url):
+    """A store whose ordinary commits do not wait for the disk to sync: SQLite at NORMAL,
+    PostgreSQL in a session with synchronous_commit off (as a server may be set up)."""
+    if store_url.startswith("postgresql"):
+        store_url += "?options=-c%20synchronous_commit%3Doff"
+    store = ChainStore(store_url)
+    migrations.upgrade(store)
+    store.initialize(GENESIS)
+    yield store
+    store.close()
+
+
+def test_a_durable_meta_write_alone_commits_with_a_full_sync(lax_store):
+    lax, durable = LAX[lax_store.backend], DURABLE[lax_store.backend]
+    with WriteCommits(lax_store) as commits:
+        lax_store.set_meta("engine", b"a")
+        lax_store.set_meta("engine", b"b", durable=True)
+        Chain().commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
+        lax_store.set_meta("engine", b"c")
+    assert commits.levels() == [lax, durable, lax, lax]
+    # One connection throughout: the durable write put it back to the lax level.
+    assert len(commits.connections()) == 1
+
+
+def test_a_durable_meta_value_round_trips_and_outlives_the_store(store_url):
+    store = ChainStore(store_url)
+    migrations.upgrade(store)
+    store.initialize(GENESIS)
+    store.set_meta("engine", b"\x00signed h=7 r=0", durable=True)
+    assert store.get_meta("engine") == b"\x00signed h=7 r=0"
+    store.close()
+    reopened = ChainStore(store_url)
+    try:
+        assert reopened.get_meta("engine") == b"\x00signed h=7 r=0"
+        with pytest.raises(ValueError, match="maintained by the store"):
+            reopened.set_meta("head", bytes(32), durable=True)
+    finally:
+        reopened.close()
+
+
+def test_a_durable_meta_write_on_in_memory_sqlite():
+    with ChainStore("sqlite://") as store:
+        migrations.upgrade(store)
+        store.set_meta("engine", b"x", durable=True)
+        assert store.get_meta("engine") == b"x"
+
+
+def test_a_failed_durable_write_keeps_the_previous_value_and_restores_the_lax_level(lax_store):
+    lax, durable = LAX[lax_store.backend], DURABLE[lax_store.backend]
+    lax_store.set_meta("engine", b"old", durable=True)
+    with WriteCommits(lax_store) as commits:
+        commits.fail_next = True
+        with pytest.raises(OSError, match="no space"):
+            lax_store.set_meta("engine", b"new", durable=True)
+        assert lax_store.get_meta("engine") == b"old"
+        lax_store.set_meta("other", b"x")
+    assert commits.levels() == [durable, lax]
+    assert len(commits.connections()) == 1
 
 
 @pytest.mark.parametrize(
@@ -506,7 +612,7 @@ def test_readers_on_other_threads_see_whole_blocks(store):
 def test_in_memory_sqlite_store_works_across_threads():
     store = ChainStore("sqlite://")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(GENESIS)
         read_while_committing(store)
         assert store.schema_revision() is not None
@@ -518,7 +624,7 @@ def test_a_missing_parent_directory_is_created(tmp_path):
     path = tmp_path / "deep" / "er" / "chain.db"
     store = ChainStore(f"sqlite:///{path}")
     try:
-        store.upgrade()
+        migrations.upgrade(store)
         store.initialize(GENESIS)
         assert path.exists()
         plain = sa.create_engine(f"sqlite:///{path}")
