@@ -78,6 +78,11 @@ accounts_table = sa.Table(
     sa.Column("address", sa.LargeBinary, primary_key=True),
     sa.Column("balance", sa.BigInteger, nullable=False),
     sa.Column("nonce", sa.BigInteger, nullable=False),
+    # stake for proof of stake, 0 until it is used (migration 0003)
+    sa.Column("bonded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("unbonding", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("release_epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("slashed", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 undo_table = sa.Table(
@@ -109,7 +114,8 @@ meta_table = sa.Table(
 )
 
 TX_COLUMNS = ("id", "height", "idx", "sender", "recipient", "nonce", "amount", "fee", "raw")
-ACCOUNT_COLUMNS = ("address", "balance", "nonce")
+ACCOUNT_COLUMNS = ("address", "balance", "nonce", "bonded", "unbonding", "release_epoch", "slashed")
+_NO_STAKE_COLUMNS = (0, 0, 0, 0)
 
 META_GENESIS_HASH = "genesis_hash"
 META_HEAD = "head"
@@ -246,7 +252,7 @@ class ChainStore:
         account_insert = self._insert(accounts_table)
         account_upsert = account_insert.on_conflict_do_update(
             index_elements=[accounts_table.c.address],
-            set_={"balance": account_insert.excluded.balance, "nonce": account_insert.excluded.nonce},
+            set_={column: account_insert.excluded[column] for column in ACCOUNT_COLUMNS[1:]},
         )
         meta_insert = self._insert(meta_table)
         self._meta_upsert = meta_insert.on_conflict_do_update(
@@ -342,7 +348,7 @@ class ChainStore:
             if genesis.allocations:
                 conn.exec_driver_sql(
                     self._upsert_accounts_sql,
-                    [(address, balance, 0) for address, balance in genesis.allocations.items()],
+                    [(address, balance, 0, *_NO_STAKE_COLUMNS) for address, balance in genesis.allocations.items()],
                 )
             self._put_meta(conn, META_GENESIS_HASH, genesis.hash)
             self._put_meta(conn, META_HEAD, block.hash)
@@ -417,7 +423,7 @@ class ChainStore:
             (tx.id, height, index, address_of(tx.sender), tx.recipient, tx.nonce, tx.amount, tx.fee, raw)
             for index, (tx, raw) in enumerate(zip(block.transactions, raws))
         ]
-        account_rows = [(address, balance, nonce) for address, (balance, nonce) in effects.changes.items()]
+        account_rows = [(address, balance, nonce, *_NO_STAKE_COLUMNS) for address, (balance, nonce) in effects.changes.items()]
         evidence_rows = [
             {"height": height, "idx": index, "validator": item.validator, "offence_height": item.height,
              "round": item.round, "kind": item.kind, "data": item.data}
@@ -481,7 +487,7 @@ class ChainStore:
         header = BlockHeader.decode(bytes(row.header))
         block = Block(header, self._block_transactions(conn, height))
         undo = decode_undo(bytes(conn.execute(sa.select(undo_table.c.data).where(undo_table.c.height == height)).scalar_one()))
-        restored = [(address, before[0], before[1]) for address, before in undo.items() if before is not None]
+        restored = [(address, *before, *_NO_STAKE_COLUMNS) for address, before in undo.items() if before is not None]
         created = [{"gone": address} for address, before in undo.items() if before is None]
         if restored:
             conn.exec_driver_sql(self._upsert_accounts_sql, restored)

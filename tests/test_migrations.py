@@ -97,7 +97,7 @@ def test_upgrade_finds_its_migrations_from_any_working_directory(tmp_path, monke
     store = ChainStore(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     try:
         store.upgrade()
-        assert store.schema_revision() == "0002"
+        assert store.schema_revision() == "0003"
     finally:
         store.close()
     assert (migrations_dir() / "env.py").is_file()
