@@ -161,7 +161,7 @@ def compute_block(vectors: dict) -> dict:
 
 def undo_of(entry: dict) -> dict:
     return {
-        bytes.fromhex(address): None if value is None else (value[0], value[1])
+        bytes.fromhex(address): None if value is None else (value[0], value[1], None)
         for address, value in entry["inputs"]["records"].items()
     }
 
