@@ -40,7 +40,7 @@ def workload() -> tuple[State, list[bytes]]:
             recipient = recipients[(nonce * SENDERS + index) % RECIPIENTS]
             encoded.append(new_transfer(key, CHAIN, nonce, recipient, 1_000 + index, 1 + nonce % 7).encode())
     for key in keys:
-        state.accounts[Transaction(CHAIN, 0, key.public_key, bytes(20), 1, 0).sender_address] = (10**15, 0)
+        state.accounts[Transaction(CHAIN, 0, key.public_key, bytes(20), 1, 0).sender_address] = (10**15, 0, None)
     return state, encoded
 
 

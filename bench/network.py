@@ -668,7 +668,7 @@ def build_solo_chain(store_url: str, genesis: Genesis, authority: PrivateKey, bl
     try:
         migrations.upgrade(store)
         store.initialize(genesis)
-        state = State({address: (balance, 0) for address, balance in genesis.allocations.items()})
+        state = State.from_allocations(genesis.allocations)
         head = store.head()
         proposer = address_of(authority.public_key)
         recipient = sha256(b"catchup-recipient")[:20]

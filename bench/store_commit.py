@@ -44,7 +44,7 @@ def prepare(blocks: int, per_block: int):
     proposer = address_of(keys[0].public_key)
     genesis = dev_genesis(proposer, accounts=SENDERS)
     recipients = [hashlib.sha256(b"recipient %d" % i).digest()[:20] for i in range(RECIPIENTS)]
-    state = State(dict((address, (balance, 0)) for address, balance in genesis.allocations.items()))
+    state = State.from_allocations(genesis.allocations)
     parent = genesis.block().header
     nonces = [0] * SENDERS
     prepared = []

@@ -30,9 +30,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from ledger.crypto import SIGNATURE_SIZE
+from ledger.state import Account
 from ledger.transaction import InvalidTransaction, Transaction
 
-AccountLookup = Callable[[bytes], tuple[int, int]]  # address -> committed (balance, nonce)
+AccountLookup = Callable[[bytes], Account]  # address -> its committed account
 
 # The heaps are rebuilt when they hold more than this many times the live items (plus slack).
 _HEAP_SLACK_FACTOR = 2
@@ -140,7 +141,7 @@ class Mempool:
 
     def pending_nonce(self, address: bytes) -> int:
         """The nonce a new transaction of `address` should use: after the gapless pending run."""
-        _, committed = self._accounts(address)
+        _, committed, _ = self._accounts(address)
         queue = self._senders.get(address)
         if queue is None:
             return committed
@@ -199,7 +200,7 @@ class Mempool:
         self._check_stateless(tx, tx_id, verified)
 
         sender = tx.sender_address
-        balance, committed = self._accounts(sender)
+        balance, committed, _ = self._accounts(sender)
         queue = self._senders.get(sender)
         if queue is not None and (queue.committed != committed or queue.total_cost > balance):
             # The chain moved without remove_committed telling us: catch up first.
@@ -310,7 +311,7 @@ class Mempool:
         for address in addresses:
             queue = self._senders.get(address)
             if queue is not None:
-                balance, committed = self._accounts(address)
+                balance, committed, _ = self._accounts(address)
                 self._resync(queue, balance, committed)
 
     def expire(self, now_ms: int) -> list[Transaction]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from ledger.block import HASH_SIZE, Block, BlockHeader
 from ledger.codec import Writer
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
-from ledger.state import Account, BlockEffects, decode_undo, encode_undo
+from ledger.state import Account, BlockEffects, Stake, decode_undo, encode_undo
 from ledger.transaction import Transaction
 
 # --- schema ----------------------------------------------------------------------------------
@@ -80,6 +80,11 @@ accounts_table = sa.Table(
     sa.Column("address", sa.LargeBinary, primary_key=True),
     sa.Column("balance", sa.BigInteger, nullable=False),
     sa.Column("nonce", sa.BigInteger, nullable=False),
+    # ledger.state.Stake, all 0 for an account without stake (migration 0003)
+    sa.Column("bonded", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("unbonding", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("release_epoch", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("slashed", sa.BigInteger, nullable=False, server_default="0"),
 )
 
 undo_table = sa.Table(
@@ -111,7 +116,8 @@ meta_table = sa.Table(
 )
 
 TX_COLUMNS = ("id", "height", "idx", "sender", "recipient", "nonce", "amount", "fee", "raw")
-ACCOUNT_COLUMNS = ("address", "balance", "nonce")
+ACCOUNT_COLUMNS = ("address", "balance", "nonce", "bonded", "unbonding", "release_epoch", "slashed")
+_NO_STAKE_COLUMNS = (0, 0, 0, 0)
 
 META_GENESIS_HASH = "genesis_hash"
 META_HEAD = "head"
@@ -120,7 +126,7 @@ MAX_META_KEY = 64
 
 # The newest migration, the one `metadata` describes; a new revision in
 # migrations/versions changes both (tests/test_migrations.py holds them together).
-SCHEMA_REVISION = "0002"
+SCHEMA_REVISION = "0003"
 
 
 # --- errors and records ----------------------------------------------------------------------
@@ -270,7 +276,7 @@ class ChainStore:
         account_insert = self._insert(accounts_table)
         account_upsert = account_insert.on_conflict_do_update(
             index_elements=[accounts_table.c.address],
-            set_={"balance": account_insert.excluded.balance, "nonce": account_insert.excluded.nonce},
+            set_={column: account_insert.excluded[column] for column in ACCOUNT_COLUMNS[1:]},
         )
         meta_insert = self._insert(meta_table)
         self._meta_upsert = meta_insert.on_conflict_do_update(
@@ -374,7 +380,7 @@ class ChainStore:
             if genesis.allocations:
                 conn.exec_driver_sql(
                     self._upsert_accounts_sql,
-                    [(address, balance, 0) for address, balance in genesis.allocations.items()],
+                    _account_rows((address, (balance, 0, None)) for address, balance in genesis.allocations.items()),
                 )
             self._put_meta(conn, META_GENESIS_HASH, genesis.hash)
             self._put_meta(conn, META_HEAD, block.hash)
@@ -449,7 +455,7 @@ class ChainStore:
             (tx.id, height, index, address_of(tx.sender), tx.recipient, tx.nonce, tx.amount, tx.fee, raw)
             for index, (tx, raw) in enumerate(zip(block.transactions, raws))
         ]
-        account_rows = [(address, balance, nonce) for address, (balance, nonce) in effects.changes.items()]
+        account_rows = _account_rows(effects.changes.items())
         evidence_rows = [
             {"height": height, "idx": index, "validator": item.validator, "offence_height": item.height,
              "round": item.round, "kind": item.kind, "data": item.data}
@@ -513,7 +519,7 @@ class ChainStore:
         header = BlockHeader.decode(bytes(row.header))
         block = Block(header, self._block_transactions(conn, height))
         undo = decode_undo(bytes(conn.execute(sa.select(undo_table.c.data).where(undo_table.c.height == height)).scalar_one()))
-        restored = [(address, before[0], before[1]) for address, before in undo.items() if before is not None]
+        restored = _account_rows((address, before) for address, before in undo.items() if before is not None)
         created = [{"gone": address} for address, before in undo.items() if before is None]
         if restored:
             conn.exec_driver_sql(self._upsert_accounts_sql, restored)
@@ -698,14 +704,14 @@ class ChainStore:
         address = _bytes(address, ADDRESS_SIZE, "address")
         with self._reading() as conn:
             row = conn.execute(
-                sa.select(accounts_table.c.balance, accounts_table.c.nonce).where(accounts_table.c.address == address)
+                sa.select(*_ACCOUNT_VALUE_COLUMNS).where(accounts_table.c.address == address)
             ).first()
-        return None if row is None else (row.balance, row.nonce)
+        return None if row is None else _account_of(*row)
 
     def load_accounts(self) -> dict[bytes, Account]:
         with self._reading() as conn:
-            rows = conn.execute(sa.select(accounts_table.c.address, accounts_table.c.balance, accounts_table.c.nonce))
-            return {bytes(address): (balance, nonce) for address, balance, nonce in rows}
+            rows = conn.execute(sa.select(accounts_table.c.address, *_ACCOUNT_VALUE_COLUMNS))
+            return {bytes(address): _account_of(*values) for address, *values in rows}
 
     # --- metadata --------------------------------------------------------------------------
 
@@ -771,6 +777,23 @@ def account_transactions_query(address: bytes, before: tuple[int, int] | None, l
         .join(blocks_table, blocks_table.c.height == tx.c.height)
         .order_by(tx.c.height.desc(), tx.c.idx.desc())
     )
+
+
+_ACCOUNT_VALUE_COLUMNS = tuple(accounts_table.c[name] for name in ACCOUNT_COLUMNS[1:])
+
+
+def _account_rows(accounts: Iterable[tuple[bytes, Account]]) -> list[tuple]:
+    """Rows in ACCOUNT_COLUMNS order; an account without stake has 0 in the stake columns."""
+    return [
+        (address, balance, nonce, *(_NO_STAKE_COLUMNS if stake is None else stake))
+        for address, (balance, nonce, stake) in accounts
+    ]
+
+
+def _account_of(balance: int, nonce: int, bonded: int, unbonding: int, release_epoch: int, slashed: int) -> Account:
+    if bonded or unbonding or release_epoch or slashed:
+        return (balance, nonce, Stake(bonded, unbonding, release_epoch, slashed))
+    return (balance, nonce, None)
 
 
 def _stored_tx(row) -> StoredTx:

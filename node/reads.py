@@ -123,7 +123,7 @@ class ChainReads:
 
     def account(self, address: bytes) -> AccountRecord:
         with self.lock:
-            balance, nonce = self.state.get(address)
+            balance, nonce, _ = self.state.get(address)
             pending_nonce = max(nonce, self.pool.pending_nonce(address))
             pending_count = self.pool.pending_count(address)
         return AccountRecord(address, balance, nonce, pending_nonce, pending_count)

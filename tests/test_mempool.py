@@ -32,7 +32,7 @@ def transfer(sender: int, nonce: int, fee: int = 1, amount: int = 10, chain: str
 def funded_state(balances: dict[int, int] | None = None, nonces: dict[int, int] | None = None) -> State:
     balances = balances if balances is not None else {i: RICH for i in range(len(KEYS))}
     nonces = nonces or {}
-    return State({ADDRESSES[i]: (balance, nonces.get(i, 0)) for i, balance in balances.items()})
+    return State({ADDRESSES[i]: (balance, nonces.get(i, 0), None) for i, balance in balances.items()})
 
 
 def new_pool(state: State | None = None, **options) -> tuple[Mempool, State]:
@@ -379,12 +379,12 @@ def test_conflicting_block_prunes_stale_and_unaffordable():
     # Another node's block spends nonce 0 differently and leaves 100 - 81 = 19.
     other = transfer(0, 0, amount=80, fee=1)
     commit_block(pool, state, [other])
-    assert state.get(ADDRESSES[0]) == (19, 1)
+    assert state.get(ADDRESSES[0]) == (19, 1, None)
     assert len(pool) == 0 and pool.senders() == 0 and pool.ready_count() == 0
     # With enough left, only the tail goes.
     pool.add(transfer(1, 0, amount=10, fee=0), 0)
     pool.add(transfer(1, 1, amount=10, fee=0), 0)
-    state.accounts[ADDRESSES[1]] = (10, 0)
+    state.accounts[ADDRESSES[1]] = (10, 0, None)
     pool.revalidate([ADDRESSES[1]])
     assert pool.select(10) == [transfer(1, 0, amount=10, fee=0)]
 
@@ -457,7 +457,7 @@ def check_invariants(pool: Mempool, state: State) -> None:
     for tx in everything:
         cost_by_sender[tx.sender_address] = cost_by_sender.get(tx.sender_address, 0) + tx.cost
     for address, cost in cost_by_sender.items():
-        balance, nonce = state.get(address)
+        balance, _, _ = state.get(address)
         assert cost <= balance
         assert pool.pending_count(address) <= pool.per_sender_limit
     assert pool.senders() == len(cost_by_sender)
@@ -505,8 +505,8 @@ def test_any_sequence_keeps_the_invariants(operations, balances):
             assert all(tx.id not in pool for tx in expired)
         else:
             address = ADDRESSES[op[1]]
-            balance, nonce = state.get(address)
-            state.accounts[address] = (balance // 2, nonce + 1)
+            balance, nonce, stake = state.get(address)
+            state.accounts[address] = (balance // 2, nonce + 1, stake)
             pool.remove_committed([])  # nothing of ours: the runtime reports the sender below
             pool.revalidate([address])
         check_invariants(pool, state)

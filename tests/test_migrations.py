@@ -92,12 +92,31 @@ def test_downgrade_to_base_removes_every_table_and_upgrade_restores_them(store_u
         engine.dispose()
 
 
+def test_accounts_written_before_the_stake_columns_load_without_stake(store_url):
+    config = migrations.alembic_config()
+    engine = make_engine(store_url)
+    try:
+        with engine.connect() as conn:
+            config.attributes["connection"] = conn
+            command.upgrade(config, "0002")
+            conn.execute(sa.text("INSERT INTO accounts (address, balance, nonce) VALUES (:a, 500, 7)"), {"a": b"\x01" * 20})
+            conn.commit()
+    finally:
+        engine.dispose()
+    store = ChainStore(store_url)
+    migrations.upgrade(store)
+    try:
+        assert store.load_accounts() == {b"\x01" * 20: (500, 7, None)}
+    finally:
+        store.close()
+
+
 def test_upgrade_finds_its_migrations_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = ChainStore(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     try:
         migrations.upgrade(store)
-        assert store.schema_revision() == "0002"
+        assert store.schema_revision() == "0003"
     finally:
         store.close()
     assert (migrations_dir() / "env.py").is_file()

@@ -166,7 +166,7 @@ class ChainReplica:
         self.genesis = genesis
         self.engine = create_engine(genesis, None)
         self.headers: list[BlockHeader] = [genesis.block().header]
-        self.state = State({address: (balance, 0) for address, balance in genesis.allocations.items()})
+        self.state = State.from_allocations(genesis.allocations)
         self.tx_block: dict[str, tuple[int, str]] = {}
 
     @property
@@ -228,7 +228,7 @@ class ChainReplica:
         expected_supply = genesis.expected_supply(self.height)
         assert self.state.total_supply() == expected_supply
         served_total = 0
-        for address, (balance, nonce) in sorted(self.state.accounts.items()):
+        for address, (balance, nonce, _) in sorted(self.state.accounts.items()):
             account = client.account(genesis.address(address))
             assert (account.balance, account.nonce) == (balance, nonce), f"account {genesis.address(address)}"
             served_total += account.balance

@@ -32,7 +32,7 @@ from ledger.block import Block, BlockHeader
 from ledger.genesis import Genesis
 from ledger.hdkeys import ExtendedKey, mnemonic_to_seed
 from ledger.merkle import merkle_root
-from ledger.state import decode_undo, encode_undo
+from ledger.state import Stake, decode_undo, encode_undo
 from ledger.transaction import Transaction
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -160,8 +160,9 @@ def compute_block(vectors: dict) -> dict:
 
 
 def undo_of(entry: dict) -> dict:
+    """Records are null, [balance, nonce] or [balance, nonce, [bonded, unbonding, release_epoch, slashed]]."""
     return {
-        bytes.fromhex(address): None if value is None else (value[0], value[1])
+        bytes.fromhex(address): None if value is None else (value[0], value[1], Stake(*value[2]) if value[2:] else None)
         for address, value in entry["inputs"]["records"].items()
     }
 
@@ -184,6 +185,7 @@ def compute_all(vectors: dict) -> dict:
     result["genesis"]["outputs"] = compute_genesis(vectors)
     result["block"]["outputs"] = compute_block(vectors)
     result["undo"]["outputs"] = compute_undo(result["undo"])
+    result["undo_with_stake"]["outputs"] = compute_undo(result["undo_with_stake"])
     return result
 
 
@@ -229,8 +231,9 @@ def test_block_vector():
     decoded.check_structure(VECTORS["block"]["inputs"]["chain_id"], max_transactions=10)
 
 
-def test_undo_vector():
-    entry = VECTORS["undo"]
+@pytest.mark.parametrize("name", ["undo", "undo_with_stake"])
+def test_undo_vector(name):
+    entry = VECTORS[name]
     assert compute_undo(entry) == entry["outputs"]
     assert decode_undo(bytes.fromhex(entry["outputs"]["encoded_hex"])) == undo_of(entry)
 
@@ -375,14 +378,20 @@ def test_genesis_vector_follows_the_documented_rules():
     assert _sha(header).hex() == outputs["block_hash"]
 
 
-def test_undo_vector_follows_the_documented_rule():
-    records = VECTORS["undo"]["inputs"]["records"]
+@pytest.mark.parametrize("name", ["undo", "undo_with_stake"])
+def test_undo_vector_follows_the_documented_rule(name):
+    records = VECTORS[name]["inputs"]["records"]
     encoded = struct.pack(">I", len(records))
     for address in sorted(records):
         value = records[address]
         encoded += bytes.fromhex(address)
-        encoded += b"\x00" if value is None else b"\x01" + struct.pack(">QQ", *value)
-    assert encoded.hex() == VECTORS["undo"]["outputs"]["encoded_hex"]
+        if value is None:
+            encoded += b"\x00"
+        elif len(value) == 2:
+            encoded += b"\x01" + struct.pack(">QQ", *value)
+        else:
+            encoded += b"\x02" + struct.pack(">QQ", *value[:2]) + struct.pack(">QQQQ", *value[2])
+    assert encoded.hex() == VECTORS[name]["outputs"]["encoded_hex"]
 
 
 # --- the document mirrors the vectors ------------------------------------------------------

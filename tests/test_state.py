@@ -9,7 +9,9 @@ from hypothesis import strategies as st
 from ledger import crypto
 from ledger.address import address_of
 from ledger.codec import MAX_AMOUNT, DecodeError, Writer
-from ledger.state import EMPTY_ACCOUNT, State, StateError, apply_transactions, decode_undo, encode_undo
+from ledger.state import (
+    EMPTY_ACCOUNT, Account, Stake, State, StateError, apply_transactions, decode_undo, encode_undo,
+)
 from ledger.transaction import new_transfer
 
 CHAIN = "state-test"
@@ -23,12 +25,19 @@ START_BALANCE = 1_000
 # the total supply may exceed MAX_AMOUNT; only single balances are bounded.)
 WHALE_BALANCE = MAX_AMOUNT - 400
 REWARD = 7
+# Key 2 also holds stake, which transfers must carry along untouched and supply must count.
+STAKE = Stake(bonded=300, unbonding=20, release_epoch=9, slashed=4)
 
 
-def genesis_accounts() -> dict[bytes, tuple[int, int]]:
-    accounts = {address: (START_BALANCE, 0) for address in ADDRESSES}
-    accounts[WHALE] = (WHALE_BALANCE, 0)
+def genesis_accounts() -> dict[bytes, Account]:
+    accounts = {address: (START_BALANCE, 0, None) for address in ADDRESSES}
+    accounts[ADDRESSES[2]] = (START_BALANCE, 0, STAKE)
+    accounts[WHALE] = (WHALE_BALANCE, 0, None)
     return accounts
+
+
+def supply_of(accounts) -> int:
+    return sum(balance + (stake.bonded + stake.unbonding if stake else 0) for balance, _, stake in accounts.values())
 
 
 def pay(key_index: int, nonce: int, recipient: bytes, amount: int, fee: int = 0):
@@ -44,22 +53,22 @@ def model_apply(accounts, transactions, proposer, reward):
     fees = 0
     for index, tx in enumerate(transactions):
         sender = address_of(tx.sender)
-        balance, nonce = view.get(sender, (0, 0))
+        balance, nonce, stake = view.get(sender, (0, 0, None))
         if tx.nonce != nonce:
             return None, ("bad_nonce", index)
         if tx.amount + tx.fee > balance:
             return None, ("insufficient_balance", index)
-        view[sender] = (balance - tx.amount - tx.fee, nonce + 1)
-        recipient_balance, recipient_nonce = view.get(tx.recipient, (0, 0))
+        view[sender] = (balance - tx.amount - tx.fee, nonce + 1, stake)
+        recipient_balance, recipient_nonce, recipient_stake = view.get(tx.recipient, (0, 0, None))
         if recipient_balance + tx.amount > MAX_AMOUNT:
             return None, ("balance_overflow", index)
-        view[tx.recipient] = (recipient_balance + tx.amount, recipient_nonce)
+        view[tx.recipient] = (recipient_balance + tx.amount, recipient_nonce, recipient_stake)
         fees += tx.fee
     if fees or reward:
-        balance, nonce = view.get(proposer, (0, 0))
+        balance, nonce, stake = view.get(proposer, (0, 0, None))
         if balance + fees + reward > MAX_AMOUNT:
             return None, ("balance_overflow", None)
-        view[proposer] = (balance + fees + reward, nonce)
+        view[proposer] = (balance + fees + reward, nonce, stake)
     return view, None
 
 
@@ -110,7 +119,7 @@ def test_random_blocks_follow_the_model_conserve_supply_and_revert_exactly(plan)
         committed += 1
         undo_stack.append(decode_undo(encode_undo(effects.undo)))  # revert from the stored form
         assert state.accounts == expected
-        assert state.total_supply() == sum(b for b, _ in initial.values()) + REWARD * committed
+        assert state.total_supply() == supply_of(initial) + REWARD * committed
     for undo in reversed(undo_stack):
         state.revert(undo)
     assert state.accounts == initial
@@ -124,23 +133,23 @@ def test_transfer_moves_amount_fee_and_reward():
     tx = pay(0, 0, FRESH[0], 100, 5)
     effects = state.apply([tx], PROPOSER, REWARD)
     state.commit(effects)
-    assert state.get(ADDRESSES[0]) == (START_BALANCE - 105, 1)
-    assert state.get(FRESH[0]) == (100, 0)
-    assert state.get(PROPOSER) == (5 + REWARD, 0)
-    assert effects.undo == {ADDRESSES[0]: (START_BALANCE, 0), FRESH[0]: None, PROPOSER: None}
+    assert state.get(ADDRESSES[0]) == (START_BALANCE - 105, 1, None)
+    assert state.get(FRESH[0]) == (100, 0, None)
+    assert state.get(PROPOSER) == (5 + REWARD, 0, None)
+    assert effects.undo == {ADDRESSES[0]: (START_BALANCE, 0, None), FRESH[0]: None, PROPOSER: None}
     assert (effects.fees, effects.reward) == (5, REWARD)
 
 
 def test_transfer_to_self_costs_only_the_fee():
     state = State(genesis_accounts())
     state.commit(state.apply([pay(0, 0, ADDRESSES[0], 300, 2)], PROPOSER, 0))
-    assert state.get(ADDRESSES[0]) == (START_BALANCE - 2, 1)
+    assert state.get(ADDRESSES[0]) == (START_BALANCE - 2, 1, None)
 
 
 def test_spending_all_but_nothing_more():
     state = State(genesis_accounts())
     state.commit(state.apply([pay(0, 0, FRESH[0], START_BALANCE - 10, 10)], PROPOSER, 0))
-    assert state.get(ADDRESSES[0]) == (0, 1)
+    assert state.get(ADDRESSES[0]) == (0, 1, None)
 
 
 def test_later_transactions_see_earlier_ones_in_the_same_block():
@@ -148,8 +157,8 @@ def test_later_transactions_see_earlier_ones_in_the_same_block():
     # Key 1 can only pay on after receiving from key 0 in the same block.
     transactions = [pay(0, 0, ADDRESSES[1], 900), pay(1, 0, FRESH[0], 1_800)]
     state.commit(state.apply(transactions, PROPOSER, 0))
-    assert state.get(FRESH[0]) == (1_800, 0)
-    assert state.get(ADDRESSES[1]) == (100, 1)
+    assert state.get(FRESH[0]) == (1_800, 0, None)
+    assert state.get(ADDRESSES[1]) == (100, 1, None)
 
 
 def test_no_fee_and_no_reward_leaves_the_proposer_untouched():
@@ -161,7 +170,7 @@ def test_no_fee_and_no_reward_leaves_the_proposer_untouched():
 def test_empty_block_pays_the_reward():
     state = State(genesis_accounts())
     state.commit(state.apply([], PROPOSER, REWARD))
-    assert state.get(PROPOSER) == (REWARD, 0)
+    assert state.get(PROPOSER) == (REWARD, 0, None)
 
 
 @pytest.mark.parametrize(
@@ -203,15 +212,15 @@ def test_unknown_sender_has_no_balance():
 
 def test_recipient_balance_overflow():
     state = State(genesis_accounts())
-    state.accounts[FRESH[1]] = (MAX_AMOUNT - 10, 0)
+    state.accounts[FRESH[1]] = (MAX_AMOUNT - 10, 0, None)
     _expect_state_error(state, [pay(0, 0, FRESH[1], 11)], "balance_overflow", 0)
     state.commit(state.apply([pay(0, 0, FRESH[1], 10)], PROPOSER, 0))  # exactly at the limit is fine
-    assert state.get(FRESH[1]) == (MAX_AMOUNT, 0)
+    assert state.get(FRESH[1]) == (MAX_AMOUNT, 0, None)
 
 
 def test_proposer_balance_overflow():
     state = State(genesis_accounts())
-    state.accounts[PROPOSER] = (MAX_AMOUNT - REWARD, 0)
+    state.accounts[PROPOSER] = (MAX_AMOUNT - REWARD, 0, None)
     _expect_state_error(state, [pay(0, 0, FRESH[0], 1, 1)], "balance_overflow", None)
 
 
@@ -233,21 +242,36 @@ def test_apply_transactions_reads_any_mapping_without_writing_it():
 
 
 def test_revert_restores_accounts_that_existed_with_zero_values():
-    state = State({ADDRESSES[0]: (START_BALANCE, 0), FRESH[0]: (0, 0)})
+    state = State({ADDRESSES[0]: (START_BALANCE, 0, None), FRESH[0]: (0, 0, None)})
     effects = state.apply([pay(0, 0, FRESH[0], 5)], PROPOSER, 0)
     state.commit(effects)
     state.revert(effects.undo)
-    assert state.accounts == {ADDRESSES[0]: (START_BALANCE, 0), FRESH[0]: (0, 0)}
+    assert state.accounts == {ADDRESSES[0]: (START_BALANCE, 0, None), FRESH[0]: (0, 0, None)}
 
 
 def test_empty_account_default():
-    assert State().get(FRESH[0]) == EMPTY_ACCOUNT == (0, 0)
+    assert State().get(FRESH[0]) == EMPTY_ACCOUNT == (0, 0, None)
+
+
+def test_transfers_carry_stake_along_and_supply_counts_what_is_still_held():
+    state = State(genesis_accounts())
+    staked = ADDRESSES[2]
+    state.commit(state.apply([pay(2, 0, staked, 50, 1), pay(0, 0, staked, 10)], staked, REWARD))
+    assert state.get(staked) == (START_BALANCE + 10 + REWARD, 1, STAKE)
+    # Bonded and unbonding stake are supply; slashed stake is not.
+    assert state.total_supply() == 3 * START_BALANCE + WHALE_BALANCE + 300 + 20 + REWARD
+
+
+def test_from_allocations_opens_accounts_without_stake():
+    assert State.from_allocations({FRESH[0]: 5}).accounts == {FRESH[0]: (5, 0, None)}
 
 
 # --- undo records ---------------------------------------------------------------------------
 
 addresses20 = st.binary(min_size=20, max_size=20)
-account_values = st.none() | st.tuples(st.integers(0, MAX_AMOUNT), st.integers(0, MAX_AMOUNT))
+amounts = st.integers(0, MAX_AMOUNT)
+stakes = st.builds(Stake, amounts, amounts, amounts, amounts).filter(lambda stake: stake != Stake())
+account_values = st.none() | st.tuples(amounts, amounts, st.none() | stakes)
 
 
 @given(undo=st.dictionaries(addresses20, account_values, max_size=20))
@@ -259,7 +283,7 @@ def test_undo_round_trip(undo):
 
 def test_undo_layout_is_sorted_and_fixed_width():
     low, high = b"\x01" * 20, b"\x02" * 20
-    data = encode_undo({high: (5, 6), low: None})
+    data = encode_undo({high: (5, 6, None), low: None})
     expected = (
         (2).to_bytes(4, "big")
         + low + b"\x00"
@@ -268,8 +292,27 @@ def test_undo_layout_is_sorted_and_fixed_width():
     assert data == expected
 
 
+def test_undo_layout_of_an_account_with_stake():
+    address = b"\x03" * 20
+    data = encode_undo({address: (5, 6, Stake(bonded=7, unbonding=8, release_epoch=9, slashed=10))})
+    amounts = b"".join(value.to_bytes(8, "big") for value in (5, 6, 7, 8, 9, 10))
+    assert data == (1).to_bytes(4, "big") + address + b"\x02" + amounts
+
+
+def test_undo_records_written_before_stake_existed_still_decode():
+    # Bytes as the two-field encoding wrote them: flag 1, balance, nonce.
+    written = bytes.fromhex("00000002" + "01" * 20 + "00" + "02" * 20 + "01" + "0000000000000005" + "0000000000000006")
+    assert decode_undo(written) == {b"\x01" * 20: None, b"\x02" * 20: (5, 6, None)}
+
+
+def test_undo_refuses_to_encode_an_empty_stake():
+    # Stake() would come back as None: one account, two forms.
+    with pytest.raises(ValueError, match="Stake"):
+        encode_undo({b"\x01" * 20: (5, 6, Stake())})
+
+
 def test_undo_decode_refuses_malformed_records():
-    good = encode_undo({b"\x01" * 20: (5, 6)})
+    good = encode_undo({b"\x01" * 20: (5, 6, None), b"\x02" * 20: (5, 6, STAKE)})
     with pytest.raises(DecodeError):
         decode_undo(good + b"\x00")
     for length in range(len(good)):
@@ -281,11 +324,14 @@ def test_undo_decode_refuses_malformed_records():
 
 
 def test_undo_decode_refuses_non_canonical_records():
-    # A presence flag other than 0 or 1, or addresses out of order or repeated, would give
-    # a second encoding of the same record.
-    flag_two = Writer().u32(1).fixed(b"\x01" * 20, 20).u8(2).u64(5).u64(6).bytes()
+    # An unknown flag, a stake of all zeros (flag 1 says that), or addresses out of order or
+    # repeated, would give a second encoding of the same record.
+    flag_three = Writer().u32(1).fixed(b"\x01" * 20, 20).u8(3).u64(5).u64(6).bytes()
     with pytest.raises(DecodeError):
-        decode_undo(flag_two)
+        decode_undo(flag_three)
+    zero_stake = Writer().u32(1).fixed(b"\x01" * 20, 20).u8(2).u64(5).u64(6).u64(0).u64(0).u64(0).u64(0).bytes()
+    with pytest.raises(DecodeError, match="flag 1"):
+        decode_undo(zero_stake)
     unsorted = Writer().u32(2).fixed(b"\x02" * 20, 20).u8(0).fixed(b"\x01" * 20, 20).u8(0).bytes()
     with pytest.raises(DecodeError):
         decode_undo(unsorted)

@@ -54,6 +54,7 @@ from ledger.block import Block
 from ledger.codec import MAX_AMOUNT, DecodeError
 from ledger.crypto import PrivateKey
 from ledger.merkle import merkle_root
+from ledger.state import EMPTY_ACCOUNT, Account
 from ledger.transaction import Transaction, new_transfer
 from node.p2p.messages import EngineMessage
 from node.sim.network import SimHub, SimNetwork
@@ -279,12 +280,12 @@ class ByzantineValidator:
         overspent = self._own_transfer(min(balance + 1 + rng.randrange(1000), MAX_AMOUNT))
         return self._seal(block, transactions + [overspent]), variant
 
-    def _own_account(self) -> tuple[int, int]:
+    def _own_account(self) -> Account:
         node = self.node
-        return node.state.get(self.address) if node is not None else (0, 0)
+        return node.state.get(self.address) if node is not None else EMPTY_ACCOUNT
 
     def _own_transfer(self, amount: int) -> Transaction:
-        _, nonce = self._own_account()
+        _, nonce, _ = self._own_account()
         recipient = bytes(self.adversary.rng.getrandbits(8) for _ in range(20))
         return new_transfer(self.key, self.adversary.chain_id, nonce, recipient, amount, 0)
 
