@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, BlockHeader
+from ledger.engine_status import EngineStatus
 from ledger.evidence import EvidenceRecord
 
 # ----------------------------------------------------------------------------- events
@@ -249,6 +250,7 @@ class Engine(ABC):
         """The weight of a block in fork choice; the heaviest chain wins.  1 a block: the longest."""
         return 1
 
-    def status(self) -> dict:
-        """Engine state for debugging (GET /v1/node shows it)."""
-        return {}
+    @abstractmethod
+    def status(self) -> EngineStatus:
+        """What the engine does now, in the schema every engine shares (GET /v1/consensus,
+        GET /v1/validators and the explorer render it without knowing the engine)."""

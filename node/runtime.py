@@ -29,12 +29,14 @@ from api.service import (
     TxRecord,
     TxStatusName,
 )
+from api.schemas import engine_status_json
 from consensus import engine as ev
 from consensus.registry import create_engine
 from ledger.address import address_of, decode_address
 from ledger.block import Block, BlockHeader, InvalidBlock, build_header
 from ledger.codec import DecodeError
 from ledger.crypto import PrivateKey
+from ledger.engine_status import EngineStatus
 from ledger.genesis import Genesis
 from ledger.evidence import EvidenceRecord
 from ledger.mempool import Mempool, MempoolRejection
@@ -860,7 +862,7 @@ class Node:
             sync_progress=round(self.sync.progress(), 4),
             peers=len(peers),
             extra={
-                "engine": self.engine.status(),
+                "engine": engine_status_json(self.engine.status(), self.genesis.address_prefix),
                 "tx_per_second": round(self.metrics.tx_rate(), 1),
                 "reorgs": self.reorgs,
                 "peers": [
@@ -870,6 +872,9 @@ class Node:
                 ],
             },
         )
+
+    def consensus_status(self) -> EngineStatus:
+        return self.engine.status()
 
     def _status_of(self, height: int) -> tuple[TxStatusName, int]:
         head_height = self.head.height
