@@ -50,6 +50,8 @@ from api.schemas import (
     BatchRequest,
     BlockOut,
     BlocksOut,
+    ConsensusOut,
+    EvidenceListOut,
     HealthOut,
     InvalidInput,
     MempoolOut,
@@ -59,15 +61,19 @@ from api.schemas import (
     SubmitOut,
     TransactionJson,
     TransactionStatusOut,
+    ValidatorsOut,
     decode_raw_transaction,
     describe_errors,
+    engine_status_json,
+    evidence_json,
     parse_address,
     parse_hex,
     transaction_from_json,
     transaction_out,
+    validator_json,
 )
 from api.service import Accepted, BlockRecord, NodeService, Rejection, TxRecord
-from ledger.address import address_of, encode_address
+from ledger.address import encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.evidence import EvidenceRecord
 from ledger.transaction import Transaction
@@ -316,13 +322,7 @@ class _Context:
         }
 
     def evidence_out(self, record: EvidenceRecord, recorded_at: int | None = None) -> dict[str, Any]:
-        shown = {
-            "validator": encode_address(self.prefix, record.validator),
-            "kind": record.kind,
-            "height": record.height,
-            "round": record.round,
-            "evidence": record.data.hex(),
-        }
+        shown = evidence_json(record, self.prefix)
         if recorded_at is not None:
             shown["recorded_at"] = recorded_at
         return shown
@@ -606,33 +606,31 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
             "transactions": [transaction_out(tx, ctx.prefix) for tx in record.transactions[:limit]],
         }
 
-    @app.get("/v1/validators", tags=["consensus"], summary="The validator set, as the engine reports it")
+    @app.get("/v1/validators", response_model=ValidatorsOut, tags=["consensus"],
+             summary="The validator set, as the engine reports it")
     def validators() -> Any:
-        info = service.node_info()
-        engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
-        listed = engine.get("validators")
-        if isinstance(listed, list):
-            rows = [
-                {**row, "address": encode_address(ctx.prefix, bytes.fromhex(row["address"]))}
-                if isinstance(row.get("address"), str) and len(row["address"]) == 40 else row
-                for row in listed
-            ]
-            return {"engine": info.engine, "validators": rows}
-        if info.engine == "solo" and engine.get("authority"):
-            authority = bytes.fromhex(engine["authority"])
-            return {"engine": info.engine, "validators": [{
-                "address": encode_address(ctx.prefix, address_of(authority)), "public_key": engine["authority"],
-                "power": 1, "proposer_count": info.height, "last_signed_height": info.height,
-            }]}
-        return {"engine": info.engine, "validators": [], "note": f"the {info.engine} engine has no validator set"}
+        status = service.consensus_status()
+        shown = {
+            "engine": status.engine,
+            "finality": status.finality.value,
+            "validators": [validator_json(v, ctx.prefix) for v in status.validators or ()],
+            "total_power": status.total_power,
+            "quorum_power": status.quorum_power,
+        }
+        if status.validators is None:
+            shown["note"] = f"the {status.engine} engine has no validator set"
+        return shown
 
-    @app.get("/v1/consensus", tags=["consensus"], summary="The engine's state, for debugging (height, round, step, votes)")
+    @app.get("/v1/consensus", response_model=ConsensusOut, tags=["consensus"],
+             summary="The engine's state, for debugging (height, round, step, votes)")
     def consensus_state() -> Any:
-        info = service.node_info()
-        engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
-        return {"engine": info.engine, "height": info.height, "state": engine}
+        # The head first: a status read after it is never behind it.
+        height = service.node_info().height
+        status = service.consensus_status()
+        return {"engine": status.engine, "height": height, "state": engine_status_json(status, ctx.prefix)}
 
-    @app.get("/v1/evidence", tags=["consensus"], summary="Evidence of validator misbehaviour: seen, and recorded in blocks")
+    @app.get("/v1/evidence", response_model=EvidenceListOut, tags=["consensus"],
+             summary="Evidence of validator misbehaviour: seen, and recorded in blocks")
     def evidence(
         validator: str | None = Query(None, description="only this validator's (an address)"),
         before: str | None = Query(None, description="recorded: the `height:index` cursor from `next`"),
@@ -640,15 +638,11 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
     ) -> Any:
         address = parse_address(validator, ctx.prefix, "validator") if validator is not None else None
         cursor = _parse_cursor(before) if before is not None else None
-        info = service.node_info()
-        engine = info.extra.get("engine", {}) if isinstance(info.extra, dict) else {}
-        seen = [
-            item for item in engine.get("evidence", [])
-            if address is None or item.get("validator") == address.hex()
-        ]
+        status = service.consensus_status()
+        seen = [ctx.evidence_out(record) for record in status.evidence if address is None or record.validator == address]
         recorded = service.recorded_evidence(address, cursor, limit)
         return {
-            "engine": info.engine,
+            "engine": status.engine,
             "evidence": seen,
             "recorded": [ctx.evidence_out(record, height) for height, _, record in recorded],
             "next": f"{recorded[-1][0]}:{recorded[-1][1]}" if len(recorded) == limit else None,

@@ -36,6 +36,7 @@ from api.service import BlockRecord, NodeInfo, NodeService, TxRecord
 from ledger import crypto
 from ledger.address import address_of, decode_address
 from ledger.codec import MAX_AMOUNT
+from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 from ledger.genesis import Genesis
 from ledger.transaction import Transaction, TxKind
 
@@ -291,11 +292,31 @@ class TxRow:
 
 @dataclass(frozen=True)
 class ValidatorRow:
-    address: str
+    address: str  # bech32m
     power: str
     blocks_proposed: str
     last_signed: int | None
     note: str = ""
+
+
+# What the validators page says about finality, by how the engine finalizes (not by its name).
+_FINALITY_NOTES = {
+    Finality.AT_COMMIT: "One authority seals every block; a block is final when it commits.",
+    Finality.CERTIFICATE: ("A block is final once validators holding {quorum} of the {total} voting power "
+                           "sign its commit certificate."),
+    Finality.REPLICATION: "A block is final once a majority of the members store it.",
+    Finality.CHECKPOINT: "A block is final once 2/3 of the stake finalizes its epoch's checkpoint.",
+}
+_NO_VALIDATOR_SET = {
+    Finality.DEPTH: "Proof of work has no validator set: any miner may extend the chain.",
+}
+
+
+def _sole_validator(status: EngineStatus) -> ValidatorStatus | None:
+    """The one authority that seals every block on its own (a dev chain), if that is the set."""
+    if status.finality is Finality.AT_COMMIT and status.validators is not None and len(status.validators) == 1:
+        return status.validators[0]
+    return None
 
 
 @dataclass(frozen=True)
@@ -493,7 +514,7 @@ class Explorer:
             "mempool_size": mempool.size,
             "average_interval": average_interval,
             "tx_rate": rate,
-            "engine_role": (info.extra.get("engine") or {}).get("role", ""),
+            "engine_role": self.service.consensus_status().role,
             "charts": (tx_chart, interval_chart),
         }
         return self.page(request, "dashboard.html", "dashboard_live.html", context, info)
@@ -590,8 +611,8 @@ class Explorer:
     def sealer_note(self, height: int, proposer: bytes) -> str:
         if height == 0:
             return "The genesis block is not sealed: every node derives it from the genesis file."
-        if self.genesis.engine == "solo":
-            return (f"Sealed by the solo authority {self.address(proposer)}: the seal is its signature "
+        if _sole_validator(self.service.consensus_status()) is not None:
+            return (f"Sealed by the sole authority {self.address(proposer)}: the seal is its signature "
                     "over the header. One authority signs every block, so there is no certificate.")
         return ""
 
@@ -659,7 +680,7 @@ class Explorer:
             "older": older,
             "first_page": cursor is None,
             "is_genesis_funded": account in self.genesis.allocations,
-            "validator": self.genesis.engine == "solo" and account == self.solo_authority(),
+            **self.validator_flag(account),
         }
         return self.page(request, "account.html", "account_live.html", context)
 
@@ -672,40 +693,39 @@ class Explorer:
         }
         return self.page(request, "mempool.html", "mempool_live.html", context)
 
-    def solo_authority(self) -> bytes | None:
-        try:
-            return address_of(bytes.fromhex(self.genesis.engine_params["authority"]))
-        except (KeyError, TypeError, ValueError):
-            return None
+    def validator_flag(self, account: bytes) -> dict[str, Any]:
+        """Whether `account` is in the engine's validator set, for the account page's tag."""
+        status = self.service.consensus_status()
+        member = next((v for v in status.validators or () if v.address == account), None)
+        return {"validator": member, "sole_validator": member is not None and _sole_validator(status) is member,
+                "total_power": status.total_power}
 
-    def validators(self, info: NodeInfo) -> tuple[list[ValidatorRow], str]:
-        """The validator set as the engine reports it (`engine.status()["validators"]`, a list
-        of {address, power, blocks_proposed, last_signed}); for solo, its one authority."""
-        status = info.extra.get("engine") or {}
-        listed = status.get("validators") if isinstance(status, dict) else None
-        if isinstance(listed, list):
-            rows = []
-            for entry in listed:
-                if not isinstance(entry, dict):
-                    continue
-                rows.append(ValidatorRow(str(entry.get("address", "")), str(entry.get("power", "—")),
-                                         str(entry.get("blocks_proposed", "—")), entry.get("last_signed")))
-            return rows, ""
-        if info.engine == "solo":
-            authority = self.solo_authority()
-            if authority is None:
-                return [], "The genesis names no solo authority."
-            # Under solo the authority seals every block after genesis: the count needs no query.
-            return [ValidatorRow(self.address(authority), "sole authority", f"{info.height:,}",
-                                 info.height if info.height > 0 else None,
-                                 "seals every block; a block is final when it commits")], ""
-        if info.engine == "pow":
-            return [], "Proof of work has no validator set: any miner may extend the chain."
-        return [], f"The {info.engine} engine does not report its validator set yet."
+    def validators(self) -> tuple[list[ValidatorRow], str]:
+        """The validator set as the engine reports it, and a note on how blocks become final
+        (or why there is no set)."""
+        status = self.service.consensus_status()
+        if status.validators is None:
+            return [], _NO_VALIDATOR_SET.get(status.finality, f"The {status.engine} engine has no validator set.")
+        sole = _sole_validator(status)
+        rows = [
+            ValidatorRow(self.address(v.address), f"{v.power:,}", f"{v.blocks_proposed:,}", v.last_signed_height,
+                         self.validator_note(v, sole is v))
+            for v in status.validators
+        ]
+        note = _FINALITY_NOTES.get(status.finality, "").format(quorum=status.quorum_power, total=status.total_power)
+        return rows, note
+
+    def validator_note(self, validator: ValidatorStatus, sole: bool) -> str:
+        notes = ["sole authority: seals every block"] if sole else []
+        if validator.jailed:
+            notes.append("jailed")
+        if validator.slashed:
+            notes.append(f"slashed {self.amount(validator.slashed)} {self.genesis.denomination.name}")
+        return "; ".join(notes)
 
     def validators_page(self, request: Request) -> HTMLResponse:
         info = self.service.node_info()
-        rows, note = self.validators(info)
+        rows, note = self.validators()
         context = {"nav": "validators", "page_title": "Validators", "validators": rows, "note": note}
         return self.page(request, "validators.html", "validators_live.html", context, info)
 

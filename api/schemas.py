@@ -8,6 +8,8 @@ so an older client keeps working against a newer node.
 The converters at the bottom (`transaction_to_json`, `transaction_from_json`,
 `transaction_out`, `decode_raw_transaction`) are the one place where a ledger
 `Transaction` meets its JSON form; the server, the wallet and the tests all use them.
+`engine_status_json` (with `validator_json` and `evidence_json`) is the same for a
+consensus engine's `EngineStatus`: the API and the node's `extra.engine` share it.
 
 This module imports no web framework: the client (and the wallet through it) uses it.
 """
@@ -24,6 +26,8 @@ from pydantic_core import PydanticCustomError
 from ledger import crypto
 from ledger.address import InvalidAddress, decode_address, encode_address
 from ledger.codec import MAX_AMOUNT, DecodeError
+from ledger.engine_status import Checkpoint, EngineStatus, Finality, ValidatorStatus
+from ledger.evidence import EvidenceRecord
 from ledger.transaction import MAX_CHAIN_ID, MAX_PAYLOAD, MAX_TX_SIZE, Transaction, TxKind
 
 MAX_ADDRESS_LENGTH = 90
@@ -218,6 +222,69 @@ class EvidenceOut(_Response):
     height: int = Field(description="where it misbehaved")
     round: int
     evidence: str = Field(description="hex of the proof (docs/protocol.md, Evidence): two conflicting signed messages")
+
+
+class RecordedEvidenceOut(EvidenceOut):
+    recorded_at: int = Field(description="height of the block that records it")
+
+
+class EvidenceListOut(_Response):
+    engine: str
+    evidence: list[EvidenceOut] = Field(description="what this node's engine has seen (in memory, newest 1000)")
+    recorded: list[RecordedEvidenceOut] = Field(description="what the chain records, newest block first")
+    next: str | None = Field(default=None, description="`height:index`, pass as `before`; null at the end")
+
+
+class ValidatorOut(_Response):
+    address: str = Field(description="bech32m address of the validator's key")
+    public_key: str
+    power: int = Field(description="voting power, or stake")
+    blocks_proposed: int = Field(description="blocks of this node's chain it proposed")
+    last_signed_height: int | None = Field(description="the newest height it signed; null: none this node saw")
+    jailed: bool = False
+    slashed: int = Field(default=0, description="amount taken for misbehaviour")
+
+
+class CheckpointOut(_Response):
+    epoch: int
+    block_hash: str
+
+
+class EngineStatusOut(_Response):
+    """What the consensus engine reports, in one schema for every engine: a field the
+    engine has no notion of is null (proof of work has no round, BFT no epoch)."""
+
+    engine: str
+    finality: Finality = Field(description="how a block becomes final under this engine")
+    role: str = Field(description="what this node does: producer, follower, validator, miner, ...")
+    phase: str = Field(description="what the engine waits for now")
+    height: int | None = Field(default=None, description="the height the engine works on")
+    round: int | None = None
+    step: str | None = None
+    term: int | None = None
+    epoch: int | None = None
+    justified: CheckpointOut | None = None
+    finalized: CheckpointOut | None = None
+    validators: list[ValidatorOut] | None = Field(default=None, description="null: the engine has no validator set")
+    total_power: int | None = None
+    quorum_power: int | None = None
+    evidence: list[EvidenceOut] = Field(default_factory=list, description="misbehaviour the engine saw")
+    details: dict[str, Any] = Field(default_factory=dict, description="engine-specific state, for debugging")
+
+
+class ConsensusOut(_Response):
+    engine: str
+    height: int = Field(description="this node's head height")
+    state: EngineStatusOut
+
+
+class ValidatorsOut(_Response):
+    engine: str
+    finality: Finality
+    validators: list[ValidatorOut] = Field(description="empty when the engine has no validator set")
+    total_power: int | None = None
+    quorum_power: int | None = None
+    note: str | None = Field(default=None, description="why the list is empty")
 
 
 class BlockOut(BlockHeaderOut):
@@ -432,3 +499,55 @@ def parse_address(text: str, prefix: str, field: str = "address") -> bytes:
     except InvalidAddress as exc:
         raise InvalidInput(exc.reason, str(exc), field) from None
 
+
+def evidence_json(record: EvidenceRecord, prefix: str) -> dict[str, Any]:
+    """Evidence of misbehaviour as JSON (the EvidenceOut shape), whatever the engine."""
+    return {
+        "validator": encode_address(prefix, record.validator),
+        "kind": record.kind,
+        "height": record.height,
+        "round": record.round,
+        "evidence": record.data.hex(),
+    }
+
+
+def validator_json(validator: ValidatorStatus, prefix: str) -> dict[str, Any]:
+    """One member of the validator set as JSON (the ValidatorOut shape)."""
+    return {
+        "address": encode_address(prefix, validator.address),
+        "public_key": validator.public_key.hex(),
+        "power": validator.power,
+        "blocks_proposed": validator.blocks_proposed,
+        "last_signed_height": validator.last_signed_height,
+        "jailed": validator.jailed,
+        "slashed": validator.slashed,
+    }
+
+
+def _checkpoint_json(checkpoint: Checkpoint | None) -> dict[str, Any] | None:
+    return None if checkpoint is None else {"epoch": checkpoint.epoch, "block_hash": checkpoint.block_hash.hex()}
+
+
+def engine_status_json(status: EngineStatus, prefix: str) -> dict[str, Any]:
+    """An engine's status as JSON (the EngineStatusOut shape): GET /v1/consensus shows it,
+    and the node puts it in GET /v1/node's `extra.engine`."""
+    return {
+        "engine": status.engine,
+        "finality": status.finality.value,
+        "role": status.role,
+        "phase": status.phase,
+        "height": status.height,
+        "round": status.round,
+        "step": status.step,
+        "term": status.term,
+        "epoch": status.epoch,
+        "justified": _checkpoint_json(status.justified),
+        "finalized": _checkpoint_json(status.finalized),
+        "validators": (
+            None if status.validators is None else [validator_json(v, prefix) for v in status.validators]
+        ),
+        "total_power": status.total_power,
+        "quorum_power": status.quorum_power,
+        "evidence": [evidence_json(record, prefix) for record in status.evidence],
+        "details": dict(status.details),
+    }

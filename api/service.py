@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from ledger.block import Block, BlockHeader
+from ledger.engine_status import EngineStatus
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
 from ledger.transaction import Transaction
@@ -114,6 +115,10 @@ class NodeService(Protocol):
     genesis: Genesis
 
     def node_info(self) -> NodeInfo: ...
+
+    def consensus_status(self) -> EngineStatus:
+        """What the consensus engine reports now (role, phase, validators, evidence, ...)."""
+        ...
 
     async def submit(self, transactions: list[Transaction]) -> list[SubmitResult]: ...
 

@@ -62,7 +62,7 @@ from ledger import crypto
 from ledger.address import address_of
 from ledger.block import HASH_SIZE, Block, BlockHeader
 from ledger.codec import DecodeError, Reader, Writer
-from ledger.engine_status import Finality
+from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 from ledger.evidence import EvidenceRecord
 from ledger.state import ValidatorUpdate
 
@@ -1354,7 +1354,7 @@ class BftEngine(Engine):
             evidence = BlockExtra.decode(header.extra).evidence
         except DecodeError:
             return []
-        return [EvidenceRecord(item.validator, item.height, item.round, item.kind_name, item.encode()) for item in evidence]
+        return [_evidence_record(item) for item in evidence]
 
     def verify_commit(self, header: BlockHeader, certificate: bytes) -> Certificate:
         """Raise InvalidCertificate unless `certificate` proves `header` final."""
@@ -1364,57 +1364,81 @@ class BftEngine(Engine):
         return head_height
 
     # ================================================================== status
-    def validators_status(self) -> list[dict]:
-        return [
-            {
-                "address": v.address.hex(),
-                "public_key": v.public_key.hex(),
-                "power": v.power,
-                "last_signed_height": self._last_signed_height.get(v.address),
-                "proposer_count": self._proposed_count.get(v.address, 0),
-            }
-            for v in self.validators
-        ]
+    def status(self) -> EngineStatus:
+        # The API asks from worker threads while the node's loop moves the engine on: the
+        # dicts it walks are copied first (list() of a dict view is one step under the GIL),
+        # so a concurrent insertion cannot fail the walk.
+        return EngineStatus(
+            engine=self.name,
+            finality=self.finality,
+            role="validator" if self.is_validator else "follower",
+            phase=self._phase(),
+            height=self.height if self.head is not None else None,
+            round=self.round,
+            step="decided" if self.decided is not None else self.step.name.lower(),
+            validators=tuple(
+                ValidatorStatus(
+                    address=v.address, public_key=v.public_key, power=v.power,
+                    blocks_proposed=self._proposed_count.get(v.address, 0),
+                    last_signed_height=self._last_signed_height.get(v.address),
+                )
+                for v in self.validators
+            ),
+            total_power=self.validators.total_power,
+            quorum_power=self.validators.quorum_power,
+            evidence=tuple(_evidence_record(evidence) for evidence in list(self.evidence.values())),
+            details={
+                "address": self.address.hex() if self.address else None,
+                "waiting_for_transactions": self.waiting_for_txs,
+                "proposer": self._proposer_address(self.round).hex() if self.height >= 1 else None,
+                "locked": {"round": self.locked_round, "block": self.locked_hash.hex() if self.locked_hash else None},
+                "valid": {"round": self.valid_round, "block": self.valid_hash.hex() if self.valid_hash else None},
+                "decided": self.decided[0].hash.hex() if self.decided is not None else None,
+                "votes": self._votes_by_round(),
+                "refused_messages": self.refused_messages,
+                "params": {
+                    "timeout_propose_ms": self.params.timeout_propose_ms,
+                    "timeout_prevote_ms": self.params.timeout_prevote_ms,
+                    "timeout_precommit_ms": self.params.timeout_precommit_ms,
+                    "timeout_delta_ms": self.params.timeout_delta_ms,
+                    "create_empty_blocks": self.params.create_empty_blocks,
+                    "max_block_interval_ms": self.params.max_block_interval_ms,
+                    "min_block_interval_ms": self.params.min_block_interval_ms,
+                },
+            },
+        )
 
-    def status(self) -> dict:
-        rounds = sorted({round for round, _ in self._by_value})[-4:]
-        votes = {
+    def _phase(self) -> str:
+        if self.head is None:
+            return "not started"
+        if self.decided is not None:
+            return "committing the decided block"
+        if self.waiting_for_txs:
+            return "waiting for transactions"
+        return {
+            Step.PROPOSE: "waiting for the proposal",
+            Step.PREVOTE: "collecting prevotes",
+            Step.PRECOMMIT: "collecting precommits",
+        }[self.step]
+
+    def _votes_by_round(self) -> dict[str, dict[str, dict[str, int]]]:
+        """The voting power seen for each value, by vote type, in the last four rounds."""
+        rounds = sorted({round for round, _ in list(self._by_value)})[-4:]
+        return {
             str(round): {
                 kind.name.lower(): {
-                    (value.hex() if value is not None else "nil"): self.validators.power_of(signers)
-                    for value, signers in self._by_value.get((round, kind), {}).items() if signers
+                    (value.hex() if value is not None else "nil"): self.validators.power_of(list(signers))
+                    for value, signers in list(self._by_value.get((round, kind), {}).items()) if signers
                 }
                 for kind in (VoteType.PREVOTE, VoteType.PRECOMMIT)
             }
             for round in rounds
         }
-        return {
-            "role": "validator" if self.is_validator else "follower",
-            "address": self.address.hex() if self.address else None,
-            "height": self.height,
-            "round": self.round,
-            "step": "decided" if self.decided is not None else self.step.name.lower(),
-            "waiting_for_transactions": self.waiting_for_txs,
-            "proposer": self._proposer_address(self.round).hex() if self.height >= 1 else None,
-            "locked": {"round": self.locked_round, "block": self.locked_hash.hex() if self.locked_hash else None},
-            "valid": {"round": self.valid_round, "block": self.valid_hash.hex() if self.valid_hash else None},
-            "decided": self.decided[0].hash.hex() if self.decided is not None else None,
-            "votes": votes,
-            "total_power": self.validators.total_power,
-            "quorum_power": self.validators.quorum_power,
-            "validators": self.validators_status(),
-            "evidence": [evidence.to_json() for evidence in self.evidence.values()],
-            "refused_messages": self.refused_messages,
-            "params": {
-                "timeout_propose_ms": self.params.timeout_propose_ms,
-                "timeout_prevote_ms": self.params.timeout_prevote_ms,
-                "timeout_precommit_ms": self.params.timeout_precommit_ms,
-                "timeout_delta_ms": self.params.timeout_delta_ms,
-                "create_empty_blocks": self.params.create_empty_blocks,
-                "max_block_interval_ms": self.params.max_block_interval_ms,
-                "min_block_interval_ms": self.params.min_block_interval_ms,
-            },
-        }
+
+
+def _evidence_record(evidence: Evidence) -> EvidenceRecord:
+    """Evidence as the chain records it (and as the API shows it, whatever the engine)."""
+    return EvidenceRecord(evidence.validator, evidence.height, evidence.round, evidence.kind_name, evidence.encode())
 
 
 @lru_cache(maxsize=256)

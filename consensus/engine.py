@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, BlockHeader, InvalidSeal
-from ledger.engine_status import Finality
+from ledger.engine_status import EngineStatus, Finality
 from ledger.evidence import EvidenceRecord
 from ledger.state import ValidatorUpdate
 
@@ -266,6 +266,7 @@ class Engine(ABC):
     def block_work(self, header: BlockHeader) -> int:
         """The weight of a block in the default fork choice.  1 a block: the longest chain."""
         return 1
+        return 1
 
     def fork_choice(self, branches: Sequence[Sequence[BlockHeader]]) -> int:
         """Which branch the node follows: `branches` each hold the headers after one common
@@ -282,6 +283,7 @@ class Engine(ABC):
         `import_waits_for_certificate`; engines that set it implement this."""
         raise NotImplementedError(f"the {self.name} engine does not certify blocks")
 
-    def status(self) -> dict:
-        """Engine state for debugging (GET /v1/node shows it)."""
-        return {}
+    @abstractmethod
+    def status(self) -> EngineStatus:
+        """What the engine does now, in the schema every engine shares (GET /v1/consensus,
+        GET /v1/validators and the explorer render it without knowing the engine)."""

@@ -31,7 +31,7 @@ from typing import Any
 
 from ledger.address import ADDRESS_SIZE
 from ledger.block import Block, BlockHeader
-from ledger.engine_status import Finality
+from ledger.engine_status import EngineStatus, Finality
 from ledger.validate import too_far_ahead
 
 from consensus.engine import (
@@ -531,7 +531,7 @@ class PowEngine(Engine):
         self._timer_at = due
         return [SetTimer(due)]
 
-    def status(self) -> dict:
+    def status(self) -> EngineStatus:
         head = self._window[-1] if self._window else None
         if not self.mine:
             phase = "following"
@@ -543,13 +543,18 @@ class PowEngine(Engine):
             phase = "mining"
         else:
             phase = "building"
-        return {
-            "role": "miner" if self.mine else "follower",
-            "phase": phase,
-            "miner_address": self.miner_address.hex() if self.miner_address else None,
-            "head_height": head.height if head is not None else None,
-            "next_target": f"{self._next_target:064x}" if self._next_target is not None else None,
-            "next_block_work": work_of_target(self._next_target) if self._next_target is not None else None,
-            "target_block_ms": self.params.target_block_ms,
-            "finality_depth": self.params.finality_depth,
-        }
+        return EngineStatus(
+            engine=self.name,
+            finality=self.finality,
+            role="miner" if self.mine else "follower",
+            phase=phase,
+            height=head.height + 1 if head is not None else None,
+            validators=None,  # any miner may extend the chain
+            details={
+                "miner_address": self.miner_address.hex() if self.miner_address else None,
+                "next_target": f"{self._next_target:064x}" if self._next_target is not None else None,
+                "next_block_work": work_of_target(self._next_target) if self._next_target is not None else None,
+                "target_block_ms": self.params.target_block_ms,
+                "finality_depth": self.params.finality_depth,
+            },
+        )

@@ -17,6 +17,7 @@ from enum import Enum
 from ledger import crypto
 from ledger.address import address_of
 from ledger.block import BlockHeader
+from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 
 from consensus.engine import (
     Action,
@@ -122,10 +123,22 @@ class SoloEngine(Engine):
     def finalized_height(self, head_height: int) -> int:
         return head_height
 
-    def status(self) -> dict:
-        return {
-            "role": "producer" if self.is_producer else "follower",
-            "phase": self.phase.value,
-            "authority": self.authority.hex(),
-            "block_interval_ms": self.block_interval_ms,
-        }
+    def status(self) -> EngineStatus:
+        head_height = self.head.height if self.head is not None else 0
+        # The authority seals every block after genesis, so the head's height is both how
+        # many it proposed and the last one it signed (none yet on a chain of genesis only).
+        authority = ValidatorStatus(
+            address=self.authority_address, public_key=self.authority, power=1,
+            blocks_proposed=head_height, last_signed_height=head_height if head_height > 0 else None,
+        )
+        return EngineStatus(
+            engine=self.name,
+            finality=self.finality,
+            role="producer" if self.is_producer else "follower",
+            phase=self.phase.value,
+            height=self.head.height + 1 if self.head is not None else None,
+            validators=(authority,),
+            total_power=1,
+            quorum_power=1,
+            details={"authority": self.authority.hex(), "block_interval_ms": self.block_interval_ms},
+        )

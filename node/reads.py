@@ -10,8 +10,10 @@ from __future__ import annotations
 import threading
 
 from api.service import AccountRecord, BlockRecord, MempoolRecord, NodeInfo, TxRecord, TxStatusName
+from api.schemas import engine_status_json
 from consensus.engine import Engine
 from ledger.block import BlockHeader
+from ledger.engine_status import EngineStatus
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
 from ledger.mempool import Mempool
@@ -60,7 +62,7 @@ class ChainReads:
             sync_progress=round(self.sync.progress(), 4),
             peers=len(peers),
             extra={
-                "engine": self.engine.status(),
+                "engine": engine_status_json(self.engine.status(), self.genesis.address_prefix),
                 "tx_per_second": round(self.metrics.tx_rate(), 1),
                 "reorgs": self.importer.reorgs,
                 "peers": [
@@ -70,6 +72,9 @@ class ChainReads:
                 ],
             },
         )
+
+    def consensus_status(self) -> EngineStatus:
+        return self.engine.status()
 
     def _status_of(self, height: int) -> tuple[TxStatusName, int]:
         head_height = self.head.height

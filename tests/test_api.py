@@ -466,6 +466,11 @@ def test_node_info_health_metrics_and_docs(tmp_path):
             for path in ("/v1/transactions", BATCH, "/v1/blocks/{ref}", "/v1/accounts/{address}", "/v1/events"):
                 assert path in schema["paths"]
             assert {"RawTransaction", "TransactionJson", "ProblemOut"} <= set(schema["components"]["schemas"])
+            # One schema for every engine's status, whichever engine this node runs.
+            assert {"ValidatorsOut", "ValidatorOut", "ConsensusOut", "EngineStatusOut"} <= set(schema["components"]["schemas"])
+            consensus = (await http.get("/v1/consensus")).json()
+            assert consensus["state"]["finality"] in schema["components"]["schemas"]["Finality"]["enum"]
+            assert consensus["state"] == info["extra"]["engine"] | {"phase": consensus["state"]["phase"]}
 
     run(scenario())
 

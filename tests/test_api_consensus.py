@@ -44,14 +44,31 @@ def test_a_solo_node_lists_its_authority_and_engine_state(tmp_path):
         node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'c.db'}"), genesis, KEYS[0])
         await node.start()
         try:
+            authority = encode_address(genesis.address_prefix, address_of(KEYS[0].public_key))
             validators = await get(node, "/v1/validators")
-            assert validators["engine"] == "solo"
-            assert [v["address"] for v in validators["validators"]] == [
-                encode_address(genesis.address_prefix, address_of(KEYS[0].public_key))
+            assert validators["engine"] == "solo" and validators["finality"] == "at_commit"
+            assert [v["address"] for v in validators["validators"]] == [authority]
+            # Genesis is nobody's block: nothing proposed, nothing signed yet.
+            assert [(v["power"], v["blocks_proposed"], v["last_signed_height"]) for v in validators["validators"]] == [
+                (1, 0, None)
             ]
+            assert "note" not in validators or validators["note"] is None
             state = await get(node, "/v1/consensus")
             assert state["state"]["role"] == "producer" and state["height"] == 0
+            assert state["state"]["finality"] == "at_commit" and state["state"]["round"] is None
+            assert state["state"]["details"]["authority"] == KEYS[0].public_key.hex()
             assert (await get(node, "/v1/evidence"))["evidence"] == []
+
+            from ledger.hdkeys import dev_keys
+            from ledger.transaction import new_transfer
+
+            tx = new_transfer(dev_keys(1)[0], genesis.chain_id, 0, bytes(20), 5)
+            await node.submit([tx])
+            assert (await node.wait_final([tx.id], 10))[tx.id] == "final"
+            [authority_row] = (await get(node, "/v1/validators"))["validators"]
+            assert (authority_row["blocks_proposed"], authority_row["last_signed_height"]) == (1, 1)
+            # /v1/node shows the same typed status, as JSON.
+            assert (await get(node, "/v1/node"))["extra"]["engine"]["validators"] == [authority_row]
         finally:
             await node.stop()
 
@@ -76,8 +93,17 @@ def test_bft_validators_show_power_signing_and_the_round(tmp_path):
             )
             assert all(v["power"] == 10 for v in validators)
             assert any(v["last_signed_height"] == 1 for v in validators)
+            # Each committed block was proposed by one of them: the counts add up to the head.
+            head = (await get(nodes[2], "/v1/node"))["height"]
+            assert sum(v["blocks_proposed"] for v in validators) <= head
+            assert sum(v["blocks_proposed"] for v in validators) >= 1
+            answer = await get(nodes[2], "/v1/validators")
+            assert (answer["finality"], answer["total_power"], answer["quorum_power"]) == ("certificate", 40, 27)
             state = (await get(nodes[2], "/v1/consensus"))["state"]
             assert state["role"] == "validator" and state["height"] >= 2 and "round" in state and "step" in state
+            assert state["finality"] == "certificate" and isinstance(state["round"], int)
+            assert state["step"] in ("propose", "prevote", "precommit", "decided")
+            assert state["details"]["params"]["timeout_propose_ms"] > 0
         finally:
             for node in nodes:
                 await node.stop()
@@ -126,7 +152,9 @@ def test_a_block_records_an_equivocation_and_the_api_lists_it(tmp_path):
             assert [(item["validator"], item["height"], item["recorded_at"]) for item in listed["recorded"]] == [
                 (address, height, at)
             ]
-            assert listed["evidence"] and all(item["validator"] == equivocator.hex() for item in listed["evidence"])
+            assert listed["evidence"] and all(item["validator"] == address for item in listed["evidence"])
+            # What the engine saw is the proof the chain recorded.
+            assert record.data.hex() in [item["evidence"] for item in listed["evidence"]]
             other = encode_address(genesis.address_prefix, address_of(KEYS[0].public_key))
             assert (await get(nodes[1], f"/v1/evidence?validator={other}"))["recorded"] == []
             block = await get(nodes[2], f"/v1/blocks/{at}")

@@ -33,6 +33,8 @@ from api.service import Accepted, AccountRecord, Event, NodeInfo, Rejection
 from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.crypto import PrivateKey
+from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
+from ledger.evidence import EvidenceRecord
 from ledger.transaction import new_transfer
 
 PREFIX = "tst"
@@ -56,6 +58,13 @@ class FakeService:
         self.fail_node_info = False
         self.queues: list[asyncio.Queue] = []
         self.unsubscribed: list[asyncio.Queue] = []
+        self.status = EngineStatus("solo", Finality.AT_COMMIT, "producer", "idle", height=8)
+
+    def consensus_status(self) -> EngineStatus:
+        return self.status
+
+    def recorded_evidence(self, validator, before, limit):
+        return []
 
     def node_info(self) -> NodeInfo:
         if self.fail_node_info:
@@ -230,6 +239,80 @@ def test_an_internal_error_is_a_500_problem_without_traceback(service, caplog):
     assert "secret internal detail" not in response.text and "Traceback" not in response.text
     assert document["field"] is None
     assert "secret internal detail" in caplog.text  # logged for the operator instead
+
+
+# --- the engine's typed status ----------------------------------------------------------------
+
+KEY_A, KEY_B = PrivateKey(b"\x0a" * 32), PrivateKey(b"\x0b" * 32)
+VALIDATOR_A, VALIDATOR_B = address_of(KEY_A.public_key), address_of(KEY_B.public_key)
+EQUIVOCATION = EvidenceRecord(VALIDATOR_B, 4, 1, "duplicate_vote", b"\x01proof")
+BFT_STATUS = EngineStatus(
+    "bft", Finality.CERTIFICATE, "validator", "collecting prevotes", height=9, round=1, step="prevote",
+    validators=(
+        ValidatorStatus(VALIDATOR_A, KEY_A.public_key, 10, blocks_proposed=5, last_signed_height=8),
+        ValidatorStatus(VALIDATOR_B, KEY_B.public_key, 10, blocks_proposed=3, last_signed_height=None,
+                        jailed=True, slashed=250),
+    ),
+    total_power=20, quorum_power=14, evidence=(EQUIVOCATION,), details={"refused_messages": 2},
+)
+
+
+def test_validators_render_the_typed_status_with_addresses_of_the_network(service):
+    service.status = BFT_STATUS
+    answer = call(create_app(service), "GET", "/v1/validators").json()
+    assert answer == {
+        "engine": "bft", "finality": "certificate", "total_power": 20, "quorum_power": 14, "note": None,
+        "validators": [
+            {"address": encode_address(PREFIX, VALIDATOR_A), "public_key": KEY_A.public_key.hex(), "power": 10,
+             "blocks_proposed": 5, "last_signed_height": 8, "jailed": False, "slashed": 0},
+            {"address": encode_address(PREFIX, VALIDATOR_B), "public_key": KEY_B.public_key.hex(), "power": 10,
+             "blocks_proposed": 3, "last_signed_height": None, "jailed": True, "slashed": 250},
+        ],
+    }
+
+
+def test_an_engine_without_a_validator_set_answers_an_empty_list_and_a_note(service):
+    service.status = EngineStatus("pow", Finality.DEPTH, "miner", "mining", height=3,
+                                  details={"next_target": "00ff", "finality_depth": 6})
+    app = create_app(service)
+    answer = call(app, "GET", "/v1/validators").json()
+    assert answer["validators"] == [] and answer["finality"] == "depth"
+    assert answer["note"] == "the pow engine has no validator set"
+    state = call(app, "GET", "/v1/consensus").json()["state"]
+    # What an engine has no notion of is null, in the same schema.
+    assert (state["validators"], state["round"], state["step"], state["total_power"]) == (None, None, None, None)
+    assert state["details"] == {"next_target": "00ff", "finality_depth": 6}
+
+
+def test_consensus_shows_every_field_of_the_typed_status(service):
+    service.status = BFT_STATUS
+    answer = call(create_app(service), "GET", "/v1/consensus").json()
+    assert (answer["engine"], answer["height"]) == ("bft", 7)  # the head height, as GET /v1/node
+    state = answer["state"]
+    assert (state["finality"], state["role"], state["phase"]) == ("certificate", "validator", "collecting prevotes")
+    assert (state["height"], state["round"], state["step"], state["epoch"], state["justified"]) == (9, 1, "prevote", None, None)
+    assert [v["address"] for v in state["validators"]] == [encode_address(PREFIX, a) for a in (VALIDATOR_A, VALIDATOR_B)]
+    assert state["evidence"] == [{"validator": encode_address(PREFIX, VALIDATOR_B), "kind": "duplicate_vote",
+                                  "height": 4, "round": 1, "evidence": "0170726f6f66"}]
+    assert state["details"] == {"refused_messages": 2}
+
+
+def test_evidence_seen_comes_from_the_typed_status_and_filters_by_validator(service):
+    service.status = BFT_STATUS
+    app = create_app(service)
+    seen = call(app, "GET", "/v1/evidence").json()["evidence"]
+    assert [(item["validator"], item["kind"], item["evidence"]) for item in seen] == [
+        (encode_address(PREFIX, VALIDATOR_B), "duplicate_vote", EQUIVOCATION.data.hex())
+    ]
+    assert call(app, "GET", f"/v1/evidence?validator={encode_address(PREFIX, VALIDATOR_B)}").json()["evidence"] == seen
+    assert call(app, "GET", f"/v1/evidence?validator={encode_address(PREFIX, VALIDATOR_A)}").json()["evidence"] == []
+
+
+def test_the_openapi_schema_has_one_status_schema_with_finality_as_an_enum(service):
+    schemas = call(create_app(service), "GET", "/openapi.json").json()["components"]["schemas"]
+    assert set(schemas["Finality"]["enum"]) == {f.value for f in Finality}
+    assert {"validators", "round", "epoch", "finalized", "details", "evidence"} <= set(schemas["EngineStatusOut"]["properties"])
+    assert {"blocks_proposed", "last_signed_height", "jailed", "slashed"} <= set(schemas["ValidatorOut"]["properties"])
 
 
 # --- the body limit ------------------------------------------------------------------------

@@ -85,6 +85,7 @@ from ledger import crypto
 from ledger.address import address_of
 from ledger.block import Block, build_header
 from ledger.codec import DecodeError, Writer
+from ledger.engine_status import Finality
 from ledger.genesis import Genesis
 
 PREVOTE, PRECOMMIT = VoteType.PREVOTE, VoteType.PRECOMMIT
@@ -501,7 +502,7 @@ def test_a_decision_can_come_from_an_earlier_round():
     assert commit.block == BLOCK_A
     certificate = verify_certificate(commit.certificate, BLOCK_A.header, VALIDATORS)
     assert certificate.round == 0 and set(certificate.signers) == {ADDRESSES[i] for i in (0, 1, 2)}
-    assert engine.status()["step"] == "decided"
+    assert engine.status().step == "decided" and engine.status().phase == "committing the decided block"
 
 
 def test_two_thirds_precommits_for_an_invalid_block_do_not_commit():
@@ -510,6 +511,26 @@ def test_two_thirds_precommits_for_an_invalid_block_do_not_commit():
     actions += answer_executions(engine, actions, T0, valid=False)
     actions += deliver_all(engine, [vote_bytes(i, PRECOMMIT, 1, 0, BLOCK_A.hash) for i in (0, 1, 2)])
     assert not of_type(actions, Commit)  # line 50: only if valid(v)
+
+
+def test_status_counts_each_validators_proposals_and_last_signature():
+    cluster = Cluster([make_engine(i) for i in range(4)])
+    cluster.start()
+    cluster.run(cluster.all_at_least(3), limit_ms=10_000)
+    engine = cluster.engines[0]
+    head = engine.head.height
+    status = engine.status()
+    assert (status.engine, status.finality, status.role) == ("bft", Finality.CERTIFICATE, "validator")
+    assert (status.total_power, status.quorum_power) == (VALIDATORS.total_power, VALIDATORS.quorum_power)
+    assert status.height == head + 1 and status.round is not None and status.epoch is None
+    proposers = [cluster.committed[0][height][0].header.proposer for height in range(1, head + 1)]
+    assert {v.address: v.blocks_proposed for v in status.validators} == {a: proposers.count(a) for a in ADDRESSES}
+    head_signers = set(cluster.committed[0][head][1].signers)
+    for validator in status.validators:
+        if validator.address in head_signers:
+            assert validator.last_signed_height == head
+        else:
+            assert validator.last_signed_height is None or validator.last_signed_height < head
 
 
 def test_after_commit_the_next_height_starts_and_uses_messages_that_came_early():
@@ -593,8 +614,9 @@ def test_conflicting_votes_are_reported_once_and_count_their_validator_once():
     assert of_type(actions, ReportEvidence) == []  # one report per (validator, height, round, type)
     status = engine.status()
     # Each signed value counts for itself (the paper counts messages), but a third one is not kept.
-    assert status["votes"]["0"]["prevote"] == {BLOCK_A.hash.hex(): 1, BLOCK_B.hash.hex(): 1, "nil": 1}
-    assert [e["validator"] for e in status["evidence"]] == [ADDRESSES[0].hex()]
+    assert status.details["votes"]["0"]["prevote"] == {BLOCK_A.hash.hex(): 1, BLOCK_B.hash.hex(): 1, "nil": 1}
+    assert [(e.validator, e.kind, e.height, e.round) for e in status.evidence] == [(ADDRESSES[0], "duplicate_vote", 1, 0)]
+    assert verify_evidence(status.evidence[0].data, VALIDATORS, CHAIN).validator == ADDRESSES[0]
     # A prevote and a precommit for different values at one round are no equivocation.
     assert of_type(deliver(engine, vote_bytes(1, PREVOTE, 1, 0, None)), ReportEvidence) == []
     assert of_type(deliver(engine, vote_bytes(1, PRECOMMIT, 1, 0, BLOCK_A.hash)), ReportEvidence) == []
@@ -1001,7 +1023,7 @@ def test_a_follower_commits_every_height_and_never_signs():
     cluster.start()
     cluster.run(cluster.all_at_least(3), limit_ms=10_000)
     follower = engines[4]
-    assert not follower.is_validator and follower.status()["role"] == "follower"
+    assert not follower.is_validator and follower.status().role == "follower"
     for height in (1, 2, 3):
         assert cluster.committed[4][height][0].hash == cluster.committed[0][height][0].hash
     for index, _, actions in cluster.log:
@@ -1050,8 +1072,10 @@ def test_garbage_from_peers_changes_nothing():
         assert deliver(engine, data) == []
     assert engine.refused_messages == 5
     after = engine.status()
-    after["refused_messages"] = before["refused_messages"]
-    assert after == before
+    assert after.details["refused_messages"] == before.details["refused_messages"] + 5
+    # Everything else is as it was (details compared without the refusal count).
+    assert dataclasses.replace(after, details={}) == dataclasses.replace(before, details={})
+    assert {**after.details, "refused_messages": 0} == {**before.details, "refused_messages": 0}
 
 
 def test_messages_before_started_are_ignored():
@@ -1204,7 +1228,7 @@ def test_registry_builds_the_bft_engine_from_genesis():
     assert len(engine.validators) == 4 and engine.validators.total_power == 4
     follower = create_engine(bft_genesis(), OUTSIDER)
     assert isinstance(follower, BftEngine) and not follower.is_validator
-    assert create_engine(bft_genesis(), None).status()["role"] == "follower"
+    assert create_engine(bft_genesis(), None).status().role == "follower"
 
 
 @pytest.mark.parametrize(("params", "message"), [

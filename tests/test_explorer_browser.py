@@ -2,8 +2,9 @@
 real node process.  A transfer submitted through the REST API shows up on the open
 dashboard without a reload; a transaction page follows its transfer from pending to
 final; links lead block -> transaction -> account; the search box finds each kind of
-key; unknown keys get the 404 page.  Every page is saved as a screenshot under
-test-output/explorer/ (gitignored) for a person to look at.
+key; unknown keys get the 404 page; on a 4-validator BFT network the Validators page shows
+what GET /v1/validators reports and links each validator to its account.  Every page is
+saved as a screenshot under test-output/explorer/ (gitignored) for a person to look at.
 
 Needs /usr/bin/chromium (`apt-get install -y chromium`).  Without it these tests skip,
 unless LEDGER_TEST_BROWSER is set: then they fail, so CI cannot pass without a browser.
@@ -325,3 +326,82 @@ def test_list_pages_and_the_phone_layout(browser, node):
     finally:
         context.close()
     assert not problems, problems
+
+
+# --- the validators of a BFT network ------------------------------------------------------------
+
+BFT_VALIDATORS = 4
+BFT_BLOCKS = 4  # blocks to wait for before the page is read: every row has something to show
+BFT_TIMEOUT = 40.0  # four Python start-ups on a shared 2-core machine
+
+
+@pytest.fixture
+def bft_network(tmp_path) -> Iterator[list]:
+    """Four validator processes as `ledger testnet --consensus bft` lays them out, with empty
+    blocks every 300 ms so the chain moves without transfers (and while the page is read)."""
+    import dataclasses
+
+    from ledger.genesis import Genesis
+    from node.testnet import write_network
+    from tests.test_network_process import ConfiguredNode, free_port_run, stop_with_children
+
+    api_port = free_port_run(BFT_VALIDATORS)
+    p2p_port = free_port_run(BFT_VALIDATORS, avoid=range(api_port, api_port + BFT_VALIDATORS))
+    directory = tmp_path / "net"
+    write_network(directory, BFT_VALIDATORS, "bft", api_port, p2p_port)
+    genesis = Genesis.load(directory / "genesis.json")
+    params = dict(genesis.engine_params, create_empty_blocks=True, min_block_interval_ms=300)
+    dataclasses.replace(genesis, engine_params=params).save(directory / "genesis.json")
+    nodes = [ConfiguredNode(directory / f"node{i}", api_port + i, tmp_path / f"node{i}-logs")
+             for i in range(BFT_VALIDATORS)]
+    try:
+        for node in nodes:  # started together: four start-ups overlap instead of queueing
+            node.start(wait=False)
+        for node in nodes:
+            node.wait_ready(BFT_TIMEOUT)
+        yield nodes
+    finally:
+        stop_with_children(nodes)
+
+
+def test_bft_validators_page_shows_what_the_api_reports(browser, bft_network):
+    from playwright.sync_api import expect
+
+    from tests.validators_view import assert_between, from_api, page_row
+
+    url = bft_network[0].url
+    with httpx.Client(base_url=url, timeout=5.0) as http:
+        deadline = time.monotonic() + BFT_TIMEOUT
+        while http.get("/v1/node").json()["height"] < BFT_BLOCKS:
+            assert time.monotonic() < deadline, f"the network made no {BFT_BLOCKS} blocks in {BFT_TIMEOUT:.0f} s"
+            time.sleep(0.2)
+        prefix = http.get("/v1/node").json()["address_prefix"]
+        context, page, problems = open_page(browser)
+        try:
+            before = from_api(http.get("/v1/validators").json())
+            page.goto(url + "/explorer/validators")
+            expect(page.locator("h1")).to_have_text("Validators")
+            # Read in one go: the live region is swapped on every block.
+            cells = page.evaluate("""() => [...document.querySelectorAll('tr[data-key]')].map(row => [
+                row.dataset.key,
+                row.querySelector('[data-field="blocks-proposed"]').textContent,
+                row.querySelector('[data-field="last-signed"]').textContent,
+                row.querySelector('a[href^="/explorer/account/"]').getAttribute('href'),
+            ])""")
+            after = from_api(http.get("/v1/validators").json())
+            shot(page, "validators-bft")
+            shown = [page_row(address, proposed, last) for address, proposed, last, _ in cells]
+            assert len(shown) == BFT_VALIDATORS
+            assert_between(before, shown, after, prefix)
+            assert sum(row.blocks_proposed for row in shown) >= BFT_BLOCKS - 1  # counted since the nodes started
+            assert all(row.last_signed_height is not None for row in shown)
+            for address, _, _, href in cells:
+                assert href == f"/explorer/account/{address}"
+                with page.expect_navigation(url=f"**{href}") as followed:
+                    page.locator(f'tr[data-key="{address}"] a[href="{href}"]').first.click()
+                assert followed.value is not None and followed.value.status == 200, href
+                expect(page.locator(".tag-line")).to_contain_text("in the validator set")
+                page.go_back()
+        finally:
+            context.close()
+        assert not problems, problems

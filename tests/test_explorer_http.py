@@ -30,6 +30,10 @@ from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
 from node.config import NodeConfig
 from node.runtime import Node
+from node.sim.network import SimHub
+from node.testnet import make_genesis
+from tests.test_api_consensus import start_validators
+from tests.validators_view import ValidatorView, assert_between, from_api, page_row
 
 KEYS = dev_keys(4)
 NODE_KEY = PrivateKey(bytes(31) + b"\x07")
@@ -271,6 +275,96 @@ def test_live_fragments_are_the_page_region_only(long_chain):
                 fragment = html_of(await client.get(source.group(1)))
                 assert "<html" in full and "<html" not in fragment and "site-header" not in fragment
                 assert marker in full and marker in fragment, path
+
+    run(scenario())
+
+
+# --- validators ---------------------------------------------------------------------------------
+
+
+def validator_rows(html: str) -> list[ValidatorView]:
+    """The rows of the Validators page: its address, blocks proposed and last signed cells."""
+    rows = re.findall(
+        r'<tr data-key="([^"]+)">.*?data-field="blocks-proposed">([^<]*)</td>\s*<td data-field="last-signed">(.*?)</td>',
+        html, re.S,
+    )
+    return [page_row(address, proposed, text_of(last)) for address, proposed, last in rows]
+
+
+def test_the_solo_authority_is_the_validator_that_seals_every_block(tmp_path):
+    async def scenario():
+        async with serving(tmp_path) as (node, client):
+            authority = GENESIS.address(address_of(NODE_KEY.public_key))
+            tx = await transfer(node, KEYS[0], BOB, 10)
+            await node.wait_final([tx.id], timeout=10)
+            html = html_of(await client.get("/explorer/validators"))
+            assert validator_rows(html) == [ValidatorView(authority, 1, 1)]
+            assert "a block is final when it commits" in text_of(html)
+            [link] = re.findall(r'href="(/explorer/account/[^"]+)"', html.split('aria-label="Validators"')[1])
+            assert link == f"/explorer/account/{authority}"
+            account = await client.get(link)
+            assert account.status_code == 200
+            assert "This account is the chain's sole authority" in text_of(html_of(account))
+            assert "tag-line" not in html_of(await client.get(f"/explorer/account/{BOB_TEXT}"))  # not a validator
+            block = text_of(html_of(await client.get("/explorer/block/1")))
+            assert f"Sealed by the sole authority {authority}" in block
+
+    run(scenario())
+
+
+def test_proof_of_work_has_no_validator_set_to_show(tmp_path):
+    async def scenario():
+        genesis = make_genesis("pow", NODE_KEY)
+        config = NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}", mine=False)
+        node = Node(config, genesis, NODE_KEY)
+        await node.start()
+        try:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(node)), base_url="http://t") as client:
+                html = html_of(await client.get("/explorer/validators"))
+                assert "Proof of work has no validator set: any miner may extend the chain." in text_of(html)
+                assert validator_rows(html) == []
+                miner = genesis.address(address_of(NODE_KEY.public_key))
+                assert "tag-line" not in html_of(await client.get(f"/explorer/account/{miner}"))
+                assert "Sealed by" not in html_of(await client.get("/explorer/block/0"))
+        finally:
+            await node.stop()
+
+    run(scenario())
+
+
+def test_bft_validators_page_agrees_with_the_api_and_links_to_their_accounts(tmp_path):
+    """Four validators on the in-memory network: each row's proposals and last signed height
+    lie between two GET /v1/validators answers of the same node, read around the page."""
+    validator_keys = [PrivateKey(bytes(31) + bytes([i + 1])) for i in range(4)]
+    genesis = make_genesis("bft", validator_keys[0], validators=validator_keys)
+
+    async def scenario():
+        nodes = await start_validators(tmp_path, genesis, validator_keys, SimHub(11))
+        try:
+            sender = dev_keys(1)[0]
+            for nonce in range(3):
+                tx = new_transfer(sender, genesis.chain_id, nonce, BOB, 5)
+                await nodes[nonce].submit([tx])
+                assert (await nodes[3].wait_final([tx.id], 20))[tx.id] == "final"
+            app = create_app(nodes[3])
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                before = from_api((await client.get("/v1/validators")).json())
+                html = html_of(await client.get("/explorer/validators"))
+                after = from_api((await client.get("/v1/validators")).json())
+                shown = validator_rows(html)
+                assert_between(before, shown, after, genesis.address_prefix)
+                assert sum(row.blocks_proposed for row in shown) >= 3  # one a transfer at least
+                assert any(row.last_signed_height is not None for row in shown)
+                assert "validators holding 27 of the 40 voting power" in text_of(html)
+                for row in shown:
+                    account = await client.get(f"/explorer/account/{row.address}")
+                    assert account.status_code == 200, row.address
+                    assert "This account is in the validator set, with 10 of the 40 voting power" in text_of(
+                        html_of(account)
+                    )
+        finally:
+            for node in nodes:
+                await node.stop()
 
     run(scenario())
 

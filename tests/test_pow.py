@@ -44,6 +44,7 @@ from consensus.registry import create_engine
 from ledger.address import address_of
 from ledger.block import Block, BlockHeader, build_header
 from ledger.crypto import PrivateKey
+from ledger.engine_status import Finality
 from ledger.genesis import Genesis
 from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
@@ -484,7 +485,7 @@ def test_engine_builds_mines_commits_and_builds_on_its_block():
     template = built(request, genesis, [new_transfer(dev_keys(1)[0], CHAIN, 0, OTHER_MINER, 5, fee=1)])
     actions = engine.handle(BlockBuilt(GENESIS_TIME + 501, template))
     assert actions == [Mine(template.header, p.initial_target)]
-    assert engine.status()["phase"] == "mining"
+    assert engine.status().phase == "mining"
 
     sealed = mining.mine(template.header, p.initial_target)
     actions = engine.handle(Mined(GENESIS_TIME + 600, sealed))
@@ -585,9 +586,11 @@ def test_engine_follower_never_mines_but_tracks_the_head():
     assert engine.handle(Started(GENESIS_TIME, chain[0], None, (chain[0],))) == []
     for header in chain[1:]:
         assert engine.handle(BlockCommitted(header.timestamp, header)) == []
-    assert engine.status()["head_height"] == 3 and engine.status()["role"] == "follower"
+    status = engine.status()
+    assert status.height == 4 and status.role == "follower" and status.finality is Finality.DEPTH
+    assert status.validators is None and status.round is None
     assert engine.handle(TxsAvailable(GENESIS_TIME + 10_000, 5)) == [] and engine.handle(Tick(GENESIS_TIME + 20_000)) == []
-    assert engine.status()["next_target"] == f"{next_target(chain, p):064x}"
+    assert engine.status().details["next_target"] == f"{next_target(chain, p):064x}"
 
 
 def test_engine_waits_for_the_recent_headers_after_a_reorg():
@@ -596,7 +599,7 @@ def test_engine_waits_for_the_recent_headers_after_a_reorg():
     engine = PowEngine(p, MINER, mine=True)
     # Started without the recent headers at height 30: the target is unknown, so no mining.
     assert engine.handle(Started(GENESIS_TIME, chain[-1], None)) == []
-    assert engine.status()["phase"] == "waiting for the head's recent headers"
+    assert engine.status().phase == "waiting for the head's recent headers"
     assert engine.handle(Tick(GENESIS_TIME + 5000)) == []
     # A reorg to another branch at height 25, with its recent headers: mining resumes there.
     branch = list(chain[:25])

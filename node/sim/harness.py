@@ -932,10 +932,11 @@ class Simulation:
         node = slot.node
         assert node is not None
         info = node.node_info()
-        engine = node.engine
-        # BFT: where its consensus is, which tells a stall in one round from a height left behind.
-        position = (f", consensus {engine.height}/{engine.round}/{engine.step.name.lower()}"
-                    if hasattr(engine, "round") and hasattr(engine, "step") else "")
+        status = node.consensus_status()
+        # Round-based engines (BFT): where consensus is, which tells a stall in one round from
+        # a height left behind.
+        position = (f", consensus {status.height}/{status.round}/{status.step}"
+                    if status.round is not None and status.step is not None else "")
         return (f"{slot.label} at {info.height}/{info.head_hash.hex()[:8]} ({info.peers} peers"
                 f"{', syncing' if info.syncing else ''}, mempool {info.mempool_size}{position})")
 
