@@ -270,7 +270,6 @@ def test_verify_header_is_pure_and_refuses_tampered_headers(case):
 # ----------------------------------------------------------------------------- 5. typed status
 
 
-@pytest.mark.xfail(strict=True, reason="status() becomes typed on the status branch")
 def test_status_is_an_engine_status(case):
     network = Network(case()).run()
     for engine in network.engines:
@@ -290,7 +289,8 @@ def test_status_is_an_engine_status(case):
 # Engine interface itself, so no caller needs to know which engine it runs.
 RUNTIME_USES = [
     "ancestors_needed", "verify_header", "finalized_height", "parent_certificate", "certificate_signers",
-    "block_evidence", "block_work", "status",
+    "block_evidence", "block_work", "status", "finality", "import_waits_for_certificate", "pushes_own_blocks",
+    "max_reorg_depth", "max_future_ms", "fork_choice", "verify_commit",
 ]
 
 

@@ -309,7 +309,7 @@ class Slot:
     final_height: int = 0
     certified_height: int = 0  # BFT: blocks up to here were checked to carry a valid commit certificate
     byzantine: ByzantineValidator | None = None  # its messages lie; the invariants skip it
-    evidence_seen: tuple[int, object] = (0, None)  # (count, newest key) of its engine's evidence when last read
+    evidence_seen: tuple[int, object, bytes] = (0, None, b"")  # (reported count, newest, head) when last read
     evidence_keys: set = field(default_factory=set)
 
 
@@ -827,19 +827,19 @@ class Simulation:
 
     def _follow_evidence(self, slot: Slot, node: Node) -> None:
         """Evidence an honest engine holds must be valid and name a Byzantine validator: an
-        honest one never signs two things at one height, round and step."""
-        held = getattr(node.engine, "evidence", None)
-        if not held:
+        honest one never signs two things at one height, round and step.  The engine's status
+        is read when it may have changed: the node reported evidence, or its head moved (a
+        block can bring evidence another validator caught)."""
+        marker = (len(node.evidence), node.evidence[-1] if node.evidence else None, node.head.hash)
+        if marker == slot.evidence_seen:
             return
-        newest = next(reversed(held))
-        if (len(held), newest) == slot.evidence_seen:
-            return
-        slot.evidence_seen = (len(held), newest)
-        for key, evidence in list(held.items()):
+        slot.evidence_seen = marker
+        for record in node.engine.status().evidence:
+            key = (record.validator, record.height, record.round, record.kind)
             if key in slot.evidence_keys:
                 continue
             slot.evidence_keys.add(key)
-            self._check_evidence(slot, node, evidence)
+            self._check_evidence(slot, node, Evidence.decode(record.data))
 
     def _check_evidence(self, slot: Slot, node: Node, evidence: Evidence) -> None:
         try:
