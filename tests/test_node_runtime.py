@@ -165,3 +165,38 @@ def test_a_block_the_store_cannot_write_stops_the_node_with_the_reason(tmp_path,
         await node.stop()
 
     run(scenario())
+
+
+def test_set_head_switches_back_to_an_ancestor_within_the_engine_bounds(tmp_path, monkeypatch):
+    """The engine decides the head (SetHead): the runtime rewinds to the block it names, its
+    transactions go back to the mempool, and a final block is never given up."""
+    from consensus import engine as ev
+
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        await node.start()
+        try:
+            for nonce in range(3):
+                tx = new_transfer(KEYS[0], CHAIN, nonce, BOB, 100)
+                await node.submit([tx])
+                assert (await node.wait_final([tx.id], timeout=10)) == {tx.id: "final"}
+            assert node.head.height == 3
+            first = node.store.block_header(1)
+            # Solo blocks are final at commit: the engine cannot take them back.
+            await node.importer.set_head(first.hash)
+            assert node.head.height == 3 and node.importer.reorgs == []
+            # An engine whose blocks are not final yet may (proof of stake's fork choice).
+            monkeypatch.setattr(node.engine, "finalized_height", lambda head_height: 0)
+            node.finalized_height = 0
+            undone = [tx.id for height in (2, 3) for tx in node.store.block(height).transactions]
+            await node._perform(ev.SetHead(first.hash))
+            reorg = node.importer.reorgs[-1]
+            assert (reorg["fork_height"], reorg["depth"], reorg["returned_to_mempool"]) == (1, 2, 2)
+            assert reorg["old_head"] != first.hash.hex() and reorg["new_head"] == first.hash.hex()
+            assert all(node.transaction(tx_id) is not None for tx_id in undone)
+            await node.importer.set_head(b"\x11" * 32)  # a block it does not hold: nothing moves
+            assert len(node.importer.reorgs) == 1
+        finally:
+            await node.stop()
+
+    run(scenario())
