@@ -676,8 +676,15 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
     def metrics() -> Response:
         return Response(service.metrics_text(), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/healthz", response_model=HealthOut, tags=["node"], summary="Liveness and height")
+    @app.get(
+        "/healthz", response_model=HealthOut, tags=["node"], summary="Liveness and height",
+        responses={503: {**_PROBLEM_RESPONSE, "description": "`unhealthy`: the node stopped itself, or its head stood "
+                         "still for `stall_seconds` while transactions were ready or peers were ahead"}},
+    )
     def healthz() -> Any:
+        trouble = service.health()
+        if trouble is not None:
+            return problem_response(problem("unhealthy", trouble))
         return {"status": "ok", "height": service.node_info().height}
 
 

@@ -66,6 +66,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "mempool_full": (503, "Mempool is full, retry later"),
     "shutting_down": (503, "Node is shutting down"),
     "syncing": (503, "Node is still syncing"),
+    "unhealthy": (503, "Node is not making or importing blocks"),
     # routing and the server
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),

@@ -116,6 +116,10 @@ class NodeService(Protocol):
 
     def node_info(self) -> NodeInfo: ...
 
+    def health(self) -> str | None:
+        """Why the node is not doing its job (stalled, stopping), or None when it is."""
+        ...
+
     def consensus_status(self) -> EngineStatus:
         """What the consensus engine reports now (role, phase, validators, evidence, ...)."""
         ...

@@ -36,6 +36,7 @@ class NodeConfig:
     max_peers: int = 16
     mine: bool = True  # proof-of-work: whether this node mines
     miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
+    stall_seconds: int = 30  # /healthz answers 503 when the head stood still this long with work to do
 
     @property
     def db_url(self) -> str:
@@ -60,6 +61,7 @@ _INT_BOUNDS = {
     "max_batch": (1, 100_000),
     "max_body_bytes": (1024, 1 << 30),
     "max_peers": (1, 1000),
+    "stall_seconds": (1, 86_400),
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -8,6 +8,7 @@ Node mixes this in, so the runtime module holds only the engine loop.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from api.service import AccountRecord, BlockRecord, MempoolRecord, NodeInfo, TxRecord, TxStatusName
 from api.schemas import engine_status_json
@@ -20,6 +21,7 @@ from ledger.mempool import Mempool
 from ledger.state import State
 from ledger.store import ChainStore
 from node import __version__
+from node.config import NodeConfig
 from node.importer import BlockImporter
 from node.metrics import NodeMetrics
 from node.p2p.network import Network
@@ -40,6 +42,11 @@ class ChainReads:
     sync: BlockSync
     importer: BlockImporter
     node_id: str
+    config: NodeConfig
+    failure: str | None
+    head_moved_ms: int
+    work_since_ms: int | None
+    now_ms: Callable[[], int]
 
     def node_info(self) -> NodeInfo:
         head = self.head
@@ -72,6 +79,24 @@ class ChainReads:
                 ],
             },
         )
+
+    def health(self) -> str | None:
+        """Why the node is not doing its job, or None: it stopped itself, or its head has stood
+        still for `stall_seconds` while transactions were ready for a block or a peer was ahead."""
+        if self.failure is not None:
+            return self.failure
+        now, limit = self.now_ms(), self.config.stall_seconds
+        still = (now - self.head_moved_ms) / 1000
+        if still < limit:
+            return None
+        with self.lock:
+            ready = self.pool.ready_count()
+        waited = (now - (self.work_since_ms or now)) / 1000
+        if ready and waited >= limit:
+            return f"no new block for {still:.0f} s while {ready} transactions have waited {waited:.0f} s"
+        if self.sync.syncing:
+            return f"head stuck at height {self.head.height} for {still:.0f} s while peers are at {self.sync.best_height}"
+        return None
 
     def consensus_status(self) -> EngineStatus:
         return self.engine.status()

@@ -19,6 +19,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
@@ -63,6 +64,16 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _runner(pool: ThreadPoolExecutor | None) -> Callable[..., Awaitable]:
+    """`await run(f, *args)` calls f(*args) on one of `pool`'s threads."""
+    assert pool is not None
+
+    def run(function: Callable, *args, **kwargs) -> Awaitable:
+        return asyncio.get_running_loop().run_in_executor(pool, functools.partial(function, *args, **kwargs))
+
+    return run
+
+
 class NodeFailed(RuntimeError):
     """The node cannot go on (a block it cannot store): it stops, and says why."""
 
@@ -92,7 +103,13 @@ class Node(ChainReads):
         self.metrics = NodeMetrics()
         # The simulator hands in virtual time, a shared in-memory store and inline "threads".
         self.now_ms: Callable[[], int] = clock or wall_clock_ms
-        self.blocking: Callable[..., Awaitable] = blocking or asyncio.to_thread
+        # The node's own store work (commits, engine state) has a thread of its own, and the
+        # reads that answer peers two others: a peer can keep its pool busy, never delay a commit.
+        self._store_pool = ThreadPoolExecutor(1, thread_name_prefix="store") if blocking is None else None
+        self._serve_pool = ThreadPoolExecutor(2, thread_name_prefix="serve-peers") if blocking is None else None
+        self.blocking: Callable[..., Awaitable] = blocking or _runner(self._store_pool)
+        self.serving: Callable[..., Awaitable] = blocking or _runner(self._serve_pool)
+        self.reading: Callable[..., Awaitable] = blocking or asyncio.to_thread  # lookups clients and peers cause
         self.store = store if store is not None else ChainStore(config.db_url)
         miner_address = decode_address(config.miner_address, genesis.address_prefix) if config.miner_address else None
         self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address)
@@ -112,7 +129,7 @@ class Node(ChainReads):
                                             lambda: gossip.announced)
         self.sync = BlockSync(
             network, self.store, lambda: self.head, lag=1 if self.engine.import_waits_for_certificate else 0,
-            now_ms=self.now_ms, blocking=self.blocking, max_block_transactions=genesis.max_block_transactions,
+            now_ms=self.now_ms, serving=self.serving, max_block_transactions=genesis.max_block_transactions,
         )
         self.importer = BlockImporter(self)
         self.hub = EventHub()
@@ -129,8 +146,19 @@ class Node(ChainReads):
         self._timer: asyncio.TimerHandle | None = None
         self.state: State
         self.pool: Mempool
-        self.head: BlockHeader
+        self._head: BlockHeader
+        self.head_moved_ms = self.now_ms()  # when the head last changed, for /healthz
+        self.work_since_ms: int | None = None  # since when transactions have waited for a block
         self.finalized_height = 0
+
+    @property
+    def head(self) -> BlockHeader:
+        return self._head
+
+    @head.setter
+    def head(self, header: BlockHeader) -> None:
+        self._head = header
+        self.head_moved_ms = self.now_ms()
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -181,7 +209,11 @@ class Node(ChainReads):
             self._events.put_nowait(None)
             await self._engine_task
         self.finality.cancel_all()
+        if self._serve_pool is not None:  # reads for peers end before the store closes under them
+            await asyncio.to_thread(self._serve_pool.shutdown, wait=True, cancel_futures=True)
         await self.blocking(self.store.close)
+        if self._store_pool is not None:
+            self._store_pool.shutdown(wait=False)
         log.info("node stopped at height %d", self.head.height)
 
     # ------------------------------------------------------------------ engine loop
@@ -352,6 +384,8 @@ class Node(ChainReads):
         self.recent.append(header)
         self.feed(ev.BlockCommitted(self.now_ms(), header, tuple(self.recent), effects.validator_updates))
         ready = self.pool.ready_count()
+        if not ready:
+            self.work_since_ms = None
         if ready and not self._stopping:
             # Always after BlockCommitted, even if a TxsAvailable is already queued: that one
             # reaches the engine while it is still committing and is ignored.
@@ -377,6 +411,7 @@ class Node(ChainReads):
                 log.info("expired %d transactions from the mempool", len(expired))
             if self.network is not None:
                 self.sync.check_timeout()
+                self.gossip.expire_requests()
                 ticks += 1
                 if ticks % REANNOUNCE_EVERY_TICKS == 0 and len(self.pool):
                     with self.lock:
@@ -452,7 +487,7 @@ class Node(ChainReads):
         if used:
             # Submitting is idempotent (docs/api.md): a transaction already on the chain, sent
             # again by a client whose answer was lost, is a known duplicate, not a nonce error.
-            stored = await self.blocking(self._stored_ids, [transactions[i].id for i in used])
+            stored = await self.reading(self._stored_ids, [transactions[i].id for i in used])
             for i in used:
                 if transactions[i].id in stored:
                     results[i] = Accepted(transactions[i].id, duplicate=True)
@@ -462,6 +497,8 @@ class Node(ChainReads):
         if admitted:
             self.metrics.admitted.inc(len(admitted))
             self.metrics.mempool_size.set(len(self.pool))
+            if self.work_since_ms is None:
+                self.work_since_ms = now
             self._signal_txs()
             if self.gossip is not None:
                 self.gossip.admitted(admitted, origin)
@@ -497,7 +534,7 @@ class Node(ChainReads):
 
     async def wait_final(self, tx_ids: list[bytes], timeout: float) -> dict[bytes, TxStatusName]:
         async def status_of(tx_id: bytes) -> TxStatusName:
-            record = await self.blocking(self.transaction, tx_id)
+            record = await self.reading(self.transaction, tx_id)
             return record.status if record is not None else "unknown"
 
         return await self.finality.wait(tx_ids, timeout, status_of, lambda tx_id: tx_id in self.pool)
@@ -512,6 +549,8 @@ class Node(ChainReads):
         log.info("peer %s disconnected", peer_id[:12])
         self.feed(ev.PeerDisconnected(self.now_ms(), peer_id))
         self.sync.peer_gone(peer_id)
+        if self.gossip is not None:
+            self.gossip.peer_gone(peer_id)
 
     def on_peer_message(self, peer_id: str, message: object) -> None:
         if self._stopping:

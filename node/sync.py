@@ -5,6 +5,12 @@ Bitcoin-style locator: our hashes at heights head, head-1, head-2, head-4, ... 0
 imports what comes back, and asks again until it has reached the best head it has
 heard of.  Serving is the mirror: find the first locator hash on our chain and send
 up to BATCH blocks after it.
+
+Serving is bounded so that no peer can make the node busy at will: one request per peer
+is served at a time (an honest node has one outstanding: asking again before the answer
+is a flood and costs score), the reads run on `serving`, a pool of their own, so block
+commits never wait behind them, and a locator with no hash of our chain, which no node
+of this chain sends since every locator ends at the shared genesis, is refused.
 """
 
 from __future__ import annotations
@@ -24,23 +30,27 @@ BATCH = 500
 MAX_BATCH_BYTES = 8 * 1024 * 1024
 REQUEST_TIMEOUT_SECONDS = 5.0
 PROGRESS_LOG_SECONDS = 5.0
+PENALTY_OVERLAPPING_REQUEST = 5
+PENALTY_FOREIGN_LOCATOR = 20
 
 
 class BlockSync:
     """`head` reads the node's current head; `lag` is how many blocks behind a peer's claimed
     head we can get (1 when a block is proven only by the certificate in the next one:
-    the engine's `import_waits_for_certificate`); `blocking` runs a store read off the loop."""
+    the engine's `import_waits_for_certificate`); `serving` runs the store reads that answer
+    peers off the loop, apart from the node's own store work."""
 
     def __init__(
         self, network: Network | None, store: ChainStore, head: Callable[[], BlockHeader], *, lag: int,
-        now_ms: Callable[[], int], blocking: Callable[..., Awaitable], max_block_transactions: int,
+        now_ms: Callable[[], int], serving: Callable[..., Awaitable], max_block_transactions: int,
     ):
         self.network = network
         self.store = store
         self.head = head
         self.lag = lag
         self.now_ms = now_ms
-        self.blocking = blocking
+        self.serving = serving
+        self._serving: set[str] = set()  # peers whose request is being answered
         self.max_block_transactions = max_block_transactions
         self.best_height = 0  # the highest head a peer has told us about
         self._outstanding: tuple[str, float] | None = None  # (peer, when asked)
@@ -167,10 +177,21 @@ class BlockSync:
 
     # ------------------------------------------------------------------ serving
     async def serve(self, peer_id: str, request: GetBlocks) -> None:
-        raws = await self.blocking(self._blocks_after, request.locator, min(request.max_count, BATCH))
+        if peer_id in self._serving:
+            self.network.penalize(peer_id, PENALTY_OVERLAPPING_REQUEST, "asked for blocks before the last answer")
+            return
+        self._serving.add(peer_id)
+        try:
+            raws = await self.serving(self._blocks_after, request.locator, min(request.max_count, BATCH))
+        finally:
+            self._serving.discard(peer_id)
+        if raws is None:
+            self.network.penalize(peer_id, PENALTY_FOREIGN_LOCATOR, "block request names no block of this chain")
+            return
         self.network.send(peer_id, Blocks(tuple(raws)))
 
-    def _blocks_after(self, locator: tuple[bytes, ...], count: int) -> list[bytes]:
+    def _blocks_after(self, locator: tuple[bytes, ...], count: int) -> list[bytes] | None:
+        """Up to `count` encoded blocks after the first locator hash on our chain (None: no hash is)."""
         store = self.store
         start = None
         for block_hash in locator:
@@ -179,7 +200,7 @@ class BlockSync:
                 start = header.height + 1
                 break
         if start is None:
-            start = 1  # nothing in common but genesis (which every node of the chain shares)
+            return None
         last = min(start + count - 1, self.head().height)
         if last < start:
             return []

@@ -59,12 +59,16 @@ class FakeService:
         self.queues: list[asyncio.Queue] = []
         self.unsubscribed: list[asyncio.Queue] = []
         self.status = EngineStatus("solo", Finality.AT_COMMIT, "producer", "idle", height=8)
+        self.trouble: str | None = None
 
     def consensus_status(self) -> EngineStatus:
         return self.status
 
     def recorded_evidence(self, validator, before, limit):
         return []
+
+    def health(self) -> str | None:
+        return self.trouble
 
     def node_info(self) -> NodeInfo:
         if self.fail_node_info:
@@ -147,6 +151,14 @@ def test_malformed_json_is_a_bad_json_problem(service):
     response = call(app, "POST", "/v1/transactions/batch", content=b"", headers={"content-type": "application/json"})
     assert_problem(response, 400, "bad_json")
     assert service.submitted == []
+
+
+def test_healthz_answers_503_with_the_reason_when_the_node_is_not_doing_its_job(service):
+    app = create_app(service)
+    assert call(app, "GET", "/healthz").json() == {"status": "ok", "height": 7}
+    service.trouble = "no new block for 31 s while 12 transactions are ready"
+    document = assert_problem(call(app, "GET", "/healthz"), 503, "unhealthy")
+    assert document["detail"] == service.trouble
 
 
 def test_deeply_nested_json_is_refused_not_crashed(service):

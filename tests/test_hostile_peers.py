@@ -444,10 +444,28 @@ def test_a_gossiped_transaction_with_a_bad_signature_is_scored_down_and_not_admi
     async def scenario(scene: Scene) -> None:
         peer = await scene.hostile("bad tx gossip")
         forged = wrongly_signed_transfer(0)
+        await peer.send(m.TxAnnounce((forged.id,)))
+        await eventually(lambda: peer.got(m.TxRequest), "the node asks for what was announced")
+        assert peer.got(m.TxRequest)[0].ids == (forged.id,)
         await peer.send(m.TxBatch((forged.encode(),)))
-        await eventually(lambda: scene.network.score_of(peer.id) < 0, "scored down")
+        await eventually(lambda: scene.network.score_of(peer.id) <= -20, "scored down for the bad signature")
         assert scene.node.transaction(forged.id) is None
         assert len(scene.node.pool) == 0
+
+
+def test_transactions_nobody_asked_for_are_not_admitted(tmp_path):
+    async def scenario(scene: Scene) -> None:
+        peer = await scene.hostile("unsolicited")
+        pushed = [transfer(ALICE, nonce) for nonce in range(3)]
+        await peer.send(m.TxBatch(tuple(tx.encode() for tx in pushed)))
+        await eventually(lambda: scene.network.score_of(peer.id) < 0, "scored down for pushing")
+        assert len(scene.node.pool) == 0
+        # Announced, then asked for: the same transactions are admitted.
+        await peer.send(m.TxAnnounce(tuple(tx.id for tx in pushed)))
+        await eventually(lambda: peer.got(m.TxRequest), "asked for")
+        await peer.send(m.TxBatch(tuple(tx.encode() for tx in pushed)))
+        await eventually(lambda: len(scene.node.pool) == 3, "admitted once asked for")
+        await scene.extend(pushed)  # mined by the honest peer, so the chain's nonces move on
 
     run_scene(tmp_path, scenario)
 

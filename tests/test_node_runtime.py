@@ -159,6 +159,7 @@ def test_a_block_the_store_cannot_write_stops_the_node_with_the_reason(tmp_path,
         await asyncio.wait_for(stopped.wait(), timeout=10)
         assert attempts == [1, 1, 1]  # the first try and one a pause
         assert "cannot store block 1" in node.failure and "disk I/O error" in node.failure
+        assert node.health() == node.failure  # /healthz says why until the process is gone
         # Nothing moved in memory: the head, the state and the mempool are the stored ones.
         assert node.head.height == 0 and node.transaction(tx.id).status == "pending"
         assert (await node.submit([new_transfer(KEYS[1], CHAIN, 0, BOB, 1)]))[0].reason == "shutting_down"
@@ -196,6 +197,36 @@ def test_set_head_switches_back_to_an_ancestor_within_the_engine_bounds(tmp_path
             assert all(node.transaction(tx_id) is not None for tx_id in undone)
             await node.importer.set_head(b"\x11" * 32)  # a block it does not hold: nothing moves
             assert len(node.importer.reorgs) == 1
+        finally:
+            await node.stop()
+
+    run(scenario())
+
+
+def test_health_reports_a_head_that_stands_still_while_transactions_are_ready(tmp_path):
+    """A solo follower cut off from its producer admits transfers that never go into a block:
+    after `stall_seconds` /healthz's reason says so; a node with nothing to do stays healthy."""
+    now = [GENESIS.timestamp + 1_000]
+    follower_key = PrivateKey(bytes(31) + b"\x08")
+    config = NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}", stall_seconds=30)
+
+    async def scenario():
+        node = Node(config, GENESIS, follower_key, clock=lambda: now[0])
+        await node.start()
+        try:
+            assert node.health() is None
+            now[0] += 60_000
+            assert node.health() is None, "an idle node with nothing to do is healthy however long it idles"
+            results = await node.submit([new_transfer(KEYS[0], CHAIN, n, BOB, 1) for n in range(3)])
+            assert all(isinstance(r, Accepted) for r in results)
+            now[0] += 29_000
+            assert node.health() is None, "transactions that just arrived have not waited yet"
+            now[0] += 1_000
+            assert node.health() == "no new block for 90 s while 3 transactions have waited 30 s"
+            node.head_moved_ms = now[0] - 10_000  # as if a block had come in 10 s ago
+            assert node.health() is None
+            now[0] += 20_000
+            assert node.health() == "no new block for 30 s while 3 transactions have waited 50 s"
         finally:
             await node.stop()
 

@@ -1,0 +1,152 @@
+"""Transaction gossip and block serving keep what a peer can cost bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+
+from api.service import Accepted
+from ledger.genesis import dev_genesis
+from ledger.hdkeys import dev_keys
+from ledger.transaction import new_transfer
+from node.gossip import REQUEST_TIMEOUT_MS, TxGossip
+from node.p2p.messages import GetBlocks, TxAnnounce, TxBatch, TxRequest
+from node.sync import BlockSync
+
+KEY = dev_keys(1)[0]
+CHAIN = "gossip-test"
+
+
+class FakeNetwork:
+    def __init__(self):
+        self.sent: list[tuple[str, object]] = []
+        self.penalties: list[tuple[str, int, str]] = []
+
+    def send(self, peer_id, message):
+        self.sent.append((peer_id, message))
+
+    def broadcast(self, message, exclude=frozenset()):
+        self.sent.append(("*", message))
+
+    def penalize(self, peer_id, points, reason):
+        self.penalties.append((peer_id, points, reason))
+
+    def peers(self):
+        return []
+
+    def requested(self, peer_id: str) -> list[bytes]:
+        return [i for to, message in self.sent if to == peer_id and isinstance(message, TxRequest) for i in message.ids]
+
+
+def make_gossip(now: list[int], **limits) -> tuple[TxGossip, FakeNetwork, list]:
+    network = FakeNetwork()
+    submitted: list = []
+
+    async def submit(transactions, origin):
+        submitted.extend(transactions)
+        return [Accepted(tx.id) for tx in transactions]
+
+    return TxGossip(network, submit, lambda tx_id: None, lambda: now[0], **limits), network, submitted
+
+
+def ids(n: int) -> tuple[bytes, ...]:
+    return tuple(secrets.token_bytes(32) for _ in range(n))
+
+
+def test_a_flood_of_announcements_holds_a_bounded_number_of_ids():
+    now = [0]
+    gossip, network, _ = make_gossip(now, max_in_flight=100, max_waiting=500, max_waiting_total=800)
+    for _ in range(50):
+        gossip.on_announce("flooder", ids(1000))
+    assert len(network.requested("flooder")) == 100, "asked for one in-flight window, not for everything announced"
+    assert gossip.outstanding() == (100, 500)
+    gossip.on_announce("other", ids(1000))
+    requested, waiting = gossip.outstanding()
+    # Over the total cap, the biggest holder lost its oldest; then the newcomer's first window went out.
+    assert requested == 200 and waiting == 800 - 100, "the total is capped over all peers"
+    assert requested + waiting + gossip.dropped_announcements == 51 * 1000
+
+
+def test_unanswered_requests_expire_without_mempool_activity_and_make_room():
+    now = [0]
+    gossip, network, _ = make_gossip(now, max_in_flight=10, max_waiting=100)
+    gossip.on_announce("silent", ids(30))
+    assert len(network.requested("silent")) == 10
+    now[0] += REQUEST_TIMEOUT_MS - 1
+    gossip.expire_requests()
+    assert len(network.requested("silent")) == 10
+    now[0] += 1
+    gossip.expire_requests()
+    assert len(network.requested("silent")) == 20 and gossip.outstanding() == (10, 10)
+    now[0] += 2 * REQUEST_TIMEOUT_MS
+    gossip.expire_requests()
+    now[0] += 2 * REQUEST_TIMEOUT_MS
+    gossip.expire_requests()
+    assert gossip.outstanding() == (0, 0)
+    assert "silent" not in gossip._peers, "nothing is kept for a peer with nothing outstanding"
+
+
+def test_a_peer_that_leaves_takes_its_requests_with_it_and_another_can_deliver():
+    now = [0]
+    gossip, network, submitted = make_gossip(now)
+    tx = new_transfer(KEY, CHAIN, 0, bytes(20), 1)
+    gossip.on_announce("a", (tx.id,))
+    gossip.on_announce("b", (tx.id,))
+    assert network.requested("a") == [tx.id] and network.requested("b") == []
+    gossip.peer_gone("a")
+    assert gossip.outstanding() == (0, 0)
+    gossip.on_announce("b", (tx.id,))
+    assert network.requested("b") == [tx.id]
+    asyncio.run(gossip.on_batch("b", (tx.encode(),)))
+    assert submitted == [tx] and gossip.outstanding() == (0, 0) and network.penalties == []
+
+
+def test_only_transactions_asked_of_that_peer_are_submitted():
+    now = [0]
+    gossip, network, submitted = make_gossip(now)
+    asked, pushed = (new_transfer(KEY, CHAIN, n, bytes(20), 1) for n in range(2))
+    gossip.on_announce("a", (asked.id,))
+    asyncio.run(gossip.on_batch("b", (asked.encode(),)))  # b was not asked for it
+    asyncio.run(gossip.on_batch("a", (asked.encode(), pushed.encode())))
+    assert submitted == [asked]
+    assert [(peer, points) for peer, points, _ in network.penalties] == [("b", 1), ("a", 1)]
+    asyncio.run(gossip.on_batch("a", (asked.encode(),)))  # a duplicate of what was delivered costs nothing
+    assert submitted == [asked] and len(network.penalties) == 2
+
+
+class _Store:
+    def __init__(self):
+        self.genesis = dev_genesis(KEY.public_key)
+
+    def block_header_by_hash(self, block_hash):
+        return None
+
+
+def test_block_serving_answers_one_request_per_peer_at_a_time_and_refuses_foreign_locators():
+    network = FakeNetwork()
+    release = asyncio.Event()
+    calls = []
+
+    async def serving(function, *args):
+        calls.append(args)
+        await release.wait()
+        return function(*args)
+
+    sync = BlockSync(network, _Store(), lambda: None, lag=0, now_ms=lambda: 0, serving=serving, max_block_transactions=10)
+    request = GetBlocks((secrets.token_bytes(32),), 500)
+
+    async def scenario():
+        first = asyncio.create_task(sync.serve("p", request))
+        await asyncio.sleep(0)
+        await sync.serve("p", request)  # before the answer: a flood, not served
+        assert len(calls) == 1
+        assert [(peer, reason) for peer, _, reason in network.penalties] == [("p", "asked for blocks before the last answer")]
+        other = asyncio.create_task(sync.serve("q", request))  # another peer is served meanwhile
+        await asyncio.sleep(0)
+        assert len(calls) == 2
+        release.set()
+        await asyncio.gather(first, other)
+
+    asyncio.run(scenario())
+    assert [reason for _, _, reason in network.penalties[1:]] == ["block request names no block of this chain"] * 2
+    assert not [m for _, m in network.sent], "no answer to a locator with no hash of this chain"
