@@ -4,8 +4,12 @@ The crash test is the issue's: a node that is committing blocks under a steady s
 transfers is killed with SIGKILL at a random moment, several times over, and after each
 restart the chain it serves must be consistent, every transaction it had reported final
 must still be final in the same block, and the balances must equal a replay of the chain
-from genesis.  The random seed is printed; CRASH_TEST_SEED=<seed> replays a run's choices
-(the kill instants still depend on the machine's timing).
+from genesis.  It runs on SQLite and on PostgreSQL (a database created for the test and
+dropped after it).  After each kill the store the dead node left is read directly (the
+SQLite file, or the PostgreSQL database through SQL, by the same queries): consistent,
+and holding exactly the supply the rules allow at its height.  The random seed is
+printed; CRASH_TEST_SEED=<seed> replays a run's choices (the kill instants still depend
+on the machine's timing).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 
 from api.client import ApiError, LedgerClient, NodeUnreachable
 from api.schemas import BlockOut, transaction_from_json
@@ -30,7 +36,7 @@ from ledger.block import Block, BlockHeader
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.hdkeys import DEV_MNEMONIC, dev_keys
-from ledger.state import State
+from ledger.state import Stake, State
 from ledger.transaction import new_transfer
 from tests.nodeproc import NodeProcess, NodeProcesses, wait_for
 
@@ -235,22 +241,68 @@ class ChainReplica:
         assert served_total == expected_supply
 
 
-def check_store_file(db_path: Path, replica: ChainReplica) -> None:
-    """The SQLite file of a stopped node: sound pages, and head, undo records and
-    transaction rows that agree with the blocks."""
-    with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+@contextmanager
+def stored_chain(db_url: str) -> Iterator:
+    """A read-only DB-API connection to a node's store, one snapshot for all its reads.
+    SQLite and psycopg connections both answer `execute(sql).fetchone()/fetchall()`, so
+    `check_store` runs the same SQL on either.  SQLite's pages are checked here too."""
+    url = make_url(db_url)
+    if url.get_backend_name() == "sqlite":
+        db = sqlite3.connect(f"file:{url.database}?mode=ro", uri=True, isolation_level=None)
+        try:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+            db.execute("BEGIN")
+            yield db
+        finally:
+            db.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False),
+                             autocommit=True) as db:
+            # A killed node's server sessions outlive it for a moment, and one may still
+            # run the COMMIT the node sent before it died: read once they are all gone.
+            wait_for(lambda: db.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone() == (0,),
+                timeout=10, message="the dead node's database sessions to end")
+            db.autocommit = False
+            db.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            db.read_only = True
+            yield db
+
+
+def check_store(db_url: str, genesis: Genesis, replica: ChainReplica | None = None) -> int:
+    """The store of a node that is not running (stopped, or just killed): the head is the
+    top block, heights are contiguous, undo records and transaction rows agree with the
+    blocks, and the accounts hold exactly the supply the rules allow at that height
+    (balances plus stake, against `Genesis.expected_supply`).  With `replica`, the store
+    is exactly the replayed chain: same top block, transactions and accounts.  Returns
+    the stored height."""
+    with stored_chain(db_url) as db:
         (head,) = db.execute("SELECT value FROM meta WHERE key = 'head'").fetchone()
-        (top_height, top_hash) = db.execute("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
-        assert (top_height, bytes(top_hash)) == (replica.height, replica.headers[-1].hash)
-        assert bytes(head) == bytes(top_hash)
-        assert db.execute("SELECT count(*), min(height) FROM undo").fetchone() == (replica.height, 1 if replica.height else None)
+        top_height, top_hash = db.execute("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1").fetchone()
+        assert bytes(head) == bytes(top_hash), f"the head is not the top block {top_height}"
+        assert db.execute("SELECT count(*), min(height) FROM blocks").fetchone() == (top_height + 1, 0)
+        assert db.execute("SELECT count(*), min(height), max(height) FROM undo").fetchone() == (
+            (top_height, 1, top_height) if top_height else (0, None, None))
         mismatched = db.execute(
             "SELECT b.height FROM blocks b LEFT JOIN transactions t ON t.height = b.height "
-            "GROUP BY b.height HAVING count(t.id) != b.tx_count"
+            "GROUP BY b.height, b.tx_count HAVING count(t.id) != b.tx_count"
         ).fetchall()
-        assert mismatched == []
-        assert db.execute("SELECT count(*) FROM transactions").fetchone() == (len(replica.tx_block),)
+        assert mismatched == [], f"blocks whose transaction rows do not match tx_count: {mismatched[:5]}"
+        (stored_supply,) = db.execute("SELECT coalesce(sum(balance + bonded + unbonding), 0) FROM accounts").fetchone()
+        assert int(stored_supply) == genesis.expected_supply(top_height), (
+            f"at height {top_height} the accounts hold {stored_supply}, the rules allow {genesis.expected_supply(top_height)}")
+        if replica is not None:
+            assert (top_height, bytes(top_hash)) == (replica.height, replica.headers[-1].hash)
+            assert db.execute("SELECT count(*) FROM transactions").fetchone() == (len(replica.tx_block),)
+            accounts = {bytes(address): rest for address, *rest in db.execute(
+                "SELECT address, balance, nonce, bonded, unbonding, release_epoch, slashed FROM accounts").fetchall()}
+            replayed = {address: [balance, nonce, *(stake or Stake())]
+                        for address, (balance, nonce, stake) in replica.state.accounts.items()}
+            assert accounts == replayed, "the stored accounts are not the replay's"
+    return top_height
 
 
 def start_load(node: NodeProcess, rng: random.Random, senders: int = 6) -> tuple[Genesis, TransferLoad]:
@@ -264,11 +316,12 @@ def start_load(node: NodeProcess, rng: random.Random, senders: int = 6) -> tuple
 # --- crash safety -----------------------------------------------------------------------------
 
 
-def test_sigkill_while_committing_keeps_a_consistent_chain_and_every_final_transaction(nodes):
+def test_sigkill_while_committing_keeps_a_consistent_chain_and_every_final_transaction(nodes, store_url):
+    """On SQLite and on PostgreSQL (`store_url`: a file, or a database made for the test)."""
     seed = int(os.environ.get("CRASH_TEST_SEED") or random.randrange(2**32))
-    print(f"crash test seed {seed}")
+    print(f"crash test seed {seed} on {make_url(store_url).get_backend_name()}")
     rng = random.Random(seed)
-    node = nodes.start("crash")
+    node = nodes.start("crash", "--db", store_url)
     genesis, load = start_load(node, rng)
     with LedgerClient(node.url) as client:
         info = client.node_info()
@@ -289,10 +342,13 @@ def test_sigkill_while_committing_keeps_a_consistent_chain_and_every_final_trans
         load.stop()
         assert load.problems.items == []
         assert load.final_count > final_before, "nothing became final: the round proved nothing"
+        # What the dead node left: consistent, and value neither created nor destroyed.
+        stored_height = check_store(store_url, genesis)
 
         node.start()
         with LedgerClient(node.url) as client:
             replica.catch_up(client)
+            assert replica.height == stored_height, f"stored height {stored_height}, served {replica.height} after the restart"
             replica.check_accounts(client)
             lost = load.final - replica.tx_block.keys()
             assert not lost, f"round {round_number}: {len(lost)} transactions reported final are gone, e.g. {sorted(lost)[:3]}"
@@ -305,7 +361,7 @@ def test_sigkill_while_committing_keeps_a_consistent_chain_and_every_final_trans
         print(f"round {round_number}: height {replica.height}, {load.final_count} final of {load.submitted} submitted")
 
     assert node.stop(signal.SIGTERM) == 0
-    check_store_file(node.data_dir / "chain.db", replica)
+    check_store(store_url, genesis, replica)
 
 
 # --- graceful shutdown ------------------------------------------------------------------------
@@ -337,7 +393,7 @@ def test_stop_signal_under_load_exits_zero_promptly_and_cleanly(nodes, stop_sign
         replica.check_accounts(client)
     assert not load.final - replica.tx_block.keys()
     assert node.stop() == 0
-    check_store_file(node.data_dir / "chain.db", replica)
+    check_store(f"sqlite:///{node.data_dir / 'chain.db'}", genesis, replica)
 
 
 def test_open_events_stream_and_waiting_request_do_not_delay_the_exit(nodes):
