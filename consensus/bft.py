@@ -806,7 +806,7 @@ class BftEngine(Engine):
         assert earlier is not None
         if Evidence.of(earlier, signed).key in self.evidence:
             return  # known already: no signature check for a replayed late message
-        member = self.validators.get(signer)
+        member = self.schedule.at(message.height).get(signer)  # the set of the message's height, not ours
         if member is not None and signed.verify(self.chain_id, member.public_key):
             self._report(Evidence.of(earlier, signed))
 
@@ -1365,9 +1365,9 @@ class BftEngine(Engine):
 
     # ================================================================== status
     def status(self) -> EngineStatus:
-        # The API asks from worker threads while the node's loop moves the engine on: the
-        # dicts it walks are copied first (list() of a dict view is one step under the GIL),
-        # so a concurrent insertion cannot fail the walk.
+        # The runtime calls this between events (under its lock); the set and our address are
+        # still read once, so every row and total comes from the same set.
+        validators, address = self.validators, self.address
         return EngineStatus(
             engine=self.name,
             finality=self.finality,
@@ -1382,13 +1382,13 @@ class BftEngine(Engine):
                     blocks_proposed=self._proposed_count.get(v.address, 0),
                     last_signed_height=self._last_signed_height.get(v.address),
                 )
-                for v in self.validators
+                for v in validators
             ),
-            total_power=self.validators.total_power,
-            quorum_power=self.validators.quorum_power,
+            total_power=validators.total_power,
+            quorum_power=validators.quorum_power,
             evidence=tuple(_evidence_record(evidence) for evidence in list(self.evidence.values())),
             details={
-                "address": self.address.hex() if self.address else None,
+                "address": address.hex() if address else None,
                 "waiting_for_transactions": self.waiting_for_txs,
                 "proposer": self._proposer_address(self.round).hex() if self.height >= 1 else None,
                 "locked": {"round": self.locked_round, "block": self.locked_hash.hex() if self.locked_hash else None},

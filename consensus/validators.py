@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+import threading
 from functools import lru_cache
 from typing import Any
 
@@ -205,7 +206,10 @@ def increment_priorities(
 class _ProposerSchedule:
     """Priorities by height, computed forward once and remembered at checkpoints; when
     the priorities come back to all zeros the sequence repeats, and heights fold onto
-    its period (for a stable set the period divides the total power)."""
+    its period (for a stable set the period divides the total power).
+
+    The event loop and API threads (an engine's `status()`) both ask for proposers, and
+    computing forward moves the frontier in two steps: one lock keeps it consistent."""
 
     def __init__(self, powers: tuple[int, ...], addresses: tuple[bytes, ...]):
         self.powers = powers
@@ -216,6 +220,7 @@ class _ProposerSchedule:
         self._frontier = 0  # highest height computed
         self._frontier_state: tuple[tuple[int, ...], int] = (zero, -1)
         self._period: int | None = None
+        self._lock = threading.Lock()
         self.proposer = lru_cache(maxsize=4096)(self._proposer)
 
     def _step(self, state: tuple[tuple[int, ...], int]) -> tuple[tuple[int, ...], int]:
@@ -223,6 +228,10 @@ class _ProposerSchedule:
 
     def height_state(self, height: int) -> tuple[tuple[int, ...], int]:
         """(priorities, proposer of round 0) of the set at `height` >= 1."""
+        with self._lock:
+            return self._height_state(height)
+
+    def _height_state(self, height: int) -> tuple[tuple[int, ...], int]:
         while self._period is None and self._frontier < height:
             self._frontier_state = self._step(self._frontier_state)
             self._frontier += 1
@@ -284,11 +293,10 @@ class ValidatorSchedule:
     def apply(self, height: int, updates: Sequence[ValidatorUpdate]) -> None:
         """Block `height` committed with `updates`; a set decided before for a later height (a
         branch since reverted) is replaced."""
-        if not updates:
-            return
         first = height + self.UPDATE_DELAY
         self._sets = [(start, s) for start, s in self._sets if start < first]
-        self._sets.append((first, self.at(first).updated(updates)))
+        if updates:
+            self._sets.append((first, self.at(first).updated(updates)))
 
     def forget_below(self, height: int) -> None:
         """Drop the sets that only heights below `height` used (the oldest kept still covers it)."""

@@ -79,9 +79,13 @@ class ImportingNode(Protocol):
 
     def feed(self, event: ev.Event) -> None: ...
 
+    def head_changed(self, event: ev.BlockCommitted) -> None: ...
+
     def publish(self, kind: str, data: dict) -> None: ...
 
     def load_recent(self) -> None: ...
+
+    def signal_txs(self) -> None: ...
 
 
 class BlockImporter:
@@ -286,14 +290,18 @@ class BlockImporter:
         for block, effects, _, _ in checked:
             node.committed(block, effects, elapsed / len(checked))
             self.side_blocks.discard(block.hash)
-        if not checked:  # back to an ancestor: the engine hears of its new head all the same
-            node.feed(ev.BlockCommitted(node.now_ms(), node.head, tuple(node.recent)))
+        if not checked:  # back to an ancestor: the engine and the peers hear of the new head all the same
+            node.head_changed(ev.BlockCommitted(node.now_ms(), node.head, tuple(node.recent)))
+            if node.network is not None:
+                node.network.update_status(node.head.height, node.head.hash, node.finalized_height)
         for abandoned in reverted:
             self.side_blocks.add(abandoned)
         in_new_branch = {tx.id for block, _, _, _ in checked for tx in block.transactions}
         returning = [tx for block in reversed(reverted) for tx in block.transactions if tx.id not in in_new_branch]
         with node.lock:
             node.pool.readmit(returning, node.now_ms())
+        if returning:
+            node.signal_txs()  # the returned transactions wait for a block like any others
         log.warning("reorg: %d blocks replaced from height %d (head %d -> %d)", len(reverted), fork_point.height + 1,
                     old_head.height, node.head.height)
         reorg = {

@@ -69,7 +69,7 @@ class ChainReads:
             sync_progress=round(self.sync.progress(), 4),
             peers=len(peers),
             extra={
-                "engine": engine_status_json(self.engine.status(), self.genesis.address_prefix),
+                "engine": engine_status_json(self.consensus_status(), self.genesis.address_prefix),
                 "tx_per_second": round(self.metrics.tx_rate(), 1),
                 "reorgs": self.importer.reorgs,
                 "peers": [
@@ -99,7 +99,8 @@ class ChainReads:
         return None
 
     def consensus_status(self) -> EngineStatus:
-        return self.engine.status()
+        with self.lock:  # the event loop hands the engine events under the same lock
+            return self.engine.status()
 
     def _status_of(self, height: int) -> tuple[TxStatusName, int]:
         head_height = self.head.height
@@ -134,9 +135,12 @@ class ChainReads:
             transactions = block.transactions
         status, confirmations = self._status_of(header.height)
         certificate = self.store.certificate(header.height)
+        with self.lock:
+            evidence = tuple(self.engine.block_evidence(header))
+            signers = tuple(self.engine.certificate_signers(certificate))
         return BlockRecord(
             header, transactions, status, confirmations, certificate, self.store.block_size(header.height) or 0,
-            tuple(self.engine.block_evidence(header)), tuple(self.engine.certificate_signers(certificate)),
+            evidence, signers,
         )
 
     def recorded_evidence(

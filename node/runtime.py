@@ -64,6 +64,9 @@ def wall_clock_ms() -> int:
     return int(time.time() * 1000)
 
 
+_WAKE = object()  # queued beside a head event so an idle engine task looks at it
+
+
 def _runner(pool: ThreadPoolExecutor | None) -> Callable[..., Awaitable]:
     """`await run(f, *args)` calls f(*args) on one of `pool`'s threads."""
     assert pool is not None
@@ -120,7 +123,8 @@ class Node(ChainReads):
         self.recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))
         self.miner = miner
         self.lock = threading.Lock()
-        self._events: asyncio.Queue[ev.Event | Import | None] = asyncio.Queue()
+        self._events: asyncio.Queue[ev.Event | Import | object | None] = asyncio.Queue()
+        self._head_events: deque[ev.BlockCommitted] = deque()
         self.network = network
         self.gossip = TxGossip(network, self._admit, self._pending_tx, self.now_ms) if network is not None else None
         if network is not None and self.gossip is not None:
@@ -220,9 +224,18 @@ class Node(ChainReads):
     def feed(self, event: ev.Event | Import) -> None:
         self._events.put_nowait(event)
 
+    def head_changed(self, event: ev.BlockCommitted) -> None:
+        """The engine hears of a new head before anything queued meanwhile: a sync answer queued
+        behind it must be checked against the validator set this block decided, not the old one.
+        The engine task looks here before its queue; the wake-up only matters when it was idle."""
+        self._head_events.append(event)
+        self._events.put_nowait(_WAKE)
+
     async def _run_engine(self) -> None:
         while True:
-            event = await self._events.get()
+            event = self._head_events.popleft() if self._head_events else await self._events.get()
+            if event is _WAKE:
+                continue
             if event is None:
                 return
             if isinstance(event, Import):
@@ -234,7 +247,8 @@ class Node(ChainReads):
             if isinstance(event, ev.TxsAvailable):
                 self._txs_signalled = False
             try:
-                actions = self.engine.handle(event)
+                with self.lock:  # API threads read the engine's status between events, never during one
+                    actions = self.engine.handle(event)
                 for action in actions:
                     await self._perform(action)
             except Exception:  # an engine or store bug must not silently stop block production
@@ -249,7 +263,7 @@ class Node(ChainReads):
                 # Sealed on a head that has since moved (a peer's block won): the engine
                 # still gets its BlockCommitted, repeating the current head.
                 log.info("dropped our block %d: the head moved while it was sealed", action.block.height)
-                self.feed(ev.BlockCommitted(self.now_ms(), self.head, tuple(self.recent)))
+                self.head_changed(ev.BlockCommitted(self.now_ms(), self.head, tuple(self.recent)))
                 return
             push = self.network is not None and self.engine.pushes_own_blocks
             await self.commit(action.block, action.certificate, announce=not push)
@@ -348,6 +362,8 @@ class Node(ChainReads):
         would serve a head it never wrote (and a BFT engine would sit "decided" for good)."""
         for attempt, pause in enumerate((*COMMIT_RETRY_SECONDS, None)):
             try:
+                if attempt and await self.blocking(self._stored_head_is, block.hash):
+                    return  # the last try committed and only its answer was lost (a dropped connection)
                 await self.blocking(self.store.commit_block, block, effects, certificate, evidence)
                 return
             except Exception as exc:
@@ -357,6 +373,10 @@ class Node(ChainReads):
                     raise NodeFailed(self.failure) from exc
                 log.warning("storing block %d failed (%s); trying again in %.1f s", block.height, exc, pause)
                 await asyncio.sleep(pause)
+
+    def _stored_head_is(self, block_hash: bytes) -> bool:
+        head = self.store.head()
+        return head is not None and head.hash == block_hash
 
     def fail(self, reason: str) -> None:
         """Stop the node with `reason` (the server exits non-zero and prints it)."""
@@ -382,7 +402,7 @@ class Node(ChainReads):
         if announce and self.network is not None:
             self.network.update_status(header.height, header.hash, self.finalized_height)
         self.recent.append(header)
-        self.feed(ev.BlockCommitted(self.now_ms(), header, tuple(self.recent), effects.validator_updates))
+        self.head_changed(ev.BlockCommitted(self.now_ms(), header, tuple(self.recent), effects.validator_updates))
         ready = self.pool.ready_count()
         if not ready:
             self.work_since_ms = None
@@ -396,7 +416,10 @@ class Node(ChainReads):
         self.finalized_height = self.engine.finalized_height(self.head.height)
         self.finality.committed(self.head.height, tx_ids, self.finalized_height)
 
-    def _signal_txs(self) -> None:
+    def signal_txs(self) -> None:
+        """Tell the engine transactions are ready, once until it builds (it ignores repeats anyway)."""
+        if self.work_since_ms is None:
+            self.work_since_ms = self.now_ms()
         if not self._txs_signalled and not self._stopping:
             self._txs_signalled = True
             self.feed(ev.TxsAvailable(self.now_ms(), self.pool.ready_count()))
@@ -497,9 +520,7 @@ class Node(ChainReads):
         if admitted:
             self.metrics.admitted.inc(len(admitted))
             self.metrics.mempool_size.set(len(self.pool))
-            if self.work_since_ms is None:
-                self.work_since_ms = now
-            self._signal_txs()
+            self.signal_txs()
             if self.gossip is not None:
                 self.gossip.admitted(admitted, origin)
             if self.hub:

@@ -111,6 +111,26 @@ def test_accounts_written_before_the_stake_columns_load_without_stake(store_url)
         store.close()
 
 
+def test_downgrade_below_the_stake_columns_is_refused_while_an_account_holds_stake(store_url):
+    engine = upgraded_engine(store_url)
+    config = migrations.alembic_config()
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("INSERT INTO accounts (address, balance, nonce, bonded, unbonding, release_epoch, slashed) "
+                                 "VALUES (:a, 500, 7, 9, 0, 0, 0)"), {"a": b"\x02" * 20})
+            conn.commit()
+            config.attributes["connection"] = conn
+            with pytest.raises(RuntimeError, match="1 accounts hold stake"):
+                command.downgrade(config, "0002")
+            conn.rollback()
+        with engine.connect() as conn:
+            row = conn.execute(sa.text("SELECT balance, bonded FROM accounts")).one()
+            assert tuple(row) == (500, 9), "the refused downgrade changed nothing"
+            assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == SCHEMA_REVISION
+    finally:
+        engine.dispose()
+
+
 def test_upgrade_finds_its_migrations_from_any_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     store = ChainStore(f"sqlite:///{tmp_path / 'elsewhere.db'}")

@@ -139,6 +139,35 @@ def test_a_block_the_store_fails_to_write_once_is_written_on_a_retry(tmp_path, m
     run(scenario())
 
 
+def test_a_commit_whose_answer_was_lost_is_not_written_twice(tmp_path, monkeypatch):
+    """The database committed, then the connection dropped before it said so: the retry
+    finds the block stored and goes on instead of failing on a height already taken."""
+    monkeypatch.setattr("node.runtime.COMMIT_RETRY_SECONDS", (0.01, 0.01))
+
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        await node.start()
+        try:
+            real_commit, calls = node.store.commit_block, []
+
+            def commits_then_loses_the_answer(*args):
+                calls.append(args[0].height)
+                real_commit(*args)
+                if len(calls) == 1:
+                    raise OSError("server closed the connection unexpectedly")
+
+            node.store.commit_block = commits_then_loses_the_answer
+            tx = new_transfer(KEYS[0], CHAIN, 0, BOB, 100)
+            await node.submit([tx])
+            assert (await node.wait_final([tx.id], timeout=10)) == {tx.id: "final"}
+            assert calls == [1] and node.failure is None
+            assert node.store.head().height == node.head.height == 1
+        finally:
+            await node.stop()
+
+    run(scenario())
+
+
 def test_a_block_the_store_cannot_write_stops_the_node_with_the_reason(tmp_path, monkeypatch):
     monkeypatch.setattr("node.runtime.COMMIT_RETRY_SECONDS", (0.01, 0.01))
 
@@ -197,6 +226,10 @@ def test_set_head_switches_back_to_an_ancestor_within_the_engine_bounds(tmp_path
             assert all(node.transaction(tx_id) is not None for tx_id in undone)
             await node.importer.set_head(b"\x11" * 32)  # a block it does not hold: nothing moves
             assert len(node.importer.reorgs) == 1
+            # The returned transactions wait for a block like any others: the engine hears of them.
+            monkeypatch.undo()
+            assert (await node.wait_final(undone, timeout=10)) == {tx_id: "final" for tx_id in undone}
+            assert node.head.height >= 2
         finally:
             await node.stop()
 

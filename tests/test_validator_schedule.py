@@ -3,6 +3,9 @@ engine checks each header against the set of its own height."""
 
 from __future__ import annotations
 
+import sys
+import threading
+
 import pytest
 
 from consensus.bft import BftEngine, BftParams
@@ -46,6 +49,46 @@ def test_a_later_commit_at_the_same_height_replaces_what_a_reverted_branch_decid
     schedule.apply(5, [ValidatorUpdate(KEYS[1].public_key, 0)])
     assert address_of(JOINER.public_key) not in schedule.at(7)
     assert address_of(KEYS[1].public_key) not in schedule.at(7)
+
+
+def test_a_replacing_block_without_updates_undoes_what_the_reverted_one_decided():
+    schedule = ValidatorSchedule(GENESIS_SET)
+    schedule.apply(5, [ValidatorUpdate(JOINER.public_key, 7)])
+    schedule.apply(5, [])  # the branch that decided it was reverted; its replacement decides nothing
+    assert schedule.at(7) is GENESIS_SET and len(schedule) == 1
+
+
+def test_proposers_asked_from_two_threads_at_once_are_the_ones_asked_from_one():
+    """API threads read an engine's status (which names the current proposer) while the
+    event loop asks for the proposer of each new height: the schedule computes forward
+    under a lock, or the two step its frontier twice for one height."""
+    stakes = (1_000_003, 999_983, 77_777, 123_457, 500_009)  # stake-like powers: a very long period
+    heights = 3_000
+
+    def schedule() -> ValidatorSchedule:
+        return ValidatorSchedule(ValidatorSet([validator(k, p) for k, p in zip(KEYS, stakes)]))
+
+    shared, current, done = schedule(), [1], threading.Event()
+
+    def api_polling() -> None:
+        while not done.is_set():
+            shared.proposer(current[0], 0)
+
+    poller = threading.Thread(target=api_polling)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, inside the computation too
+    try:
+        poller.start()
+        for height in range(1, heights):
+            current[0] = height
+            shared.proposer(height, 0)
+    finally:
+        done.set()
+        poller.join()
+        sys.setswitchinterval(interval)
+    reference = schedule()
+    wrong = [h for h in range(1, heights) if shared.proposer(h, 0) != reference.proposer(h, 0)]
+    assert wrong == []
 
 
 def test_sets_no_height_needs_are_forgotten():

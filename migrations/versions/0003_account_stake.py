@@ -30,6 +30,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # Revision 0002 has no place for stake: dropping the columns of an account that holds
+    # some would destroy value (and undo records that carry stake would no longer decode).
+    held = " OR ".join(f"{name} <> 0" for name in STAKE_COLUMNS)
+    staked = op.get_bind().execute(sa.text(f"SELECT count(*) FROM accounts WHERE {held}")).scalar_one()
+    if staked:
+        raise RuntimeError(f"cannot downgrade below 0003: {staked} accounts hold stake, which 0002 cannot store")
     with op.batch_alter_table("accounts") as batch:
         for name in reversed(STAKE_COLUMNS):
             batch.drop_column(name)
