@@ -96,7 +96,7 @@ def node(
     p2p_host: Optional[str] = typer.Option(None, "--p2p-host", help="Address the peer port binds [default: 127.0.0.1]"),
     p2p_port: Optional[int] = typer.Option(None, "--p2p-port", help="Peer port [default: 9000; 0 picks a free one]"),
     peers: Optional[str] = typer.Option(None, "--peers", help="Static peers, host:port,host:port"),
-    max_peers: Optional[int] = typer.Option(None, "--max-peers", help="Most peers to keep connected [default: 16]"),
+    max_peers: Optional[int] = typer.Option(None, "--max-peers", help="Most peers to dial; as many may dial in (max_inbound) [default: 16]"),
     mine: Optional[bool] = typer.Option(None, "--mine/--no-mine", help="Proof of work: mine blocks [default: mine]"),
     miner_address: Optional[str] = typer.Option(None, "--miner-address", help="Proof of work: address for rewards and fees [default: the node key's]"),
     db: Optional[str] = DB,
@@ -131,11 +131,15 @@ def node(
     except OSError as exc:
         fail(f"cannot listen on {config.api_host}:{config.api_port}: {exc.strerror}; "
              "is another node running? Pick another port with --api-port.", EXIT_RUNTIME)
-    from node.p2p.tcp import TcpNetwork
+    from node.p2p.tcp import P2PSettings, TcpNetwork
 
+    p2p_settings = P2PSettings(
+        max_inbound=config.max_inbound or None, frame_memory=config.p2p_frame_memory,
+        frame_timeout=config.p2p_frame_timeout_ms / 1000, frame_min_rate=float(config.p2p_frame_min_rate),
+    )
     network = TcpNetwork(
         node_key, genesis_data.chain_id, genesis_data.hash, config.p2p_host, config.p2p_port,
-        list(config.peers), max_peers=config.max_peers,
+        list(config.peers), max_peers=config.max_peers, settings=p2p_settings,
     )
     try:
         runtime = Node(config, genesis_data, node_key, network)

@@ -33,7 +33,11 @@ class NodeConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     log_level: str = "info"
     peers: tuple[str, ...] = ()  # static peers, "host:port"
-    max_peers: int = 16
+    max_peers: int = 16  # peers we dial (static peers are dialled whatever the count)
+    max_inbound: int = 0  # peers that dial us; 0: as many as max_peers
+    p2p_frame_memory: int = 64 * 1024 * 1024  # bytes that unfinished large frames hold, all peers together
+    p2p_frame_timeout_ms: int = 5_000  # a frame's wait for that memory, and its slack beyond the rate below
+    p2p_frame_min_rate: int = 1024 * 1024  # bytes a second a frame's body must keep up
     mine: bool = True  # proof-of-work: whether this node mines
     miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
     stall_seconds: int = 30  # /healthz answers 503 when the head stood still this long with work to do
@@ -62,6 +66,10 @@ _INT_BOUNDS = {
     "max_body_bytes": (1024, 1 << 30),
     "max_peers": (1, 1000),
     "stall_seconds": (1, 86_400),
+    "max_inbound": (0, 1000),
+    "p2p_frame_memory": (32 * 1024 * 1024, 1 << 36),  # at least one frame of the largest size
+    "p2p_frame_timeout_ms": (100, 600_000),
+    "p2p_frame_min_rate": (1024, 1 << 30),
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -159,6 +159,10 @@ BAD_VALUES = [
     ("peers", "localhost", "host:port"),
     ("peers", "a:1,b:99999", "'b:99999'"),
     ("mine", "maybe", "true or false"),
+    ("max_inbound", "-1", "0 to 1000"),
+    ("p2p_frame_memory", "1048576", "33554432"),  # less than one frame of the largest size
+    ("p2p_frame_timeout_ms", "50", "100 to 600000"),
+    ("p2p_frame_min_rate", "0", "1024"),
 ]
 
 

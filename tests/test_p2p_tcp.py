@@ -26,8 +26,13 @@ from ledger import crypto
 from ledger.address import address_of
 from ledger.crypto import PrivateKey
 from node.p2p import messages as m
-from node.p2p.frames import encode_frame, read_frame
+from node.p2p.budgets import Kind, PeerBudgets, TokenBucket, cost, overrun_reason
+from node.p2p.frames import MAX_FRAME, FrameMemory, FrameMemoryExhausted, FrameReader, FrameTooLarge, encode_frame, read_frame
+from node.p2p import scores
 from node.p2p.network import PeerInfo
+from node.p2p.scores import Reputation
+from node.p2p.settings import PENALTY_SLOW_FRAME
+from node.p2p.slots import Slot, handshake_victim, inbound_victim, network_group
 from node.p2p.tcp import P2PSettings, TcpNetwork
 
 CHAIN = "p2p-test"
@@ -43,6 +48,7 @@ FAST = P2PSettings(
     ban_seconds=30.0,
     dial_backoff_initial=0.05,
     dial_backoff_max=0.2,
+    frame_timeout=0.5,
     seed=7,
 )
 
@@ -103,8 +109,10 @@ class Hostile:
         self.writer: asyncio.StreamWriter | None = None
         self.address = ""
 
-    async def connect(self, port: int) -> None:
-        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port)
+    async def connect(self, port: int, source_ip: str | None = None) -> None:
+        # Loopback is all of 127/8, so source_ip stands in for another host.
+        local = (source_ip, 0) if source_ip is not None else None
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", port, local_addr=local)
         host, local_port = self.writer.get_extra_info("sockname")[:2]
         self.address = f"{host}:{local_port}"
 
@@ -315,7 +323,11 @@ def test_peer_exchange_lets_a_reach_c_through_b():
     run(scenario)
 
 
-def test_max_peers_limits_learnt_dials_and_inbound_connections():
+def outbound_ids(node: Node) -> set[str]:
+    return {peer.id for peer in node.net.peers() if not peer.inbound}
+
+
+def test_max_peers_limits_learnt_dials_and_inbound_connections_separately():
     async def scenario(cluster: Cluster):
         b = await cluster.node(max_peers=2)
         a = await cluster.node(peers=(b.address,), max_peers=1)
@@ -323,10 +335,14 @@ def test_max_peers_limits_learnt_dials_and_inbound_connections():
         await connected(a, b)
         await connected(c, b)
         d = await cluster.node(peers=(b.address,))
+        # Both of b's inbound peers are among its longest connected: none can be evicted.
         await eventually(lambda: any("too many peers" in r for r in d.reasons(b.id)), "b refuses a third peer")
         await asyncio.sleep(FAST.peer_exchange_interval * 3)
-        assert a.peer_ids() == {b.id}  # a learnt c's address but has no room for it
-        assert len(b.net.peers()) == 2
+        assert outbound_ids(a) == {b.id}  # a learnt c's and d's addresses but has no outbound room
+        assert b.net.slot_counts()["inbound"] == 2
+        # Peers that dial a use its inbound slots (max_peers: 1 of them), never its outbound one.
+        assert a.net.slot_counts()["inbound"] <= 1
+        assert a.net.slot_counts()["outbound"] == 1
 
     run(scenario)
 
@@ -589,17 +605,21 @@ def test_an_oversized_frame_disconnects_at_once_and_costs_points():
     run(scenario)
 
 
-def test_a_frame_that_never_completes_is_dropped_as_silent():
+def test_a_frame_that_never_completes_is_cut_off_and_costs_points():
     async def scenario(cluster: Cluster):
         a, b = await honest_pair(cluster)
         hostile = cluster.hostile()
         await hostile.connect(b.net.listen_port)
         await hostile.handshake()
         await eventually(lambda: hostile.id in b.peer_ids(), "hostile admitted")
+        started = time.monotonic()
         await hostile.send_raw(struct.pack(">I", 1000) + b"\x07" * 20)
         await eventually(lambda: hostile.id not in b.peer_ids(), "dropped", timeout=3)
+        # The deadline is frame_timeout plus the size at frame_min_rate; the idle timeout is 1 s.
+        assert time.monotonic() - started < FAST.idle_timeout
         [reason] = b.reasons(hostile.id)
-        assert reason.startswith("silent for")
+        assert reason == "frame of 1000 bytes not completed within 0.5 s"
+        assert b.net.score_of(hostile.id) == -PENALTY_SLOW_FRAME
         await still_talking(a, b)
 
     run(scenario)
@@ -696,5 +716,331 @@ def test_scores_recover_with_time():
         assert b.net.score_of(a.id) == 0
         [a_seen] = b.net.peers()
         assert a_seen.score == 0
+
+    run(scenario)
+
+
+# ----------------------------------------------------------------------------- budgets: the arithmetic
+def test_a_token_bucket_starts_full_refills_at_its_rate_and_never_above_its_burst():
+    bucket = TokenBucket(rate=10.0, burst=30.0, now=100.0)
+    assert bucket.take(30, 100.0) and not bucket.take(1, 100.0)
+    assert not bucket.take(6, 100.5)  # 5 back after half a second: a take that does not fit takes nothing
+    assert bucket.take(5, 100.5) and not bucket.take(1, 100.5)
+    assert bucket.take(30, 200.0)  # a long pause refills it to the burst, not beyond
+    assert not bucket.take(1, 200.0)
+    assert not bucket.take(31, 1000.0)  # more than the burst never fits
+    assert bucket.take(30, 1000.0)
+    assert not bucket.take(1, 999.0)  # a clock that steps back refills nothing
+    with pytest.raises(ValueError):
+        TokenBucket(rate=0, burst=1, now=0)
+
+
+def test_a_message_costs_ids_for_announcements_and_requests_and_one_otherwise():
+    ids = tuple(bytes([i % 256]) * 32 for i in range(4096))
+    assert cost(m.TxAnnounce(ids).encode()) == (Kind.TX_ANNOUNCE, 4096)
+    assert cost(m.TxRequest(ids[:7]).encode()) == (Kind.TX_REQUEST, 7)
+    assert cost(m.TxAnnounce(()).encode()) == (Kind.TX_ANNOUNCE, 1)  # never free
+    # A count larger than the ids present (the decoder refuses it later) is charged what is there.
+    lying = b"\x08" + struct.pack(">I", 4096) + bytes(32 * 3)
+    assert cost(lying) == (Kind.TX_ANNOUNCE, 3)
+    assert cost(b"\x08\x00") == (Kind.TX_ANNOUNCE, 1)
+    assert cost(m.GetBlocks((bytes(32),), 500).encode()) == (Kind.GET_BLOCKS, 1)
+    assert cost(m.EngineMessage(b"vote").encode()) == (Kind.CONSENSUS, 1)
+    assert cost(m.Status(1, bytes(32), 0).encode()) == (Kind.OTHER, 1)
+    assert cost(bytes((200,)) + b"junk") == (Kind.OTHER, 1)
+    assert cost(b"") == (Kind.OTHER, 1)
+
+
+def test_peer_budgets_charge_every_message_and_its_kind():
+    settings = dataclasses.replace(FAST, rate_per_second=2, rate_burst=5, get_blocks_per_second=1, get_blocks_burst=2,
+                                   tx_announce_ids_per_second=4096, tx_announce_ids_burst=8192)
+    budgets = PeerBudgets(settings, now=0.0)
+    get_blocks = m.GetBlocks((bytes(32),), 500).encode()
+    assert budgets.charge(get_blocks, 0.0) is None
+    assert budgets.charge(get_blocks, 0.0) is None
+    assert budgets.charge(get_blocks, 0.0) is Kind.GET_BLOCKS
+    full = m.TxAnnounce(tuple(bytes([i % 256, i // 256]) * 16 for i in range(4096))).encode()
+    assert budgets.charge(full, 0.0) is None  # announcements have their own budget
+    assert budgets.charge(full, 0.0) is None
+    assert budgets.charge(full, 0.0) is Kind.MESSAGES  # six messages, the refused one counted
+    assert budgets.charge(full, 1.0) is None  # two messages and 4,096 ids back
+    assert budgets.charge(full, 1.0) is Kind.TX_ANNOUNCE  # a message to spare, but no ids
+    assert overrun_reason(Kind.GET_BLOCKS) == "block request budget exceeded"
+    assert overrun_reason(Kind.MESSAGES) == "message rate limit exceeded"
+
+
+def test_the_default_budgets_let_an_honest_node_through_and_stop_the_measured_floods():
+    s = P2PSettings()
+    # Honest: 12,000 transfers/s announced and requested, with the 4,096 re-announced every 10 s;
+    # sync at 2,000 blocks/s in requests of 500; 100 validators' consensus traffic.
+    assert s.tx_announce_ids_per_second >= 12_000 + 4096 / 10 and s.tx_request_ids_per_second >= 12_000
+    assert s.get_blocks_per_second >= 2_000 / 500 * 2
+    assert s.consensus_per_second >= 100 * 4
+    # The floods measured against the node: 555,000 ids/s and 800 block requests/s.
+    for rate, burst, flood in ((s.tx_announce_ids_per_second, s.tx_announce_ids_burst, 555_000),
+                               (s.get_blocks_per_second, s.get_blocks_burst, 800)):
+        assert burst / (flood - rate) < 1.0, "a flood must empty the bucket within a second"
+    P2PSettings().check()
+    for bad in ({"frame_memory": MAX_FRAME - 1}, {"tx_announce_ids_burst": 4095}, {"get_blocks_per_second": 0},
+                {"ban_threshold": 0}, {"max_handshaking": 0}, {"frame_timeout": "5"}):
+        with pytest.raises(ValueError, match="p2p setting"):
+            dataclasses.replace(P2PSettings(), **bad).check()
+    with pytest.raises(ValueError, match="frame_memory"):
+        TcpNetwork(PrivateKey.generate(), CHAIN, GENESIS, "127.0.0.1", 0, [], settings=P2PSettings(frame_memory=1))
+
+
+# ----------------------------------------------------------------------------- slots: the eviction order
+def test_a_full_handshake_pool_evicts_the_oldest_of_the_most_crowded_group_and_an_ip_its_own_first():
+    pending = [Slot("a1", "10.0.0.1", 1.0), Slot("b1", "10.1.0.2", 2.0), Slot("a2", "10.0.0.1", 3.0),
+               Slot("c1", "10.0.7.3", 4.0)]
+    assert handshake_victim(pending, "10.9.0.9", pool=5, per_ip=3) is None  # room
+    # 10.0/16 holds three of four: its oldest goes.
+    assert handshake_victim(pending, "10.9.0.9", pool=4, per_ip=3) == (pending[0], "evicted: 4 handshakes at once")
+    others = [Slot("x1", "10.2.0.1", 1.0), Slot("y1", "10.3.0.1", 2.0), Slot("y2", "10.3.0.2", 3.0)]
+    assert handshake_victim(others, "10.9.0.9", pool=3, per_ip=3)[0].ref == "y1"  # not the oldest of all
+    # The newcomer counts in its group: 10.2/16 ties with 10.3/16, and the older of the two goes.
+    assert handshake_victim(others, "10.2.0.5", pool=3, per_ip=3)[0].ref == "x1"
+    # 10.0.7.3 is at its limit of 1: its own oldest goes, though 10.0.0.1's are older.
+    victim, reason = handshake_victim(pending, "10.0.7.3", pool=10, per_ip=1)
+    assert victim.ref == "c1" and reason == "evicted: 1 handshakes from 10.0.7.3 at once"
+    assert handshake_victim([], "10.0.0.1", pool=1, per_ip=1) is None
+    assert network_group("10.1.2.3") == "10.1.0.0/16" and network_group("::ffff:10.1.2.3") == "10.1.0.0/16"
+    assert network_group("2001:db8:1::5") == "2001:db8::/32" and network_group("not an ip") == "not an ip"
+
+
+def test_inbound_eviction_spares_static_and_longest_connected_peers_then_takes_the_worst_or_newest():
+    peers = [
+        Slot("old1", "10.1.0.1", 1.0, score=-90),  # longest connected: protected despite its score
+        Slot("old2", "10.2.0.1", 2.0),
+        Slot("static", "10.3.0.1", 9.0, score=-99, protected=True),
+        Slot("x1", "10.4.0.1", 3.0),
+        Slot("x2", "10.4.9.9", 5.0),  # another IP of the same /16
+        Slot("y1", "10.5.0.1", 6.0),  # the newest of all, but its group holds one slot
+        Slot("bad", "10.6.0.1", 4.0, score=-10),
+        Slot("worse", "10.7.0.1", 4.5, score=-30),
+    ]
+    assert inbound_victim(peers, protect_longest=2).ref == "worse"  # the lowest score below 0
+    scored_zero = [dataclasses.replace(p, score=0) if p.ref in ("bad", "worse") else p for p in peers]
+    # All at 0: the group with the most slots (10.4/16) loses its newest.
+    assert inbound_victim(scored_zero, protect_longest=2).ref == "x2"
+    one_each = [p for p in scored_zero if p.ref != "x1"]
+    assert inbound_victim(one_each, protect_longest=2).ref == "y1"  # no crowded IP: the newest
+    assert inbound_victim(peers[:3], protect_longest=2) is None  # every peer protected
+    assert inbound_victim(peers[:3], protect_longest=0).ref == "old1"
+
+
+# ----------------------------------------------------------------------------- frames: the memory budget
+def test_frame_memory_is_reserved_first_come_first_served_and_waits_a_bounded_time():
+    async def scenario() -> None:
+        memory = FrameMemory(100)
+        await memory.reserve(60, timeout=1)
+        big = asyncio.create_task(memory.reserve(50, timeout=1))
+        await asyncio.sleep(0.01)
+        small = asyncio.create_task(memory.reserve(10, timeout=1))  # would fit, but waits its turn
+        await asyncio.sleep(0.01)
+        assert not big.done() and not small.done() and memory.waiting == 2
+        memory.release(60)
+        await asyncio.gather(big, small)
+        assert memory.used == 60 and memory.waiting == 0
+        started = time.monotonic()
+        with pytest.raises(FrameMemoryExhausted, match="no frame memory for 50 bytes within 0.1 s"):
+            await memory.reserve(50, timeout=0.1)
+        assert 0.1 <= time.monotonic() - started < 0.5
+        assert memory.used == 60 and memory.waiting == 0
+        # A reader cancelled while waiting leaves nothing behind, and one behind it moves up.
+        blocked = asyncio.create_task(memory.reserve(90, timeout=5))
+        behind = asyncio.create_task(memory.reserve(40, timeout=5))
+        await asyncio.sleep(0.01)
+        blocked.cancel()
+        await behind
+        assert memory.used == 100 and memory.waiting == 0
+        with pytest.raises(FrameMemoryExhausted):
+            await memory.reserve(101, timeout=5)  # more than the budget never fits
+
+    asyncio.run(scenario())
+
+
+def test_a_large_frame_reserves_its_size_while_its_body_arrives_in_chunks():
+    async def scenario() -> None:
+        memory = FrameMemory(4 * 1024 * 1024)
+        stream = asyncio.StreamReader(limit=64 * 1024)
+        frames = FrameReader(stream, memory, memory_wait=1.0)
+        body = os.urandom(3 * 1024 * 1024)
+        stream.feed_data(struct.pack(">I", len(body)) + body[:1000])
+        reading = asyncio.create_task(frames.read(MAX_FRAME))
+        await asyncio.sleep(0.01)
+        assert memory.used == len(body) and frames.body_size == len(body) and frames.body_since > 0
+        for start in range(1000, len(body), 500_000):
+            stream.feed_data(body[start : start + 500_000])
+            await asyncio.sleep(0)
+        assert await reading == body
+        assert memory.used == 0 and frames.body_since == 0
+        # A small frame does not touch the budget; a frame over the cap is refused unread.
+        stream.feed_data(encode_frame(b"\x03" + bytes(8)))
+        assert await frames.read(MAX_FRAME) == b"\x03" + bytes(8)
+        stream.feed_data(struct.pack(">I", MAX_FRAME + 1))
+        with pytest.raises(FrameTooLarge):
+            await frames.read(MAX_FRAME)
+        # A stream that ends mid-body gives its reservation back.
+        stream.feed_data(struct.pack(">I", 1024 * 1024) + bytes(10))
+        stream.feed_eof()
+        with pytest.raises(asyncio.IncompleteReadError):
+            await frames.read(MAX_FRAME)
+        assert memory.used == 0
+
+    asyncio.run(scenario())
+
+
+def test_scores_and_bans_are_forgotten_in_time_and_their_tables_capped(monkeypatch):
+    reputation = Reputation(dataclasses.replace(FAST, ban_seconds=1.0, score_recovery_per_second=1.0))
+    reputation.lower("a", 5, now=0.0)
+    reputation.ban("b", "10.0.0.2:9000", now=0.0)
+    assert reputation.address_banned("10.0.0.2:9000", 0.5) and reputation.ban_remaining("b", 0.5) == 0.5
+    reputation.prune(2.0, connected=())
+    assert reputation.score("a", 2.0) == -3 and reputation.ban_remaining("b", 2.0) == 0
+    reputation.prune(10.0, connected=())
+    assert len(reputation) == 0
+    monkeypatch.setattr(scores, "MAX_SCORES", 3)
+    for points, peer in enumerate(("p1", "p2", "p3", "p4", "p5"), start=1):
+        reputation.lower(peer, points * 10, now=20.0)
+    reputation.prune(20.0, connected={"p1"})
+    # Past the cap the scores nearest 0 of peers not connected go first.
+    assert {peer for peer in ("p1", "p2", "p3", "p4", "p5") if reputation.score(peer, 20.0) < 0} == {"p1", "p4", "p5"}
+
+
+# ----------------------------------------------------------------------------- slots on the wire
+def test_a_full_handshake_pool_makes_room_so_an_honest_peer_still_gets_in():
+    async def scenario(cluster: Cluster):
+        b = await cluster.node(max_handshaking=8, max_handshaking_per_ip=3, handshake_timeout=5.0)
+        lone = cluster.hostile()
+        await lone.connect(b.net.listen_port)  # the oldest, but alone in 127.0/16
+        crowd = []
+        for index in range(10):  # five hosts of 127.1/16 in turn, silent after connecting
+            hostile = cluster.hostile()
+            await hostile.connect(b.net.listen_port, source_ip=f"127.1.0.{2 + index % 5}")
+            crowd.append(hostile)
+        await eventually(lambda: len(b.reasons()) == 3, "three evicted")
+        assert b.net.slot_counts()["handshaking"] == 8
+        assert [record.address for record in b.net.disconnects()] == [hostile.address for hostile in crowd[:3]]
+        assert set(b.reasons()) == {"evicted: 8 handshakes at once"}
+        # A host at its limit of three loses its own oldest, though older ones of its group remain.
+        for _ in range(4):
+            hostile = cluster.hostile()
+            await hostile.connect(b.net.listen_port, source_ip="127.1.0.7")
+            crowd.append(hostile)
+        await eventually(lambda: len(b.reasons()) == 7, "four more evicted")
+        assert b.net.disconnects()[-1].address == crowd[10].address
+        assert b.net.disconnects()[-1].reason == "evicted: 3 handshakes from 127.1.0.7 at once"
+        assert lone.address not in [record.address for record in b.net.disconnects()]
+        # An honest peer completes its handshake within milliseconds, before it is the oldest.
+        started = time.monotonic()
+        a = await cluster.node(peers=(b.address,))
+        await connected(a, b)
+        assert time.monotonic() - started < 1.0
+        assert a.reasons() == []
+        assert b.net.slot_counts()["handshaking"] <= 8
+
+    run(scenario)
+
+
+def test_a_newcomer_evicts_the_worst_or_newest_inbound_peer_but_never_a_protected_one():
+    async def scenario(cluster: Cluster):
+        # The static peer's node id is the smaller one, so the connection it dials is the one
+        # both keep: it is an inbound peer of b, protected because its address is b's static peer.
+        key_b, key_static = sorted((PrivateKey.generate(), PrivateKey.generate()),
+                                   key=lambda key: address_of(key.public_key).hex(), reverse=True)
+        b = await cluster.node(key=key_b, max_peers=4, protect_longest_connected=1)
+        static = await cluster.node(key=key_static, peers=(b.address,))
+        b.net.add_peer(static.address)
+        await connected(b, static)
+        outbound = await cluster.node()
+        b.net.add_peer(outbound.address)
+        await connected(b, outbound)
+        await eventually(lambda: b.net.slot_counts() == {"handshaking": 0, "inbound": 1, "outbound": 1}, "two peers")
+
+        async def admitted() -> Hostile:
+            hostile = cluster.hostile()
+            await hostile.connect(b.net.listen_port, source_ip="127.0.0.9")
+            await hostile.handshake()
+            await eventually(lambda: hostile.id in b.peer_ids(), "hostile admitted")
+            return hostile
+
+        first = await admitted()  # the longest connected of the unprotected: kept
+        second = await admitted()
+        third = await admitted()
+        assert b.net.slot_counts()["inbound"] == 4
+        fourth = await admitted()  # all at score 0: the newest makes room
+        assert await third.disconnect_reason() == "evicted: the 4 inbound slots are full and a new peer came (score 0)"
+        b.net.penalize(second.id, 10, "a mistake")
+        fifth = await admitted()  # the worst score goes, though it is older
+        assert await second.disconnect_reason() == "evicted: the 4 inbound slots are full and a new peer came (score -10)"
+        assert b.peer_ids() == {static.id, outbound.id, first.id, fourth.id, fifth.id}
+        assert b.net.slot_counts() == {"handshaking": 0, "inbound": 4, "outbound": 1}
+        await still_talking(b, static)
+        await still_talking(b, outbound)
+
+    run(scenario)
+
+
+# ----------------------------------------------------------------------------- budgets on the wire
+@pytest.mark.parametrize(
+    ("flood", "count", "reason"),
+    [
+        (m.GetBlocks((bytes(32),), 500), 300, "block request budget exceeded"),
+        (m.TxAnnounce(tuple(os.urandom(32) for _ in range(4096))), 100, "transaction announcement budget exceeded"),
+    ],
+)
+def test_a_flood_of_one_kind_gets_the_peer_banned_within_seconds(flood, count, reason):
+    async def scenario(cluster: Cluster):
+        a, b = await honest_pair(cluster)  # the production budgets
+        hostile = cluster.hostile()
+        await hostile.connect(b.net.listen_port)
+        await hostile.handshake()
+        await eventually(lambda: hostile.id in b.peer_ids(), "hostile admitted")
+        started = time.monotonic()
+        hostile.writer.write(encode_frame(flood.encode()) * count)
+        await eventually(lambda: b.net.is_banned(hostile.id), "flood banned")
+        assert time.monotonic() - started < 5.0
+        assert b.reasons(hostile.id) == [f"banned for 30 s: {reason}"]
+        # What reached the handler stayed within the budget's burst.
+        delivered = b.handler.received(type(flood), hostile.id)
+        burst = FAST.get_blocks_burst if isinstance(flood, m.GetBlocks) else FAST.tx_announce_ids_burst / 4096
+        assert 0 < len(delivered) <= burst + 1
+        await still_talking(a, b)
+
+    run(scenario)
+
+
+# ----------------------------------------------------------------------------- frame memory on the wire
+def test_unfinished_large_frames_share_one_memory_budget_and_are_cut_off():
+    async def scenario(cluster: Cluster):
+        mib = 1024 * 1024
+        limits = dict(max_frame=mib, frame_memory=2 * mib, frame_timeout=0.5, frame_min_rate=float(mib))
+        a, b = await honest_pair(cluster, **limits)
+        drips = []
+        for _ in range(3):
+            hostile = cluster.hostile()
+            await hostile.connect(b.net.listen_port)
+            await hostile.handshake()
+            await eventually(lambda: hostile.id in b.peer_ids(), "hostile admitted")
+            await hostile.send_raw(struct.pack(">I", mib) + bytes(mib // 2))
+            drips.append(hostile)
+        await eventually(lambda: b.net.frame_memory.waiting == 1, "the third frame waits for memory")
+        assert b.net.frame_memory.used == 2 * mib
+        # The one waiting is not at fault: cut without a penalty once it has waited frame_timeout.
+        assert await drips[2].disconnect_reason() == f"frame memory budget exhausted: no frame memory for {mib} bytes within 0.5 s"
+        assert b.net.score_of(drips[2].id) == 0
+        # The two holding memory had 0.5 s plus their size at 1 MiB/s.
+        for hostile in drips[:2]:
+            assert await hostile.disconnect_reason() == f"frame of {mib} bytes not completed within 1.5 s"
+            assert b.net.score_of(hostile.id) == -PENALTY_SLOW_FRAME
+        assert b.net.frame_memory.used == 0
+        # Memory back, a large frame from the honest peer goes through.
+        block = m.NewBlock(os.urandom(mib - 64))
+        a.net.send(b.id, block)
+        await eventually(lambda: b.handler.received(m.NewBlock, a.id) == [block], "the honest large frame")
+        assert b.net.slot_counts() == {"handshaking": 0, "inbound": 1, "outbound": 0}
+        assert len(b.net._connections) == 1 and not b.net._handshaking
+        await still_talking(a, b)
 
     run(scenario)

@@ -1,22 +1,22 @@
-"""`Network` over asyncio TCP: handshake, dialing, peer exchange, keepalive, scores and bans.
+"""`Network` over asyncio TCP: connections, dialing, peer exchange, keepalive, scores and bans.
 
-One connection is one asyncio task that first runs the handshake and then reads
-frames, plus a writer task that drains a bounded queue of ready-made frames (so a
-broadcast encodes a message once, and a slow peer only ever costs its own queue).
+One connection is one asyncio task that first runs the handshake (`node.p2p.handshake`)
+and then reads frames, plus a writer task that drains a bounded queue of ready-made
+frames (so a broadcast encodes a message once, and a slow peer only ever costs its own
+queue).
 
-Handshake (both sides at once, within `handshake_timeout`): send HELLO, read the
-peer's HELLO and check chain id, genesis hash and protocol version; send AUTH, a
-signature over the peer's fresh nonce followed by our own HELLO encoding; read the
-peer's AUTH and verify it against the key in its HELLO.  The signed nonce makes an
-AUTH useless on any other connection; signing our own HELLO binds the key to the
-chain, head and port it announced.  The peer id is the hex account id of that key.
+What a peer can make the node spend is bounded here: unauthenticated connections share
+a small pool and authenticated ones have inbound and outbound slots (`node.p2p.slots`
+decides who makes room); a large frame's body is read as it arrives against a memory
+budget shared by all connections and must arrive in time (`node.p2p.frames`); each
+peer's messages draw from per-kind budgets (`node.p2p.budgets`).
 
 Misbehaviour after the handshake lowers a peer's score (it recovers slowly with
 time); at `ban_threshold` the peer is disconnected and its id and address are
-banned for `ban_seconds`.  Before the handshake a peer has no proven identity to
-score, so a malformed, slow, oversized or incompatible handshake just closes the
-connection (and an address we dialled that turned out incompatible is not dialled
-again during the ban time).
+banned for `ban_seconds` (`node.p2p.scores`).  Before the handshake a peer has no
+proven identity to score, so a malformed, slow, oversized or incompatible handshake
+just closes the connection (and an address we dialled that turned out incompatible
+is not dialled again during the ban time).
 """
 
 from __future__ import annotations
@@ -28,17 +28,20 @@ import secrets
 import socket
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
-from ledger import crypto
 from ledger.address import address_of
 from ledger.codec import DecodeError
 from ledger.crypto import PrivateKey
-from node.p2p.frames import MAX_FRAME, FrameTooLarge, encode_frame, read_frame, send_frame
+from node.p2p import slots
+from node.p2p.budgets import overrun_reason
+from node.p2p.connection import Connection, DisconnectRecord, describe_loss
+from node.p2p.dialer import MAX_ADDRESS_BOOK, Dialer
+from node.p2p.frames import FrameMemory, FrameMemoryExhausted, FrameTooLarge, encode_frame
+from node.p2p.handshake import HANDSHAKE_MAX_FRAME, Refused, handshake
 from node.p2p.messages import (
     HASH_SIZE,
     MAX_PEER_ADDRESSES,
-    Auth,
     Disconnect,
     GetPeers,
     Hello,
@@ -52,119 +55,30 @@ from node.p2p.messages import (
     parse_peer_address,
 )
 from node.p2p.network import PeerHandler, PeerInfo
+from node.p2p.scores import Reputation
+from node.p2p.settings import (
+    PENALTY_FLOOD,
+    PENALTY_OVERSIZED,
+    PENALTY_SLOW_FRAME,
+    PENALTY_UNDECODABLE,
+    PENALTY_UNEXPECTED,
+    P2PSettings,
+)
+
+__all__ = ["DisconnectRecord", "HANDSHAKE_MAX_FRAME", "P2PSettings", "TcpNetwork"]
 
 log = logging.getLogger("ledger.p2p")
 
-HANDSHAKE_MAX_FRAME = 1024  # a HELLO is under 200 bytes: nobody needs more before proving who they are
-READ_BUFFER_LIMIT = 1 << 20
-MAX_ADDRESS_BOOK = 1024
+# The stream pauses the socket at twice this much unread data, so this (with one read of
+# the transport) bounds what a connection buffers besides the frame being read.
+READ_BUFFER_LIMIT = 64 * 1024
 MAX_DISCONNECT_RECORDS = 256
-WRITE_BATCH = 256
-
-PENALTY_UNDECODABLE = 20
-PENALTY_OVERSIZED = 50
-PENALTY_FLOOD = 5  # per message over the rate limit
-PENALTY_UNEXPECTED = 20
-
-
-@dataclass
-class P2PSettings:
-    """Timings and limits; the defaults are the production values."""
-
-    handshake_timeout: float = 5.0
-    connect_timeout: float = 5.0
-    ping_interval: float = 10.0
-    idle_timeout: float = 30.0
-    peer_exchange_interval: float = 30.0
-    ban_seconds: float = 60.0
-    ban_threshold: int = -100
-    score_recovery_per_second: float = 0.1
-    max_frame: int = MAX_FRAME
-    send_queue_limit: int = 4096  # messages waiting for one peer
-    send_queue_bytes: int = 64 * 1024 * 1024  # and their bytes (one frame always fits an empty queue)
-    rate_per_second: float = 2000.0  # messages a peer may send, sustained
-    rate_burst: float = 4000.0
-    dial_backoff_initial: float = 0.5
-    dial_backoff_max: float = 30.0
-    max_learnt_failures: int = 5  # a learnt address is forgotten after this many failed dials
-    max_handshaking: int = 64  # connections still in their handshake
-    seed: int | None = None  # backoff jitter and ping nonces; None: from the OS
-
-
-@dataclass(frozen=True)
-class DisconnectRecord:
-    peer_id: str  # "" when the peer never proved an identity
-    address: str  # host:port of the socket's other end
-    reason: str
-    at: float  # time.time()
-
-
-class _Refused(Exception):
-    """The handshake failed; `reason` goes to the peer and the log."""
-
-    def __init__(self, reason: str, *, by_peer: bool = False, ban_address: bool = False, itself: bool = False):
-        super().__init__(reason)
-        self.reason = reason
-        self.by_peer = by_peer
-        self.ban_address = ban_address
-        self.itself = itself
-
-
-class _Connection:
-    __slots__ = (
-        "reader", "writer", "inbound", "dial_address", "remote", "proven_id", "info", "queue", "writer_task",
-        "queued_bytes", "closed", "reason", "registered", "preferred", "last_received", "last_ping", "tokens",
-        "tokens_at",
-    )
-
-    def __init__(self, reader, writer, inbound: bool, dial_address: str | None, queue_limit: int, burst: float):
-        self.reader: asyncio.StreamReader = reader
-        self.writer: asyncio.StreamWriter = writer
-        self.inbound = inbound
-        self.dial_address = dial_address
-        peer = writer.get_extra_info("peername")
-        self.remote = format_peer_address(peer[0], peer[1]) if peer else "?"
-        self.proven_id = ""  # the node id, once its AUTH verified
-        self.info: PeerInfo | None = None
-        self.queue: asyncio.Queue[bytes] = asyncio.Queue(queue_limit)
-        self.writer_task: asyncio.Task | None = None
-        self.queued_bytes = 0
-        self.closed = False
-        self.reason = ""
-        self.registered = False
-        self.preferred = False
-        now = time.monotonic()
-        self.last_received = now
-        self.last_ping = now
-        self.tokens = burst
-        self.tokens_at = now
-
-    def take_token(self, now: float, rate: float, burst: float) -> bool:
-        self.tokens = min(burst, self.tokens + (now - self.tokens_at) * rate)
-        self.tokens_at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
-@dataclass
-class _DialState:
-    static: bool
-    backoff: float
-    next_at: float = 0.0
-    failures: int = 0
-    task: asyncio.Task | None = None
-
-
-def _describe_loss(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.IncompleteReadError):
-        return "connection closed by the peer"
-    return f"connection lost: {exc or type(exc).__name__}"
 
 
 class TcpNetwork:
-    """The production `Network`: persistent TCP connections to up to `max_peers` peers."""
+    """The production `Network`: persistent TCP connections, `max_peers` slots for the peers
+    it dials (static peers are dialled whatever the count) and `max_inbound` for those that
+    dial it."""
 
     def __init__(
         self,
@@ -185,6 +99,8 @@ class TcpNetwork:
             raise ValueError("max_peers is at least 1")
         for address in static_peers:
             parse_peer_address(address)  # a clear ValueError now rather than a failing dial later
+        self.settings = settings or P2PSettings()
+        self.settings.check()
         self.key = node_key
         self.public_key = node_key.public_key
         self.node_id = address_of(self.public_key).hex()
@@ -194,26 +110,22 @@ class TcpNetwork:
         self._requested_port = listen_port
         self.listen_port = listen_port  # the bound port once started (listen_port 0 picks a free one)
         self.max_peers = max_peers
+        self.max_inbound = self.settings.max_inbound or max_peers
         self.protocol_version = protocol_version
-        self.settings = settings or P2PSettings()
         self._head = self._checked_head(*head)
         self._rng = random.Random(self.settings.seed)
+        self.frame_memory = FrameMemory(self.settings.frame_memory)
 
         self._handler: PeerHandler | None = None
         self._server: asyncio.base_events.Server | None = None
         self._running = False
         self._tasks: set[asyncio.Task] = set()
-        self._wake = asyncio.Event()
-        self._connections: set[_Connection] = set()  # every open connection, handshaking or not
-        self._peers: dict[str, _Connection] = {}  # registered connections by peer id
-        self._book: dict[str, _DialState] = {
-            address: _DialState(static=True, backoff=self.settings.dial_backoff_initial) for address in static_peers
-        }
+        self._connections: set[Connection] = set()  # every open connection, handshaking or not
+        self._handshaking: dict[Connection, None] = {}  # inbound, not yet authenticated, oldest first
+        self._peers: dict[str, Connection] = {}  # registered connections by peer id
+        self._dialer = Dialer(self.settings, static_peers, max_peers, self._rng, READ_BUFFER_LIMIT)
         self._address_ids: dict[str, str] = {}  # address -> the node id found there
-        self._self_addresses: set[str] = set()
-        self._scores: dict[str, tuple[int, float]] = {}  # peer id -> (score, recovering since), while negative
-        self._banned_ids: dict[str, float] = {}  # peer id -> monotonic time the ban ends
-        self._banned_addresses: dict[str, float] = {}
+        self._reputation = Reputation(self.settings)
         self._disconnects: deque[DisconnectRecord] = deque(maxlen=MAX_DISCONNECT_RECORDS)
         self.sent: Counter[str] = Counter()  # messages by type name, one per peer they were queued for
         self.received: Counter[str] = Counter()
@@ -223,10 +135,10 @@ class TcpNetwork:
         if self._running:
             raise RuntimeError("the network is already running")
         self._handler = handler
-        self._wake = asyncio.Event()  # bound to the running loop
+        self._dialer.wake = asyncio.Event()  # bound to the running loop
         sock = await self._listening_socket()
         self.listen_port = sock.getsockname()[1]
-        self._self_addresses.update(
+        self._dialer.self_addresses.update(
             format_peer_address(host, self.listen_port) for host in (self.listen_host, "127.0.0.1", "localhost")
         )
         self._running = True  # before the first connection can arrive
@@ -236,8 +148,8 @@ class TcpNetwork:
             self._running = False
             sock.close()
             raise
-        self._spawn(self._maintain())
-        self._spawn(self._dial_loop())
+        self.spawn(self._maintain())
+        self.spawn(self._dialer.run(self))
         log.info("p2p listening on %s as node %s", format_peer_address(self.listen_host, self.listen_port), self.node_id)
 
     async def stop(self) -> None:
@@ -278,15 +190,13 @@ class TcpNetwork:
     def peers(self) -> list[PeerInfo]:
         """Snapshots of the connected peers (later changes do not show in them)."""
         now = time.monotonic()
-        return [replace(conn.info, score=self._score(peer_id, now)) for peer_id, conn in self._peers.items()]
+        return [replace(conn.info, score=self._reputation.score(peer_id, now)) for peer_id, conn in self._peers.items()]
 
     def penalize(self, peer_id: str, points: int, reason: str) -> None:
         if points <= 0:
             return
         now = time.monotonic()
-        score = self._score(peer_id, now) - points
-        since = self._scores[peer_id][1] if peer_id in self._scores else now
-        self._scores[peer_id] = (score, since)
+        score = self._reputation.lower(peer_id, points, now)
         conn = self._peers.get(peer_id)
         if conn is not None:
             conn.info.score = score
@@ -301,24 +211,24 @@ class TcpNetwork:
     # ------------------------------------------------------------------ extras for the runtime and tests
     def score_of(self, peer_id: str) -> int:
         """A peer's current score (0 when it never misbehaved or has recovered), connected or not."""
-        return self._score(peer_id, time.monotonic())
+        return self._reputation.score(peer_id, time.monotonic())
 
     def is_banned(self, peer_id: str) -> bool:
-        return self._banned_ids.get(peer_id, 0.0) > time.monotonic()
+        return self._reputation.ban_remaining(peer_id, time.monotonic()) > 0
 
     def disconnects(self) -> list[DisconnectRecord]:
         """The most recent disconnects, oldest first, with their reasons."""
         return list(self._disconnects)
 
+    def slot_counts(self) -> dict[str, int]:
+        """Connections by slot: unauthenticated inbound, inbound peers, outbound peers."""
+        inbound = sum(1 for conn in self._peers.values() if conn.inbound)
+        return {"handshaking": len(self._handshaking), "inbound": inbound, "outbound": len(self._peers) - inbound}
+
     def add_peer(self, address: str) -> None:
         """Dial `address` and keep dialling it while running, like a static peer."""
         parse_peer_address(address)
-        state = self._book.get(address)
-        if state is None:
-            self._book[address] = _DialState(static=True, backoff=self.settings.dial_backoff_initial)
-        else:
-            state.static = True
-        self._wake.set()
+        self._dialer.add(address)
 
     # ------------------------------------------------------------------ handshake
     def _checked_head(self, height: int, head_hash: bytes, finalized: int) -> tuple[int, bytes, int]:
@@ -339,51 +249,20 @@ class TcpNetwork:
             nonce=secrets.token_bytes(32),  # never from the seeded generator: a predictable nonce invites replay
         )
 
-    def _incompatibility(self, hello: Hello) -> str | None:
-        if hello.chain_id != self.chain_id:
-            return f"another chain: peer is on '{hello.chain_id}', this node on '{self.chain_id}'"
-        if hello.genesis_hash != self.genesis_hash:
-            return f"another genesis: peer has {hello.genesis_hash.hex()}, this node {self.genesis_hash.hex()}"
-        if hello.protocol_version != self.protocol_version:
-            return f"another protocol version: peer speaks {hello.protocol_version}, this node {self.protocol_version}"
-        return None
-
-    @staticmethod
-    def _expect(payload: bytes, kind: type):
-        message = decode_message(payload)
-        if isinstance(message, Disconnect):
-            raise _Refused(f"peer refused: {message.reason}", by_peer=True)
-        if not isinstance(message, kind):
-            raise _Refused(f"handshake expected {kind.__name__}, got {type(message).__name__}")
-        return message
-
-    async def _handshake(self, conn: _Connection) -> PeerInfo:
-        ours = self._hello()
-        our_payload = ours.encode()
-        await send_frame(conn.writer, our_payload)
-        their_payload = await read_frame(conn.reader, HANDSHAKE_MAX_FRAME)
-        theirs: Hello = self._expect(their_payload, Hello)
-        problem = self._incompatibility(theirs)
-        if problem is not None:
-            raise _Refused(problem, ban_address=True)
-        signature = self.key.sign(crypto.DOMAIN_HANDSHAKE, theirs.nonce + our_payload)
-        await send_frame(conn.writer, Auth(signature).encode())
-        auth: Auth = self._expect(await read_frame(conn.reader, HANDSHAKE_MAX_FRAME), Auth)
-        if not crypto.verify(theirs.node_public_key, crypto.DOMAIN_HANDSHAKE, ours.nonce + their_payload, auth.signature):
-            raise _Refused("bad handshake signature", ban_address=True)
-        peer_id = address_of(theirs.node_public_key).hex()
+    async def _handshake(self, conn: Connection) -> PeerInfo:
+        theirs, peer_id = await handshake(conn.reader, conn.writer, self.key, self._hello())
         conn.proven_id = peer_id
         if peer_id == self.node_id:
-            raise _Refused("connected to itself", itself=True)
+            raise Refused("connected to itself", itself=True)
         if conn.dial_address is not None:
             self._address_ids[conn.dial_address] = peer_id
-        remaining = self._banned_ids.get(peer_id, 0.0) - time.monotonic()
+        remaining = self._reputation.ban_remaining(peer_id, time.monotonic())
         if remaining > 0:
-            raise _Refused(f"banned for {remaining:.0f} s more")
+            raise Refused(f"banned for {remaining:.0f} s more")
         if conn.dial_address is not None:
             address = conn.dial_address
         elif theirs.listen_port:
-            address = format_peer_address(conn.writer.get_extra_info("peername")[0], theirs.listen_port)
+            address = format_peer_address(conn.ip, theirs.listen_port)
         else:
             address = ""
         return PeerInfo(
@@ -393,11 +272,11 @@ class TcpNetwork:
             head_height=theirs.head_height,
             head_hash=theirs.head_hash,
             finalized_height=theirs.finalized_height,
-            score=self._score(peer_id, time.monotonic()),
+            score=self._reputation.score(peer_id, time.monotonic()),
         )
 
     # ------------------------------------------------------------------ one connection
-    async def _run_connection(self, conn: _Connection) -> None:
+    async def _run_connection(self, conn: Connection) -> None:
         self._connections.add(conn)
         try:
             try:
@@ -406,7 +285,7 @@ class TcpNetwork:
             except TimeoutError:
                 self._close(conn, f"handshake not completed within {self.settings.handshake_timeout:g} s")
                 return
-            except _Refused as refusal:
+            except Refused as refusal:
                 self._close(conn, refusal.reason, send=not refusal.by_peer)
                 self._after_refusal(conn, refusal)
                 return
@@ -419,7 +298,7 @@ class TcpNetwork:
             if self._register(conn, info):
                 await self._read_loop(conn)
         except (ConnectionError, OSError, asyncio.IncompleteReadError) as exc:
-            self._close(conn, _describe_loss(exc), send=False)
+            self._close(conn, describe_loss(exc), send=False)
         except asyncio.CancelledError:
             self._close(conn, "node shutting down")
             raise
@@ -429,16 +308,19 @@ class TcpNetwork:
         finally:
             self._close(conn, "connection closed", send=False)
 
-    def _after_refusal(self, conn: _Connection, refusal: _Refused) -> None:
+    def _after_refusal(self, conn: Connection, refusal: Refused) -> None:
         address = conn.dial_address
         if address is None:
             return
         if refusal.itself:
-            self._self_addresses.add(address)
+            self._dialer.self_addresses.add(address)
         elif refusal.ban_address:
-            self._banned_addresses[address] = time.monotonic() + self.settings.ban_seconds
+            self._reputation.ban_address(address, time.monotonic())
 
-    def _register(self, conn: _Connection, info: PeerInfo) -> bool:
+    def _register(self, conn: Connection, info: PeerInfo) -> bool:
+        if conn.closed:  # evicted while its last handshake frame was on the way
+            return False
+        self._handshaking.pop(conn, None)
         conn.info = info
         # When two nodes dial each other at once, both keep the connection the smaller id dialled.
         conn.preferred = (not conn.inbound) == (self.node_id < info.id)
@@ -449,17 +331,17 @@ class TcpNetwork:
             else:
                 self._close(conn, "duplicate connection")
                 return False
-        elif conn.inbound and len(self._peers) >= self.max_peers:
-            self._close(conn, f"too many peers ({self.max_peers})")
+        elif conn.inbound and not self._inbound_room(conn):
             return False
         conn.registered = True
         self._peers[info.id] = conn
         if info.address:
             self._address_ids[info.address] = info.id
         now = time.monotonic()
+        conn.since = now
         conn.last_received = now
         conn.last_ping = now
-        conn.writer_task = self._spawn(self._write_loop(conn))
+        conn.writer_task = self.spawn(self._write_loop(conn))
         log.info(
             "connected to peer %s at %s (%s)", info.id, info.address or conn.remote, "inbound" if conn.inbound else "outbound"
         )
@@ -472,22 +354,54 @@ class TcpNetwork:
                 log.exception("peer handler failed on connect of %s", info.id)
         return True
 
-    async def _read_loop(self, conn: _Connection) -> None:
+    def _inbound_room(self, newcomer: Connection) -> bool:
+        """Whether the newcomer may take an inbound slot, evicting a peer if that makes room."""
+        inbound = [conn for conn in self._peers.values() if conn.inbound]
+        if len(inbound) < self.max_inbound:
+            return True
+        now = time.monotonic()
+        victim = slots.inbound_victim(
+            [slots.Slot(conn, conn.ip, conn.since, self._reputation.score(conn.info.id, now), self._is_static(conn))
+             for conn in inbound],
+            self.settings.protect_longest_connected,
+        )
+        if victim is None:
+            self._close(newcomer, f"too many peers ({self.max_inbound} inbound, none of them evictable)")
+            return False
+        self._close(victim.ref, f"evicted: the {self.max_inbound} inbound slots are full and a new peer came "
+                                f"(score {victim.score})")
+        return True
+
+    def _is_static(self, conn: Connection) -> bool:
+        """Whether an inbound peer is one of our static peers (by its address, or by the id
+        we found at a static address)."""
+        if self._dialer.is_static(conn.info.address):
+            return True
+        return any(self._address_ids.get(address) == conn.info.id for address in self._dialer.static_addresses())
+
+    async def _read_loop(self, conn: Connection) -> None:
         settings = self.settings
         peer_id = conn.info.id
+        frames = conn.frames
+        budgets = conn.budgets
         while not conn.closed:
             try:
-                payload = await read_frame(conn.reader, settings.max_frame)
+                payload = await frames.read(settings.max_frame)
             except FrameTooLarge as exc:
                 self.penalize(peer_id, PENALTY_OVERSIZED, f"oversized frame: {exc}")
                 self._close(conn, f"oversized frame: {exc}")
+                return
+            except FrameMemoryExhausted as exc:
+                # Not the peer's fault: others hold the memory.  It may come back.
+                self._close(conn, f"frame memory budget exhausted: {exc}")
                 return
             if conn.closed:
                 return
             now = time.monotonic()
             conn.last_received = now
-            if not conn.take_token(now, settings.rate_per_second, settings.rate_burst):
-                self.penalize(peer_id, PENALTY_FLOOD, "message rate limit exceeded")
+            overrun = budgets.charge(payload, now)
+            if overrun is not None:
+                self.penalize(peer_id, PENALTY_FLOOD, overrun_reason(overrun))
                 continue
             try:
                 message = decode_message(payload)
@@ -497,7 +411,7 @@ class TcpNetwork:
             self.received[type(message).__name__] += 1
             self._dispatch(conn, message)
 
-    def _dispatch(self, conn: _Connection, message) -> None:
+    def _dispatch(self, conn: Connection, message) -> None:
         peer_id = conn.info.id
         kind = message.TYPE
         if kind == MessageType.PING:
@@ -509,7 +423,7 @@ class TcpNetwork:
             self.sent["Peers"] += 1
             self._enqueue(conn, encode_frame(Peers(self._shareable_addresses(peer_id)).encode()))
         elif kind == MessageType.PEERS:
-            self._learn(message.addresses)
+            self._dialer.learn(message.addresses)
         elif kind == MessageType.DISCONNECT:
             self._close(conn, f"peer disconnected: {message.reason}", send=False)
         elif kind in (MessageType.HELLO, MessageType.AUTH):
@@ -525,40 +439,27 @@ class TcpNetwork:
                 except Exception:
                     log.exception("peer handler failed on %s from %s", type(message).__name__, peer_id)
 
-    async def _write_loop(self, conn: _Connection) -> None:
-        queue = conn.queue
-        writer = conn.writer
+    async def _write_loop(self, conn: Connection) -> None:
         try:
-            while True:
-                frames = [await queue.get()]
-                while len(frames) < WRITE_BATCH and not queue.empty():
-                    frames.append(queue.get_nowait())
-                writer.writelines(frames)
-                conn.queued_bytes -= sum(map(len, frames))
-                await writer.drain()
+            await conn.write_loop()
         except (ConnectionError, OSError) as exc:
-            self._close(conn, _describe_loss(exc), send=False)
+            self._close(conn, describe_loss(exc), send=False)
 
-    def _enqueue(self, conn: _Connection, frame: bytes) -> None:
+    def _enqueue(self, conn: Connection, frame: bytes) -> None:
         if conn.closed:
             return
-        if conn.queued_bytes and conn.queued_bytes + len(frame) > self.settings.send_queue_bytes:
-            self._close(conn, f"send queue overflow ({conn.queued_bytes} bytes): the peer does not keep up")
-            return
-        try:
-            conn.queue.put_nowait(frame)
-        except asyncio.QueueFull:
-            self._close(conn, f"send queue overflow ({self.settings.send_queue_limit} messages): the peer does not keep up")
-            return
-        conn.queued_bytes += len(frame)
+        problem = conn.enqueue(frame)
+        if problem is not None:
+            self._close(conn, problem)
 
-    def _close(self, conn: _Connection, reason: str, send: bool = True) -> None:
+    def _close(self, conn: Connection, reason: str, send: bool = True) -> None:
         """Close once, tell the peer why (when it still listens), log it, and forget the peer."""
         if conn.closed:
             return
         conn.closed = True
         conn.reason = reason
         self._connections.discard(conn)
+        self._handshaking.pop(conn, None)
         peer_id = conn.proven_id
         self._disconnects.append(DisconnectRecord(peer_id, conn.remote, reason, time.time()))
         log.info("disconnected %s %s: %s", f"peer {peer_id}" if peer_id else "connection", conn.remote, reason)
@@ -583,63 +484,44 @@ class TcpNetwork:
                     self._handler.on_peer_disconnected(peer_id)
                 except Exception:
                     log.exception("peer handler failed on disconnect of %s", peer_id)
-        self._wake.set()
+        self._dialer.wake.set()
 
-    # ------------------------------------------------------------------ scores and bans
-    def _score(self, peer_id: str, now: float) -> int:
-        entry = self._scores.get(peer_id)
-        if entry is None:
-            return 0
-        score, since = entry
-        # Whole points only, so two penalties that add up to the threshold always reach it.
-        recovered = int((now - since) * self.settings.score_recovery_per_second)
-        if recovered <= 0:
-            return score
-        score = min(0, score + recovered)
-        if score == 0:
-            del self._scores[peer_id]
-        else:
-            self._scores[peer_id] = (score, since + recovered / self.settings.score_recovery_per_second)
-        return score
-
+    # ------------------------------------------------------------------ bans
     def _ban(self, peer_id: str, address: str, reason: str, now: float) -> None:
         seconds = self.settings.ban_seconds
-        self._banned_ids[peer_id] = now + seconds
-        if address:
-            self._banned_addresses[address] = now + seconds
-        self._scores.pop(peer_id, None)  # the ban is the punishment; it returns with a clean slate
+        self._reputation.ban(peer_id, address, now)
         log.info("banned peer %s for %g s: %s", peer_id, seconds, reason)
         conn = self._peers.get(peer_id)
         if conn is not None:
             self._close(conn, f"banned for {seconds:g} s: {reason}")
 
-    def _address_banned(self, address: str, now: float) -> bool:
-        if self._banned_addresses.get(address, 0.0) > now:
-            return True
-        peer_id = self._address_ids.get(address)
-        return peer_id is not None and self._banned_ids.get(peer_id, 0.0) > now
-
     def _prune(self, now: float) -> None:
-        for table in (self._banned_ids, self._banned_addresses):
-            for key in [key for key, until in table.items() if until <= now]:
-                del table[key]
-        for peer_id in list(self._scores):
-            self._score(peer_id, now)  # forgets the scores that have recovered
+        self._reputation.prune(now, self._peers)
         if len(self._address_ids) > 4 * MAX_ADDRESS_BOOK:  # inbound peers come from ever new addresses
             self._address_ids = {
                 address: peer_id for address, peer_id in self._address_ids.items()
-                if peer_id in self._peers or address in self._book
+                if peer_id in self._peers or address in self._dialer.book
             }
 
     # ------------------------------------------------------------------ keepalive and peer exchange
     async def _maintain(self) -> None:
         settings = self.settings
-        tick = max(0.01, min(1.0, settings.ping_interval / 4, settings.idle_timeout / 4, settings.peer_exchange_interval / 4))
+        tick = max(0.01, min(1.0, settings.ping_interval / 4, settings.idle_timeout / 4,
+                             settings.peer_exchange_interval / 4, settings.frame_timeout / 4))
         last_exchange = time.monotonic()
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
             for conn in list(self._peers.values()):
+                frames = conn.frames
+                if frames.body_since:
+                    # A body on its way is a sign of life if it keeps pace, a drip if not.
+                    allowed = settings.frame_timeout + frames.body_size / settings.frame_min_rate
+                    if now - frames.body_since > allowed:
+                        reason = f"frame of {frames.body_size} bytes not completed within {allowed:.1f} s"
+                        self.penalize(conn.info.id, PENALTY_SLOW_FRAME, reason)
+                        self._close(conn, reason)
+                    continue
                 silent = now - conn.last_received
                 if silent > settings.idle_timeout:
                     self._close(conn, f"silent for {silent:.1f} s")
@@ -666,107 +548,26 @@ class TcpNetwork:
                 break
         return tuple(addresses)
 
-    def _learn(self, addresses: tuple[str, ...]) -> None:
-        learnt = False
-        for address in addresses:
-            if address in self._book or address in self._self_addresses or len(self._book) >= MAX_ADDRESS_BOOK:
-                continue
-            self._book[address] = _DialState(static=False, backoff=self.settings.dial_backoff_initial)
-            learnt = True
-        if learnt:
-            self._wake.set()
+    # ------------------------------------------------------------------ what the dialer needs (dialer.Transport)
+    @property
+    def running(self) -> bool:
+        return self._running
 
-    # ------------------------------------------------------------------ dialling
-    async def _dial_loop(self) -> None:
-        while self._running:
-            self._wake.clear()
-            now = time.monotonic()
-            next_due = now + 1.0
-            dialling_learnt = sum(1 for state in self._book.values() if state.task is not None and not state.static)
-            free_slots = self.max_peers - len(self._peers) - dialling_learnt
-            for address, state in list(self._book.items()):
-                if state.task is not None or address in self._self_addresses:
-                    continue
-                if self._address_connected(address) or self._address_banned(address, now):
-                    continue
-                if not state.static and free_slots <= 0:
-                    continue
-                if state.next_at > now:
-                    next_due = min(next_due, state.next_at)
-                    continue
-                if not state.static:
-                    free_slots -= 1
-                state.task = self._spawn(self._dial(address, state))
-            # asyncio.timeout rather than wait_for: 3.11's wait_for can swallow a cancellation
-            # that arrives together with the wake-up, and stop() would wait for this loop forever.
-            try:
-                async with asyncio.timeout(max(0.01, next_due - now)):
-                    await self._wake.wait()
-            except TimeoutError:
-                pass
+    def outbound_count(self) -> int:
+        return sum(1 for conn in self._peers.values() if not conn.inbound)
 
-    def _address_connected(self, address: str) -> bool:
+    def address_connected(self, address: str) -> bool:
         peer_id = self._address_ids.get(address)
         return peer_id is not None and peer_id in self._peers
 
-    async def _dial(self, address: str, state: _DialState) -> None:
-        try:
-            try:
-                async with asyncio.timeout(self.settings.connect_timeout):
-                    reader, writer = await self._open_connection(address)
-            except (OSError, ValueError) as exc:  # TimeoutError is an OSError
-                self._dial_failed(address, state, f"cannot connect: {exc or type(exc).__name__}")
-                return
-            conn = _Connection(
-                reader, writer, inbound=False, dial_address=address,
-                queue_limit=self.settings.send_queue_limit, burst=self.settings.rate_burst,
-            )
-            await self._run_connection(conn)
-            if conn.registered:
-                state.failures = 0
-                state.backoff = self.settings.dial_backoff_initial
-                state.next_at = time.monotonic() + self._jitter(state.backoff)
-            else:
-                self._dial_failed(address, state, conn.reason)
-        finally:
-            state.task = None
-            self._wake.set()
+    def address_banned(self, address: str, now: float) -> bool:
+        return self._reputation.address_banned(address, now, self._address_ids.get(address))
 
-    def _dial_failed(self, address: str, state: _DialState, reason: str) -> None:
-        state.failures += 1
-        delay = self._jitter(state.backoff)
-        state.next_at = time.monotonic() + delay
-        state.backoff = min(state.backoff * 2, self.settings.dial_backoff_max)
-        # A static peer that cannot be reached is worth one line for the operator, not one per retry.
-        level = logging.INFO if state.static and state.failures == 1 else logging.DEBUG
-        log.log(level, "dial %s failed (%s); retrying with backoff", address, reason)
-        if not state.static and state.failures >= self.settings.max_learnt_failures:
-            self._book.pop(address, None)
-
-    def _jitter(self, delay: float) -> float:
-        return delay * (0.5 + self._rng.random())
-
-    async def _open_connection(self, address: str):
-        host, port = parse_peer_address(address)
-        loop = asyncio.get_running_loop()
-        candidates = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-        failure: OSError = OSError(f"no address for {host}")
-        for family, _type, _proto, _name, sockaddr in candidates:
-            # proto IPPROTO_TCP: asyncio only sets TCP_NODELAY on sockets that say they are TCP.
-            sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                await loop.sock_connect(sock, sockaddr)
-            except OSError as exc:
-                sock.close()
-                failure = exc
-                continue
-            except BaseException:
-                sock.close()
-                raise
-            return await asyncio.open_connection(sock=sock, limit=READ_BUFFER_LIMIT)
-        raise failure
+    async def run_dialled(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> str | None:
+        conn = Connection(reader, writer, inbound=False, dial_address=address, settings=self.settings,
+                           memory=self.frame_memory)
+        await self._run_connection(conn)
+        return None if conn.registered else conn.reason
 
     # ------------------------------------------------------------------ listening
     async def _listening_socket(self) -> socket.socket:
@@ -792,21 +593,27 @@ class TcpNetwork:
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A plain callback, not a coroutine: asyncio 3.11 would log the cancellation of its
         # task at stop() as an error; our own task is cancelled quietly.
-        handshaking = sum(1 for conn in self._connections if not conn.registered)
-        if not self._running or handshaking >= self.settings.max_handshaking:
+        if not self._running:
             writer.transport.abort()
             return
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        conn = _Connection(
-            reader, writer, inbound=True, dial_address=None,
-            queue_limit=self.settings.send_queue_limit, burst=self.settings.rate_burst,
-        )
-        self._connections.add(conn)  # counted among the handshakes from now, and closed by stop()
-        self._spawn(self._run_connection(conn))
+        conn = Connection(reader, writer, inbound=True, dial_address=None, settings=self.settings,
+                           memory=self.frame_memory)
+        settings = self.settings
+        # A full pool makes room rather than refusing: the oldest handshake is the likeliest
+        # to be one that will never finish.
+        eviction = slots.handshake_victim(list(self._handshaking), conn.ip, settings.max_handshaking,
+                                          settings.max_handshaking_per_ip)
+        if eviction is not None:
+            victim, reason = eviction
+            self._close(victim, reason)
+        self._handshaking[conn] = None
+        self._connections.add(conn)  # closed by stop() from now on
+        self.spawn(self._run_connection(conn))
 
-    def _spawn(self, coroutine) -> asyncio.Task:
+    def spawn(self, coroutine) -> asyncio.Task:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
