@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
+from api.admin import add_admin_routes
 from api.problems import (
     REASON_BY_STATUS,
     ProblemException,
@@ -719,12 +720,14 @@ def create_app(
     max_batch: int = 1000,
     max_wait_seconds: float = 60,
     keepalive_seconds: float = KEEPALIVE_SECONDS,
+    admin_token: str | None = None,
 ) -> FastAPI:
     """The API application over `service`.
 
     `max_body_bytes` caps every request body (413 beyond), `max_batch` the items of one
     batch, `max_wait_seconds` the `timeout` of wait=final; `keepalive_seconds` is the
-    interval of the events stream's keepalive comments.
+    interval of the events stream's keepalive comments; `admin_token` opens the admin
+    endpoint (api/admin.py) to loopback callers that send it.
     """
     if max_body_bytes < 0 or max_batch < 1 or max_wait_seconds <= 0 or keepalive_seconds <= 0:
         raise ValueError("create_app: limits must be positive")
@@ -749,6 +752,7 @@ def create_app(
     _add_transaction_routes(app, ctx)
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
+    add_admin_routes(app, admin_token, _json_body)
     app.include_router(explorer_router(service))
     _install_openapi(app)
     return app

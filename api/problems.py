@@ -67,6 +67,10 @@ REASONS: dict[str, tuple[int, str]] = {
     "shutting_down": (503, "Node is shutting down"),
     "syncing": (503, "Node is still syncing"),
     "unhealthy": (503, "Node is not making or importing blocks"),
+    # the admin endpoint (api/admin.py)
+    "unauthorized": (401, "Admin token missing or wrong"),
+    "forbidden": (403, "Admin endpoint answers on loopback only"),
+    "no_peer_network": (409, "This node has no peer network to lay faults on"),
     # routing and the server
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),

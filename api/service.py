@@ -116,6 +116,15 @@ class NodeService(Protocol):
 
     def node_info(self) -> NodeInfo: ...
 
+    def link_faults(self) -> dict:
+        """The operator's faults on this node's peer links ({blocked, delay_ms, loss_percent});
+        LookupError when the node has no peer network."""
+        ...
+
+    def set_link_faults(self, blocked: frozenset[str], delay_ms: int, loss_percent: float) -> dict:
+        """Lay faults (all zero/empty heals); ValueError with a `field` when a setting is invalid."""
+        ...
+
     def health(self) -> str | None:
         """Why the node is not doing its job (stalled, stopping), or None when it is."""
         ...

@@ -38,6 +38,7 @@ from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block, validate_header
 import migrations
+from node.admin import LinkFaultControl
 from node.config import NodeConfig
 from node.events import EventHub
 from node.finality import FinalityWaiters
@@ -91,7 +92,7 @@ class _Built:
     effects: BlockEffects
 
 
-class Node(ChainReads):
+class Node(ChainReads, LinkFaultControl):
     """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
 
     def __init__(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import uvicorn
 
 from api.app import create_app
+from node.admin import write_admin_token
 from node.config import NodeConfig
 from node.runtime import Node
 
@@ -44,7 +45,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
     await node.start()
-    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch)
+    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch,
+                     admin_token=write_admin_token(config.data_dir))
     server = _Server(
         uvicorn.Config(app, log_level=config.log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     )

@@ -604,3 +604,73 @@ def test_a_client_reads_a_transaction_of_a_kind_it_does_not_know():
     with pytest.raises(InvalidInput) as caught:
         transaction_from_json(shown, PREFIX)
     assert (caught.value.reason, caught.value.field) == ("unknown_kind", "kind")
+
+
+# --- the admin endpoint (link faults) -------------------------------------------------------
+
+
+class FaultableService(FakeService):
+    def __init__(self):
+        super().__init__()
+        self.faults = {"blocked": [], "delay_ms": 0, "loss_percent": 0.0}
+
+    def link_faults(self):
+        return self.faults
+
+    def set_link_faults(self, blocked, delay_ms, loss_percent):
+        if not isinstance(delay_ms, int) or delay_ms < 0:
+            error = ValueError("delay_ms is a whole number of milliseconds")
+            error.field = "delay_ms"
+            raise error
+        self.faults = {"blocked": sorted(blocked), "delay_ms": delay_ms, "loss_percent": loss_percent}
+        return self.faults
+
+
+TOKEN = "ab" * 32
+NODE_ID = "cd" * 20
+
+
+def test_admin_faults_need_the_token_and_change_nothing_without_it():
+    service = FaultableService()
+    app = create_app(service, admin_token=TOKEN)
+    body = {"blocked": [NODE_ID], "delay_ms": 50}
+    for headers in ({}, {"authorization": "Bearer " + "00" * 32}, {"authorization": TOKEN}):
+        response = call(app, "PUT", "/v1/admin/faults", json=body, headers=headers)
+        assert_problem(response, 401, "unauthorized")
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert service.faults["blocked"] == []
+    assert_problem(call(create_app(service), "GET", "/v1/admin/faults",
+                        headers={"authorization": f"Bearer {TOKEN}"}), 401, "unauthorized")  # no token set: closed
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert call(app, "PUT", "/v1/admin/faults", json=body, headers=auth).json() == {
+        "blocked": [NODE_ID], "delay_ms": 50, "loss_percent": 0.0}
+    assert call(app, "GET", "/v1/admin/faults", headers=auth).json()["blocked"] == [NODE_ID]
+    assert call(app, "DELETE", "/v1/admin/faults", headers=auth).json() == {"blocked": [], "delay_ms": 0, "loss_percent": 0.0}
+
+
+def test_admin_faults_refuse_bad_settings_by_field():
+    service = FaultableService()
+    app = create_app(service, admin_token=TOKEN)
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    assert_problem(call(app, "PUT", "/v1/admin/faults", json={"delay_ms": -1}, headers=auth), 422, "invalid_value", "delay_ms")
+    assert_problem(call(app, "PUT", "/v1/admin/faults", json={"blocked": "x"}, headers=auth), 422, "wrong_type", "blocked")
+    assert_problem(call(app, "PUT", "/v1/admin/faults", json={"cut": []}, headers=auth), 422, "unknown_field", "cut")
+    assert_problem(call(app, "PUT", "/v1/admin/faults", json=[1], headers=auth), 422, "wrong_type")
+    assert service.faults == {"blocked": [], "delay_ms": 0, "loss_percent": 0.0}
+
+
+def test_admin_faults_answer_only_on_loopback_and_say_when_there_is_no_network(service):
+    async def from_elsewhere() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(FaultableService(), admin_token=TOKEN), client=("192.0.2.7", 5000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as http:
+            return await http.get("/v1/admin/faults", headers={"authorization": f"Bearer {TOKEN}"})
+
+    assert_problem(asyncio.run(from_elsewhere()), 403, "forbidden")
+
+    def no_network():
+        raise LookupError("this node runs without a peer network")
+
+    service.link_faults = no_network
+    response = call(create_app(service, admin_token=TOKEN), "GET", "/v1/admin/faults",
+                    headers={"authorization": f"Bearer {TOKEN}"})
+    assert_problem(response, 409, "no_peer_network")

@@ -27,6 +27,7 @@ from ledger.address import address_of
 from ledger.crypto import PrivateKey
 from node.p2p import messages as m
 from node.p2p.budgets import Kind, PeerBudgets, TokenBucket, cost, overrun_reason
+from node.p2p.faults import InvalidFaults, LinkFaults
 from node.p2p.frames import MAX_FRAME, FrameMemory, FrameMemoryExhausted, FrameReader, FrameTooLarge, encode_frame, read_frame
 from node.p2p import scores
 from node.p2p.network import PeerInfo
@@ -1044,3 +1045,53 @@ def test_unfinished_large_frames_share_one_memory_budget_and_are_cut_off():
         await still_talking(a, b)
 
     run(scenario)
+
+
+# ----------------------------------------------------------------------------- operator's faults
+def test_a_partition_cuts_the_link_both_ways_and_heal_restores_it_at_once():
+    async def scenario(cluster: Cluster):
+        # A long dial backoff: the heal must reconnect at once, not when the backoff ends.
+        a, b = await honest_pair(cluster, dial_backoff_initial=20.0, dial_backoff_max=20.0)
+        a.net.set_faults(LinkFaults(frozenset({b.id})))
+        await eventually(lambda: a.net.peers() == [] and b.net.peers() == [], "the link is cut")
+        assert "partitioned by the operator" in a.reasons(b.id)
+        await asyncio.sleep(0.5)
+        assert a.net.peers() == [] and b.net.peers() == [], "a redial is refused while partitioned"
+        a.net.set_faults(LinkFaults())
+        await connected(a, b)
+        marker = m.TxAnnounce((secrets.token_bytes(32),))
+        b.net.send(a.id, marker)
+        await eventually(lambda: marker in a.handler.received(m.TxAnnounce, b.id), "messages flow again")
+
+    run(scenario)
+
+
+def test_loss_drops_outgoing_messages_and_delay_holds_them_in_order():
+    async def scenario(cluster: Cluster):
+        a, b = await honest_pair(cluster)
+        a.net.set_faults(LinkFaults(loss_percent=100))
+        lost = m.TxAnnounce((secrets.token_bytes(32),))
+        a.net.send(b.id, lost)
+        await asyncio.sleep(0.2)
+        assert lost not in b.handler.received(m.TxAnnounce) and a.net.dropped_by_faults >= 1
+        a.net.set_faults(LinkFaults(delay_ms=300))
+        markers = [m.TxAnnounce((secrets.token_bytes(32),)) for _ in range(5)]
+        sent_at = time.monotonic()
+        for marker in markers:
+            a.net.send(b.id, marker)
+        await eventually(lambda: markers[-1] in b.handler.received(m.TxAnnounce), "the delayed messages")
+        assert time.monotonic() - sent_at >= 0.3
+        arrived = [msg for msg in b.handler.received(m.TxAnnounce) if msg in markers]
+        assert arrived == markers, "delay keeps the order"
+
+    run(scenario)
+
+
+def test_link_faults_refuse_bad_settings():
+    with pytest.raises(InvalidFaults) as caught:
+        LinkFaults(frozenset({"not-a-node-id"}))
+    assert caught.value.field == "blocked"
+    for bad in ({"delay_ms": -1}, {"delay_ms": 1.5}, {"delay_ms": True}, {"loss_percent": 101}, {"loss_percent": "5"}):
+        with pytest.raises(InvalidFaults):
+            LinkFaults(**bad)
+    assert LinkFaults().none and LinkFaults().describe() == "no faults: every link healed"

@@ -83,6 +83,13 @@ class Dialer:
         if learnt:
             self.wake.set()
 
+    def retry_now(self) -> None:
+        """Dial every address again now, from the first backoff step (links were restored)."""
+        for state in self.book.values():
+            state.next_at = 0.0
+            state.backoff = self.settings.dial_backoff_initial
+        self.wake.set()
+
     def is_static(self, address: str) -> bool:
         state = self.book.get(address)
         return state is not None and state.static

@@ -37,6 +37,7 @@ from node.p2p import slots
 from node.p2p.budgets import overrun_reason
 from node.p2p.connection import Connection, DisconnectRecord, describe_loss
 from node.p2p.dialer import MAX_ADDRESS_BOOK, Dialer
+from node.p2p.faults import LinkFaults
 from node.p2p.frames import FrameMemory, FrameMemoryExhausted, FrameTooLarge, encode_frame
 from node.p2p.handshake import HANDSHAKE_MAX_FRAME, Refused, handshake
 from node.p2p.messages import (
@@ -129,6 +130,8 @@ class TcpNetwork:
         self._disconnects: deque[DisconnectRecord] = deque(maxlen=MAX_DISCONNECT_RECORDS)
         self.sent: Counter[str] = Counter()  # messages by type name, one per peer they were queued for
         self.received: Counter[str] = Counter()
+        self.faults = LinkFaults()
+        self.dropped_by_faults = 0  # outgoing messages the operator's loss setting dropped
 
     # ------------------------------------------------------------------ Network interface
     async def start(self, handler: PeerHandler) -> None:
@@ -225,6 +228,16 @@ class TcpNetwork:
         inbound = sum(1 for conn in self._peers.values() if conn.inbound)
         return {"handshaking": len(self._handshaking), "inbound": inbound, "outbound": len(self._peers) - inbound}
 
+    def set_faults(self, faults: LinkFaults) -> None:
+        """Lay the operator's faults on this node's links (node/p2p/faults.py); LinkFaults() heals."""
+        healed = self.faults.blocked - faults.blocked
+        self.faults = faults
+        for peer_id in faults.blocked & self._peers.keys():
+            self._close(self._peers[peer_id], "partitioned by the operator")
+        if healed:
+            self._dialer.retry_now()  # the cut links come back at once, not after their dial backoff
+        log.warning("link faults: %s", faults.describe())
+
     def add_peer(self, address: str) -> None:
         """Dial `address` and keep dialling it while running, like a static peer."""
         parse_peer_address(address)
@@ -259,6 +272,8 @@ class TcpNetwork:
         remaining = self._reputation.ban_remaining(peer_id, time.monotonic())
         if remaining > 0:
             raise Refused(f"banned for {remaining:.0f} s more")
+        if peer_id in self.faults.blocked:
+            raise Refused("partitioned by the operator")
         if conn.dial_address is not None:
             address = conn.dial_address
         elif theirs.listen_port:
@@ -446,6 +461,17 @@ class TcpNetwork:
             self._close(conn, describe_loss(exc), send=False)
 
     def _enqueue(self, conn: Connection, frame: bytes) -> None:
+        faults = self.faults
+        if not faults.none:
+            if conn.proven_id in faults.blocked or (faults.loss_percent and self._rng.random() * 100 < faults.loss_percent):
+                self.dropped_by_faults += 1
+                return
+            if faults.delay_ms:
+                asyncio.get_running_loop().call_later(faults.delay_ms / 1000, self._enqueue_now, conn, frame)
+                return
+        self._enqueue_now(conn, frame)
+
+    def _enqueue_now(self, conn: Connection, frame: bytes) -> None:
         if conn.closed:
             return
         problem = conn.enqueue(frame)

@@ -1,0 +1,98 @@
+"""The node's admin endpoint: faults laid on its peer links on purpose (the fault lab).
+
+Only from loopback, and only with the token the node writes to `<data_dir>/admin.token`
+when it starts (bitcoind's cookie file): `Authorization: Bearer <token>`.  Anything
+else is answered 401 (or 403 from another host) and changes nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from pydantic import Field
+
+from api.problems import ProblemException, problem
+from api.schemas import _Response
+
+ADMIN_TAG = "admin"
+
+
+class LinkFaultsOut(_Response):
+    blocked: list[str] = Field(description="node ids this node will not talk to (a partition)")
+    delay_ms: int = Field(description="added to every outgoing peer message")
+    loss_percent: float = Field(description="share of outgoing peer messages dropped at random")
+
+
+class LinkFaultsIn(_Response):
+    blocked: list[str] = Field(default_factory=list, description="node ids (40 hex digits) to cut off")
+    delay_ms: int = Field(default=0, ge=0, le=60_000)
+    loss_percent: float = Field(default=0.0, ge=0, le=100)
+
+
+def _from_loopback(request: Request) -> bool:
+    host = request.client.host if request.client is not None else ""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def add_admin_routes(app: FastAPI, token: str | None, json_body: Callable[[Request], Awaitable[Any]]) -> None:
+    """`token` None: the node runs without an admin endpoint (every call answers 401)."""
+
+    def authorize(request: Request) -> None:
+        if not _from_loopback(request):
+            raise ProblemException(problem("forbidden", "the admin endpoint answers on loopback only"))
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if token is None or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+            raise ProblemException(
+                problem("unauthorized", "send Authorization: Bearer <the token in the node's data folder, admin.token>"),
+                {"WWW-Authenticate": "Bearer"},
+            )
+
+    def service_faults(request: Request):
+        service = request.app.state.service
+        try:
+            return service, service.link_faults()
+        except LookupError as exc:
+            raise ProblemException(problem("no_peer_network", str(exc))) from None
+
+    responses = {401: {"description": "no or wrong token"}, 403: {"description": "not from loopback"}}
+
+    @app.get("/v1/admin/faults", response_model=LinkFaultsOut, tags=[ADMIN_TAG], responses=responses,
+             summary="The faults laid on this node's peer links")
+    def get_faults(request: Request) -> Any:
+        authorize(request)
+        return service_faults(request)[1]
+
+    @app.put("/v1/admin/faults", response_model=LinkFaultsOut, tags=[ADMIN_TAG], responses=responses,
+             summary="Partition, delay or drop this node's peer messages",
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": LinkFaultsIn.model_json_schema()}}}})
+    async def put_faults(request: Request) -> Any:
+        authorize(request)
+        service, _ = service_faults(request)
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise ProblemException(problem("wrong_type", "the body is a JSON object"))
+        unknown = sorted(set(body) - {"blocked", "delay_ms", "loss_percent"})
+        if unknown:
+            raise ProblemException(problem("unknown_field", f"unknown field {unknown[0]!r}", unknown[0]))
+        blocked = body.get("blocked", [])
+        if not isinstance(blocked, list) or not all(isinstance(node_id, str) for node_id in blocked):
+            raise ProblemException(problem("wrong_type", "blocked is a list of node ids", "blocked"))
+        try:
+            return service.set_link_faults(frozenset(blocked), body.get("delay_ms", 0), body.get("loss_percent", 0.0))
+        except ValueError as exc:  # the node's own check of each setting names the field
+            raise ProblemException(problem("invalid_value", str(exc), getattr(exc, "field", None))) from None
+
+    @app.delete("/v1/admin/faults", response_model=LinkFaultsOut, tags=[ADMIN_TAG], responses=responses,
+                summary="Heal every link")
+    def heal(request: Request) -> Any:
+        authorize(request)
+        service, _ = service_faults(request)
+        return service.set_link_faults(frozenset(), 0, 0.0)
