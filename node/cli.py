@@ -253,8 +253,16 @@ def _check_ports(api_port: int, p2p_port: int, nodes: int) -> None:
         fail("--api-port and --p2p-port ranges overlap")
 
 
-@app.command()
+testnet_app = typer.Typer(
+    help="Start N local nodes with one command (Ctrl-C stops them all); from another terminal, "
+         "`ledger testnet status`, stop/start/kill a node, partition the network and heal it.",
+)
+app.add_typer(testnet_app, name="testnet")
+
+
+@testnet_app.callback(invoke_without_command=True)
 def testnet(
+    ctx: typer.Context,
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
     consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), solo or pow"),
     directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
@@ -263,15 +271,17 @@ def testnet(
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node, created when missing)"),
     fresh: bool = typer.Option(False, "--fresh", help="Delete --dir first and start a new chain"),
 ) -> None:
-    """Start N local nodes with one command; Ctrl-C stops them all."""
+    """Start N local nodes with one command; Ctrl-C stops them all.  A node that exits or
+    is killed shows as down and the others go on."""
+    if ctx.invoked_subcommand is not None:
+        return
     import shutil
     import signal as signals
     import time
 
-    import httpx
-
-    from node.testnet import (TestnetError, ensure_databases, node_status, start_nodes, stop_nodes,
-                              wait_until_connected, write_network)
+    from node.fleet import Fleet, describe_exit
+    from node.fleet_control import ControlError, ControlServer
+    from node.testnet import TestnetError, ensure_databases, wait_until_connected, write_network
 
     _check_ports(api_port, p2p_port, nodes)
     if fresh and directory.exists():
@@ -299,14 +309,21 @@ def testnet(
     signals.signal(signals.SIGTERM, request_stop)
     signals.signal(signals.SIGINT, request_stop)
     started = time.monotonic()
-    processes = start_nodes(layouts)
+    fleet = Fleet(layouts)
+    try:
+        control = ControlServer(fleet, directory, on_command=lambda message: console.print(
+            f"\ncontrol: {message}", highlight=False))
+    except ControlError as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    fleet.start_all()
     try:
         try:
-            statuses = wait_until_connected(layouts, processes, should_stop=lambda: stopping)
+            statuses = wait_until_connected(layouts, [m.process for m in fleet.members], should_stop=lambda: stopping)
         except TestnetError as exc:
             fail(str(exc), EXIT_RUNTIME)
         if statuses is None:
             return  # stopped while the nodes were starting
+        control.start()
         console.print(f"[bold]Testnet[/] {len(layouts)} nodes, chain [cyan]{genesis.chain_id}[/], engine "
                       f"[cyan]{genesis.engine}[/], data in {directory} (up in {time.monotonic() - started:.1f} s)",
                       highlight=False)
@@ -315,30 +332,120 @@ def testnet(
             console.print(f"  node{layout.index}  API {layout.api_url}/v1  explorer {layout.api_url}/explorer  "
                           f"p2p 127.0.0.1:{layout.p2p_port}  {role}  log {layout.directory / 'node.log'}", highlight=False)
         _print_dev_accounts(genesis, lambda account: genesis.allocations.get(account, 0))
-        console.print("Ctrl-C stops every node.", style="dim")
-        with httpx.Client() as client:
-            while not stopping:
-                for process, layout in zip(processes, layouts):
-                    if process.poll() is not None:
-                        errors.print(f"node{layout.index} exited with {process.returncode}; see {layout.directory / 'node.log'}")
-                        stopping = True
+        console.print(f"Ctrl-C stops every node. From another terminal: ledger testnet status --dir {directory} "
+                      "(and stop, start, kill, pause, resume NODE; partition 0,1 2,3; heal; delay NODE MS; loss NODE %)",
+                      style="dim", highlight=False)
+        while not stopping:
+            for member in fleet.reap():
+                errors.print(f"{member.name} is down ({describe_exit(member.exit_code)}); the others go on. "
+                             f"`ledger testnet start {member.name} --dir {directory}` brings it back; log {member.log}",
+                             highlight=False)
+            fleet.lay_faults()  # on nodes that (re)started since a partition, delay or loss was set
+            cells = []
+            for row in fleet.status():
+                if row["state"] == "down":
+                    cells.append(f"{row['node']} down ({row['exit']})")
+                elif row["height"] is None:
+                    cells.append(f"{row['node']} {row['state']}")
+                else:
+                    cells.append(f"{row['node']} h={row['height']} p={row['peers']}" + (" paused" if row["state"] == "paused" else ""))
+            console.print("  " + " | ".join(cells), end="\r" if console.is_terminal else "\n", highlight=False)
+            for _ in range(10 if console.is_terminal else 50):
                 if stopping:
                     break
-                line = []
-                for layout in layouts:
-                    status = node_status(client, layout.api_url)
-                    line.append("down" if status is None else
-                                f"h={status['height']} p={status['peers']} {status['extra'].get('tx_per_second', 0):.0f}tx/s")
-                console.print("  " + " | ".join(line), end="\r" if console.is_terminal else "\n", highlight=False)
-                for _ in range(10 if console.is_terminal else 50):
-                    if stopping:
-                        break
-                    time.sleep(0.1)
+                control.serve_pending()
+                time.sleep(0.1)
     finally:
+        control.close()
         console.print("\nstopping the nodes...", highlight=False)
-        stop_nodes(processes)
+        fleet.stop_all()
         if sys.exc_info()[0] is None:  # a stop, not a failure
             console.print("all nodes stopped")
+
+
+def _control(directory: Path, command: str, *args: str) -> dict:
+    from node.fleet_control import ControlError, send
+
+    try:
+        answer = send(directory, command, list(args))
+    except ControlError as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    if not answer.get("ok"):
+        fail(answer.get("message", "the launcher refused the command"))
+    return answer
+
+
+TESTNET_DIR = typer.Option(Path("testnet"), "--dir", help="The running testnet's folder")
+
+
+@testnet_app.command("status")
+def testnet_status(directory: Path = TESTNET_DIR) -> None:
+    """Each node of the running testnet: state, height, finalized height, peers, role, faults."""
+    rows = _control(directory, "status")["rows"]
+    header = ("node", "state", "height", "finalized", "peers", "role", "pid/exit", "faults")
+    lines = [header]
+    for row in rows:
+        faults = row["faults"]
+        laid = ", ".join(part for part in (
+            f"cut off from {len(faults['blocked'])}" if faults["blocked"] else "",
+            f"delay {faults['delay_ms']} ms" if faults["delay_ms"] else "",
+            f"loss {faults['loss_percent']:g}%" if faults["loss_percent"] else "") if part) or "-"
+        lines.append((row["node"], row["state"], *("-" if row[k] is None else str(row[k]) for k in ("height", "finalized", "peers", "role")),
+                      str(row["pid"]) if row["state"] != "down" else row["exit"], laid))
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:  # plain columns: whole in any terminal width, and easy to grep
+        console.print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip(), highlight=False)
+    for row in rows:
+        if row["state"] == "down":
+            console.print(f"{row['node']} log: {row['log']}", highlight=False)
+
+
+def _node_command(name: str, doc: str) -> None:
+    def command(node: str = typer.Argument(..., help="node0, node1, ... (or 0, 1, ...)"), directory: Path = TESTNET_DIR) -> None:
+        console.print(_control(directory, name, node)["message"], highlight=False)
+
+    command.__doc__ = doc
+    testnet_app.command(name)(command)
+
+
+for _name, _doc in (
+    ("start", "Start a node that is down."),
+    ("stop", "Stop a node (SIGTERM: it finishes its block and exits)."),
+    ("restart", "Stop a node and start it again."),
+    ("kill", "Kill a node (SIGKILL: the crash case)."),
+    ("pause", "Freeze a node (SIGSTOP: a stalled process its peers still hold connections to)."),
+    ("resume", "Unfreeze a paused node (SIGCONT)."),
+):
+    _node_command(_name, _doc)
+
+
+@testnet_app.command("partition")
+def testnet_partition(
+    groups: list[str] = typer.Argument(..., help="Two groups or more of node numbers, e.g. 0,1 2,3"),
+    directory: Path = TESTNET_DIR,
+) -> None:
+    """Split the network: each node talks only to the nodes of its own group until `heal`."""
+    console.print(_control(directory, "partition", *groups)["message"], highlight=False)
+
+
+@testnet_app.command("heal")
+def testnet_heal(directory: Path = TESTNET_DIR) -> None:
+    """Undo partitions, delay and loss on every node."""
+    console.print(_control(directory, "heal")["message"], highlight=False)
+
+
+@testnet_app.command("delay")
+def testnet_delay(node: str = typer.Argument(...), milliseconds: str = typer.Argument(..., metavar="MS"),
+                  directory: Path = TESTNET_DIR) -> None:
+    """Hold every message a node sends its peers for MS milliseconds (0 removes it)."""
+    console.print(_control(directory, "delay", node, milliseconds)["message"], highlight=False)
+
+
+@testnet_app.command("loss")
+def testnet_loss(node: str = typer.Argument(...), percent: str = typer.Argument(..., metavar="PERCENT"),
+                 directory: Path = TESTNET_DIR) -> None:
+    """Drop PERCENT of the messages a node sends its peers, at random (0 removes it)."""
+    console.print(_control(directory, "loss", node, percent)["message"], highlight=False)
 
 
 def _existing_layouts(directory: Path, nodes: int, api_port: int, p2p_port: int):
