@@ -239,6 +239,25 @@ def build_chart(
     )
 
 
+NETWORK_EVENT_ROWS = 8
+
+
+def network_events(extra: dict) -> list[dict]:
+    """Faults laid on the node's links and reorgs, newest first, as one line each: when the
+    network was cut, slowed or healed, and what that did to the chain."""
+    events = []
+    for fault in extra.get("faults") or []:
+        if isinstance(fault, dict) and isinstance(fault.get("at"), int):
+            events.append({"at": fault["at"], "kind": "fault", "text": str(fault.get("description", ""))})
+    for reorg in extra.get("reorgs") or []:
+        if isinstance(reorg, dict) and isinstance(reorg.get("at"), int):
+            events.append({"at": reorg["at"], "kind": "reorg", "text": (
+                f"{reorg.get('depth')} blocks replaced above height {reorg.get('fork_height')}, "
+                f"{reorg.get('returned_to_mempool')} transactions back to the mempool")})
+    events.sort(key=lambda event: event["at"], reverse=True)
+    return events[:NETWORK_EVENT_ROWS]
+
+
 def dashboard_charts(newest_first: Sequence[BlockRecord]) -> tuple[Chart, Chart]:
     headers = [record.header for record in reversed(newest_first)]
     produced = [header for header in headers if header.height > 0]  # the genesis block carries no transactions
@@ -516,6 +535,7 @@ class Explorer:
             "tx_rate": rate,
             "engine_role": self.service.consensus_status().role,
             "charts": (tx_chart, interval_chart),
+            "network_events": network_events(info.extra),
         }
         return self.page(request, "dashboard.html", "dashboard_live.html", context, info)
 

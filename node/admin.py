@@ -7,6 +7,7 @@ stream (`event: fault`), so whoever watches the node sees when its links were cu
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,9 +25,13 @@ def write_admin_token(data_dir: Path) -> str:
     return token
 
 
+MAX_FAULT_RECORDS = 20
+
+
 class LinkFaultControl:
     network: Network | None
     now_ms: Callable[[], int]
+    fault_log: deque[dict]  # the newest changes, for GET /v1/node and the explorer's dashboard
 
     def publish(self, kind: str, data: dict) -> None: ...
 
@@ -39,7 +44,9 @@ class LinkFaultControl:
         network = self._faultable()
         faults = LinkFaults(blocked, delay_ms, loss_percent)
         network.set_faults(faults)
-        self.publish("fault", {**faults.as_json(), "description": faults.describe(), "at": self.now_ms()})
+        record = {**faults.as_json(), "description": faults.describe(), "at": self.now_ms()}
+        self.fault_log.append(record)
+        self.publish("fault", record)
         return faults.as_json()
 
     def _faultable(self):

@@ -8,6 +8,7 @@ Node mixes this in, so the runtime module holds only the engine loop.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 
 from api.service import AccountRecord, BlockRecord, MempoolRecord, NodeInfo, TxRecord, TxStatusName
@@ -42,6 +43,7 @@ class ChainReads:
     sync: BlockSync
     importer: BlockImporter
     node_id: str
+    fault_log: deque[dict]
     config: NodeConfig
     failure: str | None
     head_moved_ms: int
@@ -72,6 +74,7 @@ class ChainReads:
                 "engine": engine_status_json(self.consensus_status(), self.genesis.address_prefix),
                 "tx_per_second": round(self.metrics.tx_rate(), 1),
                 "reorgs": self.importer.reorgs,
+                "faults": list(self.fault_log),
                 "peers": [
                     {"node_id": p.id, "address": p.address, "direction": "inbound" if p.inbound else "outbound",
                      "height": p.head_height, "score": p.score}

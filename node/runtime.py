@@ -38,7 +38,7 @@ from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block, validate_header
 import migrations
-from node.admin import LinkFaultControl
+from node.admin import MAX_FAULT_RECORDS, LinkFaultControl
 from node.config import NodeConfig
 from node.events import EventHub
 from node.finality import FinalityWaiters
@@ -140,6 +140,7 @@ class Node(ChainReads, LinkFaultControl):
         self.hub = EventHub()
         self.finality = FinalityWaiters()
         self.evidence: list[bytes] = []  # encoded evidence the engine reported, newest last
+        self.fault_log: deque[dict] = deque(maxlen=MAX_FAULT_RECORDS)
         self.failure: str | None = None  # why the node stopped itself, if it did
         self.on_failure: Callable[[str], None] | None = None  # the server's "stop now"
         self._txs_signalled = False

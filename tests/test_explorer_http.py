@@ -544,3 +544,19 @@ def test_axis_tops_are_round_and_cover_the_data(value):
     assert top <= value * 2.5 * (1 + 1e-9)
     mantissa = top / 10 ** int(f"{top:e}".split("e")[1])
     assert round(mantissa, 6) in (1, 2, 5, 10)
+
+
+def test_the_dashboard_lists_faults_laid_on_the_links_and_reorgs_newest_first(tmp_path):
+    async def scenario():
+        async with serving(tmp_path) as (node, client):
+            assert "Network events" not in (await client.get("/explorer")).text
+            node.fault_log.append({"blocked": ["ab" * 20], "delay_ms": 0, "loss_percent": 0.0,
+                                   "description": "cut off from abababababab", "at": node.now_ms() - 5_000})
+            node.importer.reorgs.append({"fork_height": 3, "depth": 2, "returned_to_mempool": 4, "at": node.now_ms() - 1_000,
+                                         "old_head": "00" * 32, "new_head": "11" * 32, "height": 5})
+            page = (await client.get("/explorer?fragment=live")).text
+            assert "Network events" in page
+            fault, reorg = page.index("cut off from abababababab"), page.index("2 blocks replaced above height 3")
+            assert reorg < fault, "newest first"
+
+    run(scenario())

@@ -298,6 +298,9 @@
     source.addEventListener("tx", function () {
       refreshAll("tx");
     });
+    ["fault", "reorg"].forEach(function (kind) {
+      source.addEventListener(kind, function () { refreshAll(kind); });
+    });
   }
 
   function start() {
