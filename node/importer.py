@@ -22,6 +22,7 @@ from typing import Protocol
 
 from consensus import engine as ev
 from ledger.block import Block, BlockHeader
+from ledger.engine_status import Finality
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
 from ledger.mempool import Mempool
@@ -237,9 +238,15 @@ class BlockImporter:
         return True
 
     def _within_bounds(self, fork_point: BlockHeader, tip: Block | None, source: str) -> bool:
+        """No reorg deeper than the engine's `max_reorg_depth`, and none that reverts a final
+        block, except under finality by depth: there "final" is a confidence, not a proof, and
+        a partition that outlived the depth leaves two branches each side holds final; the
+        node follows the heavier one (as Bitcoin does) and says loudly what it reverted,
+        rather than stay split from the network for good."""
         node = self.node
         depth = node.head.height - fork_point.height
-        if fork_point.height < node.finalized_height or depth > node.engine.max_reorg_depth:
+        probabilistic = node.engine.finality is Finality.DEPTH
+        if (fork_point.height < node.finalized_height and not probabilistic) or depth > node.engine.max_reorg_depth:
             log.warning("refused a reorg to %s from %s: it would revert final blocks or go deeper than %d",
                         tip.height if tip is not None else fork_point.height, source[:12], node.engine.max_reorg_depth)
             return False
@@ -264,7 +271,7 @@ class BlockImporter:
         against the state it would produce first, then the store swaps the branches in one
         database transaction, then memory follows. An invalid branch changes nothing."""
         node = self.node
-        old_head = node.head
+        old_head, final_before = node.head, node.finalized_height
         ours = await node.blocking(self._main_blocks_with_undo, fork_point.height)
         accounts = Overlay(node.state.accounts)
         for _, undo in ours:
@@ -304,10 +311,15 @@ class BlockImporter:
             node.signal_txs()  # the returned transactions wait for a block like any others
         log.warning("reorg: %d blocks replaced from height %d (head %d -> %d)", len(reverted), fork_point.height + 1,
                     old_head.height, node.head.height)
+        reverted_final = max(0, final_before - fork_point.height)
+        if reverted_final:
+            log.warning("reorg reverted %d blocks that were final by depth (heights %d-%d): a partition outlived "
+                        "the finality depth, and the heavier branch wins", reverted_final, fork_point.height + 1,
+                        final_before)
         reorg = {
             "fork_height": fork_point.height, "depth": len(reverted), "old_head": old_head.hash.hex(),
             "new_head": node.head.hash.hex(), "height": node.head.height,
-            "returned_to_mempool": len(returning), "at": node.now_ms(),
+            "returned_to_mempool": len(returning), "reverted_final": reverted_final, "at": node.now_ms(),
         }
         self.reorgs = self.reorgs[-(MAX_REORGS_SHOWN - 1):] + [reorg]
         node.metrics.reorgs.inc()

@@ -426,6 +426,33 @@ def test_a_branch_of_forged_blocks_does_not_cost_the_node_its_chain(tmp_path):
     run_scene(tmp_path, scenario)
 
 
+def test_a_heavier_branch_reverts_blocks_final_by_depth_and_says_so(tmp_path):
+    """Proof of work after a partition that outlived the finality depth: each side holds
+    blocks final by depth that the other lacks.  The node follows the heavier branch (it
+    would otherwise stay split from the network for good) and records what it reverted."""
+
+    async def scenario(scene: Scene) -> None:
+        node = scene.node
+        assert node.finalized_height >= 1
+        other_side = ChainBuilder(scene.chain.genesis)  # mined from genesis on the other side of a split
+        branch = []
+        for _ in range(node.head.height + 2):
+            block = other_side.valid_block()
+            other_side.accept(block)
+            branch.append(block)
+        final_before = node.finalized_height
+        peer = await scene.hostile("the other side")
+        for block in branch:
+            await peer.push(block)
+        await eventually(lambda: node.head.hash == other_side.head.hash, "the node follows the heavier branch")
+        reorg = node.importer.reorgs[-1]
+        assert reorg["fork_height"] == 0 and reorg["reverted_final"] == final_before
+        assert scene.network.score_of(peer.id) == 0, "valid blocks of another branch are no offence"
+        scene.chain.headers = list(other_side.headers)  # the honest peer mines on from here
+
+    run_scene(tmp_path, scenario)
+
+
 # ----------------------------------------------------------------------------- frames and handshakes
 def test_garbage_inside_a_valid_frame_is_scored_down(tmp_path):
     async def scenario(scene: Scene) -> None:
