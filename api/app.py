@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.dev import dev_router
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
 from api.problems import (
@@ -750,5 +751,6 @@ def create_app(
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
     app.include_router(explorer_router(service))
+    app.include_router(dev_router(service))
     _install_openapi(app)
     return app

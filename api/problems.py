@@ -67,6 +67,11 @@ REASONS: dict[str, tuple[int, str]] = {
     "shutting_down": (503, "Node is shutting down"),
     "syncing": (503, "Node is still syncing"),
     "unhealthy": (503, "Node is not making or importing blocks"),
+    # dev-chain controls (api/dev.py)
+    "not_a_dev_chain": (409, "Not a dev chain"),
+    "unknown_snapshot": (404, "No such snapshot"),
+    "peers_connected": (409, "Cannot rewind a node with peers"),
+    "mine_timeout": (504, "Blocks were not sealed in time"),
     # routing and the server
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),

@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from consensus.registry import EngineNotBuilt
+from consensus.registry import EngineNotBuilt, NotForThisEngine
 from ledger.address import address_of
 from ledger.genesis import Genesis, InvalidGenesis, dev_genesis
 from ledger.hdkeys import DEV_MNEMONIC, account_path, dev_keys
@@ -102,12 +102,13 @@ def node(
     db: Optional[str] = DB,
     genesis: Optional[Path] = typer.Option(None, "--genesis", help="Genesis JSON file [default: <data-dir>/genesis.json, a dev genesis is written there when missing]"),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="critical, error, warning, info or debug"),
+    block_time: Optional[int] = typer.Option(None, "--block-time", help="Dev chain (solo): seal a block every S seconds, empty or not, instead of when transactions wait [default: 0, on demand]"),
     config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Run one node: the chain store, the consensus engine and the REST API."""
     flags = dict(data_dir=data_dir, api_host=api_host, api_port=api_port, p2p_host=p2p_host, p2p_port=p2p_port,
                  peers=peers, max_peers=max_peers, mine=mine, miner_address=miner_address, db=db,
-                 genesis=str(genesis) if genesis else None, log_level=log_level)
+                 genesis=str(genesis) if genesis else None, log_level=log_level, block_time=block_time)
     config = _config({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}, config_file)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -139,7 +140,7 @@ def node(
     )
     try:
         runtime = Node(config, genesis_data, node_key, network)
-    except EngineNotBuilt as exc:
+    except (EngineNotBuilt, NotForThisEngine) as exc:
         fail(str(exc))
     except (ChainStoreError, sa.exc.SQLAlchemyError) as exc:  # a URL the driver refuses, or a missing driver
         fail(f"cannot open the database {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)

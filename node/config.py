@@ -37,6 +37,7 @@ class NodeConfig:
     mine: bool = True  # proof-of-work: whether this node mines
     miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
     stall_seconds: int = 30  # /healthz answers 503 when the head stood still this long with work to do
+    block_time: int = 0  # solo: seal a block every this many seconds, empty or not; 0: when transactions wait
 
     @property
     def db_url(self) -> str:
@@ -62,6 +63,7 @@ _INT_BOUNDS = {
     "max_body_bytes": (1024, 1 << 30),
     "max_peers": (1, 1000),
     "stall_seconds": (1, 86_400),
+    "block_time": (0, 86_400),
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

@@ -39,6 +39,7 @@ from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block, validate_header
 import migrations
 from node.config import NodeConfig
+from node.dev import DevControls, InLoop
 from node.events import EventHub
 from node.finality import FinalityWaiters
 from node.gossip import TxGossip
@@ -112,7 +113,9 @@ class Node(ChainReads):
         self.reading: Callable[..., Awaitable] = blocking or asyncio.to_thread  # lookups clients and peers cause
         self.store = store if store is not None else ChainStore(config.db_url)
         miner_address = decode_address(config.miner_address, genesis.address_prefix) if config.miner_address else None
-        self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address)
+        self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address,
+                                    block_time_ms=config.block_time * 1000)
+        self.dev = DevControls(self)
         self.rules = BlockRules(genesis.chain_id, genesis.max_block_transactions, genesis.block_reward,
                                 self.engine.max_future_ms)
         # The recent main-chain headers, ending with the head: what the engine needs to check
@@ -120,7 +123,7 @@ class Node(ChainReads):
         self.recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))
         self.miner = miner
         self.lock = threading.Lock()
-        self._events: asyncio.Queue[ev.Event | Import | None] = asyncio.Queue()
+        self._events: asyncio.Queue[ev.Event | Import | InLoop | None] = asyncio.Queue()
         self.network = network
         self.gossip = TxGossip(network, self._admit, self._pending_tx, self.now_ms) if network is not None else None
         if network is not None and self.gossip is not None:
@@ -217,7 +220,7 @@ class Node(ChainReads):
         log.info("node stopped at height %d", self.head.height)
 
     # ------------------------------------------------------------------ engine loop
-    def feed(self, event: ev.Event | Import) -> None:
+    def feed(self, event: ev.Event | Import | InLoop) -> None:
         self._events.put_nowait(event)
 
     async def _run_engine(self) -> None:
@@ -231,14 +234,20 @@ class Node(ChainReads):
                 except Exception:
                     log.exception("importing blocks from %s failed", event.peer[:12])
                 continue
+            if isinstance(event, InLoop):
+                await event.run()
+                continue
             if isinstance(event, ev.TxsAvailable):
                 self._txs_signalled = False
             try:
-                actions = self.engine.handle(event)
-                for action in actions:
-                    await self._perform(action)
+                await self.step(event)
             except Exception:  # an engine or store bug must not silently stop block production
                 log.exception("engine step failed on %s", type(event).__name__)
+
+    async def step(self, event: ev.Event) -> None:
+        """One engine step: the event in, its actions performed in order (inside the loop only)."""
+        for action in self.engine.handle(event):
+            await self._perform(action)
 
     async def _perform(self, action: ev.Action) -> None:
         if isinstance(action, ev.BuildBlock):
