@@ -226,7 +226,7 @@ def init(
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node)"),
-    docker: bool = typer.Option(False, "--docker", help="Container paths and service names, for docker-compose"),
+    docker: bool = typer.Option(False, "--docker", help="Container paths and service names, for docker-compose", metavar=""),
 ) -> None:
     """Write keys, a shared genesis and one config per node, for any launcher."""
     from node.testnet import TestnetError, write_network
@@ -253,12 +253,13 @@ def _check_ports(api_port: int, p2p_port: int, nodes: int) -> None:
 @app.command()
 def testnet(
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
-    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), solo or pow"),
+    consensus: Optional[str] = typer.Option(None, "--consensus", help="bft (every node a validator), solo or pow [default: the existing network's, else bft]"),
     directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node, created when missing)"),
-    fresh: bool = typer.Option(False, "--fresh", help="Delete --dir first and start a new chain"),
+    # metavar "": the typer in use would show a flag as "--fresh <bool>", which reads as if it took a value.
+    fresh: bool = typer.Option(False, "--fresh", help="Delete --dir first and start a new chain", metavar=""),
 ) -> None:
     """Start N local nodes with one command; Ctrl-C stops them all."""
     import shutil
@@ -267,10 +268,14 @@ def testnet(
 
     import httpx
 
-    from node.testnet import (TestnetError, ensure_databases, node_status, start_nodes, stop_nodes,
+    from node.testnet import (TestnetError, check_request, ensure_databases, node_status, start_nodes, stop_nodes,
                               wait_until_connected, write_network)
 
     _check_ports(api_port, p2p_port, nodes)
+    try:  # every refusal comes before --fresh deletes anything
+        consensus = check_request(directory, nodes, consensus, fresh, db)
+    except TestnetError as exc:
+        fail(str(exc))
     if fresh and directory.exists():
         shutil.rmtree(directory)
     try:
@@ -282,11 +287,6 @@ def testnet(
     except TestnetError as exc:
         fail(str(exc))
     genesis = Genesis.load(directory / "genesis.json")
-    if genesis.engine != consensus:
-        # The chain on disk wins (its genesis names the engine); say so, or a stale
-        # solo testnet/ would pass for the bft network the user asked for.
-        console.print(f"note: {directory} holds a {genesis.engine} network, so --consensus {consensus} does not "
-                      f"apply; --fresh starts a new {consensus} chain there", style="yellow", highlight=False)
     stopping = False
 
     def request_stop(*_):
@@ -311,7 +311,8 @@ def testnet(
             role = status.get("extra", {}).get("engine", {}).get("role", genesis.engine)
             console.print(f"  node{layout.index}  API {layout.api_url}/v1  explorer {layout.api_url}/explorer  "
                           f"p2p 127.0.0.1:{layout.p2p_port}  {role}  log {layout.directory / 'node.log'}", highlight=False)
-        _print_dev_accounts(genesis, lambda account: genesis.allocations.get(account, 0))
+        with httpx.Client(timeout=5) as client:
+            _print_dev_accounts(genesis, lambda account: _balance(client, layouts[0].api_url, genesis, account))
         console.print("Ctrl-C stops every node.", style="dim")
         with httpx.Client() as client:
             while not stopping:
@@ -336,6 +337,20 @@ def testnet(
         stop_nodes(processes)
         if sys.exc_info()[0] is None:  # a stop, not a failure
             console.print("all nodes stopped")
+
+
+def _balance(client, api_url: str, genesis: Genesis, account: bytes) -> int:
+    """An account's balance now, as node 0 serves it (a second start shows what was spent);
+    the genesis allocation if node 0 does not answer."""
+    import httpx
+
+    try:
+        answer = client.get(f"{api_url}/v1/accounts/{genesis.address(account)}")
+        if answer.status_code == 200:
+            return int(answer.json()["balance"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return genesis.allocations.get(account, 0)
 
 
 def _existing_layouts(directory: Path, nodes: int, api_port: int, p2p_port: int):
