@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: node testnet test bench clean-data chromium
+.PHONY: node testnet test test-fast bench clean-data chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ testnet: $(STAMP)
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The unit tier for a developer's loop: no node processes, no browser, no PostgreSQL.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration and not browser and not postgres" $(PYTEST_ARGS)
 
 # The explorer's browser tests drive Debian's Chromium; install it when missing and we may.
 chromium:

@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.dev import dev_router
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
 from api.admin import add_admin_routes
@@ -754,5 +755,6 @@ def create_app(
     _add_node_routes(app, ctx, keepalive_seconds)
     add_admin_routes(app, admin_token, _json_body)
     app.include_router(explorer_router(service))
+    app.include_router(dev_router(service))
     _install_openapi(app)
     return app

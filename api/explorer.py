@@ -34,7 +34,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api.service import BlockRecord, NodeInfo, NodeService, TxRecord
 from ledger import crypto
-from ledger.address import address_of, decode_address
+from ledger.address import ADDRESS_SIZE, InvalidAddress, address_of, bech32m_decode, decode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 from ledger.genesis import Genesis
@@ -798,6 +798,14 @@ class Explorer:
         if query.lower().startswith(self.prefix + "1"):
             account = self.parse_address(query)
             return RedirectResponse(f"/explorer/account/{self.address(account)}", status_code=303)
+        try:
+            _, data = bech32m_decode(query)
+        except InvalidAddress:
+            data = b""
+        if len(data) == ADDRESS_SIZE:
+            # The same key's account under another prefix (a wallet that showed dev1... on a
+            # tst network): the 20 bytes name the account, the prefix only the network.
+            return RedirectResponse(f"/explorer/account/{self.address(data)}", status_code=303)
         raise PageError(
             404, "Not found",
             f"Search takes a block height, a block hash, a transaction id or an address starting with '{self.prefix}1'.",

@@ -71,6 +71,11 @@ REASONS: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Admin token missing or wrong"),
     "forbidden": (403, "Admin endpoint answers on loopback only"),
     "no_peer_network": (409, "This node has no peer network to lay faults on"),
+    # dev-chain controls (api/dev.py)
+    "not_a_dev_chain": (409, "Not a dev chain"),
+    "unknown_snapshot": (404, "No such snapshot"),
+    "peers_connected": (409, "Cannot rewind a node with peers"),
+    "mine_timeout": (504, "Blocks were not sealed in time"),
     # routing and the server
     "not_found": (404, "Not found"),
     "method_not_allowed": (405, "Method not allowed"),

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from ledger.block import Block, BlockHeader
 from ledger.engine_status import EngineStatus
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
 from ledger.transaction import Transaction
+
+if TYPE_CHECKING:
+    from api.dev import DevChain
 
 TxStatusName = Literal["pending", "included", "final", "unknown"]
 
@@ -113,6 +116,7 @@ class Event:
 
 class NodeService(Protocol):
     genesis: Genesis
+    dev: DevChain  # the /v1/dev routes; it refuses on any node but a dev chain's sealing one
 
     def node_info(self) -> NodeInfo: ...
 

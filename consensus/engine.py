@@ -124,9 +124,18 @@ class Mined:
     header: BlockHeader
 
 
+@dataclass(frozen=True, slots=True)
+class SealRequested:
+    """A dev chain's operator asks for `blocks` more blocks now, empty or not (POST
+    /v1/dev/mine).  Only an engine that declares `dev_controls` is ever sent one."""
+
+    now: int
+    blocks: int
+
+
 Event = (
     Started | Tick | TxsAvailable | BlockBuilt | BlockExecuted | BlockCommitted | BlockReceived
-    | PeerMessage | PeerConnected | PeerDisconnected | Mined
+    | PeerMessage | PeerConnected | PeerDisconnected | Mined | SealRequested
 )
 
 # ---------------------------------------------------------------------------- actions
@@ -225,6 +234,9 @@ class Engine(ABC):
     max_reorg_depth: int = 100
     # How far ahead of the receiver's clock a block's timestamp may be (ledger/validate.py).
     max_future_ms: int = 15_000
+    # True when this node alone decides the chain, so an operator may seal blocks on request
+    # (SealRequested) and rewind it (the /v1/dev routes): solo's authority, never a network engine.
+    dev_controls: bool = False
 
     @abstractmethod
     def handle(self, event: Event) -> list[Action]:

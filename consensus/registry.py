@@ -16,13 +16,22 @@ class EngineNotBuilt(ValueError):
     pass
 
 
+class NotForThisEngine(ValueError):
+    """A node option the chain's engine has no use for (a block time on a network engine)."""
+
+
 def create_engine(
     genesis: Genesis, signer: PrivateKey | None, *, mine: bool = True, miner_address: bytes | None = None,
+    block_time_ms: int = 0,
 ) -> Engine:
     """`mine` and `miner_address` concern proof of work only; the miner address defaults to
-    the signer's (the node key's) address.  Under bft the signer votes if it is a validator's key."""
+    the signer's (the node key's) address.  Under bft the signer votes if it is a validator's key.
+    `block_time_ms` (a dev chain's fixed cadence) concerns solo only."""
     if genesis.engine == "solo":
-        return SoloEngine(genesis.engine_params, signer)
+        return SoloEngine(genesis.engine_params, signer, block_time_ms)
+    if block_time_ms:
+        raise NotForThisEngine(f"--block-time is for a dev chain (solo engine); this chain runs {genesis.engine}, "
+                               "whose blocks the network decides")
     if genesis.engine == "pow":
         if miner_address is None and signer is not None:
             miner_address = address_of(signer.public_key)

@@ -7,6 +7,12 @@ transactions wait for the next one, so blocks grow with the load.  With
 `block_interval_ms` > 0 it also seals an empty block when that long has passed
 since the head.  A block is final the moment it commits.
 
+With a block time (`ledger node --block-time S`, a choice of the node that seals, not of
+the chain, so it is not in genesis) it seals on a fixed cadence instead, like anvil's
+`--block-time`: a block S seconds after the head, with whatever is waiting, empty or
+not, and transactions no longer wake it.  In either mode `SealRequested` (POST
+/v1/dev/mine) seals that many blocks at once, empty or not.
+
 A node whose key is not the authority's follows: it only checks seals.
 """
 
@@ -29,6 +35,7 @@ from consensus.engine import (
     Event,
     InvalidSeal,
     SetTimer,
+    SealRequested,
     Started,
     Tick,
     TxsAvailable,
@@ -44,7 +51,7 @@ class _Phase(Enum):
 class SoloEngine(Engine):
     name = "solo"
 
-    def __init__(self, params: dict, signer: crypto.PrivateKey | None):
+    def __init__(self, params: dict, signer: crypto.PrivateKey | None, block_time_ms: int = 0):
         try:
             self.authority = bytes.fromhex(params["authority"])
         except (KeyError, TypeError, ValueError):
@@ -54,23 +61,38 @@ class SoloEngine(Engine):
         interval = params.get("block_interval_ms", 0)
         if isinstance(interval, bool) or not isinstance(interval, int) or interval < 0:
             raise ValueError("solo engine: block_interval_ms must be a non-negative integer")
-        self.block_interval_ms = interval
+        if isinstance(block_time_ms, bool) or not isinstance(block_time_ms, int) or block_time_ms < 0:
+            raise ValueError("solo engine: the block time must be a non-negative integer of ms")
+        # A block time replaces the genesis interval and stops sealing on demand.
+        self.block_interval_ms = block_time_ms or interval
+        self.on_demand = block_time_ms == 0
         self.authority_address = address_of(self.authority)
         self.signer = signer if signer is not None and signer.public_key == self.authority else None
         self.head: BlockHeader | None = None
         self.phase = _Phase.IDLE
         self.building_empty_allowed = False
+        self.requested = 0  # blocks SealRequested still wants sealed
 
     @property
     def is_producer(self) -> bool:
         return self.signer is not None
 
+    @property
+    def dev_controls(self) -> bool:  # type: ignore[override]
+        return self.is_producer
+
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, Started):
             self.head = event.head
-            return self._schedule() + self._maybe_build(event.now, empty_allowed=False)
+            return self._schedule() + (self._maybe_build(event.now, empty_allowed=False) if self.on_demand else [])
         if isinstance(event, TxsAvailable):
-            return self._maybe_build(event.now, empty_allowed=False) if event.count > 0 else []
+            return self._maybe_build(event.now, empty_allowed=False) if event.count > 0 and self.on_demand else []
+        if isinstance(event, SealRequested):
+            if not self.is_producer or event.blocks < 1:
+                return []
+            # A block being built now is sealed after this request, so it counts towards it.
+            self.requested += event.blocks
+            return self._maybe_build(event.now, empty_allowed=True)
         if isinstance(event, Tick):
             due = self.head is not None and self.block_interval_ms and event.now >= self._next_empty_at()
             return self._maybe_build(event.now, empty_allowed=True) if due else self._schedule()
@@ -79,6 +101,8 @@ class SoloEngine(Engine):
         if isinstance(event, BlockCommitted):
             self.head = event.header
             self.phase = _Phase.IDLE
+            if self.requested:
+                return self._maybe_build(event.now, empty_allowed=True)
             return self._schedule()
         return []
 
@@ -104,12 +128,13 @@ class SoloEngine(Engine):
         if self.phase is not _Phase.BUILDING or self.signer is None:
             return []
         header = event.block.header
-        if header.tx_count == 0 and not self.building_empty_allowed:
+        if header.tx_count == 0 and not (self.building_empty_allowed or self.requested):
             # The transactions that woke us were taken by the previous block.
             self.phase = _Phase.IDLE
             return self._schedule()
         sealed = header.with_seal(self.signer.sign_digest(header.sealing_digest()))
         self.phase = _Phase.COMMITTING
+        self.requested = max(0, self.requested - 1)
         return [Commit(type(event.block)(sealed, event.block.transactions))]
 
     def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
@@ -140,5 +165,6 @@ class SoloEngine(Engine):
             validators=(authority,),
             total_power=1,
             quorum_power=1,
-            details={"authority": self.authority.hex(), "block_interval_ms": self.block_interval_ms},
+            details={"authority": self.authority.hex(), "block_interval_ms": self.block_interval_ms,
+                     "on_demand": self.on_demand},
         )

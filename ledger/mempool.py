@@ -282,6 +282,17 @@ class Mempool:
                 pass
 
     # --- removal --------------------------------------------------------------------------
+    def clear(self) -> list[Transaction]:
+        """Drop every pending transaction (a dev chain rewound to a snapshot); returns them.
+        The signature cache stays: it depends on the bytes alone."""
+        dropped = [entry.tx for entry in self._by_id.values()]
+        self._by_id.clear()
+        self._senders.clear()
+        self._tails.clear()
+        self._arrivals.clear()
+        self._ready_total = 0
+        return dropped
+
     def remove_committed(self, txs: Iterable[Transaction]) -> None:
         """After a block commits (`accounts()` already shows the new state): drop its
         transactions, the pending ones its nonces made stale, and those the senders'

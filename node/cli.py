@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from consensus.registry import EngineNotBuilt
+from consensus.registry import EngineNotBuilt, NotForThisEngine
 from ledger.address import address_of
 from ledger.genesis import Genesis, InvalidGenesis, dev_genesis
 from ledger.hdkeys import DEV_MNEMONIC, account_path, dev_keys
@@ -102,12 +102,13 @@ def node(
     db: Optional[str] = DB,
     genesis: Optional[Path] = typer.Option(None, "--genesis", help="Genesis JSON file [default: <data-dir>/genesis.json, a dev genesis is written there when missing]"),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="critical, error, warning, info or debug"),
+    block_time: Optional[int] = typer.Option(None, "--block-time", help="Dev chain (solo): seal a block every S seconds, empty or not, instead of when transactions wait [default: 0, on demand]"),
     config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Run one node: the chain store, the consensus engine and the REST API."""
     flags = dict(data_dir=data_dir, api_host=api_host, api_port=api_port, p2p_host=p2p_host, p2p_port=p2p_port,
                  peers=peers, max_peers=max_peers, mine=mine, miner_address=miner_address, db=db,
-                 genesis=str(genesis) if genesis else None, log_level=log_level)
+                 genesis=str(genesis) if genesis else None, log_level=log_level, block_time=block_time)
     config = _config({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}, config_file)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -143,7 +144,7 @@ def node(
     )
     try:
         runtime = Node(config, genesis_data, node_key, network)
-    except EngineNotBuilt as exc:
+    except (EngineNotBuilt, NotForThisEngine) as exc:
         fail(str(exc))
     except (ChainStoreError, sa.exc.SQLAlchemyError) as exc:  # a URL the driver refuses, or a missing driver
         fail(f"cannot open the database {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)
@@ -229,7 +230,7 @@ def init(
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node)"),
-    docker: bool = typer.Option(False, "--docker", help="Container paths and service names, for docker-compose"),
+    docker: bool = typer.Option(False, "--docker", help="Container paths and service names, for docker-compose", metavar=""),
 ) -> None:
     """Write keys, a shared genesis and one config per node, for any launcher."""
     from node.testnet import TestnetError, write_network
@@ -264,12 +265,13 @@ app.add_typer(testnet_app, name="testnet")
 def testnet(
     ctx: typer.Context,
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
-    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), solo or pow"),
+    consensus: Optional[str] = typer.Option(None, "--consensus", help="bft (every node a validator), solo or pow [default: the existing network's, else bft]"),
     directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node, created when missing)"),
-    fresh: bool = typer.Option(False, "--fresh", help="Delete --dir first and start a new chain"),
+    # metavar "": the typer in use would show a flag as "--fresh <bool>", which reads as if it took a value.
+    fresh: bool = typer.Option(False, "--fresh", help="Delete --dir first and start a new chain", metavar=""),
 ) -> None:
     """Start N local nodes with one command; Ctrl-C stops them all.  A node that exits or
     is killed shows as down and the others go on."""
@@ -279,11 +281,17 @@ def testnet(
     import signal as signals
     import time
 
+    import httpx
+
     from node.fleet import Fleet, describe_exit
     from node.fleet_control import ControlError, ControlServer
-    from node.testnet import TestnetError, ensure_databases, wait_until_connected, write_network
+    from node.testnet import TestnetError, check_request, ensure_databases, wait_until_connected, write_network
 
     _check_ports(api_port, p2p_port, nodes)
+    try:  # every refusal comes before --fresh deletes anything
+        consensus = check_request(directory, nodes, consensus, fresh, db)
+    except TestnetError as exc:
+        fail(str(exc))
     if fresh and directory.exists():
         shutil.rmtree(directory)
     try:
@@ -295,11 +303,6 @@ def testnet(
     except TestnetError as exc:
         fail(str(exc))
     genesis = Genesis.load(directory / "genesis.json")
-    if genesis.engine != consensus:
-        # The chain on disk wins (its genesis names the engine); say so, or a stale
-        # solo testnet/ would pass for the bft network the user asked for.
-        console.print(f"note: {directory} holds a {genesis.engine} network, so --consensus {consensus} does not "
-                      f"apply; --fresh starts a new {consensus} chain there", style="yellow", highlight=False)
     stopping = False
 
     def request_stop(*_):
@@ -331,7 +334,8 @@ def testnet(
             role = status.get("extra", {}).get("engine", {}).get("role", genesis.engine)
             console.print(f"  node{layout.index}  API {layout.api_url}/v1  explorer {layout.api_url}/explorer  "
                           f"p2p 127.0.0.1:{layout.p2p_port}  {role}  log {layout.directory / 'node.log'}", highlight=False)
-        _print_dev_accounts(genesis, lambda account: genesis.allocations.get(account, 0))
+        with httpx.Client(timeout=5) as client:
+            _print_dev_accounts(genesis, lambda account: _balance(client, layouts[0].api_url, genesis, account))
         console.print(f"Ctrl-C stops every node. From another terminal: ledger testnet status --dir {directory} "
                       "(and stop, start, kill, pause, resume NODE; partition 0,1 2,3; heal; delay NODE MS; loss NODE %)",
                       style="dim", highlight=False)
@@ -446,6 +450,20 @@ def testnet_loss(node: str = typer.Argument(...), percent: str = typer.Argument(
                  directory: Path = TESTNET_DIR) -> None:
     """Drop PERCENT of the messages a node sends its peers, at random (0 removes it)."""
     console.print(_control(directory, "loss", node, percent)["message"], highlight=False)
+
+
+def _balance(client, api_url: str, genesis: Genesis, account: bytes) -> int:
+    """An account's balance now, as node 0 serves it (a second start shows what was spent);
+    the genesis allocation if node 0 does not answer."""
+    import httpx
+
+    try:
+        answer = client.get(f"{api_url}/v1/accounts/{genesis.address(account)}")
+        if answer.status_code == 200:
+            return int(answer.json()["balance"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return genesis.allocations.get(account, 0)
 
 
 def _existing_layouts(directory: Path, nodes: int, api_port: int, p2p_port: int):

@@ -41,6 +41,7 @@ class NodeConfig:
     mine: bool = True  # proof-of-work: whether this node mines
     miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
     stall_seconds: int = 30  # /healthz answers 503 when the head stood still this long with work to do
+    block_time: int = 0  # solo: seal a block every this many seconds, empty or not; 0: when transactions wait
 
     @property
     def db_url(self) -> str:
@@ -70,6 +71,7 @@ _INT_BOUNDS = {
     "p2p_frame_memory": (32 * 1024 * 1024, 1 << 36),  # at least one frame of the largest size
     "p2p_frame_timeout_ms": (100, 600_000),
     "p2p_frame_min_rate": (1024, 1 << 30),
+    "block_time": (0, 86_400),
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 

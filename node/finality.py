@@ -35,6 +35,14 @@ class FinalityWaiters:
         while self._unfinal and self._unfinal[-1][0] > height:
             self._unfinal.pop()
 
+    def dropped(self, tx_ids: list[bytes]) -> None:
+        """These transactions left the node (a dev revert emptied the mempool): their waiters
+        answer now, with the status the store gives, instead of sitting out the timeout."""
+        for tx_id in tx_ids:
+            for future in self._waiters.pop(tx_id, ()):
+                if not future.done():
+                    future.cancel()
+
     def end(self) -> None:
         """Answer every waiting request now with the status it has, and later ones at once:
         the node is stopping, and the HTTP server's graceful shutdown must not sit out their

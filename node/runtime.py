@@ -40,6 +40,7 @@ from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block, validate
 import migrations
 from node.admin import MAX_FAULT_RECORDS, LinkFaultControl
 from node.config import NodeConfig
+from node.dev import DevControls, InLoop
 from node.events import EventHub
 from node.finality import FinalityWaiters
 from node.gossip import TxGossip
@@ -116,7 +117,9 @@ class Node(ChainReads, LinkFaultControl):
         self.reading: Callable[..., Awaitable] = blocking or asyncio.to_thread  # lookups clients and peers cause
         self.store = store if store is not None else ChainStore(config.db_url)
         miner_address = decode_address(config.miner_address, genesis.address_prefix) if config.miner_address else None
-        self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address)
+        self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address,
+                                    block_time_ms=config.block_time * 1000)
+        self.dev = DevControls(self)
         self.rules = BlockRules(genesis.chain_id, genesis.max_block_transactions, genesis.block_reward,
                                 self.engine.max_future_ms)
         # The recent main-chain headers, ending with the head: what the engine needs to check
@@ -124,7 +127,7 @@ class Node(ChainReads, LinkFaultControl):
         self.recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))
         self.miner = miner
         self.lock = threading.Lock()
-        self._events: asyncio.Queue[ev.Event | Import | object | None] = asyncio.Queue()
+        self._events: asyncio.Queue[ev.Event | Import | InLoop | object | None] = asyncio.Queue()
         self._head_events: deque[ev.BlockCommitted] = deque()
         self.network = network
         self.gossip = TxGossip(network, self._admit, self._pending_tx, self.now_ms) if network is not None else None
@@ -223,7 +226,7 @@ class Node(ChainReads, LinkFaultControl):
         log.info("node stopped at height %d", self.head.height)
 
     # ------------------------------------------------------------------ engine loop
-    def feed(self, event: ev.Event | Import) -> None:
+    def feed(self, event: ev.Event | Import | InLoop) -> None:
         self._events.put_nowait(event)
 
     def head_changed(self, event: ev.BlockCommitted) -> None:
@@ -246,15 +249,22 @@ class Node(ChainReads, LinkFaultControl):
                 except Exception:
                     log.exception("importing blocks from %s failed", event.peer[:12])
                 continue
+            if isinstance(event, InLoop):
+                await event.run()
+                continue
             if isinstance(event, ev.TxsAvailable):
                 self._txs_signalled = False
             try:
-                with self.lock:  # API threads read the engine's status between events, never during one
-                    actions = self.engine.handle(event)
-                for action in actions:
-                    await self._perform(action)
+                await self.step(event)
             except Exception:  # an engine or store bug must not silently stop block production
                 log.exception("engine step failed on %s", type(event).__name__)
+
+    async def step(self, event: ev.Event) -> None:
+        """One engine step: the event in, its actions performed in order (inside the loop only)."""
+        with self.lock:  # API threads read the engine's status between events, never during one
+            actions = self.engine.handle(event)
+        for action in actions:
+            await self._perform(action)
 
     async def _perform(self, action: ev.Action) -> None:
         if isinstance(action, ev.BuildBlock):

@@ -23,7 +23,7 @@ import httpx
 
 from ledger.address import address_of
 from ledger.crypto import PrivateKey
-from ledger.genesis import Genesis
+from ledger.genesis import ENGINES, Genesis, InvalidGenesis
 from ledger.hdkeys import dev_keys
 from node.keys import NODE_KEY_FILE, write_private_file
 from node.lifetime import die_with_parent
@@ -90,6 +90,50 @@ def _toml_value(value) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(item) for item in value) + "]"
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+
+
+def _command(directory: Path, nodes: int, consensus: str | None = None, *extra: str) -> str:
+    """The launcher command line that would run this request, for an error to suggest."""
+    words = ["ledger testnet", f"--nodes {nodes}"]
+    if consensus is not None:
+        words.append(f"--consensus {consensus}")
+    if directory != Path("testnet"):
+        words.append(f"--dir {directory}")
+    return "`" + " ".join(words + list(extra)) + "`"
+
+
+def check_request(directory: Path, nodes: int, consensus: str | None, fresh: bool, db: str = "sqlite") -> str:
+    """The engine `ledger testnet` would run for these arguments, or TestnetError saying why
+    not and which command would do what was asked.  Reads only: it runs before --fresh deletes
+    anything, so a refused request leaves the folder as it was."""
+    if not 1 <= nodes <= 64:
+        raise TestnetError(f"--nodes is 1 to 64, not {nodes}")
+    if consensus is not None and consensus not in CONSENSUS:
+        if consensus in ENGINES:  # named by the design, not written yet: no command would run it
+            raise TestnetError(f"the {consensus} engine is not built yet: --consensus is one of {', '.join(CONSENSUS)}")
+        raise TestnetError(f"--consensus is one of {', '.join(CONSENSUS)}, not {consensus!r}; "
+                           f"e.g. {_command(directory, nodes, CONSENSUS[-1])}")
+    if db != "sqlite" and not db.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise TestnetError(f"--db {db!r}: sqlite, or a postgresql:// server URL")
+    genesis_file = directory / "genesis.json"
+    if fresh or not genesis_file.exists():
+        return consensus or "bft"
+    try:
+        existing = Genesis.load(genesis_file).engine
+    except (InvalidGenesis, OSError) as exc:
+        raise TestnetError(f"{directory} holds no usable network ({exc}); "
+                           f"{_command(directory, nodes, consensus, '--fresh')} deletes it and starts a new one") from None
+    if consensus is not None and consensus != existing:
+        raise TestnetError(
+            f"{directory} holds a {existing} network, not {consensus}: {_command(directory, nodes)} runs it as it is, "
+            f"{_command(directory, nodes, consensus, '--fresh')} deletes it and starts a {consensus} one, "
+            f"{_command(Path(f'testnet-{consensus}'), nodes, consensus)} keeps it and starts one beside it")
+    held = sum(1 for i in range(64) if (directory / f"node{i}" / "config.toml").exists())
+    if held != nodes:
+        raise TestnetError(f"{directory} holds a network of {held} nodes, not {nodes}: {_command(directory, held)} "
+                           f"runs it, {_command(directory, nodes, consensus, '--fresh')} deletes it and starts "
+                           f"one of {nodes}")
+    return existing
 
 
 def write_network(

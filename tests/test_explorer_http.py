@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from api.app import create_app
 from api.explorer import CHART_BLOCKS, LATEST_BLOCKS_SCANNED, format_units, nice_ceiling
-from ledger.address import address_of
+from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.crypto import PrivateKey
 from ledger.genesis import dev_genesis
@@ -388,6 +388,8 @@ def test_search_redirects_each_kind_of_key(long_chain):
                 BOB_TEXT: f"/explorer/account/{BOB_TEXT}",
                 BOB_TEXT.upper(): f"/explorer/account/{BOB_TEXT}",
                 KEYS[0].public_key.hex(): f"/explorer/account/{ALICE_TEXT}",
+                # The same 20 bytes under another network's prefix: the same account.
+                encode_address("tst", BOB): f"/explorer/account/{BOB_TEXT}",
             }
             for query, location in expected.items():
                 response = await client.get("/explorer/search", params={"q": query})

@@ -297,11 +297,11 @@ def test_testnet_serves_then_stops_on_ctrl_c_and_sigterm_and_keeps_its_chain(tmp
         assert all(info_or_none(http, url) is None for url in testnet.urls)
 
         # Again on the same --dir, without --consensus: the same solo chain, not a new one
-        # of the default engine, and a note that says so.
+        # of the default engine (only an explicit other --consensus is refused).
         genesis_before = (directory / "genesis.json").read_bytes()
         again = testnets(directory, api_port, p2p_port, consensus=None).start()
         output = again.wait_for_output("Ctrl-C stops every node.")
-        assert f"note: {directory} holds a solo network, so --consensus bft does not apply" in output.replace("\n", " ")
+        assert f"engine solo, data in {directory}" in output.replace("\n", " ")
         assert (directory / "genesis.json").read_bytes() == genesis_before
         for url in again.urls:
             info = info_or_none(http, url)
@@ -383,6 +383,8 @@ def test_a_taken_port_is_a_clear_error_and_leaves_no_node_behind(tmp_path, testn
         (("--nodes", "0"), "--nodes is 1 to 64"),
         (("--nodes", "65"), "--nodes is 1 to 64"),
         (("--consensus", "nakamoto"), "--consensus is one of"),
+        (("--consensus", "pos", "--fresh"), "the pos engine is not built yet"),
+        (("--db", "mysql://x"), "--db 'mysql://x': sqlite, or a postgresql:// server URL"),
         (("--api-port", "25000", "--p2p-port", "25002"), "--api-port and --p2p-port ranges overlap"),
         (("--api-port", "65535"), "node ports must stay within 1-65535"),
         (("--nodes", "three"), "Invalid value for '--nodes'"),

@@ -1,0 +1,76 @@
+"""`ledger testnet` refuses a bad request before --fresh deletes anything, and says which
+command would do what was asked; `--fresh` is a plain flag.  No node process is started."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from node.cli import app
+from node import testnet as launcher
+from node.testnet import check_request, write_network
+
+
+def tree_digest(directory: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(directory.rglob("*")):
+        digest.update(str(path.relative_to(directory)).encode())
+        if path.is_file():
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture
+def bft_testnet(tmp_path) -> Path:
+    directory = tmp_path / "testnet"
+    write_network(directory, 4, "bft", 28000, 29000)
+    return directory
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["--consensus", "nosuch", "--fresh"], "--consensus is one of solo, pow, bft, not 'nosuch'"),
+    (["--consensus", "pos", "--fresh"], "the pos engine is not built yet"),
+    (["--consensus", "raft"], "the raft engine is not built yet"),
+    (["--consensus", "pow"], "holds a bft network, not pow"),
+    (["--nodes", "3"], "holds a network of 4 nodes, not 3"),
+    (["--nodes", "65", "--fresh"], "--nodes is 1 to 64"),
+    (["--db", "mysql://root@db", "--fresh"], "--db 'mysql://root@db'"),
+])
+def test_a_refused_request_leaves_the_testnet_byte_for_byte(bft_testnet, arguments, message):
+    before = tree_digest(bft_testnet)
+    result = CliRunner().invoke(app, ["testnet", "--dir", str(bft_testnet), "--api-port", "28000",
+                                      "--p2p-port", "29000", *arguments])
+    assert result.exit_code == 2, result.output
+    assert message in " ".join(result.output.split()), result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert tree_digest(bft_testnet) == before
+
+
+def test_the_refusal_names_the_commands_that_would_do_it(bft_testnet):
+    with pytest.raises(launcher.TestnetError) as refused:
+        check_request(bft_testnet, 4, "solo", fresh=False)
+    text = str(refused.value)
+    assert f"`ledger testnet --nodes 4 --dir {bft_testnet}` runs it as it is" in text
+    assert f"`ledger testnet --nodes 4 --consensus solo --dir {bft_testnet} --fresh` deletes it" in text
+    assert "`ledger testnet --nodes 4 --consensus solo --dir testnet-solo` keeps it" in text
+    # Not built yet: no command is suggested, --fresh least of all.
+    with pytest.raises(launcher.TestnetError) as not_built:
+        check_request(bft_testnet, 4, "pos", fresh=True)
+    assert "--fresh" not in str(not_built.value) and "ledger testnet" not in str(not_built.value)
+
+
+def test_what_is_accepted(bft_testnet, tmp_path):
+    assert check_request(bft_testnet, 4, None, fresh=False) == "bft"  # the chain on disk wins
+    assert check_request(bft_testnet, 4, "bft", fresh=False) == "bft"
+    assert check_request(bft_testnet, 2, "pow", fresh=True) == "pow"
+    assert check_request(tmp_path / "new", 4, None, fresh=False) == "bft"
+    assert check_request(tmp_path / "new", 1, "solo", fresh=False, db="postgresql://postgres@127.0.0.1/x") == "solo"
+
+
+def test_fresh_is_a_plain_flag_in_help():
+    result = CliRunner().invoke(app, ["testnet", "--help"], env={"COLUMNS": "200"})
+    [line] = [line for line in result.output.splitlines() if "--fresh" in line]
+    assert "<bool>" not in line and "Delete --dir first" in line
