@@ -131,3 +131,37 @@ def submit(http: httpx.Client, url: str, key) -> None:
     nonce = http.get(f"{url}/v1/accounts/{sender}").json()["pending_nonce"]
     tx = new_transfer(key, info["chain_id"], nonce, bytes(20), 1)
     assert http.post(f"{url}/v1/transactions", json={"raw": tx.encode().hex()}).status_code == 202
+
+
+def test_pow_both_sides_mine_under_a_partition_and_one_chain_remains_after_heal(tmp_path, testnets):
+    testnet = start(testnets, tmp_path, "pow")
+    urls, directory = testnet.urls, testnet.directory
+    with httpx.Client(timeout=5) as http:
+        tx_id = transfer_final_everywhere(http, urls, KEYS[0], via=urls[0])
+        record = http.get(f"{urls[0]}/v1/transactions/{tx_id}").json()
+        block = (record["block_height"], record["block_hash"])
+
+        assert control(directory, "partition", "0,1", "2,3").returncode == 0
+        at_split = heights(http, urls)
+        split_at = max(at_split)
+
+        def sides_diverged() -> bool:
+            tips = [http.get(f"{url}/v1/blocks/latest").json() for url in (urls[0], urls[2])]
+            return all(tip["height"] > split_at for tip in tips) and tips[0]["hash"] != tips[1]["hash"]
+
+        wait_until(sides_diverged, 30, "both sides mining their own branch")
+        time.sleep(2.0)
+        assert control(directory, "heal").returncode == 0
+
+        def one_chain() -> bool:
+            tips = [http.get(f"{url}/v1/blocks/latest").json() for url in urls]
+            return len({tip["hash"] for tip in tips}) == 1
+
+        wait_until(one_chain, 30, "one chain on every node after heal")
+        reorgs = [reorg for url in urls for reorg in http.get(f"{url}/v1/node").json()["extra"]["reorgs"]]
+        assert reorgs and all(reorg["fork_height"] >= min(at_split) - 1 for reorg in reorgs), reorgs
+        for url in urls:  # the transfer made before the split stays final in the same block
+            after = http.get(f"{url}/v1/transactions/{tx_id}").json()
+            assert after["status"] == "final" and (after["block_height"], after["block_hash"]) == block
+    testnet.process.send_signal(2)
+    assert_stopped_cleanly(testnet)
