@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
+from api.json_body import json_body
 from api.problems import (
     REASON_BY_STATUS,
     ProblemException,
@@ -225,35 +226,6 @@ async def _invalid_input(request: Request, exc: InvalidInput) -> Response:
 # --- request parsing -----------------------------------------------------------------------
 
 
-def _is_json_media_type(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
-def _refuse_non_json_constant(name: str) -> Any:
-    # The json module reads NaN and Infinity, which JSON (RFC 8259) does not have.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-async def _json_body(request: Request) -> Any:
-    content_type = request.headers.get("content-type")
-    # A missing Content-Type is tolerated for simple clients; a form or text body is
-    # refused, which also keeps a web page from posting here without a CORS preflight.
-    if content_type is not None and not _is_json_media_type(content_type):
-        raise ProblemException(
-            problem("unsupported_media_type", f"send JSON with Content-Type: application/json, not {content_type}")
-        )
-    body = await request.body()
-    if not body:
-        raise ProblemException(problem("bad_json", "the request body is empty; a JSON object is expected"))
-    try:
-        return json.loads(body, parse_constant=_refuse_non_json_constant)
-    except RecursionError:
-        raise ProblemException(problem("bad_json", "JSON nested too deeply")) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise ProblemException(problem("bad_json", f"body is not valid JSON: {exc}")) from None
-
-
 @dataclass(frozen=True)
 class _Context:
     service: NodeService
@@ -385,7 +357,7 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
     async def submit_transaction(
         request: Request, wait: Literal["final"] | None = wait_param, timeout: float = timeout_param
     ) -> Response:
-        tx = ctx.transaction_of(await _json_body(request))
+        tx = ctx.transaction_of(await json_body(request))
         results = await service.submit([tx])
         if len(results) != 1:
             raise RuntimeError(f"service.submit answered {len(results)} results for one transaction")
@@ -414,7 +386,7 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
     async def submit_batch(
         request: Request, wait: Literal["final"] | None = wait_param, timeout: float = timeout_param
     ) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         items = _batch_items(body, ctx.max_batch)
         results: list[dict[str, Any] | None] = [None] * len(items)
         transactions: list[Transaction] = []

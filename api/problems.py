@@ -26,6 +26,7 @@ DEFAULT_REJECTION_STATUS = 422
 REASONS: dict[str, tuple[int, str]] = {
     # the request itself
     "bad_json": (400, "Body is not valid JSON"),
+    "unsupported_charset": (415, "Body is not UTF-8"),
     "header_timeout": (408, "Request headers took too long"),
     "body_timeout": (408, "Request body took too long"),
     "body_too_large": (413, "Request body too large"),
