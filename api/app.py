@@ -24,10 +24,8 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
-from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -35,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
 from api.json_body import json_body
+from api.openapi import body_schema, install_openapi, ref
 from api.problems import (
     REASON_BY_STATUS,
     ProblemException,
@@ -327,17 +326,6 @@ def _json_response(content: Any, status: int = 200, headers: dict[str, str] | No
     )
 
 
-_SCHEMA_REF = "#/components/schemas/{model}"
-
-
-def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _ref(model: type) -> dict[str, str]:
-    return {"$ref": _SCHEMA_REF.format(model=model.__name__)}
-
-
 # --- routes --------------------------------------------------------------------------------
 
 
@@ -352,7 +340,7 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
         tags=["transactions"],
         summary="Submit one signed transaction",
         responses={200: {"model": SubmitOut, "description": "final (with wait=final)"}},
-        openapi_extra=_body_schema({"oneOf": [_ref(RawTransaction), _ref(TransactionJson)]}),
+        openapi_extra=body_schema({"oneOf": [ref(RawTransaction), ref(TransactionJson)]}),
     )
     async def submit_transaction(
         request: Request, wait: Literal["final"] | None = wait_param, timeout: float = timeout_param
@@ -381,7 +369,7 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
         response_model=BatchOut,
         tags=["transactions"],
         summary=f"Submit up to {ctx.max_batch} signed transactions",
-        openapi_extra=_body_schema(_ref(BatchRequest)),
+        openapi_extra=body_schema(ref(BatchRequest)),
     )
     async def submit_batch(
         request: Request, wait: Literal["final"] | None = wait_param, timeout: float = timeout_param
@@ -447,6 +435,11 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
         summary="A transaction with its status",
     )
     def get_transaction(tx_id: str) -> Any:
+        if tx_id == "batch":
+            # The batch resource, not an id: it only takes POST.
+            raise ProblemException(
+                problem("method_not_allowed", "the batch endpoint takes POST"), {"Allow": "POST"}
+            )
         record = service.transaction(parse_hex(tx_id, "id", 32))
         if record is None:
             raise ProblemException(problem("not_found", f"no transaction {tx_id.lower()} is known", "id"))
@@ -491,7 +484,8 @@ def _parse_cursor(text: str) -> tuple[int, int]:
         or len(index) > _MAX_HEIGHT_DIGITS
     ):
         raise ProblemException(problem("bad_cursor", "a cursor is <height>:<index>, as given in `next`", "before"))
-    return int(height), int(index)
+    # A cursor beyond any possible chain pages from the newest: the store counts in 63 bits.
+    return min(int(height), MAX_AMOUNT), min(int(index), MAX_AMOUNT)
 
 
 def _add_chain_routes(app: FastAPI, ctx: _Context) -> None:
@@ -653,27 +647,9 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
         return {"status": "ok", "height": service.node_info().height}
 
 
-def _install_openapi(app: FastAPI) -> None:
-    """Routes that parse their body themselves still document it: the request and
-    problem models are added to the schema's components."""
-    def generate() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        _, definitions = models_json_schema(
-            [(model, "validation") for model in (RawTransaction, TransactionJson, BatchRequest, ProblemOut)],
-            ref_template=_SCHEMA_REF,
-        )
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions.get("$defs", {}))
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = generate  # type: ignore[method-assign]
-
-
 _PROBLEM_RESPONSE = {
     "description": "An RFC 9457 problem (see docs/api.md for every reason)",
-    "content": {"application/problem+json": {"schema": _ref(ProblemOut)}},
+    "content": {"application/problem+json": {"schema": ref(ProblemOut)}},
 }
 
 
@@ -715,5 +691,5 @@ def create_app(
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
     app.include_router(explorer_router(service))
-    _install_openapi(app)
+    install_openapi(app, prefix=ctx.prefix, chain_id=service.genesis.chain_id, max_batch=max_batch)
     return app
