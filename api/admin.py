@@ -10,10 +10,10 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.problems import ProblemException, problem
 from api.schemas import _Response
@@ -27,8 +27,11 @@ class LinkFaultsOut(_Response):
     loss_percent: float = Field(description="share of outgoing peer messages dropped at random")
 
 
-class LinkFaultsIn(_Response):
-    blocked: list[str] = Field(default_factory=list, description="node ids (40 hex digits) to cut off")
+class LinkFaultsIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # the handler refuses unknown fields: the schema says so
+
+    blocked: list[Annotated[str, Field(pattern=r"^[0-9a-f]{40}$")]] = Field(
+        default_factory=list, description="node ids (40 lowercase hex digits) to cut off")
     delay_ms: int = Field(default=0, ge=0, le=60_000)
     loss_percent: float = Field(default=0.0, ge=0, le=100)
 

@@ -24,18 +24,19 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
-from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.dev import dev_router
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
 from api.admin import add_admin_routes
+from api.json_body import json_body
+from api.openapi import body_schema, install_openapi, ref
 from api.problems import (
     REASON_BY_STATUS,
     ProblemException,
@@ -217,7 +218,15 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> Response
     if isinstance(exc, ProblemException):
         return problem_response(exc.document, exc.headers)
     reason = REASON_BY_STATUS.get(exc.status_code, "http_error")
-    return problem_response(problem(reason, str(exc.detail), status=exc.status_code), exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # The router names the methods of the first route on the path; a path served by
+        # several routes (one per method) allows them all.
+        allowed = {method for route in request.app.routes if isinstance(route, Route)
+                   and route.path == request.url.path for method in (route.methods or ())}
+        if allowed:
+            headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
+    return problem_response(problem(reason, str(exc.detail), status=exc.status_code), headers)
 
 
 async def _invalid_input(request: Request, exc: InvalidInput) -> Response:
@@ -225,35 +234,6 @@ async def _invalid_input(request: Request, exc: InvalidInput) -> Response:
 
 
 # --- request parsing -----------------------------------------------------------------------
-
-
-def _is_json_media_type(content_type: str) -> bool:
-    media_type = content_type.split(";", 1)[0].strip().lower()
-    return media_type == "application/json" or (media_type.startswith("application/") and media_type.endswith("+json"))
-
-
-def _refuse_non_json_constant(name: str) -> Any:
-    # The json module reads NaN and Infinity, which JSON (RFC 8259) does not have.
-    raise ValueError(f"{name} is not a JSON value")
-
-
-async def _json_body(request: Request) -> Any:
-    content_type = request.headers.get("content-type")
-    # A missing Content-Type is tolerated for simple clients; a form or text body is
-    # refused, which also keeps a web page from posting here without a CORS preflight.
-    if content_type is not None and not _is_json_media_type(content_type):
-        raise ProblemException(
-            problem("unsupported_media_type", f"send JSON with Content-Type: application/json, not {content_type}")
-        )
-    body = await request.body()
-    if not body:
-        raise ProblemException(problem("bad_json", "the request body is empty; a JSON object is expected"))
-    try:
-        return json.loads(body, parse_constant=_refuse_non_json_constant)
-    except RecursionError:
-        raise ProblemException(problem("bad_json", "JSON nested too deeply")) from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, over-long integers
-        raise ProblemException(problem("bad_json", f"body is not valid JSON: {exc}")) from None
 
 
 @dataclass(frozen=True)
@@ -357,17 +337,6 @@ def _json_response(content: Any, status: int = 200, headers: dict[str, str] | No
     )
 
 
-_SCHEMA_REF = "#/components/schemas/{model}"
-
-
-def _body_schema(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
-
-
-def _ref(model: type) -> dict[str, str]:
-    return {"$ref": _SCHEMA_REF.format(model=model.__name__)}
-
-
 # --- routes --------------------------------------------------------------------------------
 
 
@@ -382,12 +351,12 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
         tags=["transactions"],
         summary="Submit one signed transaction",
         responses={200: {"model": SubmitOut, "description": "final (with wait=final)"}},
-        openapi_extra=_body_schema({"oneOf": [_ref(RawTransaction), _ref(TransactionJson)]}),
+        openapi_extra=body_schema({"oneOf": [ref(RawTransaction), ref(TransactionJson)]}),
     )
     async def submit_transaction(
         request: Request, wait: Literal["final"] | None = wait_param, timeout: float = timeout_param
     ) -> Response:
-        tx = ctx.transaction_of(await _json_body(request))
+        tx = ctx.transaction_of(await json_body(request))
         results = await service.submit([tx])
         if len(results) != 1:
             raise RuntimeError(f"service.submit answered {len(results)} results for one transaction")
@@ -411,12 +380,12 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
         response_model=BatchOut,
         tags=["transactions"],
         summary=f"Submit up to {ctx.max_batch} signed transactions",
-        openapi_extra=_body_schema(_ref(BatchRequest)),
+        openapi_extra=body_schema(ref(BatchRequest)),
     )
     async def submit_batch(
         request: Request, wait: Literal["final"] | None = wait_param, timeout: float = timeout_param
     ) -> Response:
-        body = await _json_body(request)
+        body = await json_body(request)
         items = _batch_items(body, ctx.max_batch)
         results: list[dict[str, Any] | None] = [None] * len(items)
         transactions: list[Transaction] = []
@@ -477,6 +446,11 @@ def _add_transaction_routes(app: FastAPI, ctx: _Context) -> None:
         summary="A transaction with its status",
     )
     def get_transaction(tx_id: str) -> Any:
+        if tx_id == "batch":
+            # The batch resource, not an id: it only takes POST.
+            raise ProblemException(
+                problem("method_not_allowed", "the batch endpoint takes POST"), {"Allow": "POST"}
+            )
         record = service.transaction(parse_hex(tx_id, "id", 32))
         if record is None:
             raise ProblemException(problem("not_found", f"no transaction {tx_id.lower()} is known", "id"))
@@ -521,7 +495,8 @@ def _parse_cursor(text: str) -> tuple[int, int]:
         or len(index) > _MAX_HEIGHT_DIGITS
     ):
         raise ProblemException(problem("bad_cursor", "a cursor is <height>:<index>, as given in `next`", "before"))
-    return int(height), int(index)
+    # A cursor beyond any possible chain pages from the newest: the store counts in 63 bits.
+    return min(int(height), MAX_AMOUNT), min(int(index), MAX_AMOUNT)
 
 
 def _add_chain_routes(app: FastAPI, ctx: _Context) -> None:
@@ -690,27 +665,9 @@ def _add_node_routes(app: FastAPI, ctx: _Context, keepalive_seconds: float) -> N
         return {"status": "ok", "height": service.node_info().height}
 
 
-def _install_openapi(app: FastAPI) -> None:
-    """Routes that parse their body themselves still document it: the request and
-    problem models are added to the schema's components."""
-    def generate() -> dict[str, Any]:
-        if app.openapi_schema:
-            return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        _, definitions = models_json_schema(
-            [(model, "validation") for model in (RawTransaction, TransactionJson, BatchRequest, ProblemOut)],
-            ref_template=_SCHEMA_REF,
-        )
-        schema.setdefault("components", {}).setdefault("schemas", {}).update(definitions.get("$defs", {}))
-        app.openapi_schema = schema
-        return schema
-
-    app.openapi = generate  # type: ignore[method-assign]
-
-
 _PROBLEM_RESPONSE = {
     "description": "An RFC 9457 problem (see docs/api.md for every reason)",
-    "content": {"application/problem+json": {"schema": _ref(ProblemOut)}},
+    "content": {"application/problem+json": {"schema": ref(ProblemOut)}},
 }
 
 
@@ -753,8 +710,8 @@ def create_app(
     _add_transaction_routes(app, ctx)
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
-    add_admin_routes(app, admin_token, _json_body)
+    add_admin_routes(app, admin_token, json_body)
     app.include_router(explorer_router(service))
     app.include_router(dev_router(service))
-    _install_openapi(app)
+    install_openapi(app, prefix=ctx.prefix, chain_id=service.genesis.chain_id, max_batch=max_batch)
     return app

@@ -26,6 +26,9 @@ DEFAULT_REJECTION_STATUS = 422
 REASONS: dict[str, tuple[int, str]] = {
     # the request itself
     "bad_json": (400, "Body is not valid JSON"),
+    "unsupported_charset": (415, "Body is not UTF-8"),
+    "header_timeout": (408, "Request headers took too long"),
+    "body_timeout": (408, "Request body took too long"),
     "body_too_large": (413, "Request body too large"),
     "bad_content_length": (400, "Content-Length is not a number"),
     "batch_too_large": (413, "Too many transactions in one batch"),
@@ -83,10 +86,11 @@ REASONS: dict[str, tuple[int, str]] = {
     "unsupported_media_type": (415, "Unsupported media type"),
     "http_error": (400, "HTTP error"),
     "internal_error": (500, "Internal server error"),
+    "too_many_connections": (503, "Too many connections"),
 }
 
 # Reasons whose answer tells the client to come back shortly.
-RETRY_AFTER_SECONDS = {"mempool_full": 1, "shutting_down": 5, "syncing": 5}
+RETRY_AFTER_SECONDS = {"mempool_full": 1, "shutting_down": 5, "syncing": 5, "too_many_connections": 1}
 
 # Starlette HTTPException status -> reason, for errors raised by routing.
 REASON_BY_STATUS = {

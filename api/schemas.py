@@ -39,6 +39,18 @@ NAME_BY_KIND: dict[int, str] = {value: name for name, value in KIND_BY_NAME.item
 
 _HEX = re.compile(r"[0-9a-fA-F]*")
 
+# The OpenAPI document states each constraint the server enforces (as JSON Schema, which
+# the server's own checks do not use: they answer with the precise reasons of docs/api.md).
+HEX_BYTES_PATTERN = "^(?:[0-9a-fA-F]{2})*$"
+# The smallest canonical transaction: a one-character chain id and no payload.
+MIN_TX_SIZE = 152
+# An address field; api/openapi.py replaces the mark with the network's bech32m pattern.
+ADDRESS_MARK = "x-ledger-address"
+
+
+def hex_pattern(size: int) -> str:
+    return f"^[0-9a-fA-F]{{{2 * size}}}$"
+
 
 class InvalidInput(ValueError):
     """Input that cannot become a ledger value; `reason` is the stable problem code,
@@ -54,7 +66,7 @@ class InvalidInput(ValueError):
 # --- field types ---------------------------------------------------------------------------
 
 
-def _hex_field(size: int | None = None, max_size: int | None = None) -> Any:
+def _hex_field(size: int | None = None, max_size: int | None = None, min_size: int = 0, pattern: str | None = None) -> Any:
     """A hex string (either case, normalised to lower case) of exactly `size` bytes
     or at most `max_size` bytes.  Errors carry the reasons `bad_hex` and `bad_length`."""
 
@@ -73,7 +85,12 @@ def _hex_field(size: int | None = None, max_size: int | None = None) -> Any:
             )
         return value.lower()
 
-    return Annotated[str, Strict(), AfterValidator(check)]
+    if pattern is None:
+        pattern = hex_pattern(size) if size is not None else HEX_BYTES_PATTERN
+    schema: dict[str, Any] = {"pattern": pattern}
+    if max_size is not None:
+        schema.update(minLength=2 * min_size, maxLength=2 * max_size)
+    return Annotated[str, Strict(), AfterValidator(check), Field(json_schema_extra=schema)]
 
 
 def _below_max_amount(value: int) -> int:
@@ -90,14 +107,19 @@ def _known_kind(value: str) -> str:
     return value
 
 
-PublicKeyHex = _hex_field(size=crypto.PUBLIC_KEY_SIZE)
+# A compressed key starts 02 or 03; other prefixes are refused as bad_public_key.
+PublicKeyHex = _hex_field(size=crypto.PUBLIC_KEY_SIZE, pattern=f"^0[23][0-9a-fA-F]{{{2 * crypto.PUBLIC_KEY_SIZE - 2}}}$")
 SignatureHex = _hex_field(size=crypto.SIGNATURE_SIZE)
 PayloadHex = _hex_field(max_size=MAX_PAYLOAD)
-RawHex = _hex_field(max_size=MAX_TX_SIZE)
-Amount = Annotated[int, Strict(), Field(ge=0), AfterValidator(_below_max_amount)]
+RawHex = _hex_field(max_size=MAX_TX_SIZE, min_size=MIN_TX_SIZE)
+Amount = Annotated[
+    int, Strict(), Field(ge=0, json_schema_extra={"maximum": MAX_AMOUNT}), AfterValidator(_below_max_amount)
+]
 Count = Annotated[int, Strict(), Field(ge=0, le=MAX_AMOUNT)]
-AddressText = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_ADDRESS_LENGTH)]
-KindName = Annotated[str, Strict(), AfterValidator(_known_kind)]
+AddressText = Annotated[
+    str, Strict(), Field(min_length=1, max_length=MAX_ADDRESS_LENGTH, json_schema_extra={ADDRESS_MARK: True})
+]
+KindName = Annotated[str, Strict(), AfterValidator(_known_kind), Field(json_schema_extra={"enum": list(KIND_BY_NAME)})]
 ChainId = Annotated[str, Strict(), Field(min_length=1, max_length=MAX_CHAIN_ID)]
 
 
@@ -119,7 +141,7 @@ class TransactionFields(BaseModel):
     nonce: Count
     sender: PublicKeyHex = Field(description="compressed secp256k1 public key, 33 bytes hex")
     recipient: AddressText = Field(description="bech32m address with the network's prefix")
-    amount: Amount
+    amount: Amount = Field(json_schema_extra={"minimum": 1})
     fee: Amount
     kind: KindName = Field(description="transaction kind: " + ", ".join(KIND_BY_NAME))
     payload: PayloadHex = ""

@@ -31,6 +31,9 @@ class NodeConfig:
     mempool_per_sender: int = 10_000
     max_batch: int = 1_000
     max_body_bytes: int = 8 * 1024 * 1024
+    api_header_timeout: float = 10.0  # s from a request's start to the end of its headers
+    api_body_timeout: float = 30.0  # s from the end of the headers to the end of the body
+    api_max_connections: int = 2048  # concurrent API connections; beyond: 503
     log_level: str = "info"
     peers: tuple[str, ...] = ()  # static peers, "host:port"
     max_peers: int = 16  # peers we dial (static peers are dialled whatever the count)
@@ -72,6 +75,11 @@ _INT_BOUNDS = {
     "p2p_frame_timeout_ms": (100, 600_000),
     "p2p_frame_min_rate": (1024, 1 << 30),
     "block_time": (0, 86_400),
+    "api_max_connections": (1, 1_000_000),
+}
+_FLOAT_BOUNDS = {
+    "api_header_timeout": (0.1, 3600.0),
+    "api_body_timeout": (0.1, 3600.0),
 }
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 
@@ -88,6 +96,16 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ConfigError(f"{where}: an integer from {low} to {high}")
         return value
+    if name in _FLOAT_BOUNDS:
+        low, high = _FLOAT_BOUNDS[name]
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ConfigError(f"{where}: '{value}' is not a number") from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ConfigError(f"{where}: seconds from {low:g} to {high:g}")
+        return float(value)
     if name == "peers":
         return _peer_list(value, where)
     if name == "mine":

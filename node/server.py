@@ -14,6 +14,7 @@ import uvicorn
 from api.app import create_app
 from node.admin import write_admin_token
 from node.config import NodeConfig
+from node.http_limits import HttpLimits, protocol_class, raise_open_files_limit
 from node.runtime import Node
 
 log = logging.getLogger("ledger.node")
@@ -47,8 +48,16 @@ async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_re
     await node.start()
     app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch,
                      admin_token=write_admin_token(config.data_dir))
+    limits = HttpLimits(
+        header_timeout=config.api_header_timeout,
+        body_timeout=config.api_body_timeout,
+        max_connections=raise_open_files_limit(config.api_max_connections),
+    )
     server = _Server(
-        uvicorn.Config(app, log_level=config.log_level, access_log=False, lifespan="off", timeout_graceful_shutdown=5)
+        uvicorn.Config(
+            app, http=protocol_class(limits), log_level=config.log_level, access_log=False, lifespan="off",
+            timeout_graceful_shutdown=5,
+        )
     )
     loop = asyncio.get_running_loop()
 

@@ -623,6 +623,22 @@ BAD_INPUTS: dict[str, BadInput] = {
     "nan_is_not_json": BadInput(
         400, "bad_json", None, lambda node: post_bytes(json_with(fields_of(good_fresh()), "amount", "NaN"))
     ),
+    # JSON on the wire is UTF-8 (RFC 8259 8.1): other encodings are refused, not guessed.
+    "body_in_utf16_with_bom": BadInput(
+        415, "unsupported_charset", None, lambda node: post_bytes(json.dumps(fields_of(good_fresh())).encode("utf-16"))
+    ),
+    "body_in_utf32_batch": BadInput(
+        415, "unsupported_charset", None,
+        lambda node: post_bytes(json.dumps({"transactions": [raw_body(good_fresh())]}).encode("utf-32-le"), BATCH),
+    ),
+    "body_not_utf8": BadInput(
+        415, "unsupported_charset", None,
+        lambda node: post_bytes(json.dumps(fields_of(good_fresh(), chain_id="caf\u00e9"), ensure_ascii=False).encode("latin-1")),
+    ),
+    "charset_not_utf8": BadInput(
+        415, "unsupported_charset", None,
+        lambda node: post_bytes(json.dumps(raw_body(good_fresh())).encode(), content_type="application/json; charset=utf-16"),
+    ),
     "text_body": BadInput(
         415, "unsupported_media_type", None, lambda node: post_bytes(b"raw=00", content_type="text/plain")
     ),
@@ -633,8 +649,12 @@ BAD_INPUTS: dict[str, BadInput] = {
     "amount_as_string": BadInput(
         422, "wrong_type", "amount", lambda node: post_json(fields_of(good_fresh(), amount="5"))
     ),
-    "nonce_as_float": BadInput(
-        422, "wrong_type", "nonce", lambda node: post_json(fields_of(good_fresh(), nonce=0.0))
+    # An integral number (0.0, 1e3) is that integer, as in JSON Schema; a fraction is not.
+    "nonce_with_fraction": BadInput(
+        422, "wrong_type", "nonce", lambda node: post_json(fields_of(good_fresh(), nonce=0.5))
+    ),
+    "amount_with_fraction_in_exponent_form": BadInput(
+        422, "wrong_type", "amount", lambda node: post_bytes(json_with(fields_of(good_fresh()), "amount", "12.5e-1"))
     ),
     "fee_as_bool": BadInput(422, "wrong_type", "fee", lambda node: post_json(fields_of(good_fresh(), fee=True))),
     "recipient_as_number": BadInput(

@@ -674,3 +674,9 @@ def test_admin_faults_answer_only_on_loopback_and_say_when_there_is_no_network(s
     response = call(create_app(service, admin_token=TOKEN), "GET", "/v1/admin/faults",
                     headers={"authorization": f"Bearer {TOKEN}"})
     assert_problem(response, 409, "no_peer_network")
+
+
+def test_a_405_allows_every_method_of_a_path_served_by_several_routes():
+    response = call(create_app(FaultableService(), admin_token=TOKEN), "POST", "/v1/admin/faults")
+    assert_problem(response, 405, "method_not_allowed")
+    assert response.headers["allow"] == "DELETE, GET, PUT"

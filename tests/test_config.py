@@ -135,6 +135,14 @@ def test_values_are_normalised(tmp_path, monkeypatch):
     assert load_config({}, None, {"LEDGER_API_HOST": "::1"}).api_url == "http://[::1]:8000"
 
 
+def test_http_limits_read_as_numbers_from_every_source(tmp_path):
+    file = toml_file(tmp_path, "api_header_timeout = 4\napi_max_connections = 3000\n")
+    config = load_config({"api_body_timeout": "2.5"}, file, NO_ENV)
+    assert (config.api_header_timeout, config.api_body_timeout, config.api_max_connections) == (4.0, 2.5, 3000)
+    assert isinstance(config.api_header_timeout, float)
+    assert load_config({}, None, NO_ENV).api_max_connections > 1000  # room for 1,000 slowloris sockets and more
+
+
 def test_the_config_is_immutable():
     config = load_config({}, None, NO_ENV)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -163,6 +171,11 @@ BAD_VALUES = [
     ("p2p_frame_memory", "1048576", "33554432"),  # less than one frame of the largest size
     ("p2p_frame_timeout_ms", "50", "100 to 600000"),
     ("p2p_frame_min_rate", "0", "1024"),
+    ("api_header_timeout", "soon", "not a number"),
+    ("api_header_timeout", "0", "0.1 to 3600"),
+    ("api_body_timeout", "nan", "0.1 to 3600"),
+    ("api_body_timeout", "inf", "0.1 to 3600"),
+    ("api_max_connections", "0", "1 to 1000000"),
 ]
 
 
@@ -197,6 +210,8 @@ def test_bad_flag_value_names_setting_and_command_line(name, text, says):
     ("mine = 'sometimes'", "mine", "true or false"),
     ("db = 'oracle://x'", "db", "postgresql"),
     ("api_host = 'example.com'", "api_host", "IP address"),
+    ("api_header_timeout = true", "api_header_timeout", "seconds"),
+    ("api_body_timeout = '30s'", "api_body_timeout", "not a number"),
 ])
 def test_bad_file_value_names_setting_and_file(tmp_path, line, name, says):
     file = toml_file(tmp_path, line + "\n")
