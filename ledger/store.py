@@ -376,14 +376,35 @@ class ChainStore:
                 return
             if conn.execute(sa.select(sa.func.count()).select_from(blocks_table)).scalar_one():
                 raise GenesisMismatch("the database holds blocks but no genesis hash: it is not a chain store of this node")
-            self._insert_block_row(conn, block, [], b"")
-            if genesis.allocations:
-                conn.exec_driver_sql(
-                    self._upsert_accounts_sql,
-                    _account_rows((address, (balance, 0, None)) for address, balance in genesis.allocations.items()),
-                )
-            self._put_meta(conn, META_GENESIS_HASH, genesis.hash)
-            self._put_meta(conn, META_HEAD, block.hash)
+            self._insert_genesis(conn, genesis)
+
+    def _insert_genesis(self, conn: Connection, genesis: Genesis) -> None:
+        block = genesis.block()
+        self._insert_block_row(conn, block, [], b"")
+        if genesis.allocations:
+            conn.exec_driver_sql(
+                self._upsert_accounts_sql,
+                _account_rows((address, (balance, 0, None)) for address, balance in genesis.allocations.items()),
+            )
+        self._put_meta(conn, META_GENESIS_HASH, genesis.hash)
+        self._put_meta(conn, META_HEAD, block.hash)
+
+    def load_chain(
+        self, genesis: Genesis, blocks: Iterable[tuple[Block, BlockEffects, bytes, Sequence[EvidenceRecord]]],
+    ) -> int:
+        """Write a whole chain into an empty database in ONE transaction and return its height.
+        `blocks` may check each block as it yields it and raise at any point (a state file found
+        corrupt at its last line): then nothing stays written, not even the genesis."""
+        self._check_schema()
+        height = 0
+        with self._writing() as conn:
+            if conn.execute(sa.select(sa.func.count()).select_from(blocks_table)).scalar_one():
+                raise StoreConflict("the database holds a chain already")
+            self._insert_genesis(conn, genesis)
+            for block, effects, certificate, evidence in blocks:
+                self._commit_prepared(conn, block, self._prepare(block, effects, evidence), certificate)
+                height = block.header.height
+        return height
 
     # --- writing blocks --------------------------------------------------------------------
 

@@ -103,6 +103,7 @@ def node(
     genesis: Optional[Path] = typer.Option(None, "--genesis", help="Genesis JSON file [default: <data-dir>/genesis.json, a dev genesis is written there when missing]"),
     log_level: Optional[str] = typer.Option(None, "--log-level", help="critical, error, warning, info or debug"),
     block_time: Optional[int] = typer.Option(None, "--block-time", help="Dev chain (solo): seal a block every S seconds, empty or not, instead of when transactions wait [default: 0, on demand]"),
+    load_state: Optional[Path] = typer.Option(None, "--load-state", help="Fill a fresh data folder from a file of `ledger state dump` (every block checked from genesis) and run on it"),
     config_file: Optional[Path] = CONFIG,
 ) -> None:
     """Run one node: the chain store, the consensus engine and the REST API."""
@@ -112,8 +113,14 @@ def node(
     config = _config({k: (str(v) if isinstance(v, Path) else v) for k, v in flags.items()}, config_file)
     logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    state_header = _state_header(load_state) if load_state is not None else None  # a bad file creates no folder
     try:
+        folder_is_new = not config.data_dir.exists()
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        # Held until the process ends: a second node, a dump or a load on this folder is refused.
+        _data_dir_lock = _lock_data_dir(config.data_dir)  # noqa: F841
+        if load_state is not None:
+            _load_state(load_state, state_header, config, folder_is_new)
         node_key = load_or_create_node_key(config.data_dir)
         genesis_data, created = _load_genesis(config, node_key.public_key)
     except NodeKeyError as exc:
@@ -172,6 +179,45 @@ def node(
         fail(f"the node stopped: {runtime.failure}", EXIT_RUNTIME)
 
 
+def _lock_data_dir(data_dir: Path):
+    from node.datalock import DataDirInUse, DataDirLock
+
+    try:
+        return DataDirLock(data_dir).acquire()
+    except DataDirInUse as exc:
+        fail(str(exc), EXIT_RUNTIME)
+    except OSError as exc:
+        fail(f"cannot use data dir {data_dir}: {exc.strerror}")
+
+
+def _state_header(path: Path):
+    from node.state_file import StateFileError, read_header
+
+    try:
+        return read_header(path)
+    except StateFileError as exc:
+        fail(str(exc))
+
+
+def _load_state(path: Path, header, config: NodeConfig, folder_is_new: bool) -> None:
+    import shutil
+
+    from node.state_file import StateFileError, load_into
+
+    console.print(f"loading {path}: chain {header.genesis.chain_id}, {header.head_height} blocks, "
+                  "each checked from genesis...", highlight=False)
+    try:
+        height = load_into(path, config, header)
+    except (StateFileError, ChainStoreError, sa.exc.SQLAlchemyError, OSError) as exc:
+        if folder_is_new:  # nothing of this run stays behind
+            shutil.rmtree(config.data_dir, ignore_errors=True)
+        if isinstance(exc, StateFileError):
+            fail(str(exc))
+        detail = _database_error(exc) if not isinstance(exc, OSError) else (exc.strerror or str(exc))
+        fail(f"cannot load {path} into {_shown_url(config.db_url)}: {detail}", EXIT_RUNTIME)
+    console.print(f"loaded {height} blocks into {escape(_shown_url(config.db_url))}", highlight=False)
+
+
 def _print_banner(config: NodeConfig, runtime, created: bool) -> None:
     genesis = runtime.genesis
     console.print(f"[bold]Ledger node {__version__}[/]  chain [cyan]{genesis.chain_id}[/]  engine [cyan]{runtime.engine.name}[/]  "
@@ -220,6 +266,54 @@ def db_upgrade(
     except Exception as exc:  # the database driver's errors vary by backend; say which URL failed
         fail(f"cannot upgrade {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)
     console.print(f"{escape(_shown_url(config.db_url))}: schema is current", highlight=False)
+
+
+state_app = typer.Typer(
+    no_args_is_help=True,
+    help="The whole chain as one portable file, like anvil's --dump-state and --load-state: "
+         "`ledger state dump FILE` writes a stopped node's chain; `ledger node --load-state FILE` starts a node "
+         "on a fresh data folder from it, after checking every block from genesis.\n\n"
+         "The file is gzip-compressed JSON Lines, format ledger-state version 1: a header line (format, version, "
+         "genesis, genesis_hash, head height and hash; node_key only with --include-node-key), one line per block "
+         "from height 1 (height, block and certificate: canonical encodings in hex), one line per account "
+         "(address, balance, nonce), and a closing line (end, blocks, accounts, sha256) whose sha256 covers every "
+         "line before it, uncompressed. See docs/protocol.md, \"State files\".",
+)
+app.add_typer(state_app, name="state")
+
+
+@state_app.command("dump")
+def state_dump(
+    file: Path = typer.Argument(..., help="The file to write (must not exist)"),
+    data_dir: Optional[Path] = DATA_DIR,
+    db: Optional[str] = DB,
+    genesis: Optional[Path] = typer.Option(None, "--genesis", help="Genesis JSON file [default: <data-dir>/genesis.json]"),
+    include_node_key: bool = typer.Option(False, "--include-node-key", metavar="", help="Dev chain (solo): also write the data folder's node key, the chain's authority, so a node loaded from the file keeps sealing blocks. The file is then a secret"),
+    config_file: Optional[Path] = CONFIG,
+) -> None:
+    """Write a stopped node's whole chain (blocks, certificates, accounts) to FILE."""
+    from node.state_file import StateFileError, authority_key, dump_state, open_chain
+
+    config = _config({"data_dir": str(data_dir) if data_dir else None, "db": db,
+                      "genesis": str(genesis) if genesis else None}, config_file)
+    lock = _lock_data_dir(config.data_dir) if config.data_dir.is_dir() else None
+    store = None
+    try:
+        store, chain_genesis = open_chain(config)
+        key = authority_key(config, chain_genesis) if include_node_key else None
+        summary = dump_state(store, chain_genesis, file, key)
+    except (StateFileError, NodeKeyError) as exc:
+        fail(str(exc))
+    except (ChainStoreError, sa.exc.SQLAlchemyError) as exc:
+        fail(f"cannot read {_shown_url(config.db_url)}: {_database_error(exc)}", EXIT_RUNTIME)
+    finally:
+        if store is not None:
+            store.close()
+        if lock is not None:
+            lock.release()
+    console.print(f"wrote {file}: chain {chain_genesis.chain_id}, head {summary.head_height} "
+                  f"{summary.head_hash.hex()}, {summary.accounts} accounts, {summary.size:,} bytes"
+                  + (" (it holds the node key: keep it private)" if include_node_key else ""), highlight=False)
 
 
 @app.command()

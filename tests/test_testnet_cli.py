@@ -3,7 +3,8 @@
 The story: it prints the node table and the dev keys, the nodes agree on a transfer
 made with a printed key, Ctrl-C (SIGINT to the whole process group, as a terminal sends
 it) stops every node with exit code 0; a second `testnet` on the same --dir continues
-the same chain, and SIGTERM to the launcher alone stops it just as cleanly.  After each
+the same chain, its banner showing dev account (0)'s balance after the transfer and its
+fee, and SIGTERM to the launcher alone stops it just as cleanly.  After each
 stop no process whose command line names the testnet's directory is left.  What `make
 testnet` starts with no --consensus, four BFT validators, commits a transfer and stops
 cleanly too; a second run without --consensus on a solo directory keeps the solo chain
@@ -276,7 +277,10 @@ def test_testnet_serves_then_stops_on_ctrl_c_and_sigterm_and_keeps_its_chain(tmp
     output = testnet.wait_for_output("Ctrl-C stops every node.")
 
     assert printed_roles(testnet, output) == ["producer"] + ["follower"] * (NODES - 1)
-    alice = printed_dev_keys(output)[3]
+    alice = printed_dev_keys(output)[0]
+    genesis = Genesis.load(directory / "genesis.json")
+    alice_line = re.compile(rf"^\s+\(0\) {genesis.address(address_of(alice.public_key))}\s+(\S+) LED\s*$", re.MULTILINE)
+    assert alice_line.findall(output) == ["1,000,000"]
 
     with httpx.Client(timeout=5.0) as http:
         infos = [info_or_none(http, url) for url in testnet.urls]
@@ -302,6 +306,8 @@ def test_testnet_serves_then_stops_on_ctrl_c_and_sigterm_and_keeps_its_chain(tmp
         again = testnets(directory, api_port, p2p_port, consensus=None).start()
         output = again.wait_for_output("Ctrl-C stops every node.")
         assert f"engine solo, data in {directory}" in output.replace("\n", " ")
+        # The banner shows what account (0) holds now: 1,000 base units and a fee of 1 less.
+        assert alice_line.findall(output) == ["999,999.999998999"]
         assert (directory / "genesis.json").read_bytes() == genesis_before
         for url in again.urls:
             info = info_or_none(http, url)

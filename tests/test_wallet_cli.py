@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ledger.address import address_of, encode_address
+from ledger.crypto import PrivateKey
+from ledger.genesis import dev_genesis
 from ledger.hdkeys import DEV_MNEMONIC, ExtendedKey, dev_keys
 from wallet.cli import app as wallet_app
 
@@ -68,9 +71,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def node_url(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("wallet-node")
+@contextmanager
+def running_node(folder: Path):
+    """A `ledger node` process on `folder` (a dev chain unless a genesis.json is there), always stopped."""
     port = free_port()
     log = open(folder / "node.log", "wb")
     process = subprocess.Popen(
@@ -100,6 +103,24 @@ def node_url(tmp_path_factory):
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def node_url(tmp_path_factory):
+    with running_node(tmp_path_factory.mktemp("wallet-node")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def tst_node_url(tmp_path_factory):
+    """A dev chain whose addresses read tst1..., as a `ledger testnet`'s do."""
+    folder = tmp_path_factory.mktemp("wallet-tst-node")
+    key = PrivateKey.generate()
+    (folder / "data").mkdir()
+    (folder / "data" / "node_key").write_text(key.secret.hex() + "\n")
+    dev_genesis(key.public_key, chain_id="ledger-tst", prefix="tst").save(folder / "data" / "genesis.json")
+    with running_node(folder) as url:
+        yield url
 
 
 class Wallet:
@@ -415,3 +436,33 @@ def _xprv(text: str) -> ExtendedKey:
         number = number * 58 + alphabet.index(char)
     payload = number.to_bytes(82, "big")[:-4]
     return ExtendedKey(payload[46:78], payload[13:45])
+
+
+def test_the_wallet_shows_keys_in_the_prefix_of_the_node_it_talks_to(tmp_path, tst_node_url):
+    wallet = Wallet(tmp_path, tst_node_url)
+    stored = wallet.import_dev("dev3", 3)  # no node asked: stored with the default prefix
+    assert stored == dev_address(3)
+    tst = encode_address("tst", address_of(dev_keys(4)[3].public_key))
+    listed = wallet.json("list", "--node", tst_node_url)["keys"]
+    assert [key["address"] for key in listed] == [tst]
+    assert wallet.json("address", "dev3", "--node", tst_node_url)["address"] == tst
+    assert wallet("list", "--node", tst_node_url).stdout.count("tst1") == 1
+    assert wallet.json("list")["keys"][0]["address"] == stored  # offline: as stored, no node needed
+    one_error_line(wallet("list", "--node", tst_node_url, "--prefix", "dev", expect=2), "not both")
+    assert wallet.json("balance", "dev3")["address"] == tst
+    # A read takes the other form of the same account, as explorer search does.
+    assert wallet.json("balance", stored)["address"] == tst
+
+    created = wallet.json("new", "carol", "--node", tst_node_url)["address"]
+    assert created.startswith("tst1") and json.loads((wallet.keystore / "carol.json").read_text())["address"] == created
+
+
+def test_send_to_another_networks_form_is_refused_with_this_networks_form(tmp_path, tst_node_url):
+    wallet = Wallet(tmp_path, tst_node_url)
+    wallet.import_dev("dev2", 2)
+    recipient = address_of(dev_keys(10)[9].public_key)
+    result = wallet("send", "--to", encode_address("dev", recipient), "--amount", "1", expect=2)
+    one_error_line(result, "network 'dev', this network is 'tst'", encode_address("tst", recipient), "nothing was signed")
+    assert wallet.json("balance", "dev2")["pending_nonce"] == 0
+    sent = wallet.json("send", "--to", encode_address("tst", recipient), "--amount", "1", "--wait")
+    assert sent["status"] == "final" and sent["from"].startswith("tst1") and sent["to"] == encode_address("tst", recipient)

@@ -22,7 +22,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from api.schemas import InvalidInput, TransactionStatusOut, decode_raw_transaction, transaction_to_json
-from ledger.address import InvalidAddress, decode_address, is_valid_prefix
+from ledger.address import InvalidAddress, bech32m_decode, decode_address, encode_address, is_valid_prefix
 from ledger.codec import MAX_AMOUNT
 from ledger.crypto import InvalidKey, PrivateKey
 from ledger.hdkeys import COIN_TYPE
@@ -97,6 +97,11 @@ FromOpt = Annotated[
 PrefixOpt = Annotated[
     Optional[str],
     typer.Option("--prefix", envvar="LEDGER_ADDRESS_PREFIX", help="Address prefix (network) to show addresses with."),
+]
+# Flag only, no LEDGER_NODE: listing keys must never need a node unless asked to.
+LearnPrefixOpt = Annotated[
+    Optional[str],
+    typer.Option("--node", help="Show (or store) addresses with this node's network prefix, e.g. tst1... on a testnet."),
 ]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.0, help="Seconds --wait waits for finality.")]
 WaitOpt = Annotated[bool, typer.Option("--wait", help="Follow the transaction until it is final (or --timeout).")]
@@ -199,6 +204,16 @@ def _shown_address(entry: KeyEntry, prefix: str | None) -> str:
     return entry.address(_prefix(prefix)) if prefix is not None else entry.stored_address
 
 
+def _prefix_or_nodes(prefix: str | None, node: str | None) -> str | None:
+    """The prefix to show or store addresses with: --prefix, or the one `node` serves (asked now)."""
+    if node is None:
+        return prefix
+    if prefix is not None:
+        raise BadInput("give --prefix or --node, not both: the node's prefix is the network's", "bad_option")
+    with connect(node) as network:
+        return network.prefix
+
+
 def _entry_json(entry: KeyEntry, address: str) -> dict[str, Any]:
     return {
         "name": entry.name,
@@ -230,8 +245,13 @@ def _unlock(entry: KeyEntry, password_file: Path | None) -> PrivateKey:
     return open_sealed(entry, prompts.password(f"key '{entry.name}'", password_file))
 
 
-def _resolve_account(text: str, prefix: str, keystore: Keystore, what: str) -> tuple[bytes, str | None]:
-    """(account id, key name or None) of a key name or an address of the network `prefix`."""
+def _resolve_account(text: str, prefix: str, keystore: Keystore, what: str, to_sign: bool = False) -> tuple[bytes, str | None]:
+    """(account id, key name or None) of a key name or an address of the network `prefix`.
+
+    An address under another prefix names the same 20 bytes, and a read (balance, history)
+    takes it, as explorer search does.  A transfer refuses it and names this network's form:
+    the prefix is what stops a payment meant for another network, and only the sender can
+    tell whether that account is the one meant."""
     wanted = text.strip()
     if any(entry.name == wanted for entry in keystore.entries()):
         entry = keystore.find(wanted)
@@ -241,7 +261,16 @@ def _resolve_account(text: str, prefix: str, keystore: Keystore, what: str) -> t
     except InvalidAddress as exc:
         if exc.reason in ("bad_format", "bad_character") and "1" not in wanted:
             raise NotFound(f"{what} '{wanted}' is neither a key in {keystore.folder} nor an address", "key_not_found") from None
-        raise BadInput(f"{what} '{wanted}': {exc}", exc.reason) from None
+        if exc.reason != "wrong_network":
+            raise BadInput(f"{what} '{wanted}': {exc}", exc.reason) from None
+    account = bech32m_decode(wanted)[1]
+    if len(account) != 20:
+        raise BadInput(f"{what} '{wanted}': an address carries 20 bytes", "bad_length")
+    if not to_sign:
+        return account, None
+    raise BadInput(f"{what} '{wanted}': address is for network '{bech32m_decode(wanted)[0]}', this network is "
+                   f"'{prefix}'; the same account here is {encode_address(prefix, account)}: send to that if it is "
+                   "the one you mean (nothing was signed)", "wrong_network")
 
 
 def _check_chain_id(chain_id: str) -> str:
@@ -302,6 +331,7 @@ def new(
     name: Annotated[str, typer.Argument(help="A name for the key (letters, digits, '_', '.', '-').")],
     words: Annotated[int, typer.Option("--words", help="Mnemonic length: 12, 15, 18, 21 or 24 words.")] = 24,
     prefix: PrefixOpt = None,
+    node: LearnPrefixOpt = None,
     light: LightOpt = False,
     password_file: PasswordFileOpt = None,
     keystore_dir: KeystoreOpt = None,
@@ -310,7 +340,7 @@ def new(
     """Create a key from a new BIP-39 mnemonic (shown once: write it down)."""
     keystore = _keystore(keystore_dir)
     check_name(name)
-    address_prefix = _prefix(prefix)
+    address_prefix = _prefix(_prefix_or_nodes(prefix, node))
     _refuse_taken_name(keystore, name)
     phrase = new_mnemonic(words)
     password = prompts.password(f"key '{name}'", password_file, new=True)
@@ -381,6 +411,7 @@ def import_key(
     keystore_file: Annotated[Optional[Path], typer.Option("--keystore-file", help="A Web3 Secret Storage v3 file (geth, MetaMask) or a ledger keystore file.")] = None,
     source_password_file: Annotated[Optional[Path], typer.Option("--source-password-file", help="Password of --keystore-file; also LEDGER_WALLET_SOURCE_PASSWORD.")] = None,
     prefix: PrefixOpt = None,
+    node: LearnPrefixOpt = None,
     light: LightOpt = False,
     password_file: PasswordFileOpt = None,
     keystore_dir: KeystoreOpt = None,
@@ -389,7 +420,7 @@ def import_key(
     """Import a key: from a mnemonic, a raw hex key, or a keystore file."""
     keystore = _keystore(keystore_dir)
     check_name(name)
-    address_prefix = _prefix(prefix)
+    address_prefix = _prefix(_prefix_or_nodes(prefix, node))
     from_mnemonic = mnemonic or mnemonic_file is not None
     sources = [from_mnemonic, private_key, key_file is not None, keystore_file is not None]
     if sum(sources) != 1:
@@ -432,11 +463,13 @@ def import_key(
 @_command
 def list_keys(
     prefix: PrefixOpt = None,
+    node: LearnPrefixOpt = None,
     keystore_dir: KeystoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """List the keys in the keystore (no password needed)."""
     keystore = _keystore(keystore_dir)
+    prefix = _prefix_or_nodes(prefix, node)
     entries, problems = keystore.scan()
     document = {
         "keystore": str(keystore.folder),
@@ -467,12 +500,13 @@ def list_keys(
 def address(
     name: Annotated[Optional[str], typer.Argument(help="Key name [default: the only key].")] = None,
     prefix: PrefixOpt = None,
+    node: LearnPrefixOpt = None,
     keystore_dir: KeystoreOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
     """Print a key's address (no password needed)."""
     entry = _select_key(_keystore(keystore_dir), name)
-    shown = _shown_address(entry, prefix)
+    shown = _shown_address(entry, _prefix_or_nodes(prefix, node))
     _emit(json_output, _entry_json(entry, shown), lambda out: out.print(shown, soft_wrap=True))
 
 
@@ -591,7 +625,7 @@ def send(
     with connect(node, chain_id) as network:
         info = network.info
         value, fee_units = _amounts(amount, fee, info.decimals, info.denomination)
-        recipient, _ = _resolve_account(to, network.prefix, keystore, "recipient")
+        recipient, _ = _resolve_account(to, network.prefix, keystore, "recipient", to_sign=True)
         sender_address = network.address(entry.account)
         with node_errors(network.url):
             account = network.client.account(sender_address)
