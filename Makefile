@@ -27,7 +27,7 @@ test: $(STAMP) chromium
 
 # The unit tier for a developer's loop: no node processes, no browser, no PostgreSQL.
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration and not browser and not postgres" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n auto -m "not integration and not browser and not postgres" $(PYTEST_ARGS)
 
 # The explorer's browser tests drive Debian's Chromium; install it when missing and we may.
 chromium:
