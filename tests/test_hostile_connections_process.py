@@ -337,7 +337,7 @@ COMEBACK_SECONDS = 0.5  # a banned attacker returns with a fresh key this soon
 @pytest.mark.parametrize(
     ("flood", "reasons"),
     [
-        (lambda: m.GetBlocks((bytes(32),), 500), ("block request budget exceeded", "names no block of this chain",
+        (lambda: m.GetBlocks((bytes(32),), 500), ("block request budget exceeded", "block request names no block of this chain",
                                                   "asked for blocks before the last answer")),
         (lambda: m.TxAnnounce(random_ids(4096)), ("transaction announcement budget exceeded",)),
     ],
