@@ -434,10 +434,6 @@ def testnet(
                       "(and stop, start, kill, pause, resume NODE; partition 0,1 2,3; heal; delay NODE MS; loss NODE %)",
                       style="dim", highlight=False)
         while not stopping:
-            for member in fleet.reap():
-                errors.print(f"{member.name} is down ({describe_exit(member.exit_code)}); the others go on. "
-                             f"`ledger testnet start {member.name} --dir {directory}` brings it back; log {member.log}",
-                             highlight=False)
             fleet.lay_faults()  # on nodes that (re)started since a partition, delay or loss was set
             cells = []
             for row in fleet.status():
@@ -451,6 +447,10 @@ def testnet(
             for _ in range(10 if console.is_terminal else 50):
                 if stopping:
                     break
+                for member in fleet.reap():  # said at once, not with the next status line
+                    errors.print(f"\n{member.name} is down ({describe_exit(member.exit_code)}); the others go on. "
+                                 f"`ledger testnet start {member.name} --dir {directory}` brings it back; "
+                                 f"log {member.log}", highlight=False)
                 control.serve_pending()
                 time.sleep(0.1)
     finally:

@@ -276,11 +276,15 @@ class Fleet:
         with self.lock:
             members = list(self.members)
         for member in members:
-            row = {"node": member.name, "state": member.state, "pid": member.process.pid if member.state != "down" else None,
-                   "exit": None if member.state != "down" else describe_exit(member.exit_code),
+            state = member.state
+            # A process that just ended has a return code before the launcher's loop reaps it.
+            ended = member.exit_code if member.exit_code is not None else (
+                member.process.returncode if member.process is not None else None)
+            row = {"node": member.name, "state": state, "pid": member.process.pid if state != "down" else None,
+                   "exit": None if state != "down" else ("never started" if member.process is None else describe_exit(ended)),
                    "log": str(member.log), "api": member.api_url, "faults": member.faults,
                    "height": None, "finalized": None, "peers": None, "role": None}
-            if member.state == "up":
+            if state == "up":
                 try:
                     info = self.http.get(f"{member.api_url}/v1/node", timeout=1.0).json()
                     row.update(height=info["height"], finalized=info["finalized_height"], peers=info["peers"],
