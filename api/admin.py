@@ -48,10 +48,14 @@ def add_admin_routes(app: FastAPI, token: str | None, json_body: Callable[[Reque
     """`token` None: the node runs without an admin endpoint (every call answers 401)."""
 
     def authorize(request: Request) -> None:
-        if not _from_loopback(request):
+        # A request a proxy forwarded comes from elsewhere, whatever address the proxy has.
+        forwarded = any(name in request.headers for name in ("forwarded", "x-forwarded-for", "x-real-ip"))
+        if forwarded or not _from_loopback(request):
             raise ProblemException(problem("forbidden", "the admin endpoint answers on loopback only"))
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if token is None or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
+        # Bytes, not str: compare_digest refuses non-ASCII text, and a header may hold any latin-1.
+        if token is None or scheme.lower() != "bearer" or not hmac.compare_digest(
+                given.strip().encode("latin-1"), token.encode("ascii")):
             raise ProblemException(
                 problem("unauthorized", "send Authorization: Bearer <the token in the node's data folder, admin.token>"),
                 {"WWW-Authenticate": "Bearer"},
@@ -68,7 +72,7 @@ def add_admin_routes(app: FastAPI, token: str | None, json_body: Callable[[Reque
 
     @app.get("/v1/admin/faults", response_model=LinkFaultsOut, tags=[ADMIN_TAG], responses=responses,
              summary="The faults laid on this node's peer links")
-    def get_faults(request: Request) -> Any:
+    async def get_faults(request: Request) -> Any:
         authorize(request)
         return service_faults(request)[1]
 
@@ -95,7 +99,7 @@ def add_admin_routes(app: FastAPI, token: str | None, json_body: Callable[[Reque
 
     @app.delete("/v1/admin/faults", response_model=LinkFaultsOut, tags=[ADMIN_TAG], responses=responses,
                 summary="Heal every link")
-    def heal(request: Request) -> Any:
+    async def heal(request: Request) -> Any:  # async: the network and events hub belong to the loop
         authorize(request)
         service, _ = service_faults(request)
         return service.set_link_faults(frozenset(), 0, 0.0)

@@ -442,6 +442,8 @@ class Node(ChainReads, LinkFaultControl):
             await asyncio.sleep(1)
             with self.lock:
                 expired = self.pool.expire(self.now_ms())
+                if not self.pool.ready_count():
+                    self.work_since_ms = None  # nothing waits: the next transaction starts a new wait
             if expired:
                 log.info("expired %d transactions from the mempool", len(expired))
             if self.network is not None:

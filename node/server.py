@@ -45,9 +45,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
+    admin_token = write_admin_token(config.data_dir)  # before anything starts: a failure leaves nothing running
     await node.start()
-    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch,
-                     admin_token=write_admin_token(config.data_dir))
+    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch, admin_token=admin_token)
     limits = HttpLimits(
         header_timeout=config.api_header_timeout,
         body_timeout=config.api_body_timeout,

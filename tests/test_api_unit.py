@@ -639,6 +639,12 @@ def test_admin_faults_need_the_token_and_change_nothing_without_it():
         assert_problem(response, 401, "unauthorized")
         assert response.headers["www-authenticate"] == "Bearer"
     assert service.faults["blocked"] == []
+    # A token with bytes outside ASCII is just a wrong token, not a server error.
+    assert_problem(call(app, "GET", "/v1/admin/faults", headers={"authorization": "Bearer \xe9t\xe9".encode("latin-1")}),
+                   401, "unauthorized")
+    # Forwarded by a proxy on this host: not a loopback caller, whatever the proxy's address.
+    assert_problem(call(app, "GET", "/v1/admin/faults", headers={"authorization": f"Bearer {TOKEN}",
+                                                                "x-forwarded-for": "203.0.113.9"}), 403, "forbidden")
     assert_problem(call(create_app(service), "GET", "/v1/admin/faults",
                         headers={"authorization": f"Bearer {TOKEN}"}), 401, "unauthorized")  # no token set: closed
     auth = {"authorization": f"Bearer {TOKEN}"}

@@ -2,8 +2,8 @@
 
 A partition is a set of node ids this node will not talk to: their connections close,
 their handshakes are refused and nothing is sent to them, until the partition heals.
-Delay holds every outgoing message for a fixed time before it is queued (in order, so
-it reorders nothing); loss drops a share of outgoing messages at random.  The handshake
+Delay holds every outgoing message for a fixed time before it is queued (in order while
+the delay stays the same; lowering it lets new messages overtake held ones); loss drops a share of outgoing messages at random.  The handshake
 is never delayed or dropped: a link that cannot even connect is a partition, not loss.
 """
 
