@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +24,7 @@ from ledger.address import address_of
 from ledger.crypto import PrivateKey
 from node.admin import ADMIN_TOKEN_FILE
 from node.keys import NODE_KEY_FILE
-from node.lifetime import die_with_parent
+from node.testnet import NodeLayout, start_nodes, stop_nodes
 
 STOP_TIMEOUT = 15.0
 NO_FAULTS = {"blocked": [], "delay_ms": 0, "loss_percent": 0.0}
@@ -38,16 +36,25 @@ class FleetError(Exception):
 
 @dataclass
 class Member:
-    index: int
-    directory: Path
-    config: Path
-    api_url: str
+    layout: NodeLayout
     node_id: str
     process: subprocess.Popen | None = None
     paused: bool = False
     exit_code: int | None = None  # of the last run, once it ended
     faults: dict = field(default_factory=lambda: dict(NO_FAULTS))  # what the node should have
     applied: dict | None = None  # what it was last given (None: nothing since it started)
+
+    @property
+    def index(self) -> int:
+        return self.layout.index
+
+    @property
+    def directory(self) -> Path:
+        return self.layout.directory
+
+    @property
+    def api_url(self) -> str:
+        return self.layout.api_url
 
     @property
     def name(self) -> str:
@@ -83,7 +90,7 @@ def describe_exit(code: int | None) -> str:
 class Fleet:
     def __init__(self, layouts) -> None:
         self.members = [
-            Member(layout.index, layout.directory, layout.config, layout.api_url, node_id_of(layout.directory))
+            Member(layout, node_id_of(layout.directory))
             for layout in layouts
         ]
         self.lock = threading.RLock()  # the launcher's loop and the control socket's threads
@@ -103,14 +110,7 @@ class Fleet:
             member = self.member(name)
             if member.state != "down":
                 raise FleetError(f"{member.name} is already {member.state}")
-            log = open(member.log, "ab")
-            try:
-                member.process = subprocess.Popen(
-                    [sys.executable, "-m", "node.cli", "node", "--config", str(member.config)],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent,
-                )
-            finally:
-                log.close()
+            [member.process] = start_nodes([member.layout])
             member.paused, member.exit_code, member.applied = False, None, None
             return f"{member.name} started (pid {member.process.pid})"
 
@@ -159,19 +159,7 @@ class Fleet:
 
     def stop_all(self) -> None:
         with self.lock:
-            running = [m for m in self.members if m.state != "down"]
-            for member in running:
-                if member.paused:
-                    member.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
-                    member.paused = False
-                member.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-            deadline = time.monotonic() + STOP_TIMEOUT
-            for member in running:
-                try:
-                    member.exit_code = member.process.wait(timeout=max(0.1, deadline - time.monotonic()))  # type: ignore[union-attr]
-                except subprocess.TimeoutExpired:
-                    member.process.kill()  # type: ignore[union-attr]
-                    member.exit_code = member.process.wait()  # type: ignore[union-attr]
+            self._terminate(*[m for m in self.members if m.state != "down"])
         self.http.close()
 
     def reap(self) -> list[Member]:
@@ -191,18 +179,16 @@ class Fleet:
             raise FleetError(f"{member.name} is down; `ledger testnet start {member.name}` starts it")
         return member
 
-    def _terminate(self, member: Member) -> None:
-        process = member.process
-        assert process is not None
-        if member.paused:
-            process.send_signal(signal.SIGCONT)
-            member.paused = False
-        process.send_signal(signal.SIGTERM)
-        try:
-            member.exit_code = process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            member.exit_code = process.wait()
+    def _terminate(self, *members: Member) -> None:
+        """SIGTERM (a paused process is woken first, or it could not act on it), then SIGKILL
+        what has not exited within STOP_TIMEOUT: all of them at once."""
+        for member in members:
+            if member.paused:
+                member.process.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+                member.paused = False
+        stop_nodes([member.process for member in members], STOP_TIMEOUT)  # type: ignore[misc]
+        for member in members:
+            member.exit_code = member.process.returncode  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ link faults
     def partition(self, groups: list[str]) -> str:
