@@ -8,6 +8,7 @@ from ledger.genesis import Genesis
 
 from consensus.bft import BftEngine
 from consensus.engine import Engine
+from consensus.pos.engine import PosEngine
 from consensus.pow import PowEngine
 from consensus.solo import SoloEngine
 
@@ -40,6 +41,9 @@ def create_engine(
     if genesis.engine == "bft":
         # The node key votes when it is a validator's; any other node follows.
         return BftEngine.from_genesis(genesis, signer)
+    if genesis.engine == "pos":
+        # The node key attests and proposes once it is an active validator's key.
+        return PosEngine(genesis, signer)
     raise EngineNotBuilt(
-        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow, bft"
+        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow, bft, pos"
     )

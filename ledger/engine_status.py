@@ -36,6 +36,9 @@ class ValidatorStatus:
     last_signed_height: int | None = None  # the newest height it signed (a proposal or a commit vote)
     jailed: bool = False
     slashed: int = 0  # amount taken for misbehaviour
+    # Where it stands in a set that changes (proof of stake): pending, active, exiting,
+    # exited or slashed; None where the set is fixed.
+    status: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
