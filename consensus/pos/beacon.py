@@ -562,7 +562,6 @@ def apply_block(parent: BeaconState, header: BlockHeader, chain: Chain) -> Beaco
     state, ops = apply_body(prepared, slot, extra, validator.owner, chain)
     if list(extra.ops) != ops:
         raise InvalidSeal("block ops differ from what the consensus state orders")
-    state = replace(state, validators=mirror_ops(state.validators, ops[len(prepared.ops):]))
     state = apply_stake_changes(state, extra.stake_changes, epoch)
     block_hash = header.hash
     first_of_epoch = slot == epoch * chain.params.slots_per_epoch

@@ -67,7 +67,7 @@ from consensus.pos.params import PosParams
 
 MAX_POOL = 4096  # attestations waiting for a block
 MAX_SEEN_VOTES = 64  # per validator, for slashing detection
-MAX_STATES = 50_000
+MAX_STATES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +134,7 @@ class PosEngine(Engine):
         self.max_future_ms = self.params.slot_ms
         self._key = signer
         self._states: dict[bytes, BeaconState] = {self.genesis_header.hash: self.genesis_state}
+        self._heights: dict[bytes, int] = {self.genesis_header.hash: 0}
         self.tree = BlockTree(self.genesis_header, self.genesis_state)
         self.head: BlockHeader | None = None  # the runtime's head
         self.guard = Guard()
@@ -151,6 +152,7 @@ class PosEngine(Engine):
         self._waiting_votes: list[Attestation] = []  # heads not known yet
         self.proposed: dict[int, int] = {}  # validator -> blocks proposed on the head's chain (counted as seen)
         self.refused_messages = 0
+        self._saved_mark: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ pure checks
     def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
@@ -168,7 +170,7 @@ class PosEngine(Engine):
         if known is not None:
             return
         state = beacon.apply_block(parent, header, self.chain)
-        self._remember(header.hash, state)
+        self._remember(header, state)
 
     def _state_for(self, ancestors: Sequence[BlockHeader]) -> BeaconState | None:
         """The state after ancestors[-1], replaying ancestors from the newest one known."""
@@ -185,17 +187,24 @@ class PosEngine(Engine):
         state = self._states[ancestors[start].hash]
         for header in ancestors[start + 1:]:
             state = beacon.apply_block(state, header, self.chain)
-            self._remember(header.hash, state)
+            self._remember(header, state)
         return state
 
-    def _remember(self, block_hash: bytes, state: BeaconState) -> None:
+    def _remember(self, header: BlockHeader, state: BeaconState) -> None:
         if len(self._states) >= MAX_STATES:
             self._prune_states()
-        self._states[block_hash] = state
+        self._states[header.hash] = state
+        self._heights[header.hash] = header.height
 
     def finalized_height(self, head_height: int) -> int:
-        header = self.tree.header(self.tree.finalized.root)
-        return min(head_height, header.height) if header is not None else 0
+        """The finalized checkpoint of the head's own chain (its state's), not the best one
+        any branch reached: a node on the losing side of a partition must still be free to
+        move to the winner's branch.  The engine's head may lag the runtime's by the block
+        being committed, which only delays finality by that block."""
+        if self.head is None:
+            return 0
+        root = self._head_state().finalized.root
+        return min(head_height, self._heights.get(root, 0))
 
     def fork_choice(self, branches: Sequence[Sequence[BlockHeader]]) -> int:
         # LMD-GHOST decides (SetHead); the importer's length rule must not switch on its own.
@@ -245,8 +254,8 @@ class PosEngine(Engine):
             self._on_built(event.block)
         elif isinstance(event, BlockCommitted):
             self._on_committed(event.header, event.recent)
-        self._duties()
         self._choose_head()
+        self._duties()
         self._arm_timer()
         return self._out
 
@@ -256,9 +265,12 @@ class PosEngine(Engine):
             key, guard, saved_states = _decode_saved(event.persisted)  # corrupt: refuse to run
             if self._key is not None and key == self._key.public_key:
                 self.guard = guard
-        for state in saved_states:
-            self._states.setdefault(state.block_root, state)
         recent = event.recent or (event.head,)
+        heights = {header.hash: header.height for header in recent}
+        for state in saved_states:
+            if state.block_root in heights:
+                self._states.setdefault(state.block_root, state)
+                self._heights[state.block_root] = heights[state.block_root]
         # The tree starts at the newest finalized state we can anchor: a saved one in the
         # window, else genesis (a young chain).
         anchor_state = None
@@ -290,7 +302,16 @@ class PosEngine(Engine):
                 self._on_block(item, window[: position + 1])
         if header.hash not in self.tree:
             self._on_block(header)
-        self._persist()
+        # A saved state within the recent window is all a restart needs (it replays the rest):
+        # one save an epoch, and whenever finality moves.
+        state = self._states.get(header.hash)
+        if state is not None:
+            mark = (state.slot // self.params.slots_per_epoch, self.tree.finalized.epoch)
+            if mark != self._saved_mark:
+                if self._saved_mark is not None and mark[1] != self._saved_mark[1]:
+                    self._prune_states()
+                self._saved_mark = mark
+                self._persist()
 
     def _on_block(self, header: BlockHeader, ancestors: Sequence[BlockHeader] = ()) -> None:
         """A valid block the runtime holds (received, committed or our own): into the tree,
@@ -310,7 +331,7 @@ class PosEngine(Engine):
                 state = beacon.apply_block(parent, header, self.chain)
             except InvalidSeal:
                 return
-            self._remember(header.hash, state)
+            self._remember(header, state)
         if not self.tree.add(header, state):
             return
         extra = PosExtra.decode(header.extra)
@@ -355,8 +376,8 @@ class PosEngine(Engine):
                 return
         elif self._key is None:
             return
-        head_state = self._head_state()
-        index = self._my_index(head_state)
+        head_state = self._states.get(self.head.hash)
+        index = self._my_index(head_state) if head_state is not None else None
         if index is None:
             self._slot_done = (slot, proposed, attested)
             return
@@ -386,9 +407,11 @@ class PosEngine(Engine):
         return None
 
     def _propose(self, slot: int, index: int) -> None:
-        head = self.head
-        assert head is not None
-        state = self._head_state()
+        # On the fork choice's head: a SetHead to it, if any, went out before this request.
+        head = self.tree.header(self.tree.head())
+        state = self.tree.state(head.hash) if head is not None else None
+        if head is None or state is None:
+            return
         if state.slot >= slot or not self.guard.may_propose(slot):
             return
         prepared = beacon.prepare(state, slot, self.chain)
@@ -445,6 +468,8 @@ class PosEngine(Engine):
         slot, extra = building
         if self.chain.slot_of(block.header.timestamp) != slot or not self.guard.may_propose(slot):
             return
+        if head.hash not in self._states:
+            return
         extra = replace(extra, stake_changes=stake_changes_of(block.transactions))
         header = replace(block.header, extra=extra.encode())
         header = replace(header, seal=beacon.sign_block(self._key, header, slot, self.chain.chain_id))
@@ -452,7 +477,7 @@ class PosEngine(Engine):
             state = beacon.apply_block(self._head_state(), header, self.chain)
         except InvalidSeal as exc:  # our own rules refuse it: a bug, never sent
             raise AssertionError(f"the block this validator built is invalid: {exc}") from exc
-        self._remember(header.hash, state)
+        self._remember(header, state)
         self.guard = replace(self.guard, proposed_slot=slot)
         self._persist()
         sealed = Block(header, block.transactions)
@@ -580,6 +605,7 @@ class PosEngine(Engine):
         floor_slot = floor.slot if floor is not None else 0
         for block_hash in [h for h, s in self._states.items() if s.slot < floor_slot and h not in self.tree]:
             del self._states[block_hash]
+            self._heights.pop(block_hash, None)
 
     # ------------------------------------------------------------------ status
     def status(self) -> EngineStatus:
@@ -595,8 +621,8 @@ class PosEngine(Engine):
             phase="not started" if self.head is None else f"slot {slot} of epoch {epoch}",
             height=self.head.height + 1 if self.head is not None else None,
             epoch=epoch,
-            justified=StatusCheckpoint(self.tree.justified.epoch, self.tree.justified.root),
-            finalized=StatusCheckpoint(self.tree.finalized.epoch, self.tree.finalized.root),
+            justified=StatusCheckpoint(state.justified.epoch, state.justified.root),
+            finalized=StatusCheckpoint(state.finalized.epoch, state.finalized.root),
             validators=tuple(
                 ValidatorStatus(
                     address=v.owner, public_key=v.key, power=v.stake, blocks_proposed=self.proposed.get(i, 0),
@@ -612,6 +638,9 @@ class PosEngine(Engine):
                 "slot_ms": self.params.slot_ms,
                 "slots_per_epoch": self.params.slots_per_epoch,
                 "head_slot": state.slot,
+                # The best checkpoints any known branch reached (the fork choice starts there).
+                "store_justified": {"epoch": self.tree.justified.epoch, "root": self.tree.justified.root.hex()},
+                "store_finalized": {"epoch": self.tree.finalized.epoch, "root": self.tree.finalized.root.hex()},
                 "missed_slots": state.missed,
                 "randao_mix": state.randao_mix.hex(),
                 "validator_index": index,
