@@ -68,6 +68,7 @@ from consensus.pos.params import PosParams
 MAX_POOL = 4096  # attestations waiting for a block
 MAX_SEEN_VOTES = 64  # per validator, for slashing detection
 MAX_STATES = 10_000
+MAX_EVIDENCE_SHOWN = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -336,6 +337,7 @@ class PosEngine(Engine):
             return
         extra = PosExtra.decode(header.extra)
         for att in extra.attestations:
+            self._note_vote(att)
             self._lmd_vote(att)
         slot = self.chain.slot_of(header.timestamp) or 0
         parent_state = self._states.get(header.parent)
@@ -398,6 +400,11 @@ class PosEngine(Engine):
         self._waiting_votes = [att for att in self._waiting_votes if att.slot + window >= slot]
         for key in [key for key in self._seen_blocks if key[0] + 4 * window < slot]:
             del self._seen_blocks[key]
+        state = self._states.get(self.head.hash) if self.head is not None else None
+        if state is not None:  # evidence against a validator already slashed on our chain is spent
+            for digest in [d for d, item in self.pending_evidence.items()
+                           if item.validator < len(state.validators) and state.validators[item.validator].slashed]:
+                del self.pending_evidence[digest]
 
     def _my_index(self, state: BeaconState) -> int | None:
         key = self._key.public_key if self._key is not None else None
@@ -541,6 +548,16 @@ class PosEngine(Engine):
         key = (att.validator, att.slot)
         if self.pool.get(key) == att:
             return
+        self._note_vote(att)
+        if key not in self.pool:
+            self.pool[key] = att
+            if len(self.pool) > MAX_POOL:
+                del self.pool[min(self.pool, key=lambda k: (k[1], k[0]))]
+        self._lmd_vote(att)
+
+    def _note_vote(self, att: Attestation) -> None:
+        """Compare a signed vote with the same validator's earlier ones: a double or surround
+        vote becomes evidence (whoever proposes next puts it in a block)."""
         seen = self._seen_votes.setdefault(att.validator, [])
         for earlier in seen:
             if slashable_votes(earlier, att):
@@ -550,11 +567,6 @@ class PosEngine(Engine):
         if all(earlier.vote != att.vote for earlier in seen):
             seen.append(att)
             del seen[:-MAX_SEEN_VOTES]
-        if key not in self.pool:
-            self.pool[key] = att
-            if len(self.pool) > MAX_POOL:
-                del self.pool[min(self.pool, key=lambda k: (k[1], k[0]))]
-        self._lmd_vote(att)
 
     def _lmd_vote(self, att: Attestation) -> None:
         if att.head in self.tree:
@@ -565,11 +577,13 @@ class PosEngine(Engine):
     def _add_evidence(self, item: ProposerSlashing | AttesterSlashing, broadcast: bool) -> None:
         encoded = encode_message(item)
         digest = crypto.sha256(encoded)
-        if digest in self.pending_evidence:
+        if digest in self.pending_evidence or digest in self.evidence_seen:
             return
         self.pending_evidence[digest] = item
         record = self._record(item, self._head_state())
         self.evidence_seen[digest] = record
+        while len(self.evidence_seen) > MAX_EVIDENCE_SHOWN:
+            del self.evidence_seen[next(iter(self.evidence_seen))]
         self._out.append(ReportEvidence(encoded))
         if broadcast:
             self._out.append(Broadcast(encoded))
