@@ -1360,7 +1360,7 @@ class BftEngine(Engine):
         """Raise InvalidCertificate unless `certificate` proves `header` final."""
         return verify_certificate(certificate, header, self.schedule.at(header.height))
 
-    def finalized_height(self, head_height: int) -> int:
+    def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
         return head_height
 
     # ================================================================== status

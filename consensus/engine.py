@@ -259,8 +259,9 @@ class Engine(ABC):
         self.verify_seal(header, ancestors[-1])
 
     @abstractmethod
-    def finalized_height(self, head_height: int) -> int:
-        """The highest height that can no longer be reverted, given the head."""
+    def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
+        """The highest height that can no longer be reverted, given the head (its hash too,
+        for engines whose finality depends on the branch: proof of stake)."""
 
     def parent_certificate(self, header: BlockHeader) -> bytes:
         """The certificate that `header` carries of its parent (engines whose blocks are final

@@ -401,7 +401,7 @@ class PowEngine(Engine):
     def verify_header(self, header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: int | None = None) -> None:
         verify_seal(header, ancestors, now_ms, self.params)
 
-    def finalized_height(self, head_height: int) -> int:
+    def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
         return finalized_height(head_height, self.params)
 
     def block_work(self, header: BlockHeader) -> int:

@@ -145,7 +145,7 @@ class SoloEngine(Engine):
         if not crypto.verify_digest(self.authority, header.sealing_digest(), header.seal):
             raise InvalidSeal("block seal is not the authority's signature")
 
-    def finalized_height(self, head_height: int) -> int:
+    def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
         return head_height
 
     def status(self) -> EngineStatus:

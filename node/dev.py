@@ -145,7 +145,7 @@ class DevControls:
             dropped = node.pool.clear()
         node.load_recent()
         node.finality.reverted_above(height)
-        node.finalized_height = node.engine.finalized_height(height)
+        node.finalized_height = node.engine.finalized_height(height, target.hash)
         node.finality.dropped([tx.id for tx in dropped] + [tx.id for block, _ in reverted for tx in block.transactions])
         node.work_since_ms = None
         # Anvil's rule: reverting to a snapshot uses it up, and later ones name blocks that are gone.

@@ -23,6 +23,10 @@ class FinalityWaiters:
 
     def committed(self, height: int, tx_ids: list[bytes], finalized_height: int) -> None:
         self._unfinal.append((height, tx_ids))
+        self.finalized(finalized_height)
+
+    def finalized(self, finalized_height: int) -> None:
+        """Blocks up to `finalized_height` are final: their waiters answer."""
         while self._unfinal and self._unfinal[0][0] <= finalized_height:
             _, ids = self._unfinal.popleft()
             if self._waiters:

@@ -298,7 +298,7 @@ class BlockImporter:
             node.committed(block, effects, elapsed / len(checked))
             self.side_blocks.discard(block.hash)
         # Under finality by depth a shorter heavier branch lowers the finalized height: say the truth.
-        node.finalized_height = node.engine.finalized_height(node.head.height)
+        node.finalized_height = node.engine.finalized_height(node.head.height, node.head.hash)
         if not checked:  # back to an ancestor: the engine and the peers hear of the new head all the same
             node.head_changed(ev.BlockCommitted(node.now_ms(), node.head, tuple(node.recent)))
             if node.network is not None:

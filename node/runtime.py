@@ -179,7 +179,7 @@ class Node(ChainReads, LinkFaultControl):
         self.head = head
         self.load_recent()
         self.state = State(self.store.load_accounts())
-        self.finalized_height = self.engine.finalized_height(head.height)
+        self.finalized_height = self.engine.finalized_height(head.height, head.hash)
         self.pool = Mempool(
             self.genesis.chain_id,
             self.state.get,
@@ -190,12 +190,14 @@ class Node(ChainReads, LinkFaultControl):
 
     async def start(self) -> None:
         await self.blocking(self.open)
-        self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
-        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
-        self.feed(ev.Started(
+        # Started is handled before anything else runs: an engine that derives finality from its
+        # own state (proof of stake) knows the finalized height only from then on.
+        await self.step(ev.Started(
             self.now_ms(), self.head, self.store.get_meta(ENGINE_STATE_KEY), tuple(self.recent),
             self.store.block(self.head.height), self.store.certificate(self.head.height),
         ))
+        self._engine_task = asyncio.create_task(self._run_engine(), name="engine")
+        self._housekeeping_task = asyncio.create_task(self._housekeeping(), name="housekeeping")
         if self.network is not None:
             self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
             await self.network.start(self)
@@ -263,8 +265,21 @@ class Node(ChainReads, LinkFaultControl):
         """One engine step: the event in, its actions performed in order (inside the loop only)."""
         with self.lock:  # API threads read the engine's status between events, never during one
             actions = self.engine.handle(event)
+        if isinstance(event, (ev.Started, ev.BlockCommitted)):
+            self._refresh_finality()
         for action in actions:
             await self._perform(action)
+
+    def _refresh_finality(self) -> None:
+        """The engine has taken in the head: ask again which height is final (an engine whose
+        finality follows its own state, proof of stake, knows it only now)."""
+        finalized = self.engine.finalized_height(self.head.height, self.head.hash)
+        if finalized == self.finalized_height:
+            return
+        self.finalized_height = finalized
+        self.finality.finalized(finalized)
+        if self.network is not None:
+            self.network.update_status(self.head.height, self.head.hash, finalized)
 
     async def _perform(self, action: ev.Action) -> None:
         if isinstance(action, ev.BuildBlock):
@@ -425,7 +440,7 @@ class Node(ChainReads, LinkFaultControl):
             self.feed(ev.TxsAvailable(self.now_ms(), ready))
 
     def _advance_finality(self, tx_ids: list[bytes]) -> None:
-        self.finalized_height = self.engine.finalized_height(self.head.height)
+        self.finalized_height = self.engine.finalized_height(self.head.height, self.head.hash)
         self.finality.committed(self.head.height, tx_ids, self.finalized_height)
 
     def signal_txs(self) -> None:

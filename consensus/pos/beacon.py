@@ -92,7 +92,24 @@ class BeaconState:
     previous_votes: frozenset[int]
     included: frozenset[tuple[int, int]]  # (validator, slot) attestations already in blocks
     proposer_rewards: tuple[tuple[bytes, int], ...]  # owner -> reward, paid at the epoch's end
-    missed: int = 0  # slots of the last epochs without a block (for display)
+    missed: int = 0  # slots without a block since genesis (for display)
+    # Epochs that had blocks since the finalized checkpoint last moved (the inactivity leak's clock).
+    unfinalized_epochs: int = 0
+    epoch_blocks: int = 0  # blocks of this chain in the current epoch
+    previous_epoch_blocks: int = 0
+    # (root, height) of the blocks named above (this block, targets, checkpoints): what the
+    # node needs to say which height is final without looking a hash up anywhere.
+    heights: tuple[tuple[bytes, int], ...] = ()
+
+    def height_of(self, root: bytes) -> int:
+        for known, height in self.heights:
+            if known == root:
+                return height
+        raise AssertionError(f"the state lost the height of {root.hex()[:12]}")
+
+    @property
+    def finalized_height(self) -> int:
+        return self.height_of(self.finalized.root)
 
     def epoch(self, params: PosParams) -> int:
         return self.slot // params.slots_per_epoch
@@ -120,7 +137,7 @@ def genesis_state(genesis_hash: bytes, stakes, params: PosParams) -> BeaconState
         previous_epoch_stake=weights, randao_mix=crypto.sha256(b"randao" + genesis_hash), mixes=(),
         justified=root, previous_justified=root, finalized=root, justification_bits=0,
         target_root=genesis_hash, previous_target_root=genesis_hash, votes=frozenset(), previous_votes=frozenset(),
-        included=frozenset(), proposer_rewards=(),
+        included=frozenset(), proposer_rewards=(), heights=((genesis_hash, 0),),
     )
 
 
@@ -141,7 +158,12 @@ def process_slots(state: BeaconState, slot: int, params: PosParams) -> tuple[Bea
 def process_epoch(state: BeaconState, params: PosParams) -> tuple[BeaconState, list[StakeOp]]:
     """End epoch E = state's epoch; the result is at the first slot of E + 1."""
     epoch = state.epoch(params)
+    before = state.finalized
     state = weigh_justification(state, epoch)
+    if state.finalized != before:
+        state = replace(state, unfinalized_epochs=0)
+    elif state.epoch_blocks:
+        state = replace(state, unfinalized_epochs=state.unfinalized_epochs + 1)
     ops = epoch_ops(state, epoch, params)
     validators = mirror_ops(state.validators, ops)
     validators, unbond_ops = process_registry(validators, epoch, params)
@@ -150,13 +172,14 @@ def process_epoch(state: BeaconState, params: PosParams) -> tuple[BeaconState, l
     weights = tuple(v.stake if v.active_at(next_epoch) else 0 for v in validators)
     first_slot = next_epoch * params.slots_per_epoch
     keep_from = (next_epoch - 1) * params.slots_per_epoch
-    return replace(
+    return _keep_heights(replace(
         state, slot=first_slot, validators=validators, previous_epoch_stake=state.epoch_stake, epoch_stake=weights,
         mixes=(state.mixes + ((epoch, state.randao_mix),))[-3:],
         previous_target_root=state.target_root, target_root=state.block_root,  # until a block at first_slot
         previous_votes=state.votes, votes=frozenset(), proposer_rewards=(),
+        previous_epoch_blocks=state.epoch_blocks, epoch_blocks=0,
         included=frozenset(item for item in state.included if item[1] >= keep_from),
-    ), ops
+    )), ops
 
 
 def weigh_justification(state: BeaconState, epoch: int) -> BeaconState:
@@ -196,19 +219,25 @@ def supermajority(voters: frozenset[int], weights: tuple[int, ...]) -> bool:
     return total > 0 and 3 * voted >= 2 * total
 
 
-def in_leak(state: BeaconState, epoch: int, params: PosParams) -> bool:
-    return epoch - state.finalized.epoch > params.inactivity_leak_after
+def in_leak(state: BeaconState, params: PosParams) -> bool:
+    """More than `inactivity_leak_after` epochs in which votes could be made (the chain had
+    blocks) went by without finality."""
+    return state.unfinalized_epochs > params.inactivity_leak_after
 
 
 def epoch_ops(state: BeaconState, epoch: int, params: PosParams) -> list[StakeOp]:
     """Rewards and penalties for the previous epoch (its votes are all in by now), the
     proposers' rewards, and the releases that fall due."""
     ops: list[StakeOp] = []
-    if epoch >= 1:
+    # Votes for the previous epoch could go into its blocks or this epoch's.  With no block
+    # in either, nobody could vote on this chain: an outage is not charged to anyone, so a
+    # chain that stood still a long time does not wake with every validator drained.
+    could_vote = state.previous_epoch_blocks + state.epoch_blocks > 0
+    if epoch >= 1 and could_vote:
         weights = state.previous_epoch_stake
         total = sum(weights)
         pool = params.issuance_per_epoch * 7 // 8
-        leak = in_leak(state, epoch, params)
+        leak = in_leak(state, params)
         for index, validator in enumerate(state.validators):
             weight = weights[index] if index < len(weights) else 0
             if weight == 0 or validator.slashed or total == 0:
@@ -565,9 +594,18 @@ def apply_block(parent: BeaconState, header: BlockHeader, chain: Chain) -> Beaco
     state = apply_stake_changes(state, extra.stake_changes, epoch)
     block_hash = header.hash
     first_of_epoch = slot == epoch * chain.params.slots_per_epoch
-    return replace(state, slot=slot, block_root=block_hash,
+    state = replace(state, heights=state.heights + ((block_hash, header.height),))
+    return _keep_heights(replace(state, slot=slot, block_root=block_hash,
                    target_root=block_hash if first_of_epoch else state.target_root,
-                   missed=state.missed + (slot - parent.slot - 1))
+                   missed=state.missed + (slot - parent.slot - 1), epoch_blocks=state.epoch_blocks + 1))
+
+
+def _keep_heights(state: BeaconState) -> BeaconState:
+    wanted = {state.block_root, state.target_root, state.previous_target_root, state.justified.root,
+              state.previous_justified.root, state.finalized.root}
+    kept = tuple(sorted({(root, height) for root, height in state.heights if root in wanted}))
+    assert len(kept) == len(wanted), "a checkpoint's height is unknown"
+    return replace(state, heights=kept)
 
 
 def sign_block(key: crypto.PrivateKey, header: BlockHeader, slot: int, chain_id: str) -> bytes:
@@ -601,7 +639,10 @@ def encode_state(state: BeaconState) -> bytes:
     w.u32(len(state.proposer_rewards))
     for owner, amount in state.proposer_rewards:
         w.fixed(owner, 20).u64(amount)
-    return w.u64(state.missed).bytes()
+    w.u64(state.missed).u32(state.unfinalized_epochs).u32(state.epoch_blocks).u32(state.previous_epoch_blocks).u8(len(state.heights))
+    for root, height in state.heights:
+        w.fixed(root, 32).u64(height)
+    return w.bytes()
 
 
 def read_state(r: Reader) -> BeaconState:
@@ -624,4 +665,5 @@ def read_state(r: Reader) -> BeaconState:
     rewards = tuple((r.fixed(20, "owner"), r.u64("amount")) for _ in range(r.u32("rewards")))
     return BeaconState(slot, root, validators, weights, previous, mix, mixes, justified, previous_justified,
                        finalized, bits, target, previous_target, votes, previous_votes, included, rewards,
-                       r.u64("missed"))
+                       r.u64("missed"), r.u32("unfinalized_epochs"), r.u32("epoch_blocks"), r.u32("previous_epoch_blocks"),
+                       tuple((r.fixed(32, "root"), r.u64("height")) for _ in range(r.u8("heights"))))

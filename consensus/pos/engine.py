@@ -135,7 +135,9 @@ class PosEngine(Engine):
         self.max_future_ms = self.params.slot_ms
         self._key = signer
         self._states: dict[bytes, BeaconState] = {self.genesis_header.hash: self.genesis_state}
-        self._heights: dict[bytes, int] = {self.genesis_header.hash: 0}
+        # The header of every block with a state: ancestry for finality, and what the tree needs
+        # to take in a side branch whose inner blocks the runtime checked but never announced.
+        self._headers: dict[bytes, BlockHeader] = {self.genesis_header.hash: self.genesis_header}
         self.tree = BlockTree(self.genesis_header, self.genesis_state)
         self.head: BlockHeader | None = None  # the runtime's head
         self.guard = Guard()
@@ -195,17 +197,32 @@ class PosEngine(Engine):
         if len(self._states) >= MAX_STATES:
             self._prune_states()
         self._states[header.hash] = state
-        self._heights[header.hash] = header.height
+        self._headers[header.hash] = header
 
-    def finalized_height(self, head_height: int) -> int:
-        """The finalized checkpoint of the head's own chain (its state's), not the best one
-        any branch reached: a node on the losing side of a partition must still be free to
-        move to the winner's branch.  The engine's head may lag the runtime's by the block
-        being committed, which only delays finality by that block."""
-        if self.head is None:
+    def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
+        """The height of the newest finalized checkpoint that the head descends from: the best
+        any branch reached (the store's) when the head is on its chain, else the head state's
+        own.  (A head state may lag an epoch boundary behind the store's; a node on the
+        losing side of a partition must still be free to move to the winner's branch.)"""
+        if head_hash is None:
+            if self.head is None or self.head.height != head_height:
+                return 0
+            head_hash = self.head.hash
+        state = self._states.get(head_hash)
+        if state is None:
             return 0
-        root = self._head_state().finalized.root
-        return min(head_height, self._heights.get(root, 0))
+        own = state.finalized_height
+        best = self.tree.header(self.tree.finalized.root)
+        if best is not None and best.height > own and self._descends(head_hash, best.hash, best.height):
+            own = best.height
+        return min(head_height, own)
+
+    def _descends(self, block_hash: bytes, ancestor: bytes, ancestor_height: int) -> bool:
+        header = self._headers.get(block_hash)
+        while header is not None and header.height > ancestor_height:
+            block_hash = header.parent
+            header = self._headers.get(block_hash)
+        return block_hash == ancestor
 
     def fork_choice(self, branches: Sequence[Sequence[BlockHeader]]) -> int:
         # LMD-GHOST decides (SetHead); the importer's length rule must not switch on its own.
@@ -268,10 +285,11 @@ class PosEngine(Engine):
                 self.guard = guard
         recent = event.recent or (event.head,)
         heights = {header.hash: header.height for header in recent}
+        for header in recent:
+            self._headers[header.hash] = header
         for state in saved_states:
             if state.block_root in heights:
                 self._states.setdefault(state.block_root, state)
-                self._heights[state.block_root] = heights[state.block_root]
         # The tree starts at the newest finalized state we can anchor: a saved one in the
         # window, else genesis (a young chain).
         anchor_state = None
@@ -333,6 +351,15 @@ class PosEngine(Engine):
             except InvalidSeal:
                 return
             self._remember(header, state)
+        if header.parent not in self.tree:
+            # A side branch arrives whole and only its tip is announced: take in the blocks
+            # between it and the tree first (the runtime checked them; their states are known).
+            missing, parent = [], self._headers.get(header.parent)
+            while parent is not None and parent.hash not in self.tree and parent.hash in self._states:
+                missing.append(parent)
+                parent = self._headers.get(parent.parent)
+            for item in reversed(missing):
+                self._on_block(item)
         if not self.tree.add(header, state):
             return
         extra = PosExtra.decode(header.extra)
@@ -619,7 +646,7 @@ class PosEngine(Engine):
         floor_slot = floor.slot if floor is not None else 0
         for block_hash in [h for h, s in self._states.items() if s.slot < floor_slot and h not in self.tree]:
             del self._states[block_hash]
-            self._heights.pop(block_hash, None)
+            self._headers.pop(block_hash, None)
 
     # ------------------------------------------------------------------ status
     def status(self) -> EngineStatus:
