@@ -216,7 +216,7 @@ def test_set_head_switches_back_to_an_ancestor_within_the_engine_bounds(tmp_path
             await node.importer.set_head(first.hash)
             assert node.head.height == 3 and node.importer.reorgs == []
             # An engine whose blocks are not final yet may (proof of stake's fork choice).
-            monkeypatch.setattr(node.engine, "finalized_height", lambda head_height: 0)
+            monkeypatch.setattr(node.engine, "finalized_height", lambda head_height, head_hash=None: 0)
             node.finalized_height = 0
             undone = [tx.id for height in (2, 3) for tx in node.store.block(height).transactions]
             await node._perform(ev.SetHead(first.hash))
