@@ -642,11 +642,20 @@ class PosEngine(Engine):
         self._out.append(Persist(_encode_saved(key, self.guard, states)))
 
     def _prune_states(self) -> None:
+        """Forget states below the finalized anchor; past MAX_STATES, also those of blocks the
+        tree does not hold (checked headers of side blocks that never won), oldest first: an
+        equivocating proposer's many blocks for one slot must not fill the memory."""
         floor = self.tree.state(self.tree.anchor)
         floor_slot = floor.slot if floor is not None else 0
         for block_hash in [h for h, s in self._states.items() if s.slot < floor_slot and h not in self.tree]:
             del self._states[block_hash]
             self._headers.pop(block_hash, None)
+        if len(self._states) >= MAX_STATES:
+            keep = self.head.hash if self.head is not None else None
+            spare = [h for h in self._states if h not in self.tree and h != keep]
+            for block_hash in spare[: len(self._states) - MAX_STATES // 2]:
+                del self._states[block_hash]
+                self._headers.pop(block_hash, None)
 
     # ------------------------------------------------------------------ status
     def status(self) -> EngineStatus:
