@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from ledger.block import Block, BlockHeader, InvalidSeal
 from ledger.engine_status import EngineStatus, Finality
 from ledger.evidence import EvidenceRecord
+from ledger.staking import StakeChange, StakeOp
 from ledger.state import ValidatorUpdate
 
 # ----------------------------------------------------------------------------- events
@@ -237,6 +238,9 @@ class Engine(ABC):
     # True when this node alone decides the chain, so an operator may seal blocks on request
     # (SealRequested) and rewind it (the /v1/dev routes): solo's authority, never a network engine.
     dev_controls: bool = False
+    # True when the chain bonds stake (proof of stake): stake and unstake transactions are
+    # admitted, and headers order stake ops and declare stake changes (below).
+    staking: bool = False
 
     @abstractmethod
     def handle(self, event: Event) -> list[Action]:
@@ -276,9 +280,17 @@ class Engine(ABC):
         """The evidence of misbehaviour a header records (already checked by `verify_header`)."""
         return []
 
+    def stake_ops(self, extra: bytes) -> tuple[StakeOp, ...]:
+        """The stake operations a header's `extra` orders, applied before its transactions
+        (called only on an `extra` that passed `verify_header` or that this engine built)."""
+        return ()
+
+    def declared_stake_changes(self, extra: bytes) -> tuple[StakeChange, ...]:
+        """What a header's `extra` says its stake transactions did (checked against them)."""
+        return ()
+
     def block_work(self, header: BlockHeader) -> int:
         """The weight of a block in the default fork choice.  1 a block: the longest chain."""
-        return 1
         return 1
 
     def fork_choice(self, branches: Sequence[Sequence[BlockHeader]]) -> int:

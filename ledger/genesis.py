@@ -34,6 +34,15 @@ class Denomination:
 
 
 @dataclass(frozen=True)
+class GenesisStake:
+    """A first validator: `amount` of its owner's money bonded from block 0, signing with `validator_key`."""
+
+    owner: bytes  # 20-byte account
+    validator_key: bytes  # 33-byte compressed public key
+    amount: int
+
+
+@dataclass(frozen=True)
 class Genesis:
     chain_id: str
     address_prefix: str
@@ -44,6 +53,8 @@ class Genesis:
     denomination: Denomination = field(default_factory=Denomination)
     block_reward: int = 0
     max_block_transactions: int = 10_000
+    # Bonded stake from block 0 (proof of stake's first validators).
+    stakes: tuple[GenesisStake, ...] = ()
 
     # --- hashing ---------------------------------------------------------------------------
     def encode(self) -> bytes:
@@ -63,6 +74,10 @@ class Genesis:
         )
         for address in sorted(self.allocations):
             writer.fixed(address, 20).u64(self.allocations[address])
+        if self.stakes:  # only then: the hash of every chain without stakes stays what it was
+            writer.u32(len(self.stakes))
+            for stake in self.stakes:
+                writer.fixed(stake.owner, 20).fixed(stake.validator_key, 33).u64(stake.amount)
         return writer.bytes()
 
     @property
@@ -84,10 +99,24 @@ class Genesis:
 
     @property
     def total_allocated(self) -> int:
-        return sum(self.allocations.values())
+        """Balances and stakes at genesis."""
+        return sum(self.allocations.values()) + sum(stake.amount for stake in self.stakes)
 
-    def expected_supply(self, height: int) -> int:
-        return self.total_allocated + self.block_reward * height
+    def expected_supply(self, height: int, issued: int = 0, burned: int = 0) -> int:
+        """Money after `height` blocks: genesis, block rewards, and what stake ops issued
+        (rewards) and burnt (penalties, slashings) on that chain."""
+        return self.total_allocated + self.block_reward * height + issued - burned
+
+    def initial_accounts(self) -> dict[bytes, tuple]:
+        """Every account at genesis as ledger.state.Account: allocations, and stakes bonded."""
+        from ledger.state import Stake
+
+        accounts: dict[bytes, tuple] = {address: (balance, 0, None) for address, balance in self.allocations.items()}
+        for stake in self.stakes:
+            balance, nonce, held = accounts.get(stake.owner, (0, 0, None))
+            bonded = (held.bonded if held is not None else 0) + stake.amount
+            accounts[stake.owner] = (balance, nonce, Stake(bonded=bonded))
+        return accounts
 
     def address(self, account: bytes) -> str:
         return encode_address(self.address_prefix, account)
@@ -106,6 +135,10 @@ class Genesis:
                 {"address": self.address(address), "balance": balance}
                 for address, balance in sorted(self.allocations.items())
             ],
+            **({"stakes": [
+                {"address": self.address(stake.owner), "validator_key": stake.validator_key.hex(), "amount": stake.amount}
+                for stake in self.stakes
+            ]} if self.stakes else {}),
         }
 
     @classmethod
@@ -122,7 +155,7 @@ class Genesis:
         if not isinstance(data, dict):
             raise InvalidGenesis("genesis must be a JSON object")
         known = {"chain_id", "address_prefix", "denomination", "timestamp", "engine", "block_reward",
-                 "max_block_transactions", "allocations"}
+                 "max_block_transactions", "allocations", "stakes"}
         unknown = set(data) - known
         if unknown:
             raise InvalidGenesis(f"unknown genesis fields: {', '.join(sorted(unknown))}")
@@ -150,15 +183,11 @@ class Genesis:
             raise InvalidGenesis("allocations must be a list of {address, balance} objects")
         for index, entry in enumerate(entries):
             entry = _object(entry, f"allocations[{index}]", {"address", "balance"})
-            if not isinstance(entry.get("address"), str):
-                raise InvalidGenesis(f"allocations[{index}].address must be a string")
-            try:
-                account = decode_address(entry["address"], prefix)
-            except InvalidAddress as exc:
-                raise InvalidGenesis(f"allocations[{index}].address: {exc}") from None
+            account = _address(entry, f"allocations[{index}]", prefix)
             if account in allocations:
                 raise InvalidGenesis(f"allocations[{index}]: address allocated twice")
             allocations[account] = _int(entry["balance"], f"allocations[{index}].balance", 0, MAX_AMOUNT)
+        stakes = _stakes(data.get("stakes", []), prefix)
         genesis = cls(
             chain_id=chain_id,
             address_prefix=prefix,
@@ -169,6 +198,7 @@ class Genesis:
             denomination=denom,
             block_reward=_int(data.get("block_reward", 0), "block_reward", 0, MAX_AMOUNT),
             max_block_transactions=_int(data.get("max_block_transactions", 10_000), "max_block_transactions", 1, 1_000_000),
+            stakes=stakes,
         )
         if genesis.total_allocated > MAX_AMOUNT:
             raise InvalidGenesis("allocations add up to more than the maximum supply")
@@ -188,6 +218,36 @@ class Genesis:
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+def _stakes(entries: Any, prefix: str) -> tuple[GenesisStake, ...]:
+    if not isinstance(entries, list):
+        raise InvalidGenesis("stakes must be a list of {address, validator_key, amount} objects")
+    stakes: list[GenesisStake] = []
+    for index, entry in enumerate(entries):
+        name = f"stakes[{index}]"
+        entry = _object(entry, name, {"address", "validator_key", "amount"})
+        owner = _address(entry, name, prefix)
+        key_text = entry.get("validator_key")
+        try:
+            key = bytes.fromhex(key_text) if isinstance(key_text, str) else b""
+        except ValueError:
+            key = b""
+        if not crypto.is_valid_public_key(key):
+            raise InvalidGenesis(f"{name}.validator_key: 66 hex digits of a compressed secp256k1 public key")
+        if any(stake.owner == owner for stake in stakes) or any(stake.validator_key == key for stake in stakes):
+            raise InvalidGenesis(f"{name}: an owner or a validator key staked twice")
+        stakes.append(GenesisStake(owner, key, _int(entry.get("amount"), f"{name}.amount", 1, MAX_AMOUNT)))
+    return tuple(stakes)
+
+
+def _address(entry: dict[str, Any], name: str, prefix: str) -> bytes:
+    if not isinstance(entry.get("address"), str):
+        raise InvalidGenesis(f"{name}.address must be a string")
+    try:
+        return decode_address(entry["address"], prefix)
+    except InvalidAddress as exc:
+        raise InvalidGenesis(f"{name}.address: {exc}") from None
 
 
 def _object(value: Any, name: str, known: set[str]) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 
 from ledger.crypto import SIGNATURE_SIZE
 from ledger.state import Account
-from ledger.transaction import InvalidTransaction, Transaction
+from ledger.transaction import InvalidTransaction, Transaction, TxKind
 
 AccountLookup = Callable[[bytes], Account]  # address -> its committed account
 
@@ -64,7 +64,7 @@ class _Entry:
         self.sender = sender
         self.nonce = tx.nonce
         self.fee = tx.fee
-        self.cost = tx.amount + tx.fee
+        self.cost = tx.cost
         self.seq = seq  # arrival order, unique: breaks fee ties and tells live heap items from stale
         self.arrival_ms = arrival_ms
 
@@ -92,12 +92,14 @@ class Mempool:
         replace_bump_percent: int = 10,
         ttl_ms: int = 3 * 3600 * 1000,
         verified_cache_size: int | None = None,
+        staking: bool = False,
     ):
         if capacity < 1 or per_sender_limit < 1 or nonce_window < 1:
             raise ValueError("capacity, per_sender_limit and nonce_window must be positive")
         if replace_bump_percent < 0 or ttl_ms < 1:
             raise ValueError("replace_bump_percent must be >= 0 and ttl_ms positive")
         self.chain_id = chain_id
+        self.staking = staking  # the chain bonds stake: stake and unstake transactions are admitted
         self.capacity = capacity
         self.per_sender_limit = per_sender_limit
         self.nonce_window = nonce_window  # admitted nonces: committed .. committed + nonce_window - 1
@@ -200,7 +202,10 @@ class Mempool:
         self._check_stateless(tx, tx_id, verified)
 
         sender = tx.sender_address
-        balance, committed, _ = self._accounts(sender)
+        balance, committed, stake = self._accounts(sender)
+        if tx.kind == TxKind.UNSTAKE and (stake is None or stake.bonded < tx.amount):
+            raise MempoolRejection("insufficient_stake", f"only {stake.bonded if stake else 0} is bonded, "
+                                   f"not {tx.amount}", "amount")
         queue = self._senders.get(sender)
         if queue is not None and (queue.committed != committed or queue.total_cost > balance):
             # The chain moved without remove_committed telling us: catch up first.
@@ -233,7 +238,7 @@ class Mempool:
         pending_cost = queue.total_cost if queue is not None else 0
         if replaced is not None:
             pending_cost -= replaced.cost
-        cost = tx.amount + tx.fee
+        cost = tx.cost
         if pending_cost + cost > balance:
             raise MempoolRejection(
                 "insufficient_balance",
@@ -348,7 +353,7 @@ class Mempool:
         else:
             failure = None
             try:
-                tx.check_stateless(self.chain_id, verify_signature=not verified)
+                tx.check_stateless(self.chain_id, verify_signature=not verified, staking=self.staking)
             except InvalidTransaction as exc:
                 failure = exc
             checked[tx_id] = failure

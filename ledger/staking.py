@@ -1,51 +1,150 @@
-"""TEMPORARY (replaced by the pos-ledger branch): the interface the engine builds against."""
+"""Stake money movements: what bonding, unbonding, rewards and slashing do to accounts.
+
+The consensus engine decides them (consensus/pos: which validator is rewarded, penalised,
+slashed, which exit is processed, which unbonding is released) and orders them for each
+block as `StakeOp`s in the block's header; the ledger applies them before the block's
+transactions, with the rules below, and refuses a block whose ops cannot apply.  A
+block's STAKE and UNSTAKE transactions are summed up as `StakeChange`s, which the header
+declares too (ledger/validate.py checks the two agree), so the engine can follow its
+validator registry from headers alone.
+
+Every amount stays accounted for: REWARD creates money (issuance), PENALTY and SLASH
+destroy it (burns); UNBOND and RELEASE move it inside one account.
+"""
+
 from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
-from ledger.codec import DecodeError, Reader, Writer
+
+from ledger import crypto
+from ledger.codec import MAX_AMOUNT, DecodeError, Reader, Writer
+from ledger.transaction import Transaction, TxKind
+
+# ledger/state.py applies ops with `apply_op`; the names it lends back are imported where
+# used, so the two modules do not import each other at load time.
+
+ADDRESS_SIZE = 20
 
 
 class StakeOpKind(IntEnum):
-    REWARD = 1
-    PENALTY = 2
-    SLASH = 3
-    UNBOND = 4
-    RELEASE = 5
+    REWARD = 1  # balance += amount (new money)
+    PENALTY = 2  # bonded -= amount (burnt)
+    SLASH = 3  # bonded, then unbonding, -= amount; slashed += amount (burnt)
+    UNBOND = 4  # bonded -> unbonding, releasable from `epoch`
+    RELEASE = 5  # unbonding -> balance
+
+
+_KINDS = frozenset(int(kind) for kind in StakeOpKind)
 
 
 @dataclass(frozen=True, slots=True)
 class StakeOp:
+    """An operation the consensus engine orders for a block, applied before its transactions."""
+
     kind: int
-    address: bytes
+    address: bytes  # 20-byte account
     amount: int
-    epoch: int = 0
+    epoch: int = 0  # UNBOND: the epoch from which the amount may be released
 
     def write(self, writer: Writer) -> None:
-        writer.u8(self.kind).fixed(self.address, 20).u64(self.amount).u64(self.epoch)
+        writer.u8(self.kind).fixed(self.address, ADDRESS_SIZE).u64(self.amount).u64(self.epoch)
 
     @classmethod
     def read(cls, reader: Reader) -> StakeOp:
         kind = reader.u8("op.kind")
-        if kind not in tuple(StakeOpKind):
-            raise DecodeError("op.kind", "unknown")
-        return cls(kind, reader.fixed(20, "op.address"), reader.u64("op.amount"), reader.u64("op.epoch"))
+        if kind not in _KINDS:
+            raise DecodeError("op.kind", f"unknown stake operation {kind}")
+        return cls(kind, reader.fixed(ADDRESS_SIZE, "op.address"), reader.amount("op.amount"), reader.amount("op.epoch"))
 
 
 @dataclass(frozen=True, slots=True)
 class StakeChange:
-    owner: bytes
-    validator_key: bytes
+    """What one STAKE or UNSTAKE transaction of a block did, in block order."""
+
+    owner: bytes  # 20-byte sender account
+    validator_key: bytes  # the 33-byte key a stake names; b"" for an unstake
     amount: int
-    bond: bool
+    bond: bool  # True: stake, False: unstake request
 
     def write(self, writer: Writer) -> None:
-        writer.u8(self.bond).fixed(self.owner, 20).var_bytes(self.validator_key).u64(self.amount)
+        writer.u8(1 if self.bond else 0).fixed(self.owner, ADDRESS_SIZE).var_bytes(self.validator_key).u64(self.amount)
 
     @classmethod
     def read(cls, reader: Reader) -> StakeChange:
-        bond = reader.u8("bond")
-        return cls(reader.fixed(20, "owner"), reader.var_bytes("key", 33), reader.u64("amount"), bool(bond))
+        flag = reader.u8("change.bond")
+        if flag not in (0, 1):
+            raise DecodeError("change.bond", f"flag {flag} is not 0 or 1")
+        owner = reader.fixed(ADDRESS_SIZE, "change.owner")
+        key = reader.var_bytes("change.validator_key", crypto.PUBLIC_KEY_SIZE)
+        if len(key) != (crypto.PUBLIC_KEY_SIZE if flag else 0):
+            raise DecodeError("change.validator_key", "a stake names a 33-byte key, an unstake none")
+        return cls(owner, key, reader.amount("change.amount"), bool(flag))
 
 
-def stake_changes_of(transactions) -> tuple[StakeChange, ...]:
-    return ()
+def stake_changes_of(transactions: Iterable[Transaction]) -> tuple[StakeChange, ...]:
+    """The StakeChanges of a block's transactions (pure: a valid block's stakes all applied)."""
+    changes = []
+    for tx in transactions:
+        if tx.kind == TxKind.STAKE:
+            changes.append(StakeChange(tx.sender_address, tx.payload, tx.amount, True))
+        elif tx.kind == TxKind.UNSTAKE:
+            changes.append(StakeChange(tx.sender_address, b"", tx.amount, False))
+    return tuple(changes)
+
+
+def stake_of(bonded: int, unbonding: int, release_epoch: int, slashed: int):
+    """An account's stake (ledger.state.Stake), None when it holds none (one value, one form:
+    never Stake())."""
+    from ledger.state import Stake
+
+    if bonded or unbonding or release_epoch or slashed:
+        return Stake(bonded, unbonding, release_epoch, slashed)
+    return None
+
+
+def apply_op(load: Callable[[bytes], tuple], op: StakeOp) -> tuple[bytes, tuple, int, int]:
+    """The account `op` changes, its new value (ledger.state.Account), and the money it issued
+    and burnt.  Raises StateError(`bad_stake_op`) if the account cannot bear it: the block is
+    invalid."""
+    from ledger.state import StateError
+
+    balance, nonce, stake = load(op.address)
+    bonded, unbonding, release, slashed = stake if stake is not None else (0, 0, 0, 0)
+    amount, issued, burned = op.amount, 0, 0
+
+    def refuse(why: str) -> StateError:
+        return StateError("bad_stake_op", f"{StakeOpKind(op.kind).name.lower()} of {amount} on {op.address.hex()}: {why}")
+
+    if op.kind == StakeOpKind.REWARD:
+        if balance + amount > MAX_AMOUNT:
+            raise refuse("the balance would overflow")
+        balance, issued = balance + amount, amount
+    elif op.kind == StakeOpKind.PENALTY:
+        if amount > bonded:
+            raise refuse(f"only {bonded} bonded")
+        bonded, burned = bonded - amount, amount
+    elif op.kind == StakeOpKind.SLASH:
+        if amount > bonded + unbonding:
+            raise refuse(f"only {bonded + unbonding} at stake")
+        from_bonded = min(bonded, amount)
+        bonded, unbonding = bonded - from_bonded, unbonding - (amount - from_bonded)
+        if slashed + amount > MAX_AMOUNT:
+            raise refuse("the slashed total would overflow")
+        slashed, burned = slashed + amount, amount
+    elif op.kind == StakeOpKind.UNBOND:
+        if amount > bonded:
+            raise refuse(f"only {bonded} bonded")
+        bonded, unbonding, release = bonded - amount, unbonding + amount, op.epoch
+    elif op.kind == StakeOpKind.RELEASE:
+        if amount > unbonding:
+            raise refuse(f"only {unbonding} unbonding")
+        if balance + amount > MAX_AMOUNT:
+            raise refuse("the balance would overflow")
+        unbonding, balance = unbonding - amount, balance + amount
+        if not unbonding:
+            release = 0
+    else:  # decoding refuses unknown kinds; an op built in code must be one of them
+        raise refuse("unknown operation")
+    return op.address, (balance, nonce, stake_of(bonded, unbonding, release, slashed)), issued, burned

@@ -4,9 +4,9 @@ Accounts hold a balance, a nonce and, for proof of stake, an optional `Stake`.  
 transfer moves `amount` from sender to recipient and `fee` from sender to the block's
 proposer; the proposer also gets the genesis block reward.  Nothing else creates or
 destroys value, so the total supply (balances plus bonded and unbonding stake) after
-height h is the genesis allocation plus h rewards (`expected_supply`).  Slashing, when
-it comes, destroys stake: `Stake.slashed` keeps the total so supply checks can add it
-back.
+height h is the genesis allocation and stakes plus h rewards, plus what stake ops issued,
+minus what they burnt (`Genesis.expected_supply`).  Slashing destroys stake:
+`Stake.slashed` keeps each account's total.
 
 Applying a block computes its effects (new account values and the undo record)
 without touching the state; `commit` then installs them.  This lets the runtime
@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from ledger import staking
 from ledger.codec import MAX_AMOUNT, DecodeError, Reader, Writer
-from ledger.transaction import Transaction
+from ledger.transaction import Transaction, TxKind
 
 
 class Stake(NamedTuple):
@@ -69,14 +70,21 @@ class BlockEffects:
     undo: dict[bytes, Account | None]  # its value before the block; None: it did not exist
     fees: int
     reward: int
-    # Transfers change no validator; staking transactions will (proof of stake).
+    # Transfers change no validator set; an engine that decides one from the state says so.
     validator_updates: tuple[ValidatorUpdate, ...] = ()
+    # What the block's stake and unstake transactions did (ledger/staking.py), in order.
+    stake_changes: tuple[staking.StakeChange, ...] = ()
+    issued: int = 0  # money the block's stake ops created (rewards), beside the block reward
+    burned: int = 0  # money its stake ops destroyed (penalties, slashings)
 
 
 def apply_transactions(
-    accounts: Mapping[bytes, Account], transactions: Iterable[Transaction], proposer: bytes, reward: int
+    accounts: Mapping[bytes, Account], transactions: Iterable[Transaction], proposer: bytes, reward: int,
+    ops: Iterable[staking.StakeOp] = (),
 ) -> BlockEffects:
-    """The effects of a block on `accounts`; raises StateError naming the first bad transaction."""
+    """The effects of a block on `accounts`: first the stake `ops` its header orders (in
+    order), then its transactions, then fees and reward to the proposer.  Raises StateError
+    naming the first bad transaction (or op)."""
     changes: dict[bytes, Account] = {}
     undo: dict[bytes, Account | None] = {}
 
@@ -88,12 +96,24 @@ def apply_transactions(
         undo[address] = before
         return before if before is not None else EMPTY_ACCOUNT
 
+    issued = burned = 0
+    for op in ops:
+        address, value, created, destroyed = staking.apply_op(load, op)
+        changes[address] = value
+        issued += created
+        burned += destroyed
     fees = 0
+    stakes = False
     for index, tx in enumerate(transactions):
         sender = tx.sender_address
         balance, nonce, stake = load(sender)
         if tx.nonce != nonce:
             raise StateError("bad_nonce", f"nonce {tx.nonce} does not follow the account nonce {nonce}", index)
+        if tx.kind != TxKind.TRANSFER:
+            changes[sender] = _apply_staking(tx, balance, nonce, stake, index)
+            fees += tx.fee
+            stakes = True
+            continue
         cost = tx.amount + tx.fee
         if cost > balance:
             raise StateError("insufficient_balance", f"balance {balance} does not cover {cost}", index)
@@ -108,7 +128,25 @@ def apply_transactions(
         if proposer_balance + fees + reward > MAX_AMOUNT:
             raise StateError("balance_overflow", "proposer balance would overflow")
         changes[proposer] = (proposer_balance + fees + reward, proposer_nonce, proposer_stake)
-    return BlockEffects(changes, undo, fees, reward)
+    changed = staking.stake_changes_of(transactions) if stakes else ()
+    return BlockEffects(changes, undo, fees, reward, stake_changes=changed, issued=issued, burned=burned)
+
+
+def _apply_staking(tx: Transaction, balance: int, nonce: int, stake: Stake | None, index: int) -> Account:
+    """A stake bonds its amount from the balance; an unstake is a request the engine carries
+    out at an epoch boundary (a StakeOp), so here it only needs the stake to exist."""
+    bonded, unbonding, release, slashed = stake if stake is not None else (0, 0, 0, 0)
+    if tx.kind == TxKind.STAKE:
+        if tx.amount + tx.fee > balance:
+            raise StateError("insufficient_balance", f"balance {balance} does not cover {tx.amount + tx.fee}", index)
+        if bonded + tx.amount > MAX_AMOUNT:
+            raise StateError("balance_overflow", "bonded stake would overflow", index)
+        return (balance - tx.amount - tx.fee, nonce + 1, Stake(bonded + tx.amount, unbonding, release, slashed))
+    if tx.fee > balance:
+        raise StateError("insufficient_balance", f"balance {balance} does not cover the fee {tx.fee}", index)
+    if tx.amount > bonded:
+        raise StateError("insufficient_stake", f"only {bonded} is bonded, not {tx.amount}", index)
+    return (balance - tx.fee, nonce + 1, stake)
 
 
 class Overlay:
@@ -142,6 +180,11 @@ class State:
         self.accounts: dict[bytes, Account] = accounts if accounts is not None else {}
 
     @classmethod
+    def from_genesis(cls, genesis) -> State:
+        """The state at genesis (ledger.genesis.Genesis): allocations, and the stakes bonded."""
+        return cls(genesis.initial_accounts())
+
+    @classmethod
     def from_allocations(cls, allocations: Mapping[bytes, int]) -> State:
         """The state at genesis: each allocation a fresh account without stake."""
         return cls({address: (balance, 0, None) for address, balance in allocations.items()})
@@ -149,8 +192,9 @@ class State:
     def get(self, address: bytes) -> Account:
         return self.accounts.get(address, EMPTY_ACCOUNT)
 
-    def apply(self, transactions: Iterable[Transaction], proposer: bytes, reward: int) -> BlockEffects:
-        return apply_transactions(self.accounts, transactions, proposer, reward)
+    def apply(self, transactions: Iterable[Transaction], proposer: bytes, reward: int,
+              ops: Iterable[staking.StakeOp] = ()) -> BlockEffects:
+        return apply_transactions(self.accounts, transactions, proposer, reward, ops)
 
     def commit(self, effects: BlockEffects) -> None:
         self.accounts.update(effects.changes)

@@ -381,11 +381,9 @@ class ChainStore:
     def _insert_genesis(self, conn: Connection, genesis: Genesis) -> None:
         block = genesis.block()
         self._insert_block_row(conn, block, [], b"")
-        if genesis.allocations:
-            conn.exec_driver_sql(
-                self._upsert_accounts_sql,
-                _account_rows((address, (balance, 0, None)) for address, balance in genesis.allocations.items()),
-            )
+        accounts = genesis.initial_accounts()
+        if accounts:
+            conn.exec_driver_sql(self._upsert_accounts_sql, _account_rows(accounts.items()))
         self._put_meta(conn, META_GENESIS_HASH, genesis.hash)
         self._put_meta(conn, META_HEAD, block.hash)
 

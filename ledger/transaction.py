@@ -25,6 +25,11 @@ CHAIN_ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9-]{0,63}\Z")  # \Z: "$" would le
 
 class TxKind(IntEnum):
     TRANSFER = 0
+    STAKE = 1  # bond `amount` of the sender's balance; payload: the validator key it signs with
+    UNSTAKE = 2  # ask to unbond `amount` of the sender's bonded stake (proof of stake moves it later)
+
+
+_STAKING_KINDS = (TxKind.STAKE, TxKind.UNSTAKE)
 
 
 class InvalidTransaction(ValueError):
@@ -92,7 +97,8 @@ class Transaction:
 
     @property
     def cost(self) -> int:
-        return self.amount + self.fee
+        """What it takes from the sender's balance: an unstake request spends only its fee."""
+        return self.fee if self.kind == TxKind.UNSTAKE else self.amount + self.fee
 
     @classmethod
     def decode(cls, data: bytes) -> Transaction:
@@ -136,14 +142,15 @@ class Transaction:
         return crypto.verify(self.sender, crypto.DOMAIN_TX, self.unsigned_bytes(), self.signature)
 
     # --- stateless validity ----------------------------------------------------------------
-    def check_stateless(self, chain_id: str, verify_signature: bool = True) -> None:
-        """Raise InvalidTransaction unless the transaction could be valid on `chain_id`."""
+    def check_stateless(self, chain_id: str, verify_signature: bool = True, staking: bool = False) -> None:
+        """Raise InvalidTransaction unless the transaction could be valid on `chain_id`
+        (`staking`: the chain's engine bonds stake, so STAKE and UNSTAKE are allowed)."""
         if self.chain_id != chain_id:
             raise InvalidTransaction(
                 "wrong_chain", f"transaction is for chain '{self.chain_id}', this is '{chain_id}'", "chain_id"
             )
         if self.kind != TxKind.TRANSFER:
-            raise InvalidTransaction("unknown_kind", f"unknown transaction kind {self.kind}", "kind")
+            self._check_staking(staking)
         if self.amount <= 0:
             raise InvalidTransaction("zero_amount", "amount must be positive", "amount")
         if not (0 <= self.amount <= MAX_AMOUNT and 0 <= self.fee <= MAX_AMOUNT):
@@ -157,6 +164,37 @@ class Transaction:
                 raise InvalidTransaction("high_s_signature", "signature is not in low-S form", "signature")
             if not self.signature_valid():
                 raise InvalidTransaction("bad_signature", "signature does not verify for the sender", "signature")
+
+    def _check_staking(self, staking: bool) -> None:
+        if self.kind not in _STAKING_KINDS:
+            raise InvalidTransaction("unknown_kind", f"unknown transaction kind {self.kind}", "kind")
+        if not staking:
+            raise InvalidTransaction("staking_not_supported",
+                                     "this chain's consensus engine bonds no stake: stake and unstake are refused", "kind")
+        if self.recipient != self.sender_address:
+            raise InvalidTransaction("bad_recipient", "a stake or unstake names the sender's own address as recipient",
+                                     "recipient")
+        if self.kind == TxKind.STAKE:
+            if len(self.payload) != crypto.PUBLIC_KEY_SIZE or not crypto.is_valid_public_key(self.payload):
+                raise InvalidTransaction("bad_validator_key", "a stake's payload is the 33-byte compressed validator key",
+                                         "payload")
+        elif self.payload:
+            raise InvalidTransaction("bad_payload", "an unstake carries no payload", "payload")
+
+
+def new_stake(
+    key: crypto.PrivateKey, chain_id: str, nonce: int, amount: int, fee: int = 0, validator_key: bytes | None = None,
+) -> Transaction:
+    """Build and sign a stake: bond `amount` for the validator key (default: the sender's own)."""
+    payload = validator_key if validator_key is not None else key.public_key
+    return Transaction(chain_id, nonce, key.public_key, address_of(key.public_key), amount, fee, TxKind.STAKE,
+                       payload).signed(key)
+
+
+def new_unstake(key: crypto.PrivateKey, chain_id: str, nonce: int, amount: int, fee: int = 0) -> Transaction:
+    """Build and sign a request to unbond `amount` of the sender's stake."""
+    return Transaction(chain_id, nonce, key.public_key, address_of(key.public_key), amount, fee,
+                       TxKind.UNSTAKE).signed(key)
 
 
 def new_transfer(

@@ -14,8 +14,9 @@ from collections.abc import Callable, Container, Mapping, Sequence
 from dataclasses import dataclass
 
 from ledger.block import Block, BlockHeader, InvalidBlock, InvalidSeal
+from ledger.staking import StakeChange, StakeOp
 from ledger.state import Account, BlockEffects, StateError, apply_transactions
-from ledger.transaction import InvalidTransaction
+from ledger.transaction import InvalidTransaction, Transaction
 
 # The engine's pure header check: (header, ancestors ending with the parent, now_ms).
 HeaderCheck = Callable[[BlockHeader, Sequence[BlockHeader], "int | None"], None]
@@ -32,6 +33,26 @@ class BlockRules:
     max_block_transactions: int
     block_reward: int
     max_future_ms: int  # how far ahead of the receiver's clock a timestamp may be
+    # Proof of stake (the engine's members of the same names): stake transactions allowed, the
+    # stake ops a header orders and the stake changes it declares, read from its `extra`.
+    staking: bool = False
+    stake_ops: Callable[[bytes], tuple[StakeOp, ...]] = lambda extra: ()
+    declared_stake_changes: Callable[[bytes], tuple[StakeChange, ...]] = lambda extra: ()
+
+    @classmethod
+    def of(cls, genesis, engine) -> BlockRules:
+        """The rules of a chain (ledger.genesis.Genesis) run by `engine` (consensus.engine.Engine)."""
+        return cls(genesis.chain_id, genesis.max_block_transactions, genesis.block_reward, engine.max_future_ms,
+                   engine.staking, engine.stake_ops, engine.declared_stake_changes)
+
+
+def apply_block(
+    accounts: Mapping[bytes, Account], transactions: Sequence[Transaction], proposer: bytes, extra: bytes,
+    rules: BlockRules,
+) -> BlockEffects:
+    """The effects of a block (or one being built) whose header carries `extra`: its stake ops,
+    then its transactions, then fees and reward."""
+    return apply_transactions(accounts, transactions, proposer, rules.block_reward, rules.stake_ops(extra))
 
 
 def too_far_ahead(timestamp: int, now_ms: int | None, max_future_ms: int) -> str | None:
@@ -77,5 +98,9 @@ def validate_block(
     validate_header(block, recent, rules, verify_header, now_ms)
     for tx in block.transactions:
         if tx.id not in verified:
-            tx.check_stateless(rules.chain_id)
-    return apply_transactions(accounts, block.transactions, block.header.proposer, rules.block_reward)
+            tx.check_stateless(rules.chain_id, staking=rules.staking)
+    header = block.header
+    effects = apply_block(accounts, block.transactions, header.proposer, header.extra, rules)
+    if effects.stake_changes != rules.declared_stake_changes(header.extra):
+        raise InvalidBlock("stake_changes_mismatch", "the header does not declare what its stake transactions do")
+    return effects

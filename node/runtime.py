@@ -36,7 +36,7 @@ from ledger.merkle import EMPTY_ROOT
 from ledger.state import Account, BlockEffects, State, StateError
 from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
-from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block, validate_header
+from ledger.validate import BLOCK_REFUSALS, BlockRules, apply_block, validate_block, validate_header
 import migrations
 from node.admin import MAX_FAULT_RECORDS, LinkFaultControl
 from node.config import NodeConfig
@@ -120,8 +120,7 @@ class Node(ChainReads, LinkFaultControl):
         self.engine = create_engine(genesis, node_key, mine=config.mine, miner_address=miner_address,
                                     block_time_ms=config.block_time * 1000)
         self.dev = DevControls(self)
-        self.rules = BlockRules(genesis.chain_id, genesis.max_block_transactions, genesis.block_reward,
-                                self.engine.max_future_ms)
+        self.rules = BlockRules.of(genesis, self.engine)
         # The recent main-chain headers, ending with the head: what the engine needs to check
         # the next block (PoW retargets over a window) and what Started/BlockCommitted carry.
         self.recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))
@@ -185,6 +184,7 @@ class Node(ChainReads, LinkFaultControl):
             self.state.get,
             capacity=self.config.mempool_capacity,
             per_sender_limit=self.config.mempool_per_sender,
+            staking=self.rules.staking,
         )
         self._update_gauges()
 
@@ -349,7 +349,7 @@ class Node(ChainReads, LinkFaultControl):
             transactions = self.pool.select(self.genesis.max_block_transactions)
         while True:
             try:
-                effects = self.state.apply(transactions, request.proposer, self.genesis.block_reward)
+                effects = apply_block(self.state.accounts, transactions, request.proposer, request.extra, self.rules)
                 break
             except StateError as exc:
                 # The mempool only offers transactions that apply; if one does not, drop it and
@@ -377,7 +377,7 @@ class Node(ChainReads, LinkFaultControl):
             elif executed is not None and executed[:2] == (block.hash, self.head.hash):
                 effects = executed[2]
             else:
-                effects = self.state.apply(block.transactions, header.proposer, self.genesis.block_reward)
+                effects = apply_block(self.state.accounts, block.transactions, header.proposer, header.extra, self.rules)
         started = time.perf_counter()
         evidence = self.engine.block_evidence(header)
         await self._store_block(block, effects, certificate, evidence)
@@ -565,7 +565,7 @@ class Node(ChainReads, LinkFaultControl):
         out: list[InvalidTransaction | None] = []
         for tx in transactions:
             try:
-                tx.check_stateless(chain_id)
+                tx.check_stateless(chain_id, staking=self.rules.staking)
                 out.append(None)
             except InvalidTransaction as exc:
                 out.append(exc)

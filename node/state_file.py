@@ -259,8 +259,8 @@ def replay(path: Path) -> tuple[StateHeader, Iterator[tuple[Block, BlockEffects,
 def _blocks(lines: _Lines, header: StateHeader) -> Iterator[tuple[Block, BlockEffects, bytes, list[EvidenceRecord]]]:
     genesis = header.genesis
     engine = create_engine(genesis, None, mine=False)
-    rules = BlockRules(genesis.chain_id, genesis.max_block_transactions, genesis.block_reward, engine.max_future_ms)
-    state = State.from_allocations(genesis.allocations)
+    rules = BlockRules.of(genesis, engine)
+    state = State.from_genesis(genesis)
     recent = deque([genesis.block().header], maxlen=max(1, engine.ancestors_needed))
     accounts: dict[bytes, Account] = {}
     try:

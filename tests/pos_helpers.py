@@ -92,3 +92,15 @@ def run_chain(chain: Chain, genesis: BlockHeader, state: BeaconState, slots: int
         who = voters if voters is not None else [i for i, w in enumerate(after.epoch_stake) if w]
         pending = [attest(chain, after, i, slot, header.hash) for i in who]
     return out
+
+
+def pos_genesis(count: int, stake: int = 32 * UNIT, **params):
+    """A chain whose first `count` KEYS are validators of equal stake, each its own owner."""
+    from ledger.genesis import Genesis, GenesisStake
+
+    params.setdefault("slots_per_epoch", 4)
+    return Genesis(
+        chain_id=CHAIN_ID, address_prefix="dev", timestamp=T0, engine="pos", engine_params=params,
+        allocations={owner(i): 10**15 for i in range(count)},
+        stakes=tuple(GenesisStake(owner(i), KEYS[i].public_key, stake) for i in range(count)),
+    )

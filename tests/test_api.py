@@ -674,10 +674,14 @@ BAD_INPUTS: dict[str, BadInput] = {
         422, "out_of_range", "amount", lambda node: post_json(fields_of(good_fresh(), amount=-5))
     ),
     "unknown_kind": BadInput(
-        422, "unknown_kind", "kind", lambda node: post_json(fields_of(good_fresh(), kind="stake"))
+        422, "unknown_kind", "kind", lambda node: post_json(fields_of(good_fresh(), kind="mint"))
     ),
     "unknown_kind_raw": BadInput(
-        422, "unknown_kind", "kind", lambda node: post_json(raw_body(signed_unchecked(FRESH, kind=1)))
+        422, "unknown_kind", "kind", lambda node: post_json(raw_body(signed_unchecked(FRESH, kind=9)))
+    ),
+    # A stake is a known kind, refused by a chain whose engine bonds no stake (this one's, solo).
+    "stake_without_staking": BadInput(
+        422, "staking_not_supported", "kind", lambda node: post_json(raw_body(signed_unchecked(FRESH, kind=1)))
     ),
     "wait_not_final": BadInput(
         422, "invalid_value", "wait", lambda node: post_json(raw_body(good_fresh()), "/v1/transactions?wait=soon")

@@ -36,6 +36,7 @@ CASES = [
     ("solo", engine_driver.solo_case),
     ("pow", engine_driver.pow_case),
     ("bft", engine_driver.bft_case),  # four validators
+    ("pos", engine_driver.pos_case),  # four validators of equal stake
 ]
 
 TESTS = Path(__file__).resolve().parent
@@ -290,7 +291,8 @@ def test_status_is_an_engine_status(case):
 RUNTIME_USES = [
     "ancestors_needed", "verify_header", "finalized_height", "parent_certificate", "certificate_signers",
     "block_evidence", "block_work", "status", "finality", "import_waits_for_certificate", "pushes_own_blocks",
-    "max_reorg_depth", "max_future_ms", "fork_choice", "verify_commit",
+    "max_reorg_depth", "max_future_ms", "fork_choice", "verify_commit", "staking", "stake_ops",
+    "declared_stake_changes",
 ]
 
 

@@ -63,7 +63,7 @@ def test_optional_parameters_are_never_null(document):
 def test_transaction_fields_state_what_the_server_checks(document):
     fields = document["components"]["schemas"]["TransactionJson"]["properties"]
     assert fields["chain_id"]["const"] == CHAIN
-    assert fields["kind"]["enum"] == ["transfer"]
+    assert fields["kind"]["enum"] == ["transfer", "stake", "unstake"]
     assert fields["amount"]["minimum"] == 1 and fields["fee"]["minimum"] == 0
     assert fields["amount"]["maximum"] == fields["nonce"]["maximum"] == 2**63 - 1
     assert matches(fields["sender"], "02" + "ab" * 32) and not matches(fields["sender"], "04" + "ab" * 32)

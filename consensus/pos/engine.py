@@ -647,12 +647,13 @@ class PosEngine(Engine):
         equivocating proposer's many blocks for one slot must not fill the memory."""
         floor = self.tree.state(self.tree.anchor)
         floor_slot = floor.slot if floor is not None else 0
-        for block_hash in [h for h, s in self._states.items() if s.slot < floor_slot and h not in self.tree]:
+        genesis = self.genesis_header.hash  # kept: any window of headers from block 0 replays from it
+        for block_hash in [h for h, s in self._states.items() if s.slot < floor_slot and h not in self.tree and h != genesis]:
             del self._states[block_hash]
             self._headers.pop(block_hash, None)
         if len(self._states) >= MAX_STATES:
-            keep = self.head.hash if self.head is not None else None
-            spare = [h for h in self._states if h not in self.tree and h != keep]
+            keep = {self.head.hash if self.head is not None else genesis, genesis}
+            spare = [h for h in self._states if h not in self.tree and h not in keep]
             for block_hash in spare[: len(self._states) - MAX_STATES // 2]:
                 del self._states[block_hash]
                 self._headers.pop(block_hash, None)
