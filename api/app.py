@@ -47,6 +47,7 @@ from api.problems import (
     problem_response,
 )
 from api.schemas import (
+    kind_name,
     AccountOut,
     AccountTransactionsOut,
     BatchOut,
@@ -79,7 +80,7 @@ from api.service import Accepted, BlockRecord, NodeService, Rejection, TxRecord
 from ledger.address import encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.evidence import EvidenceRecord
-from ledger.transaction import Transaction
+from ledger.transaction import Transaction, accepted_kinds
 
 logger = logging.getLogger(__name__)
 
@@ -713,5 +714,6 @@ def create_app(
     add_admin_routes(app, admin_token, json_body)
     app.include_router(explorer_router(service))
     app.include_router(dev_router(service))
-    install_openapi(app, prefix=ctx.prefix, chain_id=service.genesis.chain_id, max_batch=max_batch)
+    kinds = [kind_name(kind) for kind in accepted_kinds(service.staking)]
+    install_openapi(app, prefix=ctx.prefix, chain_id=service.genesis.chain_id, max_batch=max_batch, kinds=kinds)
     return app

@@ -138,7 +138,9 @@ def _batch_request(max_batch: int) -> dict[str, Any]:
     }
 
 
-def install_openapi(app: FastAPI, *, prefix: str, chain_id: str, max_batch: int) -> None:
+def install_openapi(app: FastAPI, *, prefix: str, chain_id: str, max_batch: int, kinds: list[str]) -> None:
+    """`kinds`: the transaction kinds this chain accepts (stake and unstake only where the
+    engine bonds stake), so a generated client never sends one the node must refuse."""
     def generate() -> dict[str, Any]:
         if app.openapi_schema:
             return app.openapi_schema
@@ -152,6 +154,7 @@ def install_openapi(app: FastAPI, *, prefix: str, chain_id: str, max_batch: int)
         components["BatchRequest"] = _batch_request(max_batch)
         # A transaction for another chain is refused (wrong_chain): the only id is this one.
         components["TransactionJson"]["properties"]["chain_id"]["const"] = chain_id
+        components["TransactionJson"]["properties"]["kind"]["enum"] = kinds
         _constrain_parameters(schema, prefix)
         _mark_addresses(schema, address_schema(prefix))
         app.openapi_schema = schema

@@ -116,6 +116,7 @@ class Event:
 
 class NodeService(Protocol):
     genesis: Genesis
+    staking: bool  # the chain's engine bonds stake: stake and unstake transactions are accepted
     dev: DevChain  # the /v1/dev routes; it refuses on any node but a dev chain's sealing one
 
     def node_info(self) -> NodeInfo: ...

@@ -32,6 +32,11 @@ class TxKind(IntEnum):
 _STAKING_KINDS = (TxKind.STAKE, TxKind.UNSTAKE)
 
 
+def accepted_kinds(staking: bool) -> tuple[TxKind, ...]:
+    """The kinds a chain takes: stake and unstake only where its engine bonds stake."""
+    return tuple(kind for kind in TxKind if staking or kind not in _STAKING_KINDS)
+
+
 class InvalidTransaction(ValueError):
     """A transaction that fails a stateless check; `reason` is a stable code, `field` the culprit."""
 

@@ -121,6 +121,7 @@ class Node(ChainReads, LinkFaultControl):
                                     block_time_ms=config.block_time * 1000)
         self.dev = DevControls(self)
         self.rules = BlockRules.of(genesis, self.engine)
+        self.staking = self.rules.staking
         # The recent main-chain headers, ending with the head: what the engine needs to check
         # the next block (PoW retargets over a window) and what Started/BlockCommitted carry.
         self.recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))

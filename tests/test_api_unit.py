@@ -53,6 +53,7 @@ class FakeService:
 
     def __init__(self) -> None:
         self.genesis = SimpleNamespace(address_prefix=PREFIX, chain_id=CHAIN)
+        self.staking = False
         self.submitted: list = []
         self.final = True
         self.fail_node_info = False

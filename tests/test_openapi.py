@@ -63,13 +63,21 @@ def test_optional_parameters_are_never_null(document):
 def test_transaction_fields_state_what_the_server_checks(document):
     fields = document["components"]["schemas"]["TransactionJson"]["properties"]
     assert fields["chain_id"]["const"] == CHAIN
-    assert fields["kind"]["enum"] == ["transfer", "stake", "unstake"]
+    assert fields["kind"]["enum"] == ["transfer"]  # FakeService's chain bonds no stake
     assert fields["amount"]["minimum"] == 1 and fields["fee"]["minimum"] == 0
     assert fields["amount"]["maximum"] == fields["nonce"]["maximum"] == 2**63 - 1
     assert matches(fields["sender"], "02" + "ab" * 32) and not matches(fields["sender"], "04" + "ab" * 32)
     assert matches(fields["signature"], "ab" * 64) and not matches(fields["signature"], "ab" * 63)
     raw = document["components"]["schemas"]["RawTransaction"]["properties"]["raw"]
     assert raw["minLength"] > 0 and raw["maxLength"] > raw["minLength"] and not matches(raw, "abc")
+
+
+def test_stake_kinds_are_listed_only_where_the_engine_bonds_stake():
+    service = FakeService()
+    service.staking = True
+    document = call(create_app(service), "GET", "/openapi.json").json()
+    kinds = document["components"]["schemas"]["TransactionJson"]["properties"]["kind"]["enum"]
+    assert kinds == ["transfer", "stake", "unstake"]
 
 
 def test_the_batch_schema_constrains_only_the_envelope(document):
