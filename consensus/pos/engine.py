@@ -316,9 +316,16 @@ class PosEngine(Engine):
         self.head = header
         self._asked_head = None
         window = recent or (header,)
-        for position, item in enumerate(window):
-            if item.hash not in self.tree and item.height > 0:
-                self._on_block(item, window[: position + 1])
+        # Only the window's tail can be new to the tree: what is in it, or at or below its
+        # anchor (pruned at finality), was seen before; looking at all of it every commit
+        # made long runs quadratic.
+        anchor = self.tree.header(self.tree.anchor)
+        floor = anchor.height if anchor is not None else 0
+        start = len(window)
+        while start > 0 and window[start - 1].hash not in self.tree and window[start - 1].height > floor:
+            start -= 1
+        for position in range(start, len(window)):
+            self._on_block(window[position], window[: position + 1])
         if header.hash not in self.tree:
             self._on_block(header)
         # A saved state within the recent window is all a restart needs (it replays the rest):
