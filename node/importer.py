@@ -217,7 +217,10 @@ class BlockImporter:
         self.side_blocks.add(block)
         found = self.side_blocks.branch(block, self.main_header)
         if found is None:
-            node.sync.on_peer_status(PeerInfo(peer, "", False, block.height, block.hash))
+            if block.height > node.head.height + node.sync.lag:
+                node.sync.on_peer_status(PeerInfo(peer, "", False, block.height, block.hash))
+            else:
+                node.sync.fetch_branch(peer, block.height, block.hash)
             return False
         fork_point, branch = found
         if not self._within_bounds(fork_point, block, peer):

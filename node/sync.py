@@ -87,6 +87,14 @@ class BlockSync:
         if peer.head_height > self.head().height + self.lag:
             self._request(peer.id)
 
+    def fetch_branch(self, peer_id: str, tip_height: int, tip_hash: bytes) -> None:
+        """A peer sent a block whose ancestry we lack on a branch no longer than ours: ask it
+        for the blocks after the newest one we share.  Under proof of stake a shorter branch
+        can be the heavier one (LMD-GHOST weighs votes, not length), and a node that only
+        fetched from peers ahead would never see it after a partition heals."""
+        if self._fruitless.get(peer_id) != (tip_height, tip_hash):
+            self._request(peer_id)
+
     def peer_gone(self, peer_id: str) -> None:
         # The best height is what the connected peers claim: a peer that lied about its head
         # must not leave the node reporting "syncing" forever once it is gone.

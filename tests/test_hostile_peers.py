@@ -453,6 +453,36 @@ def test_a_heavier_branch_reverts_blocks_final_by_depth_and_says_so(tmp_path):
     run_scene(tmp_path, scenario)
 
 
+def test_the_tip_of_a_shorter_branch_whose_ancestry_is_missing_is_fetched(tmp_path):
+    """After a partition heals, a peer announces the new tip of its side, a branch no longer
+    than ours.  The node must fetch that branch (under proof of stake the shorter branch may
+    carry more votes): asking only peers that are ahead left 2|2 splits apart for good."""
+
+    async def scenario(scene: Scene) -> None:
+        node = scene.node
+        head = node.head
+        other_side = ChainBuilder(scene.chain.genesis)
+        branch = []
+        for _ in range(head.height - 1):
+            block = other_side.valid_block()
+            other_side.accept(block)
+            branch.append(block)
+        peer = await scene.hostile("the other side")
+
+        async def answer(request: m.GetBlocks) -> None:
+            await peer.send(m.Blocks(tuple(block.encode() for block in branch)))
+
+        peer.answers[m.GetBlocks] = answer
+        await peer.push(branch[-1])
+        await eventually(lambda: peer.got(m.GetBlocks), "the node asks for the branch's ancestry")
+        await eventually(lambda: all(block.hash in node.importer.side_blocks for block in branch),
+                         "the whole branch held as side blocks")
+        assert node.head == head, "a lighter branch under proof of work is kept, not followed"
+        assert scene.network.score_of(peer.id) == 0
+
+    run_scene(tmp_path, scenario)
+
+
 # ----------------------------------------------------------------------------- frames and handshakes
 def test_garbage_inside_a_valid_frame_is_scored_down(tmp_path):
     async def scenario(scene: Scene) -> None:
