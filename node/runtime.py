@@ -277,8 +277,10 @@ class Node(ChainReads, LinkFaultControl):
         finalized = self.engine.finalized_height(self.head.height, self.head.hash)
         if finalized == self.finalized_height:
             return
+        before = self.finalized_height
         self.finalized_height = finalized
         self.finality.finalized(finalized)
+        self._announce_finality(before)
         if self.network is not None:
             self.network.update_status(self.head.height, self.head.hash, finalized)
 
@@ -441,8 +443,20 @@ class Node(ChainReads, LinkFaultControl):
             self.feed(ev.TxsAvailable(self.now_ms(), ready))
 
     def _advance_finality(self, tx_ids: list[bytes]) -> None:
+        before = self.finalized_height
         self.finalized_height = self.engine.finalized_height(self.head.height, self.head.hash)
         self.finality.committed(self.head.height, tx_ids, self.finalized_height)
+        self._announce_finality(before)
+
+    def _announce_finality(self, before: int) -> None:
+        """A `finalized` event when blocks the events stream announced as not final became
+        final (proof of work by depth, proof of stake at a checkpoint); not when the only new
+        final block is the head just added, whose own event says so."""
+        finalized = self.finalized_height
+        if finalized <= before or (finalized == self.head.height and before == finalized - 1):
+            return
+        header = next((h for h in self.recent if h.height == finalized), None) or self.store.block_header(finalized)
+        self.publish("finalized", {"height": finalized, "hash": header.hash.hex() if header is not None else None})
 
     def signal_txs(self) -> None:
         """Tell the engine transactions are ready, once until it builds (it ignores repeats anyway)."""

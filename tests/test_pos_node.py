@@ -1,0 +1,45 @@
+"""One proof-of-stake node in process, on the wall clock: a single validator holds all the
+stake, so its checkpoints justify and finalize alone, and the node tells its clients when
+blocks become final after they were added (the `finalized` event, `wait=final`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+from ledger.transaction import new_transfer
+from node.config import NodeConfig
+from node.runtime import Node
+from pos_helpers import KEYS, owner, pos_genesis
+
+
+def test_a_lone_validator_finalizes_and_the_events_stream_says_when(tmp_path):
+    genesis = replace(pos_genesis(1, slot_ms=100, slots_per_epoch=2), timestamp=int(time.time() * 1000))
+
+    async def scenario() -> None:
+        node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'c.db'}"), genesis, KEYS[0])
+        await node.start()
+        events = node.subscribe()
+        try:
+            tx = new_transfer(KEYS[0], genesis.chain_id, 0, owner(1), 5, 0)
+            [result] = await node.submit([tx])
+            assert getattr(result, "tx_id", None) == tx.id, result
+            statuses = await node.wait_final([tx.id], timeout=15)
+            assert statuses == {tx.id: "final"}
+            record = node.transaction(tx.id)
+            finalized = []
+            async with asyncio.timeout(5):
+                while not finalized or finalized[-1]["height"] < record.block_height:
+                    event = await events.get()
+                    if event.kind == "finalized":
+                        finalized.append(event.data)
+            heights = [item["height"] for item in finalized]
+            assert heights == sorted(set(heights)), "finality only moves forward, once per height"
+            assert finalized[-1]["hash"] == node.store.block_header(finalized[-1]["height"]).hash.hex()
+            assert node.finalized_height >= record.block_height
+        finally:
+            node.unsubscribe(events)
+            await node.stop()
+
+    asyncio.run(scenario())
