@@ -17,7 +17,9 @@ end even on error, and prints one summary line per run:
               the peer connections, framing included).  N defaults to 20,000 for solo and
               5,000 for proof of work: PoW blocks come every ~2 s and a transfer is final
               6 blocks later, so a PoW run is bounded by block time and depth, not by N.
-              (BFT: 20,000; a block is final once committed, every node a validator.)
+              (BFT: 20,000; a block is final once committed, every node a validator.
+              PoS: 20,000; a block is final once its epoch's checkpoint is finalized,
+              about two epochs later: the `finalized` events say when.)
   steady      the same transfers sent to node0 at a fixed `--rate` (500/s) for `--duration`
               (60 s), a batch every `--tick-ms` (20 ms); time to final on every node p50/p99.
   gossip      single transfers sent to node1 at a low rate (`--gossip-count`,
@@ -31,7 +33,7 @@ end even on error, and prints one summary line per run:
               its API answers).  Median of `--startup-runs`.
 
 `--only gossip,startup` picks runs (catchup is in the default set for solo only, steady for
-bft only).  `--nodes 4,7,10` (or `--validators`) repeats the runs for each network size.
+bft and pos only).  `--nodes 4,7,10` (or `--validators`) repeats the runs for each network size.
 `--param timeout_propose_ms=1000` and `--max-block-txs` change the network's genesis (named
 in the summary line); `--profile DIR` runs the nodes under cProfile.  Every summary line
 ends with how busy the whole machine was during the run (it is shared).
@@ -42,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import ctypes
 import dataclasses
 import io
@@ -66,7 +69,6 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from throughput import (  # noqa: E402  (also puts the checkout on sys.path)
     ROOT,
-    follow_blocks,
     follow_events,
     free_port,
     make_keys,
@@ -94,12 +96,13 @@ from node.testnet import TESTNET_CHAIN_ID, NodeLayout, TestnetError, start_nodes
 os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
 SENDER_BALANCE = 10**15
-DEFAULT_N = {"solo": 20_000, "pow": 5_000, "bft": 20_000}
+DEFAULT_N = {"solo": 20_000, "pow": 5_000, "bft": 20_000, "pos": 20_000}
 RUNS = ("throughput", "steady", "gossip", "catchup", "startup")
 DEFAULT_RUNS = {
     "solo": ["throughput", "gossip", "catchup", "startup"],
     "pow": ["throughput", "gossip", "startup"],
     "bft": ["throughput", "steady", "gossip", "startup"],
+    "pos": ["throughput", "steady", "gossip", "startup"],
 }
 
 
@@ -441,6 +444,25 @@ def traffic_per_tx(before: tuple, after: tuple, count: int) -> tuple[float, floa
     return sum(messages.values()) / count, (after[1] - before[1]) / count, moved / count
 
 
+class FinalTimes:
+    """When one node first said each height was final: a block event marked final (solo,
+    BFT), or a `finalized` event (proof of work by depth, proof of stake at a checkpoint)."""
+
+    def __init__(self) -> None:
+        self.heights: list[int] = []  # increasing
+        self.times: list[float] = []
+
+    def on_event(self, kind: str, data: dict, at: float) -> None:
+        if kind == "block" and data["final"] or kind == "finalized":
+            if not self.heights or data["height"] > self.heights[-1]:
+                self.heights.append(data["height"])
+                self.times.append(at)
+
+    def time_of(self, height: int) -> float | None:
+        position = bisect.bisect_left(self.heights, height)
+        return self.times[position] if position < len(self.times) else None
+
+
 @dataclasses.dataclass
 class Measured:
     """One workload's figures."""
@@ -468,7 +490,10 @@ Sender = Callable[[Network, float], Awaitable[tuple[int, int, dict[bytes, float]
 
 async def measure_workload(args: argparse.Namespace, network: Network, txs: list, send: Sender) -> Measured:
     """Run the network, send the transfers, and time each one until it is final on every node."""
-    depth = int(network.genesis.engine_params.get("finality_depth", 0))
+    # How far back a reorg may still replace blocks: the depth of proof of work, a few
+    # epochs of proof of stake (finality trails the head by about two).
+    params = network.genesis.engine_params
+    depth = int(params.get("finality_depth", 0)) or 3 * int(params.get("slots_per_epoch", 0))
     profile_dir = args.profile / network.directory.name if args.profile else None
     with running(network, profile_dir=profile_dir):
         try:
@@ -477,9 +502,10 @@ async def measure_workload(args: argparse.Namespace, network: Network, txs: list
             for i in range(len(network.layouts)):
                 log(f"node{i}: {network.log_tail(i)}")
             raise
-        commit_times: list[dict[int, float]] = [{} for _ in network.urls]
+        final_times = [FinalTimes() for _ in network.urls]
         stop = asyncio.Event()
-        followers = [asyncio.create_task(follow_blocks(url, times, stop)) for url, times in zip(network.urls, commit_times)]
+        followers = [asyncio.create_task(follow_events(url, times.on_event, stop, frozenset({"block", "finalized"})))
+                     for url, times in zip(network.urls, final_times)]
         await asyncio.sleep(0.5)
         before = await traffic(network)
         cpu = CpuMeter([process.pid for process in network.processes])
@@ -494,10 +520,9 @@ async def measure_workload(args: argparse.Namespace, network: Network, txs: list
         log(cpu.stop())
         if profile_dir is not None:
             signal_all(network, signal.SIGUSR2)
-        # The events streams may deliver the last block a moment after the poll saw it.
-        final_height = height + depth
+        # The events streams may deliver the last finality a moment after the poll saw it.
         deadline = time.perf_counter() + 5
-        while any(final_height not in times for times in commit_times) and time.perf_counter() < deadline:
+        while any(times.time_of(height) is None for times in final_times) and time.perf_counter() < deadline:
             await asyncio.sleep(0.005)
         after = await traffic(network)
         heights = await tx_heights(network.urls[0], height)
@@ -509,15 +534,15 @@ async def measure_workload(args: argparse.Namespace, network: Network, txs: list
     if profile_dir is not None:
         print_profiles(profile_dir, args.profile_lines)
 
-    # A transfer is final on a node when the block `depth` above its own commits there.
+    # A transfer is final everywhere when the last node says its block is final.
     latencies = []
     ends = []
     for tx in txs:
         if tx.id not in heights:
             continue  # moved by a reorg after the poll: unmeasured
-        h = heights[tx.id] + depth
-        if all(h in times for times in commit_times):
-            final_everywhere = max(times[h] for times in commit_times)
+        at = [times.time_of(heights[tx.id]) for times in final_times]
+        if None not in at:
+            final_everywhere = max(at)
             latencies.append((final_everywhere - sent_at[tx.id]) * 1000)
             ends.append(final_everywhere)
     # Without a commit time for every transfer (an events stream dropped one), the poll's time.
@@ -877,8 +902,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", "--validators", dest="node_counts", type=node_counts, default=[4],
                         help="nodes of each network (with bft every node is a validator); 4,7,10 runs each count in turn")
-    parser.add_argument("--consensus", choices=("solo", "pow", "bft"), default="solo")
-    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000, bft 20000]")
+    parser.add_argument("--consensus", choices=("solo", "pow", "bft", "pos"), default="solo")
+    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000, bft 20000, pos 20000]")
     parser.add_argument("--submit-to", choices=("node0", "all"), default="node0",
                         help="throughput: send everything to node0, or each node a share of the senders")
     parser.add_argument("--senders", type=int, default=100)
