@@ -320,7 +320,7 @@ def state_dump(
 def init(
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
     out: Path = typer.Option(Path("testnet"), "--out", help="Folder to write genesis.json and node<i>/ into"),
-    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), solo or pow"),
+    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), pos (every node a validator of equal stake), solo or pow"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node)"),
@@ -359,7 +359,7 @@ app.add_typer(testnet_app, name="testnet")
 def testnet(
     ctx: typer.Context,
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
-    consensus: Optional[str] = typer.Option(None, "--consensus", help="bft (every node a validator), solo or pow [default: the existing network's, else bft]"),
+    consensus: Optional[str] = typer.Option(None, "--consensus", help="bft (every node a validator), pos (every node a validator of equal stake), solo or pow [default: the existing network's, else bft]"),
     directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
@@ -442,7 +442,10 @@ def testnet(
                 elif row["height"] is None:
                     cells.append(f"{row['node']} {row['state']}")
                 else:
-                    cells.append(f"{row['node']} h={row['height']} p={row['peers']}" + (" paused" if row["state"] == "paused" else ""))
+                    # f=: the finalized height, where finality trails the head (pow, pos)
+                    final = f" f={row['finalized']}" if row["finalized"] not in (None, row["height"]) else ""
+                    cells.append(f"{row['node']} h={row['height']}{final} p={row['peers']}"
+                                 + (" paused" if row["state"] == "paused" else ""))
             console.print("  " + " | ".join(cells), end="\r" if console.is_terminal else "\n", highlight=False)
             for _ in range(10 if console.is_terminal else 50):
                 if stopping:

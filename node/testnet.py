@@ -23,14 +23,15 @@ import httpx
 
 from ledger.address import address_of
 from ledger.crypto import PrivateKey
-from ledger.genesis import ENGINES, Genesis, InvalidGenesis
+from ledger.genesis import ENGINES, Genesis, GenesisStake, InvalidGenesis
 from ledger.hdkeys import dev_keys
 from node.keys import NODE_KEY_FILE, write_private_file
 from node.lifetime import die_with_parent
 
-CONSENSUS = ("solo", "pow", "bft")
+CONSENSUS = ("solo", "pow", "bft", "pos")
 TESTNET_CHAIN_ID = "ledger-testnet"
 DEV_BALANCE = 1_000_000 * 10**9
+POS_STAKE = 32 * 10**9  # each testnet validator's genesis stake: 32 coins
 
 
 class TestnetError(Exception):
@@ -52,6 +53,10 @@ def engine_params(consensus: str, authority: PrivateKey, validators: list[Privat
     if consensus == "bft":
         # Every node of the testnet is a validator of equal power.
         return {"validators": [{"public_key": key.public_key.hex(), "power": 10} for key in validators or [authority]]}
+    if consensus == "pos":
+        # The validators are genesis stakes (make_genesis); 1 s slots, 8-slot epochs: a block
+        # is final about two epochs (16 s) after it is made.
+        return {"slot_ms": 1000, "slots_per_epoch": 8}
     # Proof of work tuned for a laptop: blocks every ~2 s on a few local miners.  The first
     # blocks are easier (a quarter of the work: about 0.5 s at the ~2 MH/s of one Python
     # miner), so a testnet whose miners share the cores with nodes still starting has its
@@ -79,6 +84,9 @@ def make_genesis(
         engine_params=engine_params(consensus, authority, validators),
         allocations={address_of(key.public_key): DEV_BALANCE for key in dev_keys(10)},
         block_reward=50 * 10**9 if consensus == "pow" else 0,
+        # Proof of stake: every node's key a validator of equal stake, owned by its own address.
+        stakes=tuple(GenesisStake(address_of(key.public_key), key.public_key, POS_STAKE)
+                     for key in validators or [authority]) if consensus == "pos" else (),
     )
 
 

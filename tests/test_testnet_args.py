@@ -31,8 +31,7 @@ def bft_testnet(tmp_path) -> Path:
 
 
 @pytest.mark.parametrize(("arguments", "message"), [
-    (["--consensus", "nosuch", "--fresh"], "--consensus is one of solo, pow, bft, not 'nosuch'"),
-    (["--consensus", "pos", "--fresh"], "the pos engine is not built yet"),
+    (["--consensus", "nosuch", "--fresh"], "--consensus is one of solo, pow, bft, pos, not 'nosuch'"),
     (["--consensus", "raft"], "the raft engine is not built yet"),
     (["--consensus", "pow"], "holds a bft network, not pow"),
     (["--nodes", "3"], "holds a network of 4 nodes, not 3"),
@@ -58,7 +57,7 @@ def test_the_refusal_names_the_commands_that_would_do_it(bft_testnet):
     assert "`ledger testnet --nodes 4 --consensus solo --dir testnet-solo` keeps it" in text
     # Not built yet: no command is suggested, --fresh least of all.
     with pytest.raises(launcher.TestnetError) as not_built:
-        check_request(bft_testnet, 4, "pos", fresh=True)
+        check_request(bft_testnet, 4, "raft", fresh=True)
     assert "--fresh" not in str(not_built.value) and "ledger testnet" not in str(not_built.value)
 
 
@@ -66,6 +65,7 @@ def test_what_is_accepted(bft_testnet, tmp_path):
     assert check_request(bft_testnet, 4, None, fresh=False) == "bft"  # the chain on disk wins
     assert check_request(bft_testnet, 4, "bft", fresh=False) == "bft"
     assert check_request(bft_testnet, 2, "pow", fresh=True) == "pow"
+    assert check_request(bft_testnet, 4, "pos", fresh=True) == "pos"
     assert check_request(tmp_path / "new", 4, None, fresh=False) == "bft"
     assert check_request(tmp_path / "new", 1, "solo", fresh=False, db="postgresql://postgres@127.0.0.1/x") == "solo"
 
@@ -74,3 +74,19 @@ def test_fresh_is_a_plain_flag_in_help():
     result = CliRunner().invoke(app, ["testnet", "--help"], env={"COLUMNS": "200"})
     [line] = [line for line in result.output.splitlines() if "--fresh" in line]
     assert "<bool>" not in line and "Delete --dir first" in line
+
+
+def test_a_pos_network_makes_every_node_a_validator_of_equal_stake(tmp_path):
+    from consensus.registry import create_engine
+    from ledger.address import address_of
+    from ledger.crypto import PrivateKey
+    from ledger.genesis import Genesis
+
+    layouts = write_network(tmp_path / "pos", 4, "pos", 28100, 29100)
+    genesis = Genesis.load(tmp_path / "pos" / "genesis.json")
+    keys = [PrivateKey(bytes.fromhex((layout.directory / "node_key").read_text().strip())) for layout in layouts]
+    assert [(s.owner, s.validator_key, s.amount) for s in genesis.stakes] == [
+        (address_of(k.public_key), k.public_key, launcher.POS_STAKE) for k in keys
+    ]
+    engine = create_engine(genesis, keys[0])
+    assert engine.name == "pos" and engine.staking
