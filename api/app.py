@@ -545,6 +545,10 @@ def _add_chain_routes(app: FastAPI, ctx: _Context) -> None:
             "nonce": account.nonce,
             "pending_nonce": account.pending_nonce,
             "pending_count": account.pending_count,
+            "bonded": account.bonded,
+            "unbonding": account.unbonding,
+            "release_epoch": account.release_epoch,
+            "slashed": account.slashed,
         }
 
     @app.get(

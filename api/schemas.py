@@ -265,6 +265,12 @@ class ValidatorOut(_Response):
     last_signed_height: int | None = Field(description="the newest height it signed; null: none this node saw")
     jailed: bool = False
     slashed: int = Field(default=0, description="amount taken for misbehaviour")
+    status: str | None = Field(default=None, description=(
+        "proof of stake: pending, active, exiting, exited or slashed; null where the set is fixed"))
+    attested_previous_epoch: bool | None = Field(default=None, description=(
+        "proof of stake: its vote for the previous epoch is on the chain; null under other engines"))
+    attested_current_epoch: bool | None = Field(default=None, description=(
+        "proof of stake: its vote for the current epoch is on the chain"))
 
 
 class CheckpointOut(_Response):
@@ -326,6 +332,10 @@ class AccountOut(_Response):
     nonce: int
     pending_nonce: int
     pending_count: int
+    bonded: int = Field(default=0, description="proof of stake: bonded as validator stake (part of the supply, not spendable)")
+    unbonding: int = Field(default=0, description="proof of stake: leaving the bond, spendable from `release_epoch`")
+    release_epoch: int = Field(default=0, description="the epoch `unbonding` returns to the balance at")
+    slashed: int = Field(default=0, description="taken from this account's stake for misbehaviour, in total")
 
 
 class AccountTransactionsOut(_Response):
@@ -543,6 +553,9 @@ def validator_json(validator: ValidatorStatus, prefix: str) -> dict[str, Any]:
         "last_signed_height": validator.last_signed_height,
         "jailed": validator.jailed,
         "slashed": validator.slashed,
+        "status": validator.status,
+        "attested_previous_epoch": validator.attested_previous_epoch,
+        "attested_current_epoch": validator.attested_current_epoch,
     }
 
 

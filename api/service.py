@@ -75,6 +75,11 @@ class AccountRecord:
     nonce: int
     pending_nonce: int
     pending_count: int
+    # Proof of stake: bonded, unbonding (spendable from release_epoch) and slashed in total.
+    bonded: int = 0
+    unbonding: int = 0
+    release_epoch: int = 0
+    slashed: int = 0
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,9 @@ class ValidatorStatus:
     # Where it stands in a set that changes (proof of stake): pending, active, exiting,
     # exited or slashed; None where the set is fixed.
     status: str | None = None
+    # Proof of stake: whether its vote for the previous / the current epoch is on the chain.
+    attested_previous_epoch: bool | None = None
+    attested_current_epoch: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,10 +160,13 @@ class ChainReads:
 
     def account(self, address: bytes) -> AccountRecord:
         with self.lock:
-            balance, nonce, _ = self.state.get(address)
+            balance, nonce, stake = self.state.get(address)
             pending_nonce = max(nonce, self.pool.pending_nonce(address))
             pending_count = self.pool.pending_count(address)
-        return AccountRecord(address, balance, nonce, pending_nonce, pending_count)
+        if stake is None:
+            return AccountRecord(address, balance, nonce, pending_nonce, pending_count)
+        return AccountRecord(address, balance, nonce, pending_nonce, pending_count,
+                             stake.bonded, stake.unbonding, stake.release_epoch, stake.slashed)
 
     def account_transactions(self, address: bytes, before: tuple[int, int] | None, limit: int) -> list[TxRecord]:
         records = []

@@ -56,6 +56,8 @@ BATCH = "/v1/transactions/batch"
 USED, FRESH = KEYS[0], KEYS[1]
 WATCHED = [address_of(key.public_key) for key in KEYS] + [BOB, AUTHORITY]
 
+NO_STAKE = {"bonded": 0, "unbonding": 0, "release_epoch": 0, "slashed": 0}
+
 
 def addr(account: bytes) -> str:
     return encode_address(PREFIX, account)
@@ -191,6 +193,7 @@ def test_submit_raw_and_json_pending_then_final_with_block_and_balances(tmp_path
             account = (await http.get(f"/v1/accounts/{sender_of(KEYS[0])}")).json()
             assert account == {
                 "address": sender_of(KEYS[0]), "balance": FUNDS, "nonce": 0, "pending_nonce": 0, "pending_count": 1,
+                **NO_STAKE,
             }
             mempool = (await http.get("/v1/mempool")).json()
             assert mempool["size"] == 1 and mempool["senders"] == 1
@@ -234,7 +237,7 @@ def test_submit_raw_and_json_pending_then_final_with_block_and_balances(tmp_path
             sender = (await http.get(f"/v1/accounts/{sender_of(KEYS[0])}")).json()
             assert sender == {
                 "address": sender_of(KEYS[0]), "balance": FUNDS - 1_007 - 2_009, "nonce": 2, "pending_nonce": 2,
-                "pending_count": 0,
+                "pending_count": 0, **NO_STAKE,
             }
             assert (await http.get(f"/v1/accounts/{addr(BOB)}")).json()["balance"] == 3_000
             assert (await http.get(f"/v1/accounts/{addr(AUTHORITY)}")).json()["balance"] == 16
@@ -419,6 +422,7 @@ def test_account_transactions_pages_have_no_duplicates_and_no_gaps(tmp_path):
             assert empty == {"address": never_seen, "transactions": [], "next": None}
             assert (await api.http.get(f"/v1/accounts/{never_seen}")).json() == {
                 "address": never_seen, "balance": 0, "nonce": 0, "pending_nonce": 0, "pending_count": 0,
+                **NO_STAKE,
             }
 
     run(scenario())

@@ -48,6 +48,10 @@ def transfer(nonce: int = 0, amount: int = 5, fee: int = 1):
     return new_transfer(SENDER, CHAIN, nonce, RECIPIENT, amount, fee)
 
 
+# What a validator of a fixed set (BFT) shows in the proof-of-stake fields.
+FIXED_SET = {"status": None, "attested_previous_epoch": None, "attested_current_epoch": None}
+
+
 class FakeService:
     """Accepts everything except nonce 13 (nonce_too_low) and 14 (mempool_full)."""
 
@@ -277,9 +281,9 @@ def test_validators_render_the_typed_status_with_addresses_of_the_network(servic
         "engine": "bft", "finality": "certificate", "total_power": 20, "quorum_power": 14, "note": None,
         "validators": [
             {"address": encode_address(PREFIX, VALIDATOR_A), "public_key": KEY_A.public_key.hex(), "power": 10,
-             "blocks_proposed": 5, "last_signed_height": 8, "jailed": False, "slashed": 0},
+             "blocks_proposed": 5, "last_signed_height": 8, "jailed": False, "slashed": 0, **FIXED_SET},
             {"address": encode_address(PREFIX, VALIDATOR_B), "public_key": KEY_B.public_key.hex(), "power": 10,
-             "blocks_proposed": 3, "last_signed_height": None, "jailed": True, "slashed": 250},
+             "blocks_proposed": 3, "last_signed_height": None, "jailed": True, "slashed": 250, **FIXED_SET},
         ],
     }
 

@@ -150,3 +150,10 @@ def test_the_status_names_slot_epoch_checkpoints_and_validators():
     assert status.finalized.epoch == 0 and status.justified.epoch == 0
     assert [v.status for v in status.validators] == ["active"] * 4
     assert [v.power for v in status.validators] == [32 * UNIT] * 4
+    assert [v.attested_previous_epoch for v in status.validators] == [False] * 4  # no block carried a vote
+
+
+def test_the_status_answers_before_the_engine_has_started():
+    status = PosEngine(pos_genesis(4), KEYS[0]).status()
+    assert status.phase == "not started" and status.height is None
+    assert [v.status for v in status.validators] == ["active"] * 4

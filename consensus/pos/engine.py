@@ -667,7 +667,8 @@ class PosEngine(Engine):
 
     # ------------------------------------------------------------------ status
     def status(self) -> EngineStatus:
-        state = self._head_state()
+        # Asked before Started too (a node that is still opening): the genesis state then.
+        state = self._head_state() if self.head is not None else self.genesis_state
         slot = self.current_slot()
         epoch = slot // self.params.slots_per_epoch
         index = self._my_index(state)
@@ -685,6 +686,7 @@ class PosEngine(Engine):
                 ValidatorStatus(
                     address=v.owner, public_key=v.key, power=v.stake, blocks_proposed=self.proposed.get(i, 0),
                     jailed=v.slashed, slashed=v.slashed_amount, status=v.status(epoch),
+                    attested_previous_epoch=i in state.previous_votes, attested_current_epoch=i in state.votes,
                 )
                 for i, v in enumerate(state.validators)
             ),
