@@ -33,6 +33,7 @@ from api.schemas import (
     SubmitOut,
     TransactionFields,
     TransactionStatusOut,
+    ValidatorsOut,
 )
 from ledger.transaction import Transaction
 
@@ -149,6 +150,9 @@ class _Routes:
 
     def _mempool(self, limit: int | None) -> _Call:
         return _Call("GET", "/v1/mempool", MempoolOut, _page(limit=limit))
+
+    def _validators(self) -> _Call:
+        return _Call("GET", "/v1/validators", ValidatorsOut)
 
 
 def _hex(value: bytes | str) -> str:
@@ -285,6 +289,9 @@ class LedgerClient(_Routes):
     def mempool(self, limit: int | None = None) -> MempoolOut:
         return self._run(self._mempool(limit))
 
+    def validators(self) -> ValidatorsOut:
+        return self._run(self._validators())
+
     def events(self) -> Iterator[EventOut]:
         """Live events until the caller stops iterating (close the generator to disconnect)."""
         timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=_EVENTS_READ_TIMEOUT)
@@ -375,6 +382,9 @@ class AsyncLedgerClient(_Routes):
 
     async def mempool(self, limit: int | None = None) -> MempoolOut:
         return await self._run(self._mempool(limit))
+
+    async def validators(self) -> ValidatorsOut:
+        return await self._run(self._validators())
 
     async def events(self) -> AsyncIterator[EventOut]:
         timeout = httpx.Timeout(DEFAULT_TIMEOUT, read=_EVENTS_READ_TIMEOUT)

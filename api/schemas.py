@@ -365,6 +365,7 @@ class NodeInfoOut(_Response):
     decimals: int
     node_id: str
     syncing: bool = False
+    node_key: str = Field(default="", description="the node key's public key (hex): a validator's key to stake for")
     sync_progress: float = 1.0
     peers: int = 0
     mempool_size: int = 0

@@ -105,6 +105,7 @@ class NodeInfo:
     decimals: int
     node_id: str
     syncing: bool = False
+    node_key: str = ""  # the node key's public key, hex: what a validator stakes for (`wallet stake --validator-key`)
     sync_progress: float = 1.0
     peers: int = 0
     mempool_size: int = 0

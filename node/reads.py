@@ -43,6 +43,7 @@ class ChainReads:
     sync: BlockSync
     importer: BlockImporter
     node_id: str
+    node_public_key: bytes
     fault_log: deque[dict]
     config: NodeConfig
     failure: str | None
@@ -66,6 +67,7 @@ class ChainReads:
             denomination=self.genesis.denomination.name,
             decimals=self.genesis.denomination.decimals,
             node_id=self.node_id,
+            node_key=self.node_public_key.hex(),
             mempool_size=len(self.pool),
             syncing=self.sync.syncing,
             sync_progress=round(self.sync.progress(), 4),

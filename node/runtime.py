@@ -105,6 +105,7 @@ class Node(ChainReads, LinkFaultControl):
         self.genesis = genesis
         self.node_key = node_key
         self.node_id = address_of(node_key.public_key).hex()
+        self.node_public_key = node_key.public_key
         self.metrics = NodeMetrics()
         # The simulator hands in virtual time, a shared in-memory store and inline "threads".
         self.now_ms: Callable[[], int] = clock or wall_clock_ms

@@ -596,6 +596,10 @@ def balance(
         if name:
             rows.insert(0, ("key", name))
         rows += [("balance", _money(state.balance, network)), ("nonce", str(state.nonce))]
+        if state.bonded or state.unbonding:
+            rows.append(("staked", f"{_money(state.bonded, network)} bonded"
+                         + (f", {_money(state.unbonding, network)} unbonding until epoch {state.release_epoch}"
+                            if state.unbonding else "")))
         if state.pending_count:
             rows.append(("pending", f"{state.pending_count} transaction(s), next nonce {state.pending_nonce}"))
         out.print(_grid(rows))
@@ -801,6 +805,10 @@ def broadcast(
     _emit(json_output, document, lambda out: out.print(tx_id))
 
 
+# The proof-of-stake commands live in their own module and register on `app`.
+from wallet import staking_cli  # noqa: E402,F401
+
+
 def main() -> None:
     try:
         app(prog_name="wallet")
@@ -812,4 +820,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m wallet.cli` runs this file as __main__; the commands of other modules
+    # (wallet.staking_cli) register on the app of the module `wallet.cli`, so run that one.
+    from wallet.cli import main as _main
+
+    _main()
