@@ -148,3 +148,11 @@ def apply_op(load: Callable[[bytes], tuple], op: StakeOp) -> tuple[bytes, tuple,
     else:  # decoding refuses unknown kinds; an op built in code must be one of them
         raise refuse("unknown operation")
     return op.address, (balance, nonce, stake_of(bonded, unbonding, release, slashed)), issued, burned
+
+
+def money_moved(ops: Iterable[StakeOp]) -> tuple[int, int]:
+    """(issued, burnt) by `ops`: rewards are new money, penalties and slashings destroy it;
+    unbonding and release only move it within an account."""
+    issued = sum(op.amount for op in ops if op.kind == StakeOpKind.REWARD)
+    burnt = sum(op.amount for op in ops if op.kind in (StakeOpKind.PENALTY, StakeOpKind.SLASH))
+    return issued, burnt

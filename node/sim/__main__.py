@@ -1,7 +1,8 @@
 """Run the simulator over many seeds: `python -m node.sim --seeds 1-200 --consensus solo --nodes 4`.
 
 `--consensus bft --byzantine 1 --byzantine-kind mix` makes that many validators Byzantine
-(equivocate, invalid, silent or mix: see node/sim/byzantine.py).
+(equivocate, invalid, silent or mix: see node/sim/byzantine.py).  `--consensus pos` runs
+proof of stake, every node a validator of equal stake (node/sim/pos_setup.py).
 
 Prints one line per failing seed (its reason and the command that replays it) and a
 summary; exits 1 when any seed failed, 2 on bad arguments.  `--trace` prints every

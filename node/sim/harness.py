@@ -52,6 +52,7 @@ from ledger.crypto import InvalidKey, PrivateKey
 from ledger.genesis import Genesis, dev_genesis
 from ledger.hdkeys import dev_keys
 from ledger.store import ChainStore
+from ledger.staking import money_moved
 from ledger.transaction import Transaction, new_transfer
 from node.config import NodeConfig
 from node.runtime import Node
@@ -59,8 +60,9 @@ from node.sim.byzantine import MODES as BYZANTINE_KINDS
 from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import Faults, HubStats, SimHub, SimNetwork
+from node.sim.pos_setup import partition_bound_seconds, pos_genesis
 
-CONSENSUS = ("solo", "pow", "bft")
+CONSENSUS = ("solo", "pow", "bft", "pos")
 FAULT_KINDS = ("delay", "drop", "duplicate", "reorder", "partition", "crash")
 GENESIS_MS = 1_767_225_600_000
 EPOCH_MS = GENESIS_MS + 60_000  # virtual time 0 on the nodes' clocks
@@ -108,6 +110,9 @@ class SimConfig:
     max_partition: float | None = None
     pow_block_ms: int = 1000
     pow_finality_depth: int = 12
+    # Proof of stake: every node a validator of equal stake (node/sim/pos_setup.py).
+    pos_slot_ms: int = 500
+    pos_slots_per_epoch: int = 4
     # BFT: every node a validator of equal power.  Its timeouts run on virtual time too.
     bft_max_block_interval_ms: int = 0  # 0: blocks only while transactions are pending
     # At most this many nodes down at once (None: all but one).  BFT with 3f+1 validators
@@ -118,6 +123,9 @@ class SimConfig:
     # more is allowed, to see the invariants catch what then goes wrong.
     byzantine: int = 0
     byzantine_kind: str = "mix"
+    # Partitions laid at fixed virtual times, beside the drawn faults: (start, end, the node
+    # indices of one side).  For named scenarios in tests (a 2|2 split for so long).
+    scripted_partitions: tuple[tuple[float, float, tuple[int, ...]], ...] = ()
     # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
     # something spins without letting virtual time pass.  Counted, not timed, so it replays.
     max_steps: int = 500_000
@@ -153,6 +161,10 @@ class SimConfig:
             raise ValueError("byzantine: 0 to nodes - 1 validators (at most f of 3f + 1 keeps the chain safe)")
         if self.byzantine and self.consensus != "bft":
             raise ValueError("byzantine: only with --consensus bft (validators that sign)")
+        for start, end, side in self.scripted_partitions:
+            if not 0 <= start < end or not side or not set(side) < set(range(self.nodes)):
+                raise ValueError("scripted_partitions: (start, end, side) with 0 <= start < end and side a proper "
+                                 "subset of the node indices")
         if self.byzantine_kind not in BYZANTINE_KINDS:
             raise ValueError(f"byzantine_kind: one of {', '.join(BYZANTINE_KINDS)}")
 
@@ -163,6 +175,8 @@ class SimConfig:
 
     @property
     def partition_limit(self) -> float | None:
+        if self.max_partition is None and self.consensus == "pos":
+            return partition_bound_seconds(self.pos_slot_ms, self.pos_slots_per_epoch)
         if self.max_partition is not None or self.consensus != "pow":
             return self.max_partition
         # Long enough to fork, short enough that no branch nears the finality depth.
@@ -304,6 +318,8 @@ class Slot:
     incarnation: int = 0
     running: bool = False  # started and not crashed
     chain: list[bytes] = field(default_factory=list)  # block hash per height, as read from the store
+    # Per height of `chain`: money its stake ops issued and burnt so far, (issued, burnt).
+    moved: list[tuple[int, int]] = field(default_factory=lambda: [(0, 0)])
     block_txs: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
     seen_head: bytes = b""
     final_height: int = 0
@@ -406,6 +422,9 @@ class Simulation:
                 balance=SENDER_BALANCE, timestamp=GENESIS_MS, block_interval_ms=self.config.block_interval_ms,
             )
             return genesis
+        if self.config.consensus == "pos":
+            return pos_genesis(CHAIN_ID, GENESIS_MS, [slot.key for slot in self.slots], accounts, SENDER_BALANCE,
+                               self.config.pos_slot_ms, self.config.pos_slots_per_epoch)
         if self.config.consensus == "bft":
             return Genesis(
                 chain_id=CHAIN_ID,
@@ -488,6 +507,9 @@ class Simulation:
         for slot in self.slots:
             self._start(slot)
         await asyncio.sleep(0)
+        for start, end, side in self.config.scripted_partitions:
+            self.loop.call_later(start, self._scripted_partition, side)
+            self.loop.call_later(end, self._scripted_heal)
         helpers = [
             asyncio.create_task(self._workload(), name="workload"),
             asyncio.create_task(self._resubmit(), name="resubmit"),
@@ -729,6 +751,20 @@ class Simulation:
             return slot.label
         raise ValueError(f"unknown fault {kind}")
 
+    def _scripted_partition(self, side: tuple[int, ...]) -> None:
+        ids = [slot.node_id for slot in self.slots]
+        groups = [[ids[i] for i in side], [ids[i] for i in range(len(ids)) if i not in side]]
+        self.hub.partition(groups)
+        self._partitions += 1
+        self.faults_applied["partition"] += 1
+        self.trace("fault partition: " + " | ".join(",".join(sorted(self.hub.label(n) for n in group)) for group in groups))
+
+    def _scripted_heal(self) -> None:
+        self._whole_since = self.loop.time()
+        self.hub.heal()
+        self.faults_applied["heal"] += 1
+        self.trace("fault heal: scripted")
+
     def _end_partition(self, number: int) -> None:
         if number == self._partitions and self.hub.partitioned and self.loop.time() < self._heal_time:
             self._whole_since = self.loop.time()
@@ -808,11 +844,15 @@ class Simulation:
             for height in range(common + 1, len(chain)):
                 slot.block_txs.pop(height, None)
             del chain[common + 1 :]
+            del slot.moved[common + 1 :]
         for block in new_blocks:
             if self.adversary is not None and block.hash in self.adversary.invalid_blocks:
                 self._fail(f"{slot.label} committed invalid block {block.height} {block.hash.hex()[:12]} "
                            f"({self.adversary.invalid_blocks[block.hash]}) from a Byzantine proposer")
             chain.append(block.hash)
+            issued, burnt = money_moved(node.engine.stake_ops(block.header.extra))
+            so_far = slot.moved[-1]
+            slot.moved.append((so_far[0] + issued, so_far[1] + burnt))
             slot.block_txs[block.height] = tuple(tx.id for tx in block.transactions)
             self.trace(f"{slot.label} commit {block.height} {block.hash.hex()[:12]} txs={len(block.transactions)}")
         slot.seen_head = head.hash
@@ -821,7 +861,8 @@ class Simulation:
         if node.engine.finality is Finality.CERTIFICATE:
             self._check_certificates(slot, node)
         supply = node.state.total_supply()
-        expected = self.genesis.expected_supply(head.height)
+        assert len(slot.moved) == len(chain)
+        expected = self.genesis.expected_supply(head.height, *slot.moved[-1])
         if supply != expected:
             self._fail(f"{slot.label}'s total supply is {supply} at height {head.height}, genesis says {expected}")
 
@@ -894,6 +935,7 @@ class Simulation:
                     self._fail(f"transaction {tx_id.hex()[:12]} final at height {first} and at {height} ({slot.label})")
                 self.outstanding.pop(tx_id, None)
         slot.final_height = finalized
+        self.trace(f"{slot.label} final {finalized}")
 
     def _check_stored_chain(self, slot: Slot) -> None:
         """The node's store still holds every block it committed (a crash loses none) and every
