@@ -313,6 +313,7 @@ class _Context:
     def block_out(self, record: BlockRecord) -> dict[str, Any]:
         shown = self.header_out(record)
         shown["certificate"] = record.certificate.hex()
+        shown["labels"] = dict(record.labels)
         shown["evidence"] = [self.evidence_out(item) for item in record.evidence]
         shown["transactions"] = (
             None if record.transactions is None else [transaction_out(tx, self.prefix) for tx in record.transactions]

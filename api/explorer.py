@@ -613,6 +613,7 @@ class Explorer:
             "size": record.size,
             "sealer": self.sealer_note(header.height, header.proposer),
             "signers": [{"address": self.address(address), "power": power} for address, power in record.signers],
+            "labels": record.labels,
             "evidence": [
                 {"validator": self.address(item.validator), "kind": item.kind.replace("_", " "), "height": item.height,
                  "round": item.round, "data": item.data.hex()}
@@ -728,15 +729,24 @@ class Explorer:
             return [], _NO_VALIDATOR_SET.get(status.finality, f"The {status.engine} engine has no validator set.")
         sole = _sole_validator(status)
         rows = [
-            ValidatorRow(self.address(v.address), f"{v.power:,}", f"{v.blocks_proposed:,}", v.last_signed_height,
+            ValidatorRow(self.address(v.address), self.power(v, status.finality), f"{v.blocks_proposed:,}", v.last_signed_height,
                          self.validator_note(v, sole is v))
             for v in status.validators
         ]
         note = _FINALITY_NOTES.get(status.finality, "").format(quorum=status.quorum_power, total=status.total_power)
         return rows, note
 
+    def power(self, validator: ValidatorStatus, finality: Finality) -> str:
+        if finality is Finality.CHECKPOINT:  # stake, in the chain's money
+            return f"{self.amount(validator.power)} {self.genesis.denomination.name}"
+        return f"{validator.power:,}"
+
     def validator_note(self, validator: ValidatorStatus, sole: bool) -> str:
         notes = ["sole authority: seals every block"] if sole else []
+        if validator.status is not None:
+            notes.append(validator.status)
+        if validator.attested_previous_epoch is not None:
+            notes.append("voted in the last epoch" if validator.attested_previous_epoch else "missed the last epoch's vote")
         if validator.jailed:
             notes.append("jailed")
         if validator.slashed:

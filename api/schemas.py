@@ -317,6 +317,8 @@ class ValidatorsOut(_Response):
 
 class BlockOut(BlockHeaderOut):
     certificate: str = ""
+    labels: dict[str, str] = Field(default_factory=dict, description=(
+        "what the engine says of the block, in order (proof of stake: slot, epoch, missed slots, checkpoint, ...)"))
     evidence: list[EvidenceOut] = Field(default_factory=list, description="misbehaviour this block records")
     transactions: list[TransactionOut] | None = None
 

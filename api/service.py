@@ -62,6 +62,7 @@ class BlockRecord:
     size: int = 0
     evidence: tuple[EvidenceRecord, ...] = ()  # misbehaviour this block records
     signers: tuple[tuple[bytes, int], ...] = ()  # the certificate's signers and their voting power
+    labels: tuple[tuple[str, str], ...] = ()  # what the engine says of the block (Engine.block_labels)
 
     @property
     def block(self) -> Block:

@@ -276,6 +276,12 @@ class Engine(ABC):
         """Who signed a stored commit certificate, with their voting power (for display)."""
         return []
 
+    def block_labels(self, header: BlockHeader, parent: BlockHeader | None) -> list[tuple[str, str]]:
+        """What the engine can say about a block for people, as (name, value) pairs in the
+        order shown (proof of stake: slot, epoch, missed slots, checkpoint); from the header
+        and its parent alone.  The API and the explorer show them as they are."""
+        return []
+
     def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
         """The evidence of misbehaviour a header records (already checked by `verify_header`)."""
         return []

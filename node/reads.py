@@ -143,9 +143,11 @@ class ChainReads:
         with self.lock:
             evidence = tuple(self.engine.block_evidence(header))
             signers = tuple(self.engine.certificate_signers(certificate))
+        parent = self.store.block_header(header.height - 1) if header.height else None
+        labels = tuple(self.engine.block_labels(header, parent))
         return BlockRecord(
             header, transactions, status, confirmations, certificate, self.store.block_size(header.height) or 0,
-            evidence, signers,
+            evidence, signers, labels,
         )
 
     def recorded_evidence(

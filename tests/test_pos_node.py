@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+
+import httpx
 from dataclasses import replace
 
+from api.app import create_app
 from ledger.transaction import new_transfer
 from node.config import NodeConfig
 from node.runtime import Node
@@ -38,6 +41,20 @@ def test_a_lone_validator_finalizes_and_the_events_stream_says_when(tmp_path):
             assert heights == sorted(set(heights)), "finality only moves forward, once per height"
             assert finalized[-1]["hash"] == node.store.block_header(finalized[-1]["height"]).hash.hex()
             assert node.finalized_height >= record.block_height
+            # The block says its slot and epoch (Engine.block_labels), in the API and the explorer.
+            block = node.block(record.block_height)
+            labels = dict(block.labels)
+            slot = (block.header.timestamp - genesis.timestamp) // 100
+            assert labels["slot"] == str(slot) and labels["epoch"] == str(slot // 2)
+            assert int(labels["missed slots before it"]) >= 0 and len(labels["RANDAO reveal"]) == 128
+            transport = httpx.ASGITransport(app=create_app(node))
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+                shown = (await client.get(f"/v1/blocks/{record.block_height}")).json()
+                assert shown["labels"] == labels
+                page = (await client.get(f"/explorer/block/{record.block_height}")).text
+                assert "Consensus" in page and f"<dd class=\"\">{slot}</dd>" in page
+                validators = (await client.get("/explorer/validators")).text
+                assert "active" in validators and "LED" in validators
         finally:
             node.unsubscribe(events)
             await node.stop()

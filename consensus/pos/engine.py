@@ -47,7 +47,7 @@ from consensus.engine import (
     Started,
     Tick,
 )
-from consensus.pos import beacon
+from consensus.pos import beacon, labels
 from consensus.pos.beacon import BeaconState, Chain
 from consensus.pos.forkchoice import BlockTree
 from consensus.pos.messages import (
@@ -233,6 +233,9 @@ class PosEngine(Engine):
 
     def declared_stake_changes(self, extra: bytes) -> tuple[StakeChange, ...]:
         return PosExtra.decode(extra).stake_changes if extra else ()
+
+    def block_labels(self, header: BlockHeader, parent: BlockHeader | None) -> list[tuple[str, str]]:
+        return labels.block_labels(self.chain, header, parent)
 
     def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
         if header.height == 0:
