@@ -290,6 +290,7 @@ class EngineStatusOut(_Response):
     round: int | None = None
     step: str | None = None
     term: int | None = None
+    slot: int | None = Field(default=None, description="proof of stake: the current slot")
     epoch: int | None = None
     justified: CheckpointOut | None = None
     finalized: CheckpointOut | None = None
@@ -578,6 +579,7 @@ def engine_status_json(status: EngineStatus, prefix: str) -> dict[str, Any]:
         "round": status.round,
         "step": status.step,
         "term": status.term,
+        "slot": status.slot,
         "epoch": status.epoch,
         "justified": _checkpoint_json(status.justified),
         "finalized": _checkpoint_json(status.finalized),

@@ -60,6 +60,7 @@ class EngineStatus:
     round: int | None = None
     step: str | None = None
     term: int | None = None
+    slot: int | None = None  # proof of stake: the current slot (epoch = slot // slots per epoch)
     epoch: int | None = None
     justified: Checkpoint | None = None
     finalized: Checkpoint | None = None

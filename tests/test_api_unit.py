@@ -307,7 +307,8 @@ def test_consensus_shows_every_field_of_the_typed_status(service):
     assert (answer["engine"], answer["height"]) == ("bft", 7)  # the head height, as GET /v1/node
     state = answer["state"]
     assert (state["finality"], state["role"], state["phase"]) == ("certificate", "validator", "collecting prevotes")
-    assert (state["height"], state["round"], state["step"], state["epoch"], state["justified"]) == (9, 1, "prevote", None, None)
+    assert (state["height"], state["round"], state["step"], state["slot"], state["epoch"], state["justified"]) == (
+        9, 1, "prevote", None, None, None)
     assert [v["address"] for v in state["validators"]] == [encode_address(PREFIX, a) for a in (VALIDATOR_A, VALIDATOR_B)]
     assert state["evidence"] == [{"validator": encode_address(PREFIX, VALIDATOR_B), "kind": "duplicate_vote",
                                   "height": 4, "round": 1, "evidence": "0170726f6f66"}]

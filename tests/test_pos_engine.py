@@ -146,7 +146,7 @@ def test_the_status_names_slot_epoch_checkpoints_and_validators():
     engine = started(1)
     engine.handle(Tick(slot_time(engine, 9, 500)))
     status = engine.status()
-    assert status.engine == "pos" and status.epoch == 2 and status.details["slot"] == 9  # four slots an epoch
+    assert status.engine == "pos" and status.epoch == 2 and status.slot == status.details["slot"] == 9  # four slots an epoch
     assert status.finalized.epoch == 0 and status.justified.epoch == 0
     assert [v.status for v in status.validators] == ["active"] * 4
     assert [v.power for v in status.validators] == [32 * UNIT] * 4

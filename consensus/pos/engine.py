@@ -682,6 +682,7 @@ class PosEngine(Engine):
             role="validator" if index is not None else "follower",
             phase="not started" if self.head is None else f"slot {slot} of epoch {epoch}",
             height=self.head.height + 1 if self.head is not None else None,
+            slot=slot,
             epoch=epoch,
             justified=StatusCheckpoint(state.justified.epoch, state.justified.root),
             finalized=StatusCheckpoint(state.finalized.epoch, state.finalized.root),
