@@ -110,6 +110,25 @@ def test_a_double_vote_from_gossip_becomes_evidence():
     assert {reports[0].first.target, reports[0].second.target} == {first.target, second.target}
 
 
+def test_a_new_attestation_is_relayed_once_and_a_refused_or_stale_one_never():
+    engine = started(0)
+    genesis = engine.genesis_header
+    checkpoint = Checkpoint(0, genesis.hash)
+    vote = Attestation(2, 1, genesis.hash, checkpoint, checkpoint).signed(KEYS[2], GENESIS.chain_id)
+    message = encode_message(vote)
+
+    def relayed(now: int, data: bytes) -> bool:
+        return Broadcast(data) in engine.handle(PeerMessage(now, "p", data))
+
+    assert relayed(slot_time(engine, 1, 400), message)
+    assert not relayed(slot_time(engine, 1, 450), message)  # already pooled: the gossip stops
+    forged = encode_message(replace(vote, validator=3))  # signed by another key
+    assert not relayed(slot_time(engine, 1, 500), forged)
+    # Past the inclusion window no block takes it any more: pooled for slashing checks, not relayed.
+    late = encode_message(Attestation(1, 1, genesis.hash, checkpoint, checkpoint).signed(KEYS[1], GENESIS.chain_id))
+    assert not relayed(slot_time(engine, 1 + engine.params.slots_per_epoch + 1, 400), late)
+
+
 def test_the_fork_choice_follows_the_votes_and_says_so_with_set_head():
     engine = started(0)
     chain, state, genesis = engine.chain, engine.genesis_state, engine.genesis_header

@@ -563,7 +563,11 @@ class PosEngine(Engine):
             if problem:
                 self.refused_messages += 1
                 return
-            self._accept_attestation(message)
+            fresh = message.slot + self.params.slots_per_epoch >= self.current_slot()  # as long as the pool keeps it
+            if self._accept_attestation(message) and fresh:
+                # Gossip: a peer may not be linked to the attester, and a validator that signed
+                # two votes must not escape by sending each to different nodes.
+                self._out.append(Broadcast(data))
         elif isinstance(message, ProposerSlashing):
             if beacon.check_proposer_slashing(state, message, self.chain) is None:
                 self._add_evidence(message, broadcast=False)
@@ -581,16 +585,19 @@ class PosEngine(Engine):
             return "bad signature"
         return None
 
-    def _accept_attestation(self, att: Attestation) -> None:
+    def _accept_attestation(self, att: Attestation) -> bool:
+        """Take in a checked attestation; True when it is new to the pool (worth relaying)."""
         key = (att.validator, att.slot)
         if self.pool.get(key) == att:
-            return
+            return False
         self._note_vote(att)
-        if key not in self.pool:
+        new = key not in self.pool
+        if new:
             self.pool[key] = att
             if len(self.pool) > MAX_POOL:
                 del self.pool[min(self.pool, key=lambda k: (k[1], k[0]))]
         self._lmd_vote(att)
+        return new
 
     def _note_vote(self, att: Attestation) -> None:
         """Compare a signed vote with the same validator's earlier ones: a double or surround
