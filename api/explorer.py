@@ -32,6 +32,7 @@ from fastapi import APIRouter, Request
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from api import explorer_consensus
 from api.service import BlockRecord, NodeInfo, NodeService, TxRecord
 from ledger import crypto
 from ledger.address import ADDRESS_SIZE, InvalidAddress, address_of, bech32m_decode, decode_address
@@ -756,7 +757,11 @@ class Explorer:
     def validators_page(self, request: Request) -> HTMLResponse:
         info = self.service.node_info()
         rows, note = self.validators()
-        context = {"nav": "validators", "page_title": "Validators", "validators": rows, "note": note}
+        status = self.service.consensus_status()
+        context = {"nav": "validators", "page_title": "Validators", "validators": rows, "note": note,
+                   "checkpoints": explorer_consensus.checkpoints(self.service, status),
+                   "evidence": explorer_consensus.evidence(self.service, status, self.address),
+                   "evidence_at": "Slot" if status.finality is Finality.CHECKPOINT else "Height"}
         return self.page(request, "validators.html", "validators_live.html", context, info)
 
     def peers_page(self, request: Request) -> HTMLResponse:

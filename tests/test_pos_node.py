@@ -5,6 +5,7 @@ blocks become final after they were added (the `finalized` event, `wait=final`).
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import httpx
@@ -55,6 +56,18 @@ def test_a_lone_validator_finalizes_and_the_events_stream_says_when(tmp_path):
                 assert "Consensus" in page and f"<dd class=\"\">{slot}</dd>" in page
                 validators = (await client.get("/explorer/validators")).text
                 assert "active" in validators and "LED" in validators
+                # Its checkpoints, as GET /v1/consensus has them (read around the page: finality
+                # moves on), with links to their blocks.
+                before = (await client.get("/v1/consensus")).json()["state"]["finalized"]
+                validators = (await client.get("/explorer/validators")).text
+                after = (await client.get("/v1/consensus")).json()["state"]["finalized"]
+                row = validators.split('<tr data-key="finalized">')[1].split("</tr>")[0]
+                shown = int(re.search(r'data-field="epoch">(\d+)</td>', row).group(1))
+                assert before["epoch"] <= shown <= after["epoch"] and shown >= 1
+                roots = {c["epoch"]: c["block_hash"] for c in (before, after)}
+                assert shown not in roots or roots[shown] in row
+                assert re.search(r'href="/explorer/block/\d+"', row)
+                assert "Slashings" in validators and "No misbehaviour seen" in validators
         finally:
             node.unsubscribe(events)
             await node.stop()
