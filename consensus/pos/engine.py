@@ -370,6 +370,11 @@ class PosEngine(Engine):
                 parent = self._headers.get(parent.parent)
             for item in reversed(missing):
                 self._on_block(item)
+                if item.hash not in self.tree:
+                    # The branch does not join the tree (it forks below the finalized anchor):
+                    # going on would walk it again from each of its blocks, which on a long
+                    # branch never ends (issue 12's 7-validator Byzantine sweep, seed 84).
+                    break
         if not self.tree.add(header, state):
             return
         extra = PosExtra.decode(header.extra)

@@ -2,7 +2,9 @@
 
 `--consensus bft --byzantine 1 --byzantine-kind mix` makes that many validators Byzantine
 (equivocate, invalid, silent or mix: see node/sim/byzantine.py).  `--consensus pos` runs
-proof of stake, every node a validator of equal stake (node/sim/pos_setup.py).
+proof of stake, every node a validator of equal stake (node/sim/pos_setup.py); its
+Byzantine kinds are equivocate, double_vote, surround_vote, silent or mix
+(node/sim/pos_byzantine.py).
 
 Prints one line per failing seed (its reason and the command that replays it) and a
 summary; exits 1 when any seed failed, 2 on bad arguments.  `--trace` prints every
@@ -98,9 +100,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-gap", type=parse_gap, default=(0.5, 3.0),
                         help="virtual seconds between faults, LOW,HIGH (default 0.5,3)")
     parser.add_argument("--byzantine", type=int, default=0,
-                        help="bft: this many validators are Byzantine (safe up to f of 3f+1; default 0)")
+                        help="bft, pos: this many validators are Byzantine (safe up to f of 3f+1; default 0)")
     parser.add_argument("--byzantine-kind", choices=BYZANTINE_KINDS, default="mix",
-                        help="what the Byzantine validators do (default mix: a kind per round, by seed)")
+                        help="what the Byzantine validators do: bft equivocate, invalid, silent; pos equivocate, "
+                             "double_vote, surround_vote, silent; both mix (default: a kind per round or slot, by seed)")
     parser.add_argument("--jobs", type=_positive(int), default=1, help="seeds run in parallel processes")
     parser.add_argument("--trace", action="store_true", help="print every event of each run")
     parser.add_argument("--verbose", "-v", action="store_true", help="a line for passing seeds too")

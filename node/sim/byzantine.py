@@ -100,7 +100,10 @@ class Adversary:
     byzantine: list[str]  # node ids of the Byzantine validators, sorted
     label: Callable[[str], str] = lambda node_id: node_id[:8]
     trace: Callable[[str], None] = lambda text: None
+    kinds: tuple[str, ...] = KINDS  # what `mix` draws from (proof of stake has its own: node/sim/pos_byzantine.py)
     stats: Counter = field(default_factory=Counter)  # what was done, by kind
+    # Proof of stake: each Byzantine validator's slashable offences (node/sim/pos_byzantine.py).
+    offences: dict[str, list] = field(default_factory=dict)
     invalid_blocks: dict[bytes, str] = field(default_factory=dict)  # block hash -> how it is invalid
     pairs: dict[tuple[int, int], tuple[bytes, bytes]] = field(default_factory=dict)  # equivocated proposals by side
     invalid_at: dict[tuple[int, int], bytes] = field(default_factory=dict)  # (height, round) -> invalid block
@@ -109,8 +112,8 @@ class Adversary:
     plans: dict[tuple, _Plan | None] = field(default_factory=dict)  # per message kind, sender, height, round
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"byzantine kind: one of {', '.join(MODES)}")
+        if self.mode not in self.kinds + ("mix",):
+            raise ValueError(f"byzantine kind: one of {', '.join(self.kinds + ('mix',))}")
 
     @property
     def honest(self) -> list[str]:
@@ -122,10 +125,10 @@ class Adversary:
         drawn = self._kinds.get((height, round))
         if drawn is None:
             if self.rng.random() < COORDINATED_CHANCE:
-                common = self.rng.choice(KINDS)
+                common = self.rng.choice(self.kinds)
                 drawn = {member: common for member in self.byzantine}
             else:
-                drawn = {member: self.rng.choice(KINDS) for member in self.byzantine}
+                drawn = {member: self.rng.choice(self.kinds) for member in self.byzantine}
             self._kinds[(height, round)] = drawn
         return drawn[node_id]
 
@@ -172,6 +175,12 @@ class ByzantineValidator:
         return self.adversary.label(self.node_id)
 
     # ------------------------------------------------------------------ the send path
+    def route(self, message: object, peers: list[str]) -> list[tuple[str, object]] | None:
+        """What to send instead of `message` to each of `peers`, or None to send it as it is."""
+        if not isinstance(message, EngineMessage):
+            return None
+        return [(peer, EngineMessage(payload)) for peer, payload in self.rewrite(message.payload, peers)]
+
     def rewrite(self, payload: bytes, peers: list[str]) -> list[tuple[str, bytes]]:
         """(peer, payload) pairs to send instead of `payload` to each of `peers`."""
         try:
@@ -365,23 +374,20 @@ class ByzantineValidator:
 
 
 class ByzantineNetwork(SimNetwork):
-    """A Byzantine validator's network: the engine's messages go through its lies first."""
+    """A Byzantine validator's network: what its node sends goes through its lies first
+    (`validator.route`: a `ByzantineValidator` here, a `PosByzantineValidator` under proof of stake)."""
 
-    def __init__(self, hub: SimHub, node_id: str, validator: ByzantineValidator):
+    def __init__(self, hub: SimHub, node_id: str, validator):
         super().__init__(hub, node_id)
         self.validator = validator
 
     def send(self, peer_id: str, message: object) -> None:
-        if not isinstance(message, EngineMessage):
-            super().send(peer_id, message)
-            return
-        for peer, payload in self.validator.rewrite(message.payload, [peer_id]):
-            self.hub._transmit(self, peer, EngineMessage(payload))
+        self._route(message, [peer_id])
 
     def broadcast(self, message: object, exclude: frozenset[str] = frozenset()) -> None:
-        if not isinstance(message, EngineMessage):
-            super().broadcast(message, exclude)
-            return
-        peers = [peer_id for peer_id in self._peer_ids() if peer_id not in exclude]
-        for peer, payload in self.validator.rewrite(message.payload, peers):
-            self.hub._transmit(self, peer, EngineMessage(payload))
+        self._route(message, [peer_id for peer_id in self._peer_ids() if peer_id not in exclude])
+
+    def _route(self, message: object, peers: list[str]) -> None:
+        routed = self.validator.route(message, peers)
+        for peer, sent in routed if routed is not None else ((peer, message) for peer in peers):
+            self.hub._transmit(self, peer, sent)

@@ -56,13 +56,17 @@ from ledger.staking import money_moved
 from ledger.transaction import Transaction, new_transfer
 from node.config import NodeConfig
 from node.runtime import Node
-from node.sim.byzantine import MODES as BYZANTINE_KINDS
+from node.sim import pos_byzantine
+from node.sim.byzantine import MODES as BFT_BYZANTINE_KINDS
 from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import Faults, HubStats, SimHub, SimNetwork
 from node.sim.pos_setup import partition_bound_seconds, pos_genesis
 
 CONSENSUS = ("solo", "pow", "bft", "pos")
+# What a Byzantine validator may do, by engine (the command line offers the union).
+BYZANTINE_KINDS_BY_ENGINE = {"bft": BFT_BYZANTINE_KINDS, "pos": pos_byzantine.MODES}
+BYZANTINE_KINDS = tuple(dict.fromkeys(BFT_BYZANTINE_KINDS + pos_byzantine.MODES))
 FAULT_KINDS = ("delay", "drop", "duplicate", "reorder", "partition", "crash")
 GENESIS_MS = 1_767_225_600_000
 EPOCH_MS = GENESIS_MS + 60_000  # virtual time 0 on the nodes' clocks
@@ -118,8 +122,9 @@ class SimConfig:
     # At most this many nodes down at once (None: all but one).  BFT with 3f+1 validators
     # stays live with f down, so a bound of f lets a test demand commits during the faults.
     max_down: int | None = None
-    # BFT: this many validators are Byzantine (`node.sim.byzantine`), chosen by the seed, each
-    # behaving as `byzantine_kind` says.  Safety and liveness are promised up to f of 3f + 1;
+    # BFT and PoS: this many validators are Byzantine (`node.sim.byzantine`,
+    # `node.sim.pos_byzantine`), chosen by the seed, each behaving as `byzantine_kind` says.
+    # Safety and liveness are promised up to f of 3f + 1;
     # more is allowed, to see the invariants catch what then goes wrong.
     byzantine: int = 0
     byzantine_kind: str = "mix"
@@ -159,14 +164,15 @@ class SimConfig:
             raise ValueError("max_down: 0 to nodes - 1, or None")
         if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.nodes:
             raise ValueError("byzantine: 0 to nodes - 1 validators (at most f of 3f + 1 keeps the chain safe)")
-        if self.byzantine and self.consensus != "bft":
-            raise ValueError("byzantine: only with --consensus bft (validators that sign)")
+        if self.byzantine and self.consensus not in BYZANTINE_KINDS_BY_ENGINE:
+            raise ValueError("byzantine: only with --consensus bft or pos (validators that sign)")
         for start, end, side in self.scripted_partitions:
             if not 0 <= start < end or not side or not set(side) < set(range(self.nodes)):
                 raise ValueError("scripted_partitions: (start, end, side) with 0 <= start < end and side a proper "
                                  "subset of the node indices")
-        if self.byzantine_kind not in BYZANTINE_KINDS:
-            raise ValueError(f"byzantine_kind: one of {', '.join(BYZANTINE_KINDS)}")
+        kinds = BYZANTINE_KINDS_BY_ENGINE.get(self.consensus, BFT_BYZANTINE_KINDS)
+        if self.byzantine_kind not in kinds:
+            raise ValueError(f"byzantine_kind: under {self.consensus}, one of {', '.join(kinds)}")
 
     @property
     def max_faulty(self) -> int:
@@ -401,6 +407,16 @@ class Simulation:
 
     def _make_byzantine(self) -> None:
         chosen = sorted(self.byzantine_rng.sample(range(len(self.slots)), self.config.byzantine))
+        if self.config.consensus == "pos":
+            self.adversary = pos_byzantine.new_adversary(
+                self.config.byzantine_kind, self.byzantine_rng, CHAIN_ID,
+                node_ids=sorted(slot.node_id for slot in self.slots),
+                byzantine=sorted(self.slots[index].node_id for index in chosen), label=self.hub.label, trace=self.trace)
+            for index in chosen:  # genesis names the validators in slot order: the index is the registry's
+                slot = self.slots[index]
+                slot.byzantine = pos_byzantine.PosByzantineValidator(
+                    self.adversary, slot.node_id, slot.key, index, self.hub, self.genesis.max_block_transactions)
+            return
         self.adversary = Adversary(
             self.config.byzantine_kind, self.byzantine_rng, CHAIN_ID,
             node_ids=sorted(slot.node_id for slot in self.slots),
@@ -880,7 +896,10 @@ class Simulation:
             if key in slot.evidence_keys:
                 continue
             slot.evidence_keys.add(key)
-            self._check_evidence(slot, node, Evidence.decode(record.data))
+            if self.config.consensus == "pos":
+                self._check_pos_evidence(slot, record)
+            else:
+                self._check_evidence(slot, node, Evidence.decode(record.data))
 
     def _check_evidence(self, slot: Slot, node: Node, evidence: Evidence) -> None:
         try:
@@ -895,6 +914,29 @@ class Simulation:
             self._fail(f"{slot.label} holds evidence against honest validator {accused} "
                        f"({evidence.kind.name.lower()} at {evidence.height}/{evidence.round})")
         self.evidence_against[accused] += 1
+
+    def _check_pos_evidence(self, slot: Slot, record) -> None:
+        """Proof-of-stake evidence an honest node holds names a Byzantine validator, and is two
+        messages that validator signed (an honest one never signs a slashable pair)."""
+        accused_id = record.validator.hex()
+        accused = self.hub.label(accused_id)
+        self.trace(f"{slot.label} evidence against {accused}: {record.kind} at slot {record.height}")
+        if accused_id not in self.adversary.byzantine:
+            self._fail(f"{slot.label} holds evidence against honest validator {accused} ({record.kind} at slot "
+                       f"{record.height})")
+        key = next(s.key for s in self.slots if s.node_id == accused_id)
+        problem = pos_byzantine.evidence_problem(record.data, key.public_key, CHAIN_ID)
+        if problem:
+            self._fail(f"{slot.label} holds evidence against {accused} that proves nothing: {problem}")
+        self.evidence_against[accused] += 1
+
+    def _unslashed_offenders(self, slot: Slot) -> list[str]:
+        """Byzantine validators that committed a slashable offence but are not slashed on this
+        node's head (proof of stake)."""
+        if self.adversary is None or self.config.consensus != "pos":
+            return []
+        slashed = {v.address.hex() for v in slot.node.engine.status().validators if v.jailed}
+        return [self.hub.label(node_id) for node_id in pos_byzantine.offenders(self.adversary) if node_id not in slashed]
 
     def _check_certificates(self, slot: Slot, node: Node, head_too: bool = False) -> None:
         """Every block the node committed stores a commit certificate that proves it.  A block
@@ -961,6 +1003,9 @@ class Simulation:
         if down:
             return f"not running: {', '.join(down)}"
         honest = self._honest()  # what a Byzantine node holds is no concern of liveness
+        unslashed = self._unslashed_offenders(honest[0])
+        if unslashed:
+            return f"offenders not slashed on {honest[0].label}'s head: {', '.join(unslashed)}"
         heads = {slot.node.head.hash for slot in honest}
         if len(heads) > 1:
             return "heads differ: " + ", ".join(self._describe(slot) for slot in honest)
@@ -992,6 +1037,15 @@ class Simulation:
                 self._check_certificates(slot, slot.node, head_too=True)
             if slot.node.state.accounts != reference.node.state.accounts:
                 self._fail(f"{slot.label}'s accounts differ from {reference.label}'s on the same head")
+            if self.config.consensus == "pos":
+                byzantine = self.adversary.byzantine if self.adversary is not None else []
+                wronged = [self.hub.label(v.address.hex()) for v in slot.node.engine.status().validators
+                           if v.jailed and v.address.hex() not in byzantine]
+                if wronged:
+                    self._fail(f"honest validators slashed on {slot.label}'s chain: {', '.join(wronged)}")
+                unslashed = self._unslashed_offenders(slot)
+                if unslashed:
+                    self._fail(f"offenders not slashed on {slot.label}'s chain: {', '.join(unslashed)}")
         missing = self.submitted - len(self.final_txs)
         if missing:
             self._fail(f"{missing} of {self.submitted} submitted transfers are not final")
