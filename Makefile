@@ -45,11 +45,11 @@ chromium:
 # replays it; exits non-zero if any failed.  Byzantine validators (up to f of 3f+1: 1 of 4,
 # 2 of 7, 3 of 10): ARGS="--consensus bft --nodes 4 --byzantine 1 --byzantine-kind mix".
 SEEDS ?= 1-200
-.PHONY: sim sim-all sim-solo sim-pow sim-bft sim-bft4 sim-bft7 sim-bft10 sim-pos sim-pos-byzantine
+.PHONY: sim sim-all sim-solo sim-pow sim-bft sim-bft4 sim-bft7 sim-bft10 sim-pos sim-pos-byzantine sim-raft
 sim: $(STAMP)
 	$(BIN)/python -m node.sim --seeds $(SEEDS) $(ARGS)
 
-# Every engine's sweep, each under every fault kind: about 40 minutes on 2 free cores.
+# Every engine's sweep, each under every fault kind: about 50 minutes on 2 free cores.
 # `make -k sim-all` goes on past a failing sweep; ARGS reaches each sweep; the seed ranges
 # are variables (`make sim-bft BFT4_SEEDS=1-2000`).  A seed costs roughly 1.5 s (solo),
 # 2.5 s (pow, bft with 4 validators, pos), 5 s (7) and 8 s (10) of one core.
@@ -61,8 +61,9 @@ BFT7_SEEDS ?= 1-100
 BFT10_SEEDS ?= 1-50
 POS_SEEDS ?= 1-300
 POS7_SEEDS ?= 1-100
+RAFT_SEEDS ?= 1-300
 SIM := $(BIN)/python -m node.sim --jobs $(SIM_JOBS)
-sim-all: sim-solo sim-pow sim-bft sim-pos sim-pos-byzantine
+sim-all: sim-solo sim-pow sim-bft sim-pos sim-pos-byzantine sim-raft
 sim-bft: sim-bft4 sim-bft7 sim-bft10
 sim-solo: $(STAMP)
 	$(SIM) --consensus solo --seeds $(SOLO_SEEDS) $(ARGS)
@@ -80,6 +81,11 @@ sim-pos: $(STAMP)
 sim-pos-byzantine: $(STAMP)
 	$(SIM) --consensus pos --nodes 4 --byzantine 1 --byzantine-kind mix --seeds $(POS_SEEDS) $(ARGS)
 	$(SIM) --consensus pos --nodes 7 --byzantine 2 --byzantine-kind mix --seeds $(POS7_SEEDS) $(ARGS)
+
+# Raft with 3 and 5 members: about 9 minutes.
+sim-raft: $(STAMP)
+	$(SIM) --consensus raft --nodes 3 --seeds $(RAFT_SEEDS) $(ARGS)
+	$(SIM) --consensus raft --nodes 5 --seeds $(RAFT_SEEDS) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(ARGS)

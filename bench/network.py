@@ -96,13 +96,14 @@ from node.testnet import TESTNET_CHAIN_ID, NodeLayout, TestnetError, start_nodes
 os.environ["PYTHONPATH"] = str(ROOT) + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
 
 SENDER_BALANCE = 10**15
-DEFAULT_N = {"solo": 20_000, "pow": 5_000, "bft": 20_000, "pos": 20_000}
+DEFAULT_N = {"solo": 20_000, "pow": 5_000, "bft": 20_000, "pos": 20_000, "raft": 20_000}
 RUNS = ("throughput", "steady", "gossip", "catchup", "startup")
 DEFAULT_RUNS = {
     "solo": ["throughput", "gossip", "catchup", "startup"],
     "pow": ["throughput", "gossip", "startup"],
     "bft": ["throughput", "steady", "gossip", "startup"],
     "pos": ["throughput", "steady", "gossip", "startup"],
+    "raft": ["throughput", "steady", "gossip", "startup"],
 }
 
 
@@ -826,7 +827,7 @@ async def one_startup(args: argparse.Namespace, workdir: Path, run: int) -> dict
                 if len(first_block) == args.nodes:
                     children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
                     cpu = {"command": cpu_seconds(process.pid), "nodes": sum(cpu_seconds(int(pid)) for pid in children)}
-                if args.consensus in ("solo", "bft") and 0 in api_up and not transfer_sent:
+                if args.consensus in ("solo", "bft", "raft") and 0 in api_up and not transfer_sent:
                     # Solo and BFT (by default) make a block when there is something to put in it.
                     tx = new_transfer(dev_keys(1)[0], TESTNET_CHAIN_ID, 0, sha256(b"startup")[:20], amount=1, fee=1)
                     response = await client.post(f"{urls[0]}/v1/transactions", json={"raw": tx.encode().hex()})
@@ -902,8 +903,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--nodes", "--validators", dest="node_counts", type=node_counts, default=[4],
                         help="nodes of each network (with bft every node is a validator); 4,7,10 runs each count in turn")
-    parser.add_argument("--consensus", choices=("solo", "pow", "bft", "pos"), default="solo")
-    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000, bft 20000, pos 20000]")
+    parser.add_argument("--consensus", choices=("solo", "pow", "bft", "pos", "raft"), default="solo")
+    parser.add_argument("-n", type=int, default=None, help="transfers for the throughput run [solo 20000, pow 5000, bft 20000, pos 20000, raft 20000]")
     parser.add_argument("--submit-to", choices=("node0", "all"), default="node0",
                         help="throughput: send everything to node0, or each node a share of the senders")
     parser.add_argument("--senders", type=int, default=100)

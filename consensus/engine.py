@@ -134,9 +134,19 @@ class SealRequested:
     blocks: int
 
 
+@dataclass(frozen=True, slots=True)
+class LeadershipTransferRequested:
+    """An operator asks the leader to hand its role to the member with address `to`, for
+    maintenance (the admin endpoint).  Only an engine that declares `transfers_leadership`
+    is ever sent one, and only while its status says it leads."""
+
+    now: int
+    to: bytes
+
+
 Event = (
     Started | Tick | TxsAvailable | BlockBuilt | BlockExecuted | BlockCommitted | BlockReceived
-    | PeerMessage | PeerConnected | PeerDisconnected | Mined | SealRequested
+    | PeerMessage | PeerConnected | PeerDisconnected | Mined | SealRequested | LeadershipTransferRequested
 )
 
 # ---------------------------------------------------------------------------- actions
@@ -238,6 +248,9 @@ class Engine(ABC):
     # True when this node alone decides the chain, so an operator may seal blocks on request
     # (SealRequested) and rewind it (the /v1/dev routes): solo's authority, never a network engine.
     dev_controls: bool = False
+    # True when one node leads and may hand that role to another on request
+    # (LeadershipTransferRequested): Raft.
+    transfers_leadership: bool = False
     # True when the chain bonds stake (proof of stake): stake and unstake transactions are
     # admitted, and headers order stake ops and declare stake changes (below).
     staking: bool = False

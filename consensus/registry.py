@@ -10,6 +10,7 @@ from consensus.bft import BftEngine
 from consensus.engine import Engine
 from consensus.pos.engine import PosEngine
 from consensus.pow import PowEngine
+from consensus.raft.engine import RaftEngine
 from consensus.solo import SoloEngine
 
 
@@ -44,6 +45,9 @@ def create_engine(
     if genesis.engine == "pos":
         # The node key attests and proposes once it is an active validator's key.
         return PosEngine(genesis, signer)
+    if genesis.engine == "raft":
+        # The node key takes part if it is a member's; any other node follows by sync.
+        return RaftEngine(genesis, signer)
     raise EngineNotBuilt(
-        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow, bft, pos"
+        f"the '{genesis.engine}' engine is not built yet; this node runs: solo, pow, bft, pos, raft"
     )

@@ -37,6 +37,7 @@ CASES = [
     ("pow", engine_driver.pow_case),
     ("bft", engine_driver.bft_case),  # four validators
     ("pos", engine_driver.pos_case),  # four validators of equal stake
+    ("raft", engine_driver.raft_case),  # three members
 ]
 
 TESTS = Path(__file__).resolve().parent

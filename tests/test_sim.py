@@ -386,7 +386,7 @@ def test_the_command_prints_failing_seeds_with_a_replay_and_exits_non_zero(capsy
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "9-3"], ["--seeds", "x"], ["--faults", "meteor"], ["--nodes", "0"],
-                                  ["--consensus", "raft"], ["--duration", "-1"]])
+                                  ["--consensus", "paxos"], ["--duration", "-1"]])
 def test_the_command_refuses_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as exited:
         cli.main(argv)

@@ -389,7 +389,6 @@ def test_a_taken_port_is_a_clear_error_and_leaves_no_node_behind(tmp_path, testn
         (("--nodes", "0"), "--nodes is 1 to 64"),
         (("--nodes", "65"), "--nodes is 1 to 64"),
         (("--consensus", "nakamoto"), "--consensus is one of"),
-        (("--consensus", "raft", "--fresh"), "the raft engine is not built yet"),
         (("--db", "mysql://x"), "--db 'mysql://x': sqlite, or a postgresql:// server URL"),
         (("--api-port", "25000", "--p2p-port", "25002"), "--api-port and --p2p-port ranges overlap"),
         (("--api-port", "65535"), "node ports must stay within 1-65535"),

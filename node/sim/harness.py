@@ -62,8 +62,9 @@ from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import Faults, HubStats, SimHub, SimNetwork
 from node.sim.pos_setup import partition_bound_seconds, pos_genesis
+from node.sim.raft_checks import RaftChecks, raft_genesis
 
-CONSENSUS = ("solo", "pow", "bft", "pos")
+CONSENSUS = ("solo", "pow", "bft", "pos", "raft")
 # What a Byzantine validator may do, by engine (the command line offers the union).
 BYZANTINE_KINDS_BY_ENGINE = {"bft": BFT_BYZANTINE_KINDS, "pos": pos_byzantine.MODES}
 BYZANTINE_KINDS = tuple(dict.fromkeys(BFT_BYZANTINE_KINDS + pos_byzantine.MODES))
@@ -394,6 +395,7 @@ class Simulation:
         self._heal_time = config.duration
         self.adversary: Adversary | None = None
         self.evidence_against: Counter = Counter()
+        self.raft = RaftChecks(self._fail, self.trace) if config.consensus == "raft" else None
         if config.byzantine:
             self._make_byzantine()
 
@@ -438,6 +440,8 @@ class Simulation:
                 balance=SENDER_BALANCE, timestamp=GENESIS_MS, block_interval_ms=self.config.block_interval_ms,
             )
             return genesis
+        if self.config.consensus == "raft":
+            return raft_genesis(CHAIN_ID, GENESIS_MS, [slot.key for slot in self.slots], accounts, SENDER_BALANCE)
         if self.config.consensus == "pos":
             return pos_genesis(CHAIN_ID, GENESIS_MS, [slot.key for slot in self.slots], accounts, SENDER_BALANCE,
                                self.config.pos_slot_ms, self.config.pos_slots_per_epoch)
@@ -826,6 +830,8 @@ class Simulation:
                 self._follow_head(slot, node)
             if node.finalized_height != slot.final_height:
                 self._follow_finality(slot, node)
+            if self.raft is not None:
+                self.raft.after_step(slot.label, node.engine, self.final_blocks)
 
     def _follow_head(self, slot: Slot, node: Node) -> None:
         """Read the blocks that moved the node's head from its store (one query a block)."""
@@ -1046,6 +1052,8 @@ class Simulation:
                 unslashed = self._unslashed_offenders(slot)
                 if unslashed:
                     self._fail(f"offenders not slashed on {slot.label}'s chain: {', '.join(unslashed)}")
+        if self.raft is not None:
+            self.raft.at_end({slot.label: slot.node.engine for slot in honest})
         missing = self.submitted - len(self.final_txs)
         if missing:
             self._fail(f"{missing} of {self.submitted} submitted transfers are not final")

@@ -1,0 +1,121 @@
+"""Raft's log, which is the chain.
+
+Index i of the log is height i.  Entries up to the node's head are committed: they are the
+blocks its store holds, and only their hashes and terms (for the last `WINDOW`) and whole
+blocks (for the last `KEEP_BLOCKS`, to send to a follower a little behind) are kept here.
+Entries after the head are not committed yet: whole blocks the engine holds and persists
+(`Persist` before it answers for them), which a leader of a later term may overwrite.  A
+committed entry is never removed; a follower further behind than the kept blocks catches up
+through the runtime's block sync, which serves only what stores hold, so only what is
+committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from ledger.block import Block, BlockHeader
+from ledger.codec import DecodeError
+
+from consensus.raft.messages import term_of_extra
+
+WINDOW = 1024  # committed (hash, term) pairs kept
+KEEP_BLOCKS = 64  # committed blocks kept whole
+
+
+def term_of(header: BlockHeader) -> int:
+    if header.height == 0:
+        return 0
+    try:
+        return term_of_extra(header.extra)
+    except DecodeError:
+        return 0  # never a checked Raft block: verify_seal refuses those
+
+
+class RaftLog:
+    def __init__(self, head: BlockHeader, recent: Iterable[BlockHeader] = ()):
+        self.head = head  # the last committed entry: the store's head
+        self._committed: dict[int, tuple[bytes, int]] = {}  # height -> (hash, term)
+        self._blocks: dict[int, Block] = {}  # committed blocks kept whole
+        for header in recent:
+            self._committed[header.height] = (header.hash, term_of(header))
+        self._committed[head.height] = (head.hash, term_of(head))
+        self.entries: list[Block] = []  # uncommitted: heights head + 1, head + 2, ...
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def last_index(self) -> int:
+        return self.head.height + len(self.entries)
+
+    @property
+    def last_term(self) -> int:
+        return term_of(self.entries[-1].header) if self.entries else term_of(self.head)
+
+    @property
+    def last_hash(self) -> bytes:
+        return self.entries[-1].hash if self.entries else self.head.hash
+
+    def last_header(self) -> BlockHeader:
+        return self.entries[-1].header if self.entries else self.head
+
+    def term_at(self, index: int) -> int | None:
+        """The term of the entry at `index`, or None when it is beyond the log or too old to know."""
+        if index > self.head.height:
+            offset = index - self.head.height - 1
+            return term_of(self.entries[offset].header) if offset < len(self.entries) else None
+        known = self._committed.get(index)
+        return known[1] if known is not None else None
+
+    def hash_at(self, index: int) -> bytes | None:
+        if index > self.head.height:
+            offset = index - self.head.height - 1
+            return self.entries[offset].hash if offset < len(self.entries) else None
+        known = self._committed.get(index)
+        return known[0] if known is not None else None
+
+    def block_at(self, index: int) -> Block | None:
+        if index > self.head.height:
+            offset = index - self.head.height - 1
+            return self.entries[offset] if offset < len(self.entries) else None
+        return self._blocks.get(index)
+
+    def up_to_date(self, last_index: int, last_term: int) -> bool:
+        """Whether a candidate's log is at least as up to date as this one (section 5.4.1)."""
+        return (last_term, last_index) >= (self.last_term, self.last_index)
+
+    # ------------------------------------------------------------------ changing
+    def append(self, block: Block) -> None:
+        assert block.header.height == self.last_index + 1 and block.header.parent == self.last_hash, \
+            "an entry must extend the last one (log matching)"
+        self.entries.append(block)
+
+    def truncate_from(self, index: int) -> None:
+        """Remove the entries from `index` on; only uncommitted ones may go."""
+        assert index > self.head.height, "a committed entry is never removed"
+        del self.entries[index - self.head.height - 1:]
+
+    def committed(self, header: BlockHeader, recent: Sequence[BlockHeader] = ()) -> None:
+        """The store's head moved to `header` (a block this engine asked to commit, or one
+        the runtime imported): entries up to it are committed now."""
+        for item in recent:
+            self._committed.setdefault(item.height, (item.hash, term_of(item)))
+        moved = header.height - self.head.height
+        if 0 < moved <= len(self.entries) and self.entries[moved - 1].hash == header.hash:
+            for block in self.entries[:moved]:
+                self._blocks[block.header.height] = block
+            del self.entries[:moved]
+        else:
+            # The runtime imported past our entries, or other blocks than ours: what we held
+            # beyond the head is not on the committed chain, or no longer needed.
+            self.entries = []
+        self.head = header
+        self._committed[header.height] = (header.hash, term_of(header))
+        for height in [h for h in self._committed if h <= header.height - WINDOW]:
+            del self._committed[height]
+        for height in [h for h in self._blocks if h <= header.height - KEEP_BLOCKS]:
+            del self._blocks[height]
+
+    def keep_block(self, block: Block) -> None:
+        """A committed block this node holds whole (one it built or was sent)."""
+        if block.header.height <= self.head.height and self.hash_at(block.header.height) == block.hash:
+            self._blocks[block.header.height] = block

@@ -1,0 +1,290 @@
+"""Raft's parameters, its messages and its block `extra`, in the canonical encoding.
+
+Members are the genesis keys (`engine.params.members`: a list of compressed public keys in
+hex); a member's index in that list names it in every message.  Each message is signed by
+its sender's member key (domain `ledger/raft/v1`, bound to the chain), so a peer that is not
+a member cannot speak for one, and the engine learns which peer is which member from what
+verifies.  A block's `extra` is the term of the leader that appended it; its seal is that
+leader's signature (accountability: who put each block in the log).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ledger import crypto
+from ledger.block import Block
+from ledger.codec import DecodeError, Reader, Writer
+
+DOMAIN_RAFT = b"ledger/raft/v1"
+EXTRA_VERSION = 1
+MAX_MEMBERS = 64
+MAX_ENTRIES = 64  # blocks in one AppendEntries
+MAX_APPEND_BYTES = 8 * 1024 * 1024  # entries beyond the first stop here (a peer frame is 32 MiB)
+MAX_MESSAGE = 64 * 1024 * 1024
+
+TAG_PRE_VOTE = 1
+TAG_VOTE = 2
+TAG_VOTE_RESPONSE = 3
+TAG_APPEND = 4
+TAG_APPEND_RESPONSE = 5
+TAG_TIMEOUT_NOW = 6
+
+
+@dataclass(frozen=True, slots=True)
+class RaftParams:
+    members: tuple[bytes, ...]  # compressed public keys; the index names a member
+    election_timeout_ms: int = 1000  # the shortest; each draw is in [T, 2T)
+    heartbeat_ms: int = 100
+
+    @property
+    def majority(self) -> int:
+        return len(self.members) // 2 + 1
+
+    @classmethod
+    def from_genesis(cls, params: Any) -> RaftParams:
+        """Validate genesis `engine.params`; a misspelt key is an error, not a default."""
+        if not isinstance(params, dict):
+            raise ValueError("raft engine: genesis engine.params must be an object")
+        known = {"members", "election_timeout_ms", "heartbeat_ms"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            raise ValueError(f"raft engine: unknown engine.params {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        listed = params.get("members")
+        if not isinstance(listed, list) or not 1 <= len(listed) <= MAX_MEMBERS:
+            raise ValueError(f"raft engine: engine.params.members must list 1 to {MAX_MEMBERS} public keys (hex)")
+        members = []
+        for item in listed:
+            try:
+                public_key = bytes.fromhex(item) if isinstance(item, str) else b""
+            except ValueError:
+                public_key = b""
+            if not crypto.is_valid_public_key(public_key):
+                raise ValueError(f"raft engine: member {item!r} is not a compressed secp256k1 public key in hex")
+            if public_key in members:
+                raise ValueError(f"raft engine: member {item} is listed twice")
+            members.append(public_key)
+        defaults = cls(())
+        election = _int_param(params, "election_timeout_ms", defaults.election_timeout_ms)
+        heartbeat = _int_param(params, "heartbeat_ms", defaults.heartbeat_ms)
+        if heartbeat * 2 > election:
+            raise ValueError("raft engine: heartbeat_ms must be at most half of election_timeout_ms "
+                             "(followers would start elections between heartbeats)")
+        return cls(tuple(members), election, heartbeat)
+
+
+def _int_param(params: dict, name: str, default: int) -> int:
+    value = params.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 3_600_000:
+        raise ValueError(f"raft engine: engine.params.{name} must be an integer of milliseconds, 1 to 3600000")
+    return value
+
+
+def encode_extra(term: int) -> bytes:
+    return Writer().u8(EXTRA_VERSION).u64(term).bytes()
+
+
+def term_of_extra(extra: bytes) -> int:
+    """The term a block's `extra` names; 0 for genesis (empty or not Raft's)."""
+    reader = Reader(extra)
+    if reader.u8("extra.version") != EXTRA_VERSION:
+        raise DecodeError("extra.version", "not a Raft block extra")
+    term = reader.u64("extra.term")
+    reader.finish()
+    return term
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True, slots=True)
+class VoteRequest:
+    """RequestVote (Figure 2), or a pre-vote (dissertation 9.6): `term` is the term the
+    candidate campaigns for; a pre-vote changes nobody's term.  `transfer` marks an election
+    a leader asked for (leadership transfer): voters then ignore their leader lease."""
+
+    pre_vote: bool
+    term: int
+    candidate: int
+    last_index: int
+    last_term: int
+    transfer: bool = False
+
+    def write(self, writer: Writer) -> None:
+        writer.u64(self.term).u32(self.candidate).u64(self.last_index).u64(self.last_term).u8(self.transfer)
+
+    @classmethod
+    def read(cls, reader: Reader, pre_vote: bool) -> VoteRequest:
+        return cls(pre_vote, reader.u64("vote.term"), reader.u32("vote.candidate"), reader.u64("vote.last_index"),
+                   reader.u64("vote.last_term"), _flag(reader, "vote.transfer"))
+
+    @property
+    def sender(self) -> int:
+        return self.candidate
+
+
+@dataclass(frozen=True, slots=True)
+class VoteResponse:
+    pre_vote: bool
+    term: int  # the voter's term, or for a granted pre-vote the term it was asked about
+    voter: int
+    granted: bool
+
+    def write(self, writer: Writer) -> None:
+        writer.u8(self.pre_vote).u64(self.term).u32(self.voter).u8(self.granted)
+
+    @classmethod
+    def read(cls, reader: Reader) -> VoteResponse:
+        return cls(_flag(reader, "vote_response.pre_vote"), reader.u64("vote_response.term"),
+                   reader.u32("vote_response.voter"), _flag(reader, "vote_response.granted"))
+
+    @property
+    def sender(self) -> int:
+        return self.voter
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """AppendEntries (Figure 2): the entries are blocks, each naming its term in `extra`;
+    with none it is a heartbeat."""
+
+    term: int
+    leader: int
+    prev_index: int
+    prev_term: int
+    commit: int
+    entries: tuple[Block, ...] = ()
+
+    def write(self, writer: Writer) -> None:
+        writer.u64(self.term).u32(self.leader).u64(self.prev_index).u64(self.prev_term).u64(self.commit)
+        writer.u32(len(self.entries))
+        for block in self.entries:
+            writer.var_bytes(block.encode())
+
+    @classmethod
+    def read(cls, reader: Reader, max_block_transactions: int) -> AppendEntries:
+        term, leader = reader.u64("append.term"), reader.u32("append.leader")
+        prev_index, prev_term, commit = reader.u64("append.prev_index"), reader.u64("append.prev_term"), reader.u64("append.commit")
+        count = reader.u32("append.entries")
+        if count > MAX_ENTRIES:
+            raise DecodeError("append.entries", f"{count} entries is more than {MAX_ENTRIES}")
+        entries = tuple(Block.decode(reader.var_bytes("append.entry", MAX_MESSAGE), max_block_transactions)
+                        for _ in range(count))
+        return cls(term, leader, prev_index, prev_term, commit, entries)
+
+    @property
+    def sender(self) -> int:
+        return self.leader
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResponse:
+    """`index`: on success the last index known to match the leader's log; on failure the
+    follower's last index (where the leader may try next)."""
+
+    term: int
+    follower: int
+    success: bool
+    index: int
+
+    def write(self, writer: Writer) -> None:
+        writer.u64(self.term).u32(self.follower).u8(self.success).u64(self.index)
+
+    @classmethod
+    def read(cls, reader: Reader) -> AppendResponse:
+        return cls(reader.u64("append_response.term"), reader.u32("append_response.follower"),
+                   _flag(reader, "append_response.success"), reader.u64("append_response.index"))
+
+    @property
+    def sender(self) -> int:
+        return self.follower
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer (dissertation 3.10): the leader tells a member whose log is as
+    long as its own to start an election now, without a pre-vote."""
+
+    term: int
+    leader: int
+
+    def write(self, writer: Writer) -> None:
+        writer.u64(self.term).u32(self.leader)
+
+    @classmethod
+    def read(cls, reader: Reader) -> TimeoutNow:
+        return cls(reader.u64("timeout_now.term"), reader.u32("timeout_now.leader"))
+
+    @property
+    def sender(self) -> int:
+        return self.leader
+
+
+Message = VoteRequest | VoteResponse | AppendEntries | AppendResponse | TimeoutNow
+
+
+def _flag(reader: Reader, field: str) -> bool:
+    value = reader.u8(field)
+    if value > 1:
+        raise DecodeError(field, "a flag is 0 or 1")
+    return bool(value)
+
+
+def _tag(message: Message) -> int:
+    if isinstance(message, VoteRequest):
+        return TAG_PRE_VOTE if message.pre_vote else TAG_VOTE
+    if isinstance(message, VoteResponse):
+        return TAG_VOTE_RESPONSE
+    if isinstance(message, AppendEntries):
+        return TAG_APPEND
+    if isinstance(message, TimeoutNow):
+        return TAG_TIMEOUT_NOW
+    return TAG_APPEND_RESPONSE
+
+
+def _body(message: Message) -> bytes:
+    writer = Writer().u8(_tag(message))
+    message.write(writer)
+    return writer.bytes()
+
+
+def _signed_payload(chain_id: str, body: bytes) -> bytes:
+    return Writer().text(chain_id).bytes() + body
+
+
+def encode_message(message: Message, key: crypto.PrivateKey, chain_id: str) -> bytes:
+    body = _body(message)
+    return body + key.sign(DOMAIN_RAFT, _signed_payload(chain_id, body))
+
+
+def decode_message(data: bytes, members: tuple[bytes, ...], chain_id: str, max_block_transactions: int) -> Message:
+    """The message, if it decodes canonically and its sender's member key signed it; else
+    DecodeError."""
+    if len(data) > MAX_MESSAGE:
+        raise DecodeError("message", f"{len(data)} bytes is more than {MAX_MESSAGE}")
+    if len(data) < 1 + crypto.SIGNATURE_SIZE:
+        raise DecodeError("message", "too short")
+    body, signature = data[:-crypto.SIGNATURE_SIZE], data[-crypto.SIGNATURE_SIZE:]
+    reader = Reader(body)
+    tag = reader.u8("message.tag")
+    message: Message
+    if tag in (TAG_PRE_VOTE, TAG_VOTE):
+        message = VoteRequest.read(reader, tag == TAG_PRE_VOTE)
+    elif tag == TAG_VOTE_RESPONSE:
+        message = VoteResponse.read(reader)
+    elif tag == TAG_APPEND:
+        message = AppendEntries.read(reader, max_block_transactions)
+    elif tag == TAG_APPEND_RESPONSE:
+        message = AppendResponse.read(reader)
+    elif tag == TAG_TIMEOUT_NOW:
+        message = TimeoutNow.read(reader)
+    else:
+        raise DecodeError("message.tag", "unknown Raft message")
+    reader.finish()
+    if message.sender >= len(members):
+        raise DecodeError("message.sender", "names no member")
+    if not (crypto.is_low_s(signature)
+            and crypto.verify(members[message.sender], DOMAIN_RAFT, _signed_payload(chain_id, body), signature)):
+        raise DecodeError("message.signature", "not the named member's signature")
+    return message

@@ -1,0 +1,254 @@
+"""The Raft engine on a scripted cluster (tests/raft_cluster.py): Figure 8 of the Raft paper
+as a regression test, pre-vote, check-quorum, durability before answers, restarts, and
+hostile messages."""
+
+from __future__ import annotations
+
+import pytest
+
+import consensus.raft.engine as raft_engine
+from bft_helpers import key
+from consensus.engine import LeadershipTransferRequested, PeerMessage, Persist, Send
+from consensus.raft import messages
+from consensus.raft.engine import RaftEngine
+from consensus.raft.log import term_of
+from raft_cluster import ELECTION_MS, HEARTBEAT_MS, Cluster, raft_genesis
+
+
+def elect(cluster: Cluster, node: int) -> None:
+    """Time `node` out until it leads (a stale term may cost it a first pre-vote round)."""
+    for _ in range(3):
+        cluster.tick(node, after_ms=3 * ELECTION_MS)
+        if cluster.engines[node].role == "leader":
+            return
+    raise AssertionError(f"n{node} did not win: {cluster.engines[node].role} in term {cluster.engines[node].term}")
+
+
+def appends_with(cluster: Cluster, message: bytes) -> tuple[int, ...]:
+    decoded = messages.decode_message(message, cluster.engines[0].members if cluster.engines[0] else
+                                      RaftEngine(cluster.genesis, None).members, cluster.genesis.chain_id, 100)
+    if isinstance(decoded, messages.AppendEntries):
+        return tuple(block.height for block in decoded.entries)
+    return ()
+
+
+def without_entry(cluster: Cluster, message: bytes, height: int) -> bytes:
+    """The message, with the entry at `height` taken out of an AppendEntries (so the follower
+    still answers it: a refusal, or a success for what came before)."""
+    if height not in appends_with(cluster, message):
+        return message
+    decoded = messages.decode_message(message, cluster.engines[0].members, cluster.genesis.chain_id, 100)
+    kept = tuple(block for block in decoded.entries if block.height < height)
+    stripped = messages.AppendEntries(decoded.term, decoded.leader, decoded.prev_index, decoded.prev_term,
+                                      decoded.commit, kept)
+    return messages.encode_message(stripped, cluster.keys[decoded.leader], cluster.genesis.chain_id)
+
+
+def run_figure_8(cluster: Cluster) -> dict:
+    """The scenario of Figure 8, with our indices (block 1 is the first leader's no-op)."""
+    elect(cluster, 0)  # term 1: block 1 committed everywhere
+    assert all(len(chain) == 2 for chain in cluster.chains)
+    # (a) S0 appends block 2 in term 1 and reaches only S1.
+    cluster.isolate(0, keep=(1,))
+    cluster.submit(0)
+    old_entry = cluster.engines[0].log.block_at(2)
+    assert term_of(old_entry.header) == 1 and cluster.engines[1].log.hash_at(2) == old_entry.hash
+    # (b) S0 crashes; S4 wins term 2 with S2's and S3's votes and appends its own block 2,
+    # which reaches nobody.
+    cluster.crash(0)
+    cluster.heal()
+    cluster.rewrite = lambda source, destination, message: None if source == 4 and appends_with(cluster, message) else message
+    elect(cluster, 4)
+    other_entry = cluster.engines[4].log.block_at(2)
+    assert other_entry.hash != old_entry.hash
+    cluster.crash(4)
+    # (c) S0 restarts and wins term 3 with S2 and S3 (S1 cut off); one entry a message, and
+    # what carries S0's block 3 (its no-op of term 3) is lost: the term-1 block 2 reaches S2
+    # and S3, so S0, S2 and S3 (a majority of five) store it.
+    cluster.rewrite = lambda source, destination, message: (
+        without_entry(cluster, message, 3) if source == 0 else message)
+    cluster.start(0)
+    cluster.isolate(1)
+    elect(cluster, 0)
+    for _ in range(3):
+        cluster.heartbeat(0)
+    stored = [node for node in (0, 2, 3) if cluster.engines[node].log.hash_at(2) == old_entry.hash]
+    seen = {"stored_on_majority": stored, "leader_commit": cluster.engines[0].commit_index,
+            "committed_old": [n for n in range(5) if len(cluster.chains[n]) > 2 and cluster.chains[n][2].hash == old_entry.hash]}
+    # (d) S0 crashes; S4 restarts and wins term 4: its block 2 (term 2) is more up to date.
+    cluster.crash(0)
+    cluster.heal()
+    cluster.rewrite = None
+    cluster.start(4)
+    elect(cluster, 4)
+    cluster.heartbeat(4)
+    seen["final"] = {n: cluster.chains[n][2].hash for n in (1, 2, 3, 4) if len(cluster.chains[n]) > 2}
+    seen["old"], seen["other"] = old_entry.hash, other_entry.hash
+    return seen
+
+
+def test_figure_8_an_entry_of_an_older_term_is_not_committed_by_counting_replicas(monkeypatch):
+    monkeypatch.setattr(raft_engine, "MAX_ENTRIES", 1)
+    seen = run_figure_8(Cluster(5))
+    assert seen["stored_on_majority"] == [0, 2, 3]  # the situation of Figure 8 (c)
+    assert seen["leader_commit"] == 1 and seen["committed_old"] == []  # ... and it is not committed
+    # S4's block 2 wins; had the term-1 block been committed in (c), this would revert it.
+    assert seen["final"] and set(seen["final"].values()) == {seen["other"]}
+
+
+def test_figure_8_with_the_naive_commit_rule_loses_a_committed_block(monkeypatch):
+    """The test can fail: a leader that commits whatever a majority stores commits the
+    term-1 block in (c), and S4 then commits another block at that height in (d)."""
+    monkeypatch.setattr(raft_engine, "MAX_ENTRIES", 1)
+
+    def naive(self):
+        stored = sorted([self.log.last_index] + list(self.match_index.values()), reverse=True)
+        candidate = stored[self.params.majority - 1]
+        if candidate > self.commit_index:
+            self.commit_index = candidate
+            self._apply_committed()
+            self._replicate()
+
+    monkeypatch.setattr(RaftEngine, "_advance_commit", naive)
+    seen = run_figure_8(Cluster(5))
+    assert seen["committed_old"] and seen["other"] in seen["final"].values()
+
+
+def test_pre_vote_keeps_a_cut_off_member_from_raising_the_term():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    term = cluster.engines[0].term
+    cluster.isolate(2)
+    for _ in range(5):
+        for _ in range(3 * ELECTION_MS // HEARTBEAT_MS):
+            cluster.heartbeat(0)  # the leader keeps its majority (check-quorum) ...
+        cluster.tick(2)  # ... while the cut-off member times out again and again
+    assert cluster.engines[2].term == term  # pre-votes got no answer: no term was spent
+    cluster.heal()
+    cluster.tick(2, after_ms=0)  # its pre-vote now reaches members that hear their leader
+    cluster.heartbeat(0)
+    assert cluster.engines[0].role == "leader" and cluster.engines[0].term == term
+    assert cluster.engines[2].leader == 0
+
+
+def test_check_quorum_a_leader_cut_off_from_the_majority_steps_down():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.isolate(0)
+    cluster.tick(0, after_ms=ELECTION_MS + 1)
+    cluster.tick(0, after_ms=ELECTION_MS + 1)
+    assert cluster.engines[0].role == "follower"
+    elect(cluster, 1)  # the majority elects another
+    assert cluster.engines[1].term > 1
+
+
+def test_a_vote_is_persisted_before_it_leaves_and_survives_a_restart():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    actions = cluster.actions[1]
+    granted = [i for i, a in enumerate(actions) if isinstance(a, Send)
+               and isinstance(m := messages.decode_message(a.message, cluster.engines[1].members, "raft-test", 100),
+                              messages.VoteResponse) and m.granted and not m.pre_vote]
+    assert granted and isinstance(actions[granted[0] - 1], Persist)
+    term = cluster.engines[1].term
+    cluster.crash(1)
+    cluster.start(1)
+    assert (cluster.engines[1].term, cluster.engines[1].voted_for) == (term, 0)
+
+
+def test_entries_are_persisted_before_they_are_acknowledged_and_kept_across_a_restart():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.isolate(0, keep=(1,))
+    cluster.submit(0)  # block 2 on S0 and S1 only: committed (2 of 3) on S0 ...
+    assert len(cluster.chains[0]) == 3
+    cluster.crash(1)
+    cluster.start(1)  # ... and S1 still holds it after a restart, committed or not
+    assert cluster.engines[1].log.last_index == 2
+
+
+def test_a_single_member_leads_and_commits_alone():
+    cluster = Cluster(1)
+    cluster.tick(0)
+    assert cluster.engines[0].role == "leader"
+    cluster.submit(0)
+    assert len(cluster.chains[0]) == 3  # its no-op and the block
+
+
+def test_hostile_messages_change_nothing():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    engine = cluster.engines[1]
+    before = (engine.term, engine.voted_for, engine.log.last_index, engine.role)
+    stranger = key("raft-stranger")  # signs as member 2 without being it
+    forged = messages.encode_message(messages.VoteRequest(False, 99, 2, 99, 99), stranger, "raft-test")
+    other_chain = messages.encode_message(messages.VoteRequest(False, 99, 2, 99, 99), cluster.keys[2], "another")
+    for data in (b"", b"\x04", bytes(200), forged, other_chain, forged[:-1] + bytes([forged[-1] ^ 1])):
+        assert not [a for a in engine.handle(PeerMessage(cluster.now, "n9", data)) if isinstance(a, (Send, Persist))]
+    assert (engine.term, engine.voted_for, engine.log.last_index, engine.role) == before
+    assert engine.refused_messages == 6
+
+
+@pytest.mark.parametrize("params, problem", [
+    ({"members": []}, "members must list"),
+    ({"members": ["zz"]}, "not a compressed secp256k1 public key"),
+    ({"members": [key("a").public_key.hex()] * 2}, "listed twice"),
+    ({"members": None}, "members must list"),
+    ({"heartbeat_ms": 600}, "at most half"),
+    ({"election_timeout_ms": 0}, "1 to 3600000"),
+    ({"leader": 1}, "unknown engine.params leader"),
+])
+def test_bad_genesis_params_are_refused_with_a_reason(params, problem):
+    genesis, keys = raft_genesis(3)
+    settings = dict(genesis.engine_params)
+    settings.update(params)
+    with pytest.raises(ValueError, match=problem):
+        messages.RaftParams.from_genesis(settings)
+
+
+def transfer(cluster: Cluster, leader: int, to: int) -> None:
+    cluster.feed(leader, LeadershipTransferRequested(cluster.now, cluster.engines[leader].addresses[to]))
+    cluster.run()
+
+
+def test_leadership_moves_to_the_member_asked_for_even_one_that_was_behind():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.isolate(2)
+    cluster.submit(0)  # block 2 reaches S1 only: S2 is behind
+    cluster.heal()
+    term = cluster.engines[0].term
+    transfer(cluster, 0, 2)  # S0 first brings S2's log up to its own, then hands over
+    assert cluster.engines[2].role == "leader" and cluster.engines[2].term == term + 1
+    assert cluster.engines[0].role == "follower" and cluster.engines[0].leader == 2
+    assert cluster.engines[2].log.last_index >= 3  # block 2 and its own no-op
+    cluster.submit(2)
+    assert len({tuple(cluster.committed(n)) for n in range(3)}) == 1
+
+
+def test_a_transfer_to_itself_a_stranger_or_a_dead_member_leaves_the_leader_leading():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    term = cluster.engines[0].term
+    transfer(cluster, 0, 0)
+    cluster.feed(0, LeadershipTransferRequested(cluster.now, b"\x09" * 20))
+    assert cluster.engines[0].role == "leader" and cluster.engines[0].status().details["transferring_to"] is None
+    cluster.crash(2)
+    transfer(cluster, 0, 2)  # it waits an election timeout for S2, building nothing meanwhile
+    assert cluster.engines[0].status().details["transferring_to"] is not None
+    for _ in range(2 * ELECTION_MS // HEARTBEAT_MS):
+        cluster.heartbeat(0)
+    assert cluster.engines[0].status().details["transferring_to"] is None
+    cluster.submit(0)  # and leads on
+    assert cluster.engines[0].role == "leader" and cluster.engines[0].term == term
+    assert len(cluster.chains[0]) == 3
+
+
+def test_a_follower_ignores_a_timeout_now_from_anyone_but_its_leader():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    term = cluster.engines[0].term
+    forged = messages.encode_message(messages.TimeoutNow(term, 1), cluster.keys[1], "raft-test")
+    cluster.feed(2, PeerMessage(cluster.now, "n1", forged))
+    cluster.run()
+    assert cluster.engines[2].role == "follower" and cluster.engines[0].term == term
