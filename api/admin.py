@@ -1,4 +1,5 @@
-"""The node's admin endpoint: faults laid on its peer links on purpose (the fault lab).
+"""The node's admin endpoint: faults laid on its peer links on purpose (the fault lab), and
+Raft's leadership transfer.
 
 Only from loopback, and only with the token the node writes to `<data_dir>/admin.token`
 when it starts (bitcoind's cookie file): `Authorization: Bearer <token>`.  Anything
@@ -15,8 +16,9 @@ from typing import Annotated, Any
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, Field
 
-from api.problems import ProblemException, problem
-from api.schemas import _Response
+from api.problems import ProblemException, problem, problem_of
+from api.schemas import AddressText, InvalidInput, _Response, parse_address
+from ledger.address import encode_address
 
 ADMIN_TAG = "admin"
 
@@ -34,6 +36,26 @@ class LinkFaultsIn(BaseModel):
         default_factory=list, description="node ids (40 lowercase hex digits) to cut off")
     delay_ms: int = Field(default=0, ge=0, le=60_000)
     loss_percent: float = Field(default=0.0, ge=0, le=100)
+
+
+class LeadershipIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    to: AddressText = Field(description="the member to lead next: its bech32m address")
+
+
+class LeadershipOut(_Response):
+    from_: str = Field(alias="from", description="the leader asked to step aside")
+    to: str = Field(description="the member asked to take over")
+    term: int = Field(description="the term now; the new leader's is higher")
+
+
+class LeadershipRefused(Exception):
+    """A leadership transfer the node will not start: `reason` is the problem code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def _from_loopback(request: Request) -> bool:
@@ -96,6 +118,35 @@ def add_admin_routes(app: FastAPI, token: str | None, json_body: Callable[[Reque
             return service.set_link_faults(frozenset(blocked), body.get("delay_ms", 0), body.get("loss_percent", 0.0))
         except ValueError as exc:  # the node's own check of each setting names the field
             raise ProblemException(problem("invalid_value", str(exc), getattr(exc, "field", None))) from None
+
+    @app.post("/v1/admin/leadership", response_model=LeadershipOut, status_code=202, tags=[ADMIN_TAG],
+              responses={**responses, 409: {"description": "not the leader, or an engine without one"},
+                         422: {"description": "not a member"}},
+              summary="Hand this node's lead to another member (Raft)",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": LeadershipIn.model_json_schema()}}}})
+    async def transfer_leadership(request: Request) -> Any:  # async: the engine's events belong to the loop
+        authorize(request)
+        service = request.app.state.service
+        body = await json_body(request)
+        if not isinstance(body, dict):
+            raise ProblemException(problem("wrong_type", "the body is a JSON object"))
+        unknown = sorted(set(body) - {"to"})
+        if unknown:
+            raise ProblemException(problem("unknown_field", f"unknown field {unknown[0]!r}", unknown[0]))
+        if not isinstance(body.get("to"), str):
+            raise ProblemException(problem("wrong_type", "to is the address of a member", "to"))
+        try:
+            to = parse_address(body["to"], service.genesis.address_prefix, "to")
+        except InvalidInput as exc:
+            raise ProblemException(problem_of(exc)) from None
+        try:
+            moved = service.transfer_leadership(to)
+        except LeadershipRefused as exc:
+            raise ProblemException(problem(exc.reason, str(exc), "to" if exc.reason == "not_a_member" else None)) from None
+        prefix = service.genesis.address_prefix
+        return {"from": encode_address(prefix, bytes.fromhex(moved["from"])), "to": encode_address(prefix, to),
+                "term": moved["term"]}
 
     @app.delete("/v1/admin/faults", response_model=LinkFaultsOut, tags=[ADMIN_TAG], responses=responses,
                 summary="Heal every link")

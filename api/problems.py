@@ -79,6 +79,10 @@ REASONS: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Admin token missing or wrong"),
     "forbidden": (403, "Admin endpoint answers on loopback only"),
     "no_peer_network": (409, "This node has no peer network to lay faults on"),
+    "no_leader_to_move": (409, "This engine has no leader to move"),
+    "not_leader": (409, "This node is not the leader"),
+    "not_a_member": (422, "Not a member of the cluster"),
+    "already_leader": (409, "That member leads already"),
     # dev-chain controls (api/dev.py)
     "not_a_dev_chain": (409, "Not a dev chain"),
     "unknown_snapshot": (404, "No such snapshot"),

@@ -137,6 +137,11 @@ class NodeService(Protocol):
         """Lay faults (all zero/empty heals); ValueError with a `field` when a setting is invalid."""
         ...
 
+    def transfer_leadership(self, to: bytes) -> dict:
+        """Ask the leader to hand its role to member `to` ({from, to, term}, addresses in
+        hex); node.admin.LeadershipRefused (with a problem `reason`) when it will not."""
+        ...
+
     def health(self) -> str | None:
         """Why the node is not doing its job (stalled, stopping), or None when it is."""
         ...

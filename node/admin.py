@@ -1,4 +1,5 @@
-"""What the admin endpoint changes on a running node: faults on its peer links.
+"""What the admin endpoint changes on a running node: faults on its peer links, and who
+leads (Raft's leadership transfer).
 
 Mixed into Node.  Each change is logged by the network and published on the events
 stream (`event: fault`), so whoever watches the node sees when its links were cut.
@@ -11,6 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from api.admin import LeadershipRefused
+from consensus import engine as ev
+from consensus.engine import Engine
+from ledger.genesis import Genesis
 from node.keys import write_private_file
 from node.p2p.faults import LinkFaults
 from node.p2p.network import Network
@@ -54,3 +59,33 @@ class LinkFaultControl:
         if network is None or not hasattr(network, "set_faults"):
             raise LookupError("this node runs without a peer network (no peers to cut off, delay or drop)")
         return network
+
+
+class LeadershipControl:
+    engine: Engine
+    genesis: Genesis
+    lock: object
+    now_ms: Callable[[], int]
+
+    def feed(self, event: ev.Event) -> None: ...
+
+    def transfer_leadership(self, to: bytes) -> dict:
+        """Ask this node's engine, which must lead, to hand the lead to member `to` (an
+        address).  Returns at once: the new leader takes over within an election timeout or
+        the old one leads on; /v1/consensus says which.  On the event loop only."""
+        engine = self.engine
+        if not engine.transfers_leadership:
+            raise LeadershipRefused("no_leader_to_move", f"the {engine.name} engine has no leader to move")
+        with self.lock:  # type: ignore[attr-defined]
+            status = engine.status()
+        leader = status.details.get("leader")
+        if status.role != "leader":
+            where = f" (it follows {self.genesis.address(bytes.fromhex(leader))})" if leader else " (no leader is known now)"
+            raise LeadershipRefused("not_leader", f"this node is not the leader{where}: ask the leader")
+        members = [validator.address for validator in status.validators]
+        if to not in members:
+            raise LeadershipRefused("not_a_member", f"{to.hex()} is not a member")
+        if to.hex() == leader:
+            raise LeadershipRefused("already_leader", "that member leads already")
+        self.feed(ev.LeadershipTransferRequested(self.now_ms(), to))
+        return {"from": leader, "to": to.hex(), "term": status.term}

@@ -22,6 +22,7 @@ import migrations
 from node import __version__
 from node.config import ConfigError, NodeConfig, load_config
 from node.keys import NodeKeyError, load_or_create_node_key
+from node.raft_cli import add_raft_commands
 
 app = typer.Typer(
     name="ledger", help="Run and manage a ledger node.", no_args_is_help=True, add_completion=False,
@@ -320,7 +321,7 @@ def state_dump(
 def init(
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
     out: Path = typer.Option(Path("testnet"), "--out", help="Folder to write genesis.json and node<i>/ into"),
-    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), pos (every node a validator of equal stake), solo or pow"),
+    consensus: str = typer.Option("bft", "--consensus", help="bft (every node a validator), pos (every node a validator of equal stake), raft (every node a member), solo or pow"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
     db: str = typer.Option("sqlite", "--db", help="sqlite, or a postgresql:// server URL (one database per node)"),
@@ -359,7 +360,7 @@ app.add_typer(testnet_app, name="testnet")
 def testnet(
     ctx: typer.Context,
     nodes: int = typer.Option(4, "--nodes", help="How many nodes"),
-    consensus: Optional[str] = typer.Option(None, "--consensus", help="bft (every node a validator), pos (every node a validator of equal stake), solo or pow [default: the existing network's, else bft]"),
+    consensus: Optional[str] = typer.Option(None, "--consensus", help="bft (every node a validator), pos (every node a validator of equal stake), raft (every node a member), solo or pow [default: the existing network's, else bft]"),
     directory: Path = typer.Option(Path("testnet"), "--dir", help="Where the nodes keep their data (reused if present)"),
     api_port: int = typer.Option(8000, "--api-port", help="API port of node 0; node i gets api-port + i"),
     p2p_port: int = typer.Option(9000, "--p2p-port", help="Peer port of node 0; node i gets p2p-port + i"),
@@ -579,6 +580,9 @@ def _existing_layouts(directory: Path, nodes: int, api_port: int, p2p_port: int)
 def version() -> None:
     """Print the node version."""
     console.print(__version__)
+
+
+add_raft_commands(app, fail, lambda line: console.print(line, highlight=False), EXIT_RUNTIME)
 
 
 # Usage mistakes (an unknown flag, a value of the wrong type) come from the click that

@@ -84,6 +84,9 @@ def map_case(context: schemathesis.HookContext, case: Any) -> Any:
         case.path_parameters[name] = _checksummed(value)
     if case.query and "validator" in case.query:
         case.query["validator"] = _checksummed(case.query["validator"])
+    if case.method.upper() == "POST" and case.path == "/v1/admin/leadership" and isinstance(case.body, dict) \
+            and isinstance(case.body.get("to"), str):
+        case.body = {**case.body, "to": _checksummed(case.body["to"])}
     if case.method.upper() == "POST" and case.path == "/v1/transactions":
         case.body = _sign_body(case.body)
     if case.query and case.query.get("wait") == "final":
