@@ -316,7 +316,6 @@ class RaftEngine(Engine):
         # The no-op of the term (dissertation 8): an entry of the current term, whose commit
         # commits everything before it, including what earlier terms left uncommitted.
         self._append(self._empty_block())
-        self._replicate()
 
     def _become_follower(self, term: int, leader: int | None) -> None:
         changed = term != self.term
@@ -455,8 +454,10 @@ class RaftEngine(Engine):
         candidate = stored[self.params.majority - 1]
         if candidate > self.commit_index and log.term_at(candidate) == self.term:
             self.commit_index = candidate
+            # Followers learn the commit index now, not at the next heartbeat, and before this
+            # node writes the blocks: their writes overlap with ours.
+            self._replicate()
             self._apply_committed()
-            self._replicate()  # followers learn the commit index now, not at the next heartbeat
 
     def _apply_committed(self) -> None:
         """All servers: entries up to commitIndex go to the state machine, in order."""
@@ -506,10 +507,14 @@ class RaftEngine(Engine):
             self._out.append(Send(peer, self._encode(message)))
 
     def _append(self, block: Block) -> None:
-        """Leaders: an entry of the current term at the end of the log, durable before it is sent."""
+        """Leaders: an entry of the current term at the end of the log, sent to the followers
+        and then made durable here.  The leader writes in parallel with replicating
+        (dissertation 10.2.1): it counts its own copy only once an answer comes back, and the
+        runtime feeds that answer only after this event's Persist is done."""
         assert self.log is not None
         self.log.append(block)
         self.blocks_led += 1
+        self._replicate()
         self._persist()
         self._advance_commit()  # a cluster of one commits at once
 
@@ -542,7 +547,6 @@ class RaftEngine(Engine):
         sealed = Block(block.header.with_seal(self._key.sign_digest(block.header.sealing_digest())), block.transactions)
         self._txs_waiting = 0  # until the mempool says again
         self._append(sealed)
-        self._replicate()
 
     def _on_committed(self, header: BlockHeader, recent: tuple[BlockHeader, ...]) -> None:
         log = self.log
