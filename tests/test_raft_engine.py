@@ -8,6 +8,7 @@ import pytest
 
 import consensus.raft.engine as raft_engine
 from bft_helpers import key
+from ledger.address import encode_address
 from consensus.engine import LeadershipTransferRequested, PeerMessage, Persist, Send
 from consensus.raft import messages
 from consensus.raft.engine import RaftEngine
@@ -252,3 +253,16 @@ def test_a_follower_ignores_a_timeout_now_from_anyone_but_its_leader():
     cluster.feed(2, PeerMessage(cluster.now, "n1", forged))
     cluster.run()
     assert cluster.engines[2].role == "follower" and cluster.engines[0].term == term
+
+
+def test_the_status_and_the_labels_say_who_led_what():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.submit(0)
+    status = cluster.engines[1].status()
+    assert status.finality.value == "replication" and status.term == 1 and status.role == "follower"
+    assert status.details["leader"] == cluster.engines[1].addresses[0].hex()
+    assert [(v.blocks_proposed, v.last_signed_height) for v in status.validators] == [(2, 2), (0, None), (0, None)]
+    header = cluster.chains[1][2].header
+    labels = dict(cluster.engines[1].block_labels(header, cluster.chains[1][1].header))
+    assert labels == {"term": "1", "leader": encode_address("dev", cluster.engines[1].addresses[0])}

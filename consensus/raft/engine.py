@@ -36,7 +36,7 @@ from __future__ import annotations
 import hashlib
 
 from ledger import crypto
-from ledger.address import address_of
+from ledger.address import address_of, encode_address
 from ledger.block import Block, BlockHeader, InvalidSeal, build_header
 from ledger.codec import DecodeError, Reader, Writer
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
@@ -84,7 +84,7 @@ MAX_SAVED_ENTRIES = 1024
 
 class RaftEngine(Engine):
     name = "raft"
-    finality = Finality.AT_COMMIT
+    finality = Finality.REPLICATION
     ancestors_needed = 64  # terms of recent entries, to match a follower's log after a restart
     pushes_own_blocks = False  # AppendEntries carries them; peers import only committed ones by sync
     transfers_leadership = True
@@ -92,6 +92,7 @@ class RaftEngine(Engine):
     def __init__(self, genesis, signer: crypto.PrivateKey | None):
         self.params = RaftParams.from_genesis(genesis.engine_params)
         self.chain_id = genesis.chain_id
+        self.address_prefix = genesis.address_prefix
         self.max_block_transactions = genesis.max_block_transactions
         self.members = self.params.members
         self.addresses = tuple(address_of(key) for key in self.members)
@@ -121,6 +122,8 @@ class RaftEngine(Engine):
         self._transfer_to: int | None = None  # leader: the member it is handing the lead to
         self._transfer_until = 0
         self.blocks_led = 0
+        self.proposed: dict[int, int] = {}  # member -> blocks it appended that this node saw committed
+        self.last_signed: dict[int, int] = {}  # member -> height of the newest of them
         self.elections = 0  # elections this node started
         self.refused_messages = 0
 
@@ -144,7 +147,7 @@ class RaftEngine(Engine):
     def block_labels(self, header: BlockHeader, parent: BlockHeader | None) -> list[tuple[str, str]]:
         if header.height == 0:
             return []
-        return [("term", str(term_of(header))), ("leader", header.proposer.hex())]
+        return [("term", str(term_of(header))), ("leader", encode_address(self.address_prefix, header.proposer))]
 
     # ------------------------------------------------------------------ events
     def handle(self, event: Event) -> list[Action]:
@@ -552,6 +555,10 @@ class RaftEngine(Engine):
         log = self.log
         assert log is not None
         log.committed(header, recent)
+        if header.proposer in self.addresses and header.height > 0:
+            member = self.addresses.index(header.proposer)
+            self.proposed[member] = self.proposed.get(member, 0) + 1
+            self.last_signed[member] = header.height
         self.commit_index = max(self.commit_index, header.height)
         # Every Commit asked for before this event was performed already (the runtime performs
         # an event's actions before it feeds the next), and it drops one only when the head is
@@ -608,8 +615,10 @@ class RaftEngine(Engine):
                 f"electing in term {self.term}"),
             height=head + 1 if head is not None else None,
             term=self.term,
-            validators=tuple(ValidatorStatus(address=address, public_key=key, power=1)
-                             for address, key in zip(self.addresses, self.members)),
+            validators=tuple(ValidatorStatus(address=address, public_key=key, power=1,
+                                             blocks_proposed=self.proposed.get(member, 0),
+                                             last_signed_height=self.last_signed.get(member))
+                             for member, (address, key) in enumerate(zip(self.addresses, self.members))),
             total_power=len(self.members),
             quorum_power=self.params.majority,
             details={
