@@ -26,6 +26,7 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from starlette.routing import Route
@@ -76,7 +77,7 @@ from api.schemas import (
     transaction_out,
     validator_json,
 )
-from api.service import Accepted, BlockRecord, NodeService, Rejection, TxRecord
+from api.service import Accepted, BlockRecord, NodeService, ReadRefused, Rejection, TxRecord
 from ledger.address import encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.evidence import EvidenceRecord
@@ -537,9 +538,22 @@ def _add_chain_routes(app: FastAPI, ctx: _Context) -> None:
             raise ProblemException(problem("not_found", f"no block {what} on this chain", "ref"))
         return ctx.block_out(record)
 
-    @app.get("/v1/accounts/{address}", response_model=AccountOut, tags=["accounts"], summary="Balance and nonces")
-    def get_account(address: str) -> Any:
-        account = service.account(parse_address(address, ctx.prefix, "address"))
+    @app.get("/v1/accounts/{address}", response_model=AccountOut, tags=["accounts"], summary="Balance and nonces",
+             responses={409: {"description": "linearizable: the engine has no leader to confirm reads with"},
+                        503: {"description": "linearizable: no leader confirmed the read in time"}})
+    async def get_account(
+        address: str,
+        consistency: Literal["local", "linearizable"] = Query(
+            "local", description="`linearizable` (Raft): answer only once a round with the leader confirms this "
+                                 "node's state holds every write committed before the request (ReadIndex)"),
+    ) -> Any:
+        account_id = parse_address(address, ctx.prefix, "address")
+        if consistency == "linearizable":
+            try:
+                await service.read_barrier()
+            except ReadRefused as exc:
+                raise ProblemException(problem(exc.reason, str(exc))) from None
+        account = await run_in_threadpool(service.account, account_id)
         return {
             "address": encode_address(ctx.prefix, account.address),
             "balance": account.balance,

@@ -83,6 +83,10 @@ REASONS: dict[str, tuple[int, str]] = {
     "not_leader": (409, "This node is not the leader"),
     "not_a_member": (422, "Not a member of the cluster"),
     "already_leader": (409, "That member leads already"),
+    # linearizable reads (Raft's ReadIndex)
+    "no_linearizable_reads": (409, "This engine has no leader to confirm reads with"),
+    "leader_unavailable": (503, "No leader confirmed the read"),
+    "read_timeout": (503, "The read was not confirmed in time"),
     # dev-chain controls (api/dev.py)
     "not_a_dev_chain": (409, "Not a dev chain"),
     "unknown_snapshot": (404, "No such snapshot"),
@@ -99,7 +103,8 @@ REASONS: dict[str, tuple[int, str]] = {
 }
 
 # Reasons whose answer tells the client to come back shortly.
-RETRY_AFTER_SECONDS = {"mempool_full": 1, "shutting_down": 5, "syncing": 5, "too_many_connections": 1}
+RETRY_AFTER_SECONDS = {"mempool_full": 1, "shutting_down": 5, "syncing": 5, "too_many_connections": 1,
+                       "leader_unavailable": 1, "read_timeout": 1}
 
 # Starlette HTTPException status -> reason, for errors raised by routing.
 REASON_BY_STATUS = {

@@ -121,6 +121,14 @@ class Event:
     data: dict
 
 
+class ReadRefused(Exception):
+    """A linearizable read the node cannot serve: `reason` is the problem code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class NodeService(Protocol):
     genesis: Genesis
     staking: bool  # the chain's engine bonds stake: stake and unstake transactions are accepted
@@ -135,6 +143,11 @@ class NodeService(Protocol):
 
     def set_link_faults(self, blocked: frozenset[str], delay_ms: int, loss_percent: float) -> dict:
         """Lay faults (all zero/empty heals); ValueError with a `field` when a setting is invalid."""
+        ...
+
+    async def read_barrier(self) -> int:
+        """Wait until this node's state reflects every write committed before the call (Raft's
+        ReadIndex) and return that height; ReadRefused when it cannot."""
         ...
 
     def transfer_leadership(self, to: bytes) -> dict:

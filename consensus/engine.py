@@ -144,9 +144,21 @@ class LeadershipTransferRequested:
     to: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequested:
+    """A client wants a linearizable read: the engine answers ReadIndexReady with a height
+    such that the node's state once its head reaches it reflects every write committed
+    before the request (Raft's ReadIndex), or ReadIndexFailed.  Only an engine that declares
+    `reads_linearizable` is ever sent one."""
+
+    now: int
+    request: int  # the runtime's id for it, echoed in the answer
+
+
 Event = (
     Started | Tick | TxsAvailable | BlockBuilt | BlockExecuted | BlockCommitted | BlockReceived
     | PeerMessage | PeerConnected | PeerDisconnected | Mined | SealRequested | LeadershipTransferRequested
+    | ReadIndexRequested
 )
 
 # ---------------------------------------------------------------------------- actions
@@ -214,9 +226,23 @@ class ReportEvidence:
     evidence: bytes
 
 
+@dataclass(frozen=True, slots=True)
+class ReadIndexReady:
+    """Answer to ReadIndexRequested: serve the read once the head is at `index` or above."""
+
+    request: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexFailed:
+    request: int
+    reason: str  # for the client: no leader known, leadership not confirmed in time, ...
+
+
 Action = (
     BuildBlock | ExecuteBlock | Commit | SetTimer | Broadcast | Send | Mine | StopMining | SetHead
-    | Persist | ReportEvidence
+    | Persist | ReportEvidence | ReadIndexReady | ReadIndexFailed
 )
 
 
@@ -251,6 +277,8 @@ class Engine(ABC):
     # True when one node leads and may hand that role to another on request
     # (LeadershipTransferRequested): Raft.
     transfers_leadership: bool = False
+    # True when the engine answers ReadIndexRequested (Raft's ReadIndex reads).
+    reads_linearizable: bool = False
     # True when the chain bonds stake (proof of stake): stake and unstake transactions are
     # admitted, and headers order stake ops and declare stake changes (below).
     staking: bool = False

@@ -39,6 +39,7 @@ from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, apply_block, validate_block, validate_header
 import migrations
 from node.admin import MAX_FAULT_RECORDS, LeadershipControl, LinkFaultControl
+from node.read_index import ReadBarrier
 from node.config import NodeConfig
 from node.dev import DevControls, InLoop
 from node.events import EventHub
@@ -93,7 +94,7 @@ class _Built:
     effects: BlockEffects
 
 
-class Node(ChainReads, LinkFaultControl, LeadershipControl):
+class Node(ChainReads, LinkFaultControl, LeadershipControl, ReadBarrier):
     """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
 
     def __init__(
@@ -143,6 +144,7 @@ class Node(ChainReads, LinkFaultControl, LeadershipControl):
         self.importer = BlockImporter(self)
         self.hub = EventHub()
         self.finality = FinalityWaiters()
+        self._init_reads()
         self.evidence: list[bytes] = []  # encoded evidence the engine reported, newest last
         self.fault_log: deque[dict] = deque(maxlen=MAX_FAULT_RECORDS)
         self.failure: str | None = None  # why the node stopped itself, if it did
@@ -239,6 +241,7 @@ class Node(ChainReads, LinkFaultControl, LeadershipControl):
         The engine task looks here before its queue; the wake-up only matters when it was idle."""
         self._head_events.append(event)
         self._events.put_nowait(_WAKE)
+        self.release_reads()
 
     async def _run_engine(self) -> None:
         while True:
@@ -330,6 +333,8 @@ class Node(ChainReads, LinkFaultControl, LeadershipControl):
             await self.blocking(functools.partial(self.store.set_meta, ENGINE_STATE_KEY, action.state, durable=True))
         elif isinstance(action, ev.SetHead):
             await self.importer.set_head(action.block_hash)
+        elif isinstance(action, (ev.ReadIndexReady, ev.ReadIndexFailed)):
+            self.read_answered(action)
         else:
             raise NotImplementedError(f"the runtime cannot perform {type(action).__name__}")
 

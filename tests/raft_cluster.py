@@ -17,6 +17,8 @@ from consensus.engine import (
     Event,
     PeerMessage,
     Persist,
+    ReadIndexFailed,
+    ReadIndexReady,
     Send,
     SetTimer,
     Started,
@@ -53,6 +55,7 @@ class Cluster:
         self.pending: deque[tuple[int, Event]] = deque()
         self.actions: list[list[Action]] = [[] for _ in range(members)]  # every action each returned
         self.rewrite = None  # (src, dst, message bytes) -> message bytes or None (dropped)
+        self.reads: list[list] = [[] for _ in range(members)]  # ReadIndex answers each node gave
         for node in range(members):
             self.start(node)
         self.run()
@@ -131,6 +134,8 @@ class Cluster:
             parent = self.chains[node][-1].header
             header = build_header(self.genesis.chain_id, parent, action.timestamp, [], action.proposer, action.extra)
             self.pending.append((node, BlockBuilt(self.now, Block(header, ()))))
+        elif isinstance(action, (ReadIndexReady, ReadIndexFailed)):
+            self.reads[node].append(action)
         elif not isinstance(action, SetTimer):
             raise AssertionError(f"unexpected action {action}")
 

@@ -29,7 +29,7 @@ from api.schemas import (
     transaction_out,
     transaction_to_json,
 )
-from api.service import Accepted, AccountRecord, Event, NodeInfo, Rejection
+from api.service import Accepted, AccountRecord, Event, NodeInfo, ReadRefused, Rejection
 from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.crypto import PrivateKey
@@ -65,6 +65,7 @@ class FakeService:
         self.unsubscribed: list[asyncio.Queue] = []
         self.status = EngineStatus("solo", Finality.AT_COMMIT, "producer", "idle", height=8)
         self.trouble: str | None = None
+        self.read_refusal: tuple[str, str] | None = None
 
     def consensus_status(self) -> EngineStatus:
         return self.status
@@ -109,6 +110,12 @@ class FakeService:
 
     def account_transactions(self, address, before, limit):
         return []
+
+    async def read_barrier(self) -> int:
+        self.barriers = getattr(self, "barriers", 0) + 1
+        if self.read_refusal is not None:
+            raise ReadRefused(*self.read_refusal)
+        return 8
 
     def subscribe(self) -> asyncio.Queue:
         queue: asyncio.Queue = asyncio.Queue()

@@ -96,3 +96,20 @@ def test_an_engine_without_a_leader_refuses():
     with pytest.raises(LeadershipRefused) as refused:
         NodeOf(engine, 0).transfer_leadership(b"\x01" * 20)
     assert refused.value.reason == "no_leader_to_move"
+
+
+def test_a_linearizable_read_waits_for_the_barrier_and_a_refusal_is_a_problem():
+    service = FakeService()
+    app = create_app(service)
+    address = encode_address(PREFIX, b"\x05" * 20)
+    assert call(app, "GET", f"/v1/accounts/{address}").json()["balance"] == 100
+    assert getattr(service, "barriers", 0) == 0  # a local read asks nobody
+    assert call(app, "GET", f"/v1/accounts/{address}?consistency=linearizable").json()["balance"] == 100
+    assert service.barriers == 1
+    service.read_refusal = ("no_linearizable_reads", "the bft engine has no leader to confirm reads with")
+    assert_problem(call(app, "GET", f"/v1/accounts/{address}?consistency=linearizable"), 409, "no_linearizable_reads")
+    service.read_refusal = ("leader_unavailable", "no leader is known now")
+    response = call(app, "GET", f"/v1/accounts/{address}?consistency=linearizable")
+    assert_problem(response, 503, "leader_unavailable")
+    assert response.headers["retry-after"] == "1"
+    assert_problem(call(app, "GET", f"/v1/accounts/{address}?consistency=strong"), 422, "invalid_value", "consistency")

@@ -9,7 +9,22 @@ import pytest
 import consensus.raft.engine as raft_engine
 from bft_helpers import key
 from ledger.address import encode_address
-from consensus.engine import LeadershipTransferRequested, PeerMessage, Persist, Send
+from consensus.engine import (
+    BlockBuilt,
+    BuildBlock,
+    BlockCommitted,
+    LeadershipTransferRequested,
+    PeerMessage,
+    Persist,
+    ReadIndexFailed,
+    ReadIndexReady,
+    ReadIndexRequested,
+    Send,
+    Started,
+    TxsAvailable,
+)
+from ledger.codec import DecodeError
+from ledger.block import Block, build_header
 from consensus.raft import messages
 from consensus.raft.engine import RaftEngine
 from consensus.raft.log import term_of
@@ -266,3 +281,115 @@ def test_the_status_and_the_labels_say_who_led_what():
     header = cluster.chains[1][2].header
     labels = dict(cluster.engines[1].block_labels(header, cluster.chains[1][1].header))
     assert labels == {"term": "1", "leader": encode_address("dev", cluster.engines[1].addresses[0])}
+
+
+def read(cluster: Cluster, node: int, request: int) -> None:
+    cluster.feed(node, ReadIndexRequested(cluster.now, request))
+    cluster.run()
+
+
+def test_a_read_on_the_leader_waits_for_a_majority_to_answer_a_new_round():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.submit(0)
+    commit = cluster.engines[0].commit_index
+    cluster.isolate(0)
+    read(cluster, 0, 1)  # nobody answers the round: no answer yet
+    assert cluster.reads[0] == []
+    cluster.heal()
+    cluster.heartbeat(0)  # the next round is answered by both
+    assert cluster.reads[0] == [ReadIndexReady(1, commit)]
+
+
+def test_a_read_on_a_follower_is_asked_of_the_leader():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.submit(0)
+    read(cluster, 2, 7)
+    assert cluster.reads[2] == [ReadIndexReady(7, cluster.engines[0].commit_index)]
+
+
+def test_a_deposed_leader_never_confirms_a_read_so_no_read_is_stale():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.isolate(0)
+    elect(cluster, 1)  # the majority moves on and commits a block the old leader lacks
+    cluster.submit(1)
+    read(cluster, 0, 3)  # the old leader still thinks it leads: its round reaches nobody
+    cluster.tick(0, after_ms=ELECTION_MS + 1)
+    assert cluster.reads[0] == [ReadIndexFailed(3, "leadership was not confirmed within an election timeout")]
+
+
+def test_a_read_without_a_known_leader_fails_at_once():
+    cluster = Cluster(3)
+    read(cluster, 1, 5)
+    assert cluster.reads[1] == [ReadIndexFailed(5, "no leader is known now (an election may be under way)")]
+
+
+def test_a_restarted_leader_waits_for_a_lagging_follower_to_sync_instead_of_probing_it_to_index_one():
+    """Review finding: a leader that no longer holds the blocks a follower lacks (it restarted,
+    or the follower is far behind) probed at its last entry, and each refusal walked nextIndex
+    down by one with a new message, to 1, where it stayed refused forever."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.isolate(1)
+    cluster.submit(0)  # block 2 committed on S0 and S2; S1 stays at block 1
+    assert len(cluster.chains[0]) == 3 and len(cluster.chains[1]) == 2
+    cluster.crash(0)
+    cluster.start(0)  # S0 comes back holding no committed block whole
+    cluster.crash(2)
+    cluster.heal()
+    sent_before = len(cluster.actions[0])
+    elect(cluster, 0)  # S1's vote: S0's log is more up to date
+    for _ in range(3):
+        cluster.heartbeat(0)
+    appends = [a for a in cluster.actions[0][sent_before:] if isinstance(a, Send)
+               and isinstance(messages.decode_message(a.message, cluster.engines[0].members, "raft-test", 100),
+                              messages.AppendEntries)]
+    assert len(appends) <= 8, len(appends)  # one probe a heartbeat, not a walk down the log
+    assert cluster.engines[0].next_index[1] == 3  # parked at S0's head, awaiting S1's sync
+    # S1 syncs block 2 from the store of a peer, as the runtime's block sync does ...
+    block = cluster.chains[0][2]
+    cluster.chains[1].append(block)
+    cluster.feed(1, BlockCommitted(cluster.now, block.header))
+    cluster.run()
+    cluster.heartbeat(0)  # ... and the next probe matches: S0's no-op of the new term commits
+    assert len(cluster.chains[0]) == 4 and cluster.committed(1) == cluster.committed(0)
+
+
+def test_a_block_built_while_the_lead_is_handed_over_is_dropped():
+    """Review finding: a build asked for before the transfer began appended a block after
+    TimeoutNow had gone out, so the target's log was no longer up to date."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    engine = cluster.engines[0]
+    assert any(isinstance(a, BuildBlock) for a in engine.handle(TxsAvailable(cluster.now, 1)))  # answered later
+    cluster.crash(2)
+    transfer(cluster, 0, 2)  # S2 is down: the transfer waits for it
+    assert engine.status().details["transferring_to"] is not None
+    last = engine.log.last_index
+    built = build_header("raft-test", cluster.chains[0][-1].header, cluster.now + 1, [], engine.addresses[0],
+                         messages.encode_extra(engine.term))
+    cluster.feed(0, BlockBuilt(cluster.now, Block(built, ())))
+    assert engine.log.last_index == last  # dropped, not appended
+
+
+def test_saved_state_that_does_not_decode_leaves_the_engine_unstarted_not_forgetful():
+    genesis, keys = raft_genesis(3)
+    engine = RaftEngine(genesis, keys[1])
+    root = genesis.block().header
+    with pytest.raises(DecodeError):
+        engine.handle(Started(genesis.timestamp + 1, root, b"\\x09 not a saved state", (root,)))
+    assert engine.log is None and engine.term == 0
+    request = messages.encode_message(messages.VoteRequest(False, 1, 0, 0, 0), keys[0], genesis.chain_id)
+    assert engine.handle(PeerMessage(genesis.timestamp + 2, "n0", request)) == []  # no vote from a node that forgot
+
+
+def test_a_restart_into_a_newer_term_than_the_saved_vote_forgets_that_vote():
+    cluster = Cluster(3)
+    elect(cluster, 0)  # S1 voted for S0 in term 1 and saved it
+    engine = RaftEngine(cluster.genesis, cluster.keys[1])
+    saved = raft_engine._encode_saved(0, 2, [])  # an older term's vote, with a log of term 1
+    chain = cluster.chains[1]
+    engine.handle(Started(cluster.now, chain[-1].header, saved, tuple(b.header for b in chain)))
+    assert (engine.term, engine.voted_for) == (1, None)

@@ -54,21 +54,26 @@ from consensus.engine import (
     PeerConnected,
     PeerMessage,
     Persist,
+    ReadIndexRequested,
     Send,
     SetTimer,
     Started,
     Tick,
     TxsAvailable,
 )
+from consensus.raft import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE
 from consensus.raft.log import RaftLog, term_of
+from consensus.raft.reads import ReadIndexPart
 from consensus.raft.messages import (
     MAX_APPEND_BYTES,
     MAX_ENTRIES,
     AppendEntries,
     AppendResponse,
     Message,
-    TimeoutNow,
     RaftParams,
+    ReadIndex,
+    ReadIndexResponse,
+    TimeoutNow,
     VoteRequest,
     VoteResponse,
     decode_message,
@@ -77,17 +82,17 @@ from consensus.raft.messages import (
     term_of_extra,
 )
 
-FOLLOWER, PRE_CANDIDATE, CANDIDATE, LEADER = "follower", "pre-candidate", "candidate", "leader"
 SAVED_VERSION = 1
 MAX_SAVED_ENTRIES = 1024
 
 
-class RaftEngine(Engine):
+class RaftEngine(ReadIndexPart, Engine):
     name = "raft"
     finality = Finality.REPLICATION
     ancestors_needed = 64  # terms of recent entries, to match a follower's log after a restart
     pushes_own_blocks = False  # AppendEntries carries them; peers import only committed ones by sync
     transfers_leadership = True
+    reads_linearizable = True
 
     def __init__(self, genesis, signer: crypto.PrivateKey | None):
         self.params = RaftParams.from_genesis(genesis.engine_params)
@@ -121,6 +126,7 @@ class RaftEngine(Engine):
         self._txs_waiting = 0
         self._transfer_to: int | None = None  # leader: the member it is handing the lead to
         self._transfer_until = 0
+        self._init_reads()
         self.blocks_led = 0
         self.proposed: dict[int, int] = {}  # member -> blocks it appended that this node saw committed
         self.last_signed: dict[int, int] = {}  # member -> height of the newest of them
@@ -169,6 +175,8 @@ class RaftEngine(Engine):
             self._on_committed(event.header, event.recent)
         elif isinstance(event, LeadershipTransferRequested):
             self._on_transfer_requested(event.to)
+        elif isinstance(event, ReadIndexRequested):
+            self._on_read_requested(None, event.request)
         elif isinstance(event, PeerConnected) and self.role == LEADER:
             self._heartbeat_at = self._now  # a member may be back: tell it who leads
         self._maybe_build()
@@ -176,14 +184,20 @@ class RaftEngine(Engine):
         return self._out
 
     def _on_started(self, event: Started) -> None:
-        self.log = RaftLog(event.head, event.recent)
+        # Decoded before anything is set: saved state that does not decode raises here and
+        # leaves the engine unstarted (it ignores every event), never voting again in a term
+        # it may have voted in already.
+        term, voted_for, entries = (_decode_saved(event.persisted, self.max_block_transactions)
+                                    if event.persisted else (0, None, []))
+        log = RaftLog(event.head, event.recent)
+        for block in entries:
+            if block.header.height > log.last_index and block.header.parent == log.last_hash:
+                log.append(block)
+        self.term, self.voted_for = term, voted_for
+        if log.last_term > self.term:
+            self.term, self.voted_for = log.last_term, None  # a vote belongs to its term
+        self.log = log
         self.commit_index = self._applying = event.head.height
-        if event.persisted:
-            self.term, self.voted_for, entries = _decode_saved(event.persisted, self.max_block_transactions)
-            for block in entries:
-                if block.header.height > self.log.last_index and block.header.parent == self.log.last_hash:
-                    self.log.append(block)
-        self.term = max(self.term, self.log.last_term)
         self._reset_election_timer()
         if len(self.members) == 1 and self.me is not None:
             self._election_at = self._now  # alone: no one to wait for
@@ -209,9 +223,13 @@ class RaftEngine(Engine):
             at = self._election_at
         else:
             return  # not a member: it follows by sync and never campaigns
+        deadlines = self._read_deadlines()
+        if deadlines:
+            at = min(at, min(deadlines))
         self._out.append(SetTimer(max(at, self._now)))
 
     def _on_tick(self) -> None:
+        self._expire_reads()
         if self.role == LEADER:
             if self._now >= self._quorum_check_at:
                 # Check-quorum: a leader that heard from no majority in an election timeout
@@ -315,6 +333,7 @@ class RaftEngine(Engine):
         self.next_index = {m: last + 1 for m in range(len(self.members)) if m != self.me}
         self.match_index = {m: 0 for m in range(len(self.members)) if m != self.me}
         self._acked_at = {m: self._now for m in range(len(self.members)) if m != self.me}
+        self._acked_round = {}
         self._quorum_check_at = self._now + self.params.election_timeout_ms
         # The no-op of the term (dissertation 8): an entry of the current term, whose commit
         # commits everything before it, including what earlier terms left uncommitted.
@@ -325,6 +344,8 @@ class RaftEngine(Engine):
         self.term = term
         if changed:
             self.voted_for = None
+        if self.role == LEADER:
+            self._fail_leader_reads()
         self.role = FOLLOWER
         self.leader = leader
         self._building = False
@@ -369,7 +390,7 @@ class RaftEngine(Engine):
         log = self.log
         assert log is not None and self.me is not None
         if request.term < self.term:
-            self._send(peer, AppendResponse(self.term, self.me, False, log.last_index))
+            self._send(peer, AppendResponse(self.term, self.me, False, log.last_index, request.round))
             return
         if request.term > self.term or self.role != FOLLOWER:
             self._become_follower(request.term, request.leader)
@@ -377,7 +398,7 @@ class RaftEngine(Engine):
         self._leader_heard_at = self._now
         self._reset_election_timer()
         if request.prev_index > log.last_index:
-            self._send(peer, AppendResponse(self.term, self.me, False, log.last_index))
+            self._send(peer, AppendResponse(self.term, self.me, False, log.last_index, request.round))
             return
         known = log.term_at(request.prev_index)
         if request.prev_index > log.head.height and known != request.prev_term:
@@ -385,7 +406,7 @@ class RaftEngine(Engine):
             # follows; the leader will come back one entry earlier.
             log.truncate_from(request.prev_index)
             self._persist()
-            self._send(peer, AppendResponse(self.term, self.me, False, request.prev_index - 1))
+            self._send(peer, AppendResponse(self.term, self.me, False, request.prev_index - 1, request.round))
             return
         # At or below our head the entry is committed, and by the leader completeness
         # property every leader's log holds it: it matches.
@@ -415,7 +436,7 @@ class RaftEngine(Engine):
         if changed:
             self._persist()
         matched = min(index, log.last_index)
-        self._send(peer, AppendResponse(self.term, self.me, True, matched))
+        self._send(peer, AppendResponse(self.term, self.me, True, matched, request.round))
         if request.commit > self.commit_index:
             self.commit_index = max(self.commit_index, min(request.commit, matched))
             self._apply_committed()
@@ -428,6 +449,9 @@ class RaftEngine(Engine):
             return
         follower = response.follower
         self._acked_at[follower] = self._now
+        if response.round > self._acked_round.get(follower, 0):
+            self._acked_round[follower] = response.round
+            self._confirm_reads()
         # An answer is followed at once by the next message only when it made progress (the
         # follower stored more, or we back off to an earlier entry); otherwise the next
         # heartbeat retries, so an answer that repeats itself cannot start a message storm.
@@ -445,8 +469,14 @@ class RaftEngine(Engine):
             # Leaders: on a refusal, try again from an earlier entry (at once to where the
             # follower's log ends, if that is earlier).
             before = self.next_index.get(follower, 1)
-            self.next_index[follower] = max(1, min(before - 1, response.index + 1))
-            if self.next_index[follower] < before:
+            target = max(1, min(before - 1, response.index + 1))
+            if not self._can_send_from(target):
+                # Below what this leader holds: the follower syncs committed blocks, and the
+                # next heartbeat probes at our head again.  No resend now: that would only
+                # bounce between the same two answers.
+                target = self.log.head.height + 1
+            self.next_index[follower] = target
+            if target < before:
                 self._send_append(follower)
 
     def _advance_commit(self) -> None:
@@ -461,6 +491,7 @@ class RaftEngine(Engine):
             # node writes the blocks: their writes overlap with ours.
             self._replicate()
             self._apply_committed()
+            self._confirm_reads()
 
     def _apply_committed(self) -> None:
         """All servers: entries up to commitIndex go to the state machine, in order."""
@@ -485,29 +516,38 @@ class RaftEngine(Engine):
         log = self.log
         assert log is not None and self.me is not None
         next_index = self.next_index.get(member, log.last_index + 1)
+        if not self._can_send_from(next_index):
+            # Committed blocks this leader no longer holds whole: the follower takes them by
+            # block sync, and we probe at our head (always known) with what follows it.
+            next_index = self.next_index[member] = log.head.height + 1
         prev = next_index - 1
         prev_term = log.term_at(prev)
+        assert prev_term is not None
         entries: list[Block] = []
-        if prev_term is None or (next_index <= log.last_index and log.block_at(next_index) is None):
-            # Too far behind for what this leader holds: a heartbeat at our last entry; the
-            # follower refuses it and catches up on committed blocks by sync meanwhile.
-            prev, prev_term = log.last_index, log.last_term
-        else:
-            size = 0
-            for index in range(next_index, min(log.last_index, next_index + MAX_ENTRIES - 1) + 1):
-                block = log.block_at(index)
-                if block is None:
-                    break
-                size += len(block.encode())
-                if entries and size > MAX_APPEND_BYTES:
-                    break  # the rest goes in the next message: one must fit a peer frame
-                entries.append(block)
-        message = AppendEntries(self.term, self.me, prev, prev_term, self.commit_index, tuple(entries))
+        size = 0
+        for index in range(next_index, min(log.last_index, next_index + MAX_ENTRIES - 1) + 1):
+            block = log.block_at(index)
+            assert block is not None, "_can_send_from said this leader holds it"
+            size += len(block.encode())
+            if entries and size > MAX_APPEND_BYTES:
+                break  # the rest goes in the next message: one must fit a peer frame
+            entries.append(block)
+        message = AppendEntries(self.term, self.me, prev, prev_term, self.commit_index, tuple(entries), self._round)
         peer = self.peer_of.get(member)
         if peer is None:
             self._out.append(Broadcast(self._encode(message)))  # who is who is learned from answers
         else:
             self._out.append(Send(peer, self._encode(message)))
+
+    def _can_send_from(self, index: int) -> bool:
+        """Whether this leader can send entries from `index` on: it knows the term before it
+        and holds every block from it to the end of its log."""
+        log = self.log
+        assert log is not None
+        if index > log.head.height:
+            return log.term_at(index - 1) is not None
+        return log.term_at(index - 1) is not None and all(
+            log.block_at(i) is not None for i in range(index, log.head.height + 1))
 
     def _append(self, block: Block) -> None:
         """Leaders: an entry of the current term at the end of the log, sent to the followers
@@ -545,8 +585,9 @@ class RaftEngine(Engine):
         log = self.log
         assert log is not None
         if (self.role != LEADER or self._key is None or block.header.parent != log.last_hash
-                or log.last_index != log.head.height or term_of(block.header) != self.term):
-            return  # the term or the head moved on while it was built
+                or log.last_index != log.head.height or term_of(block.header) != self.term
+                or self._transfer_to is not None):
+            return  # the term or the head moved on while it was built, or the lead is being handed over
         sealed = Block(block.header.with_seal(self._key.sign_digest(block.header.sealing_digest())), block.transactions)
         self._txs_waiting = 0  # until the mempool says again
         self._append(sealed)
@@ -586,6 +627,11 @@ class RaftEngine(Engine):
             self._on_append(peer, message)
         elif isinstance(message, TimeoutNow):
             self._on_timeout_now(message)
+        elif isinstance(message, ReadIndex):
+            if message.term == self.term:
+                self._on_read_requested(message.member, message.request)
+        elif isinstance(message, ReadIndexResponse):
+            self._on_read_answer(message)
         else:
             self._on_append_response(message)
 

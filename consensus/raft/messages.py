@@ -30,6 +30,8 @@ TAG_VOTE_RESPONSE = 3
 TAG_APPEND = 4
 TAG_APPEND_RESPONSE = 5
 TAG_TIMEOUT_NOW = 6
+TAG_READ_INDEX = 7
+TAG_READ_INDEX_RESPONSE = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,10 +157,11 @@ class AppendEntries:
     prev_term: int
     commit: int
     entries: tuple[Block, ...] = ()
+    round: int = 0  # the leader's heartbeat round, echoed in the answer (ReadIndex confirmation)
 
     def write(self, writer: Writer) -> None:
         writer.u64(self.term).u32(self.leader).u64(self.prev_index).u64(self.prev_term).u64(self.commit)
-        writer.u32(len(self.entries))
+        writer.u64(self.round).u32(len(self.entries))
         for block in self.entries:
             writer.var_bytes(block.encode())
 
@@ -166,12 +169,13 @@ class AppendEntries:
     def read(cls, reader: Reader, max_block_transactions: int) -> AppendEntries:
         term, leader = reader.u64("append.term"), reader.u32("append.leader")
         prev_index, prev_term, commit = reader.u64("append.prev_index"), reader.u64("append.prev_term"), reader.u64("append.commit")
+        round_ = reader.u64("append.round")
         count = reader.u32("append.entries")
         if count > MAX_ENTRIES:
             raise DecodeError("append.entries", f"{count} entries is more than {MAX_ENTRIES}")
         entries = tuple(Block.decode(reader.var_bytes("append.entry", MAX_MESSAGE), max_block_transactions)
                         for _ in range(count))
-        return cls(term, leader, prev_index, prev_term, commit, entries)
+        return cls(term, leader, prev_index, prev_term, commit, entries, round_)
 
     @property
     def sender(self) -> int:
@@ -187,14 +191,16 @@ class AppendResponse:
     follower: int
     success: bool
     index: int
+    round: int = 0  # the round of the append entries it answers
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.follower).u8(self.success).u64(self.index)
+        writer.u64(self.term).u32(self.follower).u8(self.success).u64(self.index).u64(self.round)
 
     @classmethod
     def read(cls, reader: Reader) -> AppendResponse:
         return cls(reader.u64("append_response.term"), reader.u32("append_response.follower"),
-                   _flag(reader, "append_response.success"), reader.u64("append_response.index"))
+                   _flag(reader, "append_response.success"), reader.u64("append_response.index"),
+                   reader.u64("append_response.round"))
 
     @property
     def sender(self) -> int:
@@ -221,7 +227,52 @@ class TimeoutNow:
         return self.leader
 
 
-Message = VoteRequest | VoteResponse | AppendEntries | AppendResponse | TimeoutNow
+@dataclass(frozen=True, slots=True)
+class ReadIndex:
+    """A follower asks the leader for a read index on behalf of its client (etcd's ReadIndex)."""
+
+    term: int
+    member: int
+    request: int
+
+    def write(self, writer: Writer) -> None:
+        writer.u64(self.term).u32(self.member).u64(self.request)
+
+    @classmethod
+    def read(cls, reader: Reader) -> ReadIndex:
+        return cls(reader.u64("read_index.term"), reader.u32("read_index.member"), reader.u64("read_index.request"))
+
+    @property
+    def sender(self) -> int:
+        return self.member
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexResponse:
+    """The leader's answer: `index` once a heartbeat round confirmed it still leads."""
+
+    term: int
+    leader: int
+    request: int
+    ok: bool
+    index: int
+
+    def write(self, writer: Writer) -> None:
+        writer.u64(self.term).u32(self.leader).u64(self.request).u8(self.ok).u64(self.index)
+
+    @classmethod
+    def read(cls, reader: Reader) -> ReadIndexResponse:
+        return cls(reader.u64("read_index_response.term"), reader.u32("read_index_response.leader"),
+                   reader.u64("read_index_response.request"), _flag(reader, "read_index_response.ok"),
+                   reader.u64("read_index_response.index"))
+
+    @property
+    def sender(self) -> int:
+        return self.leader
+
+
+Message = (VoteRequest | VoteResponse | AppendEntries | AppendResponse | TimeoutNow | ReadIndex
+           | ReadIndexResponse)
 
 
 def _flag(reader: Reader, field: str) -> bool:
@@ -240,6 +291,10 @@ def _tag(message: Message) -> int:
         return TAG_APPEND
     if isinstance(message, TimeoutNow):
         return TAG_TIMEOUT_NOW
+    if isinstance(message, ReadIndex):
+        return TAG_READ_INDEX
+    if isinstance(message, ReadIndexResponse):
+        return TAG_READ_INDEX_RESPONSE
     return TAG_APPEND_RESPONSE
 
 
@@ -279,6 +334,10 @@ def decode_message(data: bytes, members: tuple[bytes, ...], chain_id: str, max_b
         message = AppendResponse.read(reader)
     elif tag == TAG_TIMEOUT_NOW:
         message = TimeoutNow.read(reader)
+    elif tag == TAG_READ_INDEX:
+        message = ReadIndex.read(reader)
+    elif tag == TAG_READ_INDEX_RESPONSE:
+        message = ReadIndexResponse.read(reader)
     else:
         raise DecodeError("message.tag", "unknown Raft message")
     reader.finish()
