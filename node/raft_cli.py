@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import time
-import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 from node.admin import ADMIN_TOKEN_FILE
+from node.config import ConfigError, load_config
 
 
 class RaftCommandError(Exception):
@@ -23,13 +23,12 @@ def _nodes(directory: Path) -> list[tuple[str, Path]]:
     """(API URL, data folder) of node0, node1, ... from their config files."""
     found = []
     index = 0
-    while (config := directory / f"node{index}" / "config.toml").exists():
+    while (path := directory / f"node{index}" / "config.toml").exists():
         try:
-            table = tomllib.loads(config.read_text(encoding="utf-8"))
-            port, data_dir = int(table["api_port"]), Path(table["data_dir"])
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError):
-            raise RaftCommandError(f"{config} is not a node config this command can read") from None
-        found.append((f"http://127.0.0.1:{port}", data_dir))
+            config = load_config({}, path, environ={})  # the file alone: what that node runs with
+        except ConfigError as exc:
+            raise RaftCommandError(str(exc)) from None
+        found.append((config.api_url, config.data_dir))
         index += 1
     if not found:
         raise RaftCommandError(f"{directory} holds no network (no node0/config.toml): --dir names the folder "

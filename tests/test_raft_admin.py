@@ -113,3 +113,25 @@ def test_a_linearizable_read_waits_for_the_barrier_and_a_refusal_is_a_problem():
     assert_problem(response, 503, "leader_unavailable")
     assert response.headers["retry-after"] == "1"
     assert_problem(call(app, "GET", f"/v1/accounts/{address}?consistency=strong"), 422, "invalid_value", "consistency")
+
+
+def test_the_transfer_command_refuses_bad_arguments_with_one_line_and_writes_nothing(tmp_path):
+    from typer.testing import CliRunner
+
+    from node.cli import app
+
+    def run(*args: str):
+        return CliRunner().invoke(app, ["raft", "transfer-leadership", *args])
+
+    missing = run("node1", "--dir", str(tmp_path / "none"))
+    assert missing.exit_code == 2 and "holds no network" in missing.output
+    (tmp_path / "net" / "node0").mkdir(parents=True)
+    config = tmp_path / "net" / "node0" / "config.toml"
+    config.write_text("api_port = 'x'\n")
+    bad = run("node0", "--dir", str(tmp_path / "net"))
+    assert bad.exit_code == 2 and "api_port" in bad.output and "not an integer" in bad.output
+    config.write_text(f"api_port = 1\ndata_dir = '{tmp_path}'\n")
+    unknown = run("node5", "--dir", str(tmp_path / "net"))
+    assert unknown.exit_code == 2 and "'node5' names no node of this network: node0 to node0" in unknown.output
+    assert config.read_text() == f"api_port = 1\ndata_dir = '{tmp_path}'\n"
+    assert sorted(p.name for p in (tmp_path / "net" / "node0").iterdir()) == ["config.toml"]
