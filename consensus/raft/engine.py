@@ -127,7 +127,6 @@ class RaftEngine(ReadIndexPart, Engine):
         self._transfer_to: int | None = None  # leader: the member it is handing the lead to
         self._transfer_until = 0
         self._init_reads()
-        self.blocks_led = 0
         self.proposed: dict[int, int] = {}  # member -> blocks it appended that this node saw committed
         self.last_signed: dict[int, int] = {}  # member -> height of the newest of them
         self.elections = 0  # elections this node started
@@ -556,7 +555,6 @@ class RaftEngine(ReadIndexPart, Engine):
         runtime feeds that answer only after this event's Persist is done."""
         assert self.log is not None
         self.log.append(block)
-        self.blocks_led += 1
         self._replicate()
         self._persist()
         self._advance_commit()  # a cluster of one commits at once

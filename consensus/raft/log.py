@@ -114,8 +114,3 @@ class RaftLog:
             del self._committed[height]
         for height in [h for h in self._blocks if h <= header.height - KEEP_BLOCKS]:
             del self._blocks[height]
-
-    def keep_block(self, block: Block) -> None:
-        """A committed block this node holds whole (one it built or was sent)."""
-        if block.header.height <= self.head.height and self.hash_at(block.header.height) == block.hash:
-            self._blocks[block.header.height] = block
