@@ -86,6 +86,7 @@ sim-pos-byzantine: $(STAMP)
 sim-raft: $(STAMP)
 	$(SIM) --consensus raft --nodes 3 --seeds $(RAFT_SEEDS) $(ARGS)
 	$(SIM) --consensus raft --nodes 5 --seeds $(RAFT_SEEDS) $(ARGS)
+	$(SIM) --consensus raft --nodes 4 --membership --seeds $(RAFT_SEEDS) $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py $(ARGS)

@@ -243,9 +243,10 @@ def build_chart(
 NETWORK_EVENT_ROWS = 8
 
 
-def network_events(extra: dict) -> list[dict]:
-    """Faults laid on the node's links and reorgs, newest first, as one line each: when the
-    network was cut, slowed or healed, and what that did to the chain."""
+def network_events(extra: dict, address: Callable[[bytes], str] = lambda raw: raw.hex()) -> list[dict]:
+    """Faults laid on the node's links, reorgs and elections (an engine with a leader says
+    who led each term), newest first, as one line each: when the network was cut, slowed or
+    healed, and what that did to the chain."""
     events = []
     for fault in extra.get("faults") or []:
         if isinstance(fault, dict) and isinstance(fault.get("at"), int):
@@ -255,6 +256,15 @@ def network_events(extra: dict) -> list[dict]:
             events.append({"at": reorg["at"], "kind": "reorg", "text": (
                 f"{reorg.get('depth')} blocks replaced above height {reorg.get('fork_height')}, "
                 f"{reorg.get('returned_to_mempool')} transactions back to the mempool")})
+    engine = extra.get("engine") if isinstance(extra.get("engine"), dict) else {}
+    details = engine.get("details") if isinstance(engine.get("details"), dict) else {}
+    for seen in details.get("leaders_seen") or []:
+        try:
+            leader = address(bytes.fromhex(seen["leader"]))
+        except (TypeError, KeyError, ValueError):
+            continue
+        if isinstance(seen.get("at"), int):
+            events.append({"at": seen["at"], "kind": "election", "text": f"{leader} leads term {seen.get('term')}"})
     events.sort(key=lambda event: event["at"], reverse=True)
     return events[:NETWORK_EVENT_ROWS]
 
@@ -536,7 +546,7 @@ class Explorer:
             "tx_rate": rate,
             "engine_role": self.service.consensus_status().role,
             "charts": (tx_chart, interval_chart),
-            "network_events": network_events(info.extra),
+            "network_events": network_events(info.extra, self.address),
         }
         return self.page(request, "dashboard.html", "dashboard_live.html", context, info)
 

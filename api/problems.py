@@ -83,6 +83,10 @@ REASONS: dict[str, tuple[int, str]] = {
     "not_leader": (409, "This node is not the leader"),
     "not_a_member": (422, "Not a member of the cluster"),
     "already_leader": (409, "That member leads already"),
+    "no_membership": (409, "This engine has no membership to change"),
+    "change_pending": (409, "A membership change is under way"),
+    "is_leader": (409, "The leader does not remove itself"),
+    "already_member": (422, "Already a member of the cluster"),
     # linearizable reads (Raft's ReadIndex)
     "no_linearizable_reads": (409, "This engine has no leader to confirm reads with"),
     "leader_unavailable": (503, "No leader confirmed the read"),

@@ -152,7 +152,13 @@ class NodeService(Protocol):
 
     def transfer_leadership(self, to: bytes) -> dict:
         """Ask the leader to hand its role to member `to` ({from, to, term}, addresses in
-        hex); node.admin.LeadershipRefused (with a problem `reason`) when it will not."""
+        hex); api.admin.AdminRefused (with a problem `reason`) when it will not."""
+        ...
+
+    def change_membership(self, add: bytes | None, remove: bytes | None) -> dict:
+        """Ask the leader to add the member with node key `add` or remove the one with
+        address `remove` ({change, member, term}, the member's address in hex);
+        api.admin.AdminRefused when it will not."""
         ...
 
     def health(self) -> str | None:

@@ -145,6 +145,19 @@ class LeadershipTransferRequested:
 
 
 @dataclass(frozen=True, slots=True)
+class MembershipChangeRequested:
+    """An operator asks the leader to add the member with public key `key` (as a learner,
+    which the leader promotes to voter once it has caught up), or to remove it (the admin
+    endpoint).  Only an engine that declares `changes_membership` is ever sent one, and only
+    while its status says it leads; the engine refuses silently what it cannot do now (a
+    change still uncommitted), and its status shows what it did."""
+
+    now: int
+    key: bytes
+    add: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ReadIndexRequested:
     """A client wants a linearizable read: the engine answers ReadIndexReady with a height
     such that the node's state once its head reaches it reflects every write committed
@@ -158,7 +171,7 @@ class ReadIndexRequested:
 Event = (
     Started | Tick | TxsAvailable | BlockBuilt | BlockExecuted | BlockCommitted | BlockReceived
     | PeerMessage | PeerConnected | PeerDisconnected | Mined | SealRequested | LeadershipTransferRequested
-    | ReadIndexRequested
+    | MembershipChangeRequested | ReadIndexRequested
 )
 
 # ---------------------------------------------------------------------------- actions
@@ -277,6 +290,9 @@ class Engine(ABC):
     # True when one node leads and may hand that role to another on request
     # (LeadershipTransferRequested): Raft.
     transfers_leadership: bool = False
+    # True when members join and leave one at a time through the chain on request
+    # (MembershipChangeRequested): Raft.
+    changes_membership: bool = False
     # True when the engine answers ReadIndexRequested (Raft's ReadIndex reads).
     reads_linearizable: bool = False
     # True when the chain bonds stake (proof of stake): stake and unstake transactions are

@@ -1,5 +1,5 @@
-"""What the admin endpoint changes on a running node: faults on its peer links, and who
-leads (Raft's leadership transfer).
+"""What the admin endpoint changes on a running node: faults on its peer links, who leads
+(Raft's leadership transfer) and who the members are (Raft's membership changes).
 
 Mixed into Node.  Each change is logged by the network and published on the events
 stream (`event: fault`), so whoever watches the node sees when its links were cut.
@@ -12,9 +12,10 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
-from api.admin import LeadershipRefused
+from api.admin import AdminRefused
 from consensus import engine as ev
 from consensus.engine import Engine
+from ledger.address import address_of
 from ledger.genesis import Genesis
 from node.keys import write_private_file
 from node.p2p.faults import LinkFaults
@@ -61,7 +62,7 @@ class LinkFaultControl:
         return network
 
 
-class LeadershipControl:
+class ClusterControl:
     engine: Engine
     genesis: Genesis
     lock: object
@@ -75,17 +76,52 @@ class LeadershipControl:
         the old one leads on; /v1/consensus says which.  On the event loop only."""
         engine = self.engine
         if not engine.transfers_leadership:
-            raise LeadershipRefused("no_leader_to_move", f"the {engine.name} engine has no leader to move")
+            raise AdminRefused("no_leader_to_move", f"the {engine.name} engine has no leader to move")
         with self.lock:  # type: ignore[attr-defined]
             status = engine.status()
         leader = status.details.get("leader")
-        if status.role != "leader":
-            where = f" (it follows {self.genesis.address(bytes.fromhex(leader))})" if leader else " (no leader is known now)"
-            raise LeadershipRefused("not_leader", f"this node is not the leader{where}: ask the leader")
-        members = [validator.address for validator in status.validators]
+        self._must_lead(status)
+        members = [validator.address for validator in status.validators if validator.power]
         if to not in members:
-            raise LeadershipRefused("not_a_member", f"{to.hex()} is not a member")
+            raise AdminRefused("not_a_member", f"{to.hex()} is not a voting member")
         if to.hex() == leader:
-            raise LeadershipRefused("already_leader", "that member leads already")
+            raise AdminRefused("already_leader", "that member leads already")
         self.feed(ev.LeadershipTransferRequested(self.now_ms(), to))
         return {"from": leader, "to": to.hex(), "term": status.term}
+
+    def change_membership(self, add: bytes | None, remove: bytes | None) -> dict:
+        """Ask this node's engine, which must lead, to add the member with node key `add` (it
+        joins as a learner; the leader promotes it once it has caught up) or to remove the
+        member with address `remove`.  Returns at once ({change, member, term}); /v1/consensus
+        shows the membership as it changes.  On the event loop only."""
+        engine = self.engine
+        if not engine.changes_membership:
+            raise AdminRefused("no_membership", f"the {engine.name} engine has no membership to change on request")
+        with self.lock:  # type: ignore[attr-defined]
+            status = engine.status()
+        self._must_lead(status)
+        if not status.details.get("accepts_membership_change"):
+            raise AdminRefused("change_pending", "the last membership change, or this leader's first block, is not "
+                                                 "committed yet: one change at a time; try again in a moment")
+        listed = {validator.address: validator for validator in status.validators}
+        if add is not None:
+            if address_of(add) in listed:
+                raise AdminRefused("already_member", f"{self.genesis.address(address_of(add))} is a member already")
+            self.feed(ev.MembershipChangeRequested(self.now_ms(), add, add=True))
+            return {"change": "add learner", "member": address_of(add).hex(), "term": status.term}
+        assert remove is not None
+        member = listed.get(remove)
+        if member is None:
+            raise AdminRefused("not_a_member", f"{self.genesis.address(remove)} is not a member")
+        if remove.hex() == status.details.get("leader"):
+            raise AdminRefused("is_leader", "this node leads: hand the lead to another member first "
+                                            "(ledger raft transfer-leadership), then remove it through the new leader")
+        self.feed(ev.MembershipChangeRequested(self.now_ms(), member.public_key, add=False))
+        return {"change": "remove voter" if member.power else "remove learner", "member": remove.hex(),
+                "term": status.term}
+
+    def _must_lead(self, status) -> None:
+        if status.role != "leader":
+            leader = status.details.get("leader")
+            where = f" (it follows {self.genesis.address(bytes.fromhex(leader))})" if leader else " (no leader is known now)"
+            raise AdminRefused("not_leader", f"this node is not the leader{where}: ask the leader")

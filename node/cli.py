@@ -380,7 +380,7 @@ def testnet(
 
     from node.fleet import Fleet, describe_exit
     from node.fleet_control import ControlError, ControlServer
-    from node.testnet import TestnetError, check_request, ensure_databases, wait_until_connected, write_network
+    from node.testnet import TestnetError, add_nodes, check_request, ensure_databases, wait_until_connected, write_network
 
     _check_ports(api_port, p2p_port, nodes)
     try:  # every refusal comes before --fresh deletes anything
@@ -391,6 +391,10 @@ def testnet(
         shutil.rmtree(directory)
     try:
         if (directory / "genesis.json").exists():
+            for index in add_nodes(directory, nodes, api_port, p2p_port, db):
+                member = (f"`ledger raft add-member node{index} --dir {directory}` makes it a member"
+                          if consensus == "raft" else "it validates nothing")
+                console.print(f"added node{index}: a new node that follows the chain ({member})", highlight=False)
             layouts = _existing_layouts(directory, nodes, api_port, p2p_port)
         else:
             layouts = write_network(directory, nodes, consensus, api_port, p2p_port, db)

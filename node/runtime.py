@@ -38,7 +38,7 @@ from ledger.store import ChainStore
 from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, apply_block, validate_block, validate_header
 import migrations
-from node.admin import MAX_FAULT_RECORDS, LeadershipControl, LinkFaultControl
+from node.admin import MAX_FAULT_RECORDS, ClusterControl, LinkFaultControl
 from node.read_index import ReadBarrier
 from node.config import NodeConfig
 from node.dev import DevControls, InLoop
@@ -94,7 +94,7 @@ class _Built:
     effects: BlockEffects
 
 
-class Node(ChainReads, LinkFaultControl, LeadershipControl, ReadBarrier):
+class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
     """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
 
     def __init__(

@@ -10,7 +10,6 @@ process dies, through PR_SET_PDEATHSIG, so none is orphaned).
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -139,12 +138,17 @@ def check_request(directory: Path, nodes: int, consensus: str | None, fresh: boo
             f"{directory} holds a {existing} network, not {consensus}: {_command(directory, nodes)} runs it as it is, "
             f"{_command(directory, nodes, consensus, '--fresh')} deletes it and starts a {consensus} one, "
             f"{_command(Path(f'testnet-{consensus}'), nodes, consensus)} keeps it and starts one beside it")
-    held = sum(1 for i in range(64) if (directory / f"node{i}" / "config.toml").exists())
-    if held != nodes:
+    held = held_nodes(directory)
+    if held > nodes:
         raise TestnetError(f"{directory} holds a network of {held} nodes, not {nodes}: {_command(directory, held)} "
                            f"runs it, {_command(directory, nodes, consensus, '--fresh')} deletes it and starts "
                            f"one of {nodes}")
-    return existing
+    return existing  # with more nodes than it holds, the new ones join it (add_nodes)
+
+
+def held_nodes(directory: Path) -> int:
+    """How many nodes a network folder holds (node0, node1, ... with a config)."""
+    return sum(1 for i in range(64) if (directory / f"node{i}" / "config.toml").exists())
 
 
 def write_network(
@@ -163,32 +167,46 @@ def write_network(
     keys = [PrivateKey.generate() for _ in range(nodes)]
     genesis = make_genesis(consensus, keys[0], validators=keys)
     genesis.save(out / "genesis.json")
-    layouts = []
-    for i, key in enumerate(keys):
-        directory = out / f"node{i}"
-        write_private_file(directory / NODE_KEY_FILE, key.secret.hex() + "\n")
-        if docker:
-            settings = {
-                "data_dir": f"/testnet/node{i}", "genesis": "/testnet/genesis.json",
-                "api_host": "0.0.0.0", "api_port": 8000, "p2p_host": "0.0.0.0", "p2p_port": 9000,
-                "peers": [f"node{j}:9000" for j in range(nodes) if j != i],
-            }
-            if db != "sqlite":
-                settings["db"] = f"postgresql+psycopg://postgres@postgres:5432/ledger_node{i}"
-        else:
-            settings = {
-                "data_dir": str(directory.resolve()), "genesis": str((out / "genesis.json").resolve()),
-                "api_port": api_port + i, "p2p_port": p2p_port + i,
-                "peers": [f"127.0.0.1:{p2p_port + j}" for j in range(nodes) if j != i],
-            }
-            if db != "sqlite":
-                settings["db"] = _database_url(db, i)
-        if consensus == "pow":
-            settings["mine"] = True
-        config = directory / "config.toml"
-        config.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()), encoding="utf-8")
-        layouts.append(NodeLayout(i, directory, config, f"http://127.0.0.1:{api_port + i}", p2p_port + i))
-    return layouts
+    return [_write_node(out, i, key, nodes, consensus, api_port, p2p_port, db, docker) for i, key in enumerate(keys)]
+
+
+def add_nodes(directory: Path, nodes: int, api_port: int = 8000, p2p_port: int = 9000, db: str = "sqlite") -> list[int]:
+    """Grow a network folder to `nodes` nodes: each new one gets a fresh key and a config that
+    dials every other node.  They are not validators or members (genesis named those): they
+    follow the chain, and under Raft `ledger raft add-member` makes one a member."""
+    held = held_nodes(directory)
+    genesis = Genesis.load(directory / "genesis.json")
+    added = list(range(held, nodes))
+    for i in added:
+        _write_node(directory, i, PrivateKey.generate(), nodes, genesis.engine, api_port, p2p_port, db, False)
+    return added
+
+
+def _write_node(out: Path, i: int, key: PrivateKey, nodes: int, consensus: str, api_port: int, p2p_port: int,
+                db: str, docker: bool) -> NodeLayout:
+    directory = out / f"node{i}"
+    write_private_file(directory / NODE_KEY_FILE, key.secret.hex() + "\n")
+    if docker:
+        settings = {
+            "data_dir": f"/testnet/node{i}", "genesis": "/testnet/genesis.json",
+            "api_host": "0.0.0.0", "api_port": 8000, "p2p_host": "0.0.0.0", "p2p_port": 9000,
+            "peers": [f"node{j}:9000" for j in range(nodes) if j != i],
+        }
+        if db != "sqlite":
+            settings["db"] = f"postgresql+psycopg://postgres@postgres:5432/ledger_node{i}"
+    else:
+        settings = {
+            "data_dir": str(directory.resolve()), "genesis": str((out / "genesis.json").resolve()),
+            "api_port": api_port + i, "p2p_port": p2p_port + i,
+            "peers": [f"127.0.0.1:{p2p_port + j}" for j in range(nodes) if j != i],
+        }
+        if db != "sqlite":
+            settings["db"] = _database_url(db, i)
+    if consensus == "pow":
+        settings["mine"] = True
+    config = directory / "config.toml"
+    config.write_text("".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items()), encoding="utf-8")
+    return NodeLayout(i, directory, config, f"http://127.0.0.1:{api_port + i}", p2p_port + i)
 
 
 def _database_url(base: str, index: int) -> str:

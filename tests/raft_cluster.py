@@ -26,6 +26,7 @@ from consensus.engine import (
     TxsAvailable,
 )
 from consensus.raft.engine import RaftEngine
+from ledger.address import address_of
 from ledger.block import Block, build_header
 from ledger.genesis import Genesis
 
@@ -44,8 +45,12 @@ def raft_genesis(members: int, **params) -> tuple[Genesis, list]:
 
 
 class Cluster:
-    def __init__(self, members: int = 5):
+    def __init__(self, members: int = 5, spares: int = 0):
+        """`members` nodes named by the genesis, and `spares` more that run the engine without
+        being members (they follow by sync until the membership names them)."""
         self.genesis, self.keys = raft_genesis(members)
+        self.keys += [key(f"raft-member-{i}") for i in range(members, members + spares)]
+        members += spares
         self.now = self.genesis.timestamp + 1
         root = self.genesis.block()
         self.chains: list[list[Block]] = [[root] for _ in range(members)]
@@ -78,6 +83,14 @@ class Cluster:
 
     def heal(self) -> None:
         self.cut.clear()
+
+    def sync(self, node: int, source: int) -> None:
+        """`node` imports the blocks `source` committed beyond its head, as block sync does."""
+        chain = self.chains[node]
+        for block in self.chains[source][len(chain):]:
+            chain.append(block)
+            self.feed(node, BlockCommitted(self.now, block.header))
+        self.run()
 
     def advance(self, ms: int) -> None:
         self.now += ms
@@ -149,5 +162,13 @@ class Cluster:
         self.pending.append((destination, PeerMessage(self.now, f"n{source}", message)))
 
     # ------------------------------------------------------------------ reading
+    @property
+    def members(self) -> tuple[bytes, ...]:
+        """Every member's public key (node i signs with keys[i])."""
+        return tuple(k.public_key for k in self.keys)
+
+    def address(self, node: int) -> bytes:
+        return address_of(self.keys[node].public_key)
+
     def committed(self, node: int) -> list[bytes]:
         return [block.hash for block in self.chains[node]]

@@ -2,7 +2,8 @@
 
 The node's OpenAPI document states every constraint JSON Schema can express; three it
 cannot: an address's bech32m checksum, a transaction's signature (and its sender being a
-point on the curve), and the canonical binary encoding behind `raw`.  A generator that
+point on the curve, as a node key added to a Raft cluster must be), and the canonical
+binary encoding behind `raw`.  A generator that
 only follows the schema therefore draws addresses that fail their checksum and
 transactions nobody signed, and `positive_data_acceptance` would blame the schema for
 rules no schema can state.  So, for positive cases only, these hooks do what any real
@@ -87,6 +88,11 @@ def map_case(context: schemathesis.HookContext, case: Any) -> Any:
     if case.method.upper() == "POST" and case.path == "/v1/admin/leadership" and isinstance(case.body, dict) \
             and isinstance(case.body.get("to"), str):
         case.body = {**case.body, "to": _checksummed(case.body["to"])}
+    if case.method.upper() == "POST" and case.path == "/v1/admin/members" and isinstance(case.body, dict):
+        if isinstance(case.body.get("remove"), str):
+            case.body = {**case.body, "remove": _checksummed(case.body["remove"])}
+        elif isinstance(case.body.get("add"), str):  # a point on the curve, as a node key is
+            case.body = {**case.body, "add": KEYS[_digest(case.body["add"])[0] % len(KEYS)].public_key.hex()}
     if case.method.upper() == "POST" and case.path == "/v1/transactions":
         case.body = _sign_body(case.body)
     if case.query and case.query.get("wait") == "final":

@@ -21,7 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.app import create_app
-from api.explorer import CHART_BLOCKS, LATEST_BLOCKS_SCANNED, format_units, nice_ceiling
+from api.explorer import CHART_BLOCKS, LATEST_BLOCKS_SCANNED, format_units, network_events, nice_ceiling
 from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.crypto import PrivateKey
@@ -546,6 +546,17 @@ def test_axis_tops_are_round_and_cover_the_data(value):
     assert top <= value * 2.5 * (1 + 1e-9)
     mantissa = top / 10 ** int(f"{top:e}".split("e")[1])
     assert round(mantissa, 6) in (1, 2, 5, 10)
+
+
+def test_elections_are_network_events_naming_the_leader():
+    extra = {"engine": {"details": {"leaders_seen": [
+        {"at": 1_000, "term": 1, "leader": "01" * 20}, {"at": 3_000, "term": 2, "leader": "02" * 20},
+        {"at": 2_000, "term": 9, "leader": "not hex"}]}},
+        "faults": [{"at": 2_500, "description": "cut off from abababababab"}]}
+    events = network_events(extra, lambda raw: f"member-{raw[0]}")
+    assert [(e["kind"], e["text"]) for e in events] == [
+        ("election", "member-2 leads term 2"), ("fault", "cut off from abababababab"), ("election", "member-1 leads term 1")]
+    assert network_events({"engine": {"details": {"leaders_seen": "junk"}}}) == []
 
 
 def test_the_dashboard_lists_faults_laid_on_the_links_and_reorgs_newest_first(tmp_path):

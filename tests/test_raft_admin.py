@@ -1,5 +1,5 @@
-"""Leadership transfer through the admin endpoint: the route's checks (api/admin.py) and the
-node's (node/admin.py LeadershipControl) on a real Raft engine, before any event is fed."""
+"""Leadership transfer and membership changes through the admin endpoint: the route's checks (api/admin.py) and the
+node's (node/admin.py ClusterControl) on a real Raft engine, before any event is fed."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from api.admin import LeadershipRefused
+from api.admin import AdminRefused
 from api.app import create_app
-from consensus.engine import LeadershipTransferRequested
-from ledger.address import encode_address
-from node.admin import LeadershipControl
+from consensus.engine import LeadershipTransferRequested, MembershipChangeRequested
+from ledger.address import address_of, encode_address
+from node.admin import ClusterControl
 from raft_cluster import Cluster
 from test_api_unit import PREFIX, TOKEN, FakeService, assert_problem, call
 
@@ -27,9 +27,16 @@ class LeadingService(FakeService):
 
     def transfer_leadership(self, to: bytes) -> dict:
         if to not in self.members:
-            raise LeadershipRefused("not_a_member", f"{to.hex()} is not a member")
+            raise AdminRefused("not_a_member", f"{to.hex()} is not a member")
         self.asked.append(to)
         return {"from": self.members[0].hex(), "to": to.hex(), "term": 3}
+
+    def change_membership(self, add: bytes | None, remove: bytes | None) -> dict:
+        if remove is not None and remove not in self.members:
+            raise AdminRefused("not_a_member", f"{remove.hex()} is not a member")
+        self.asked.append(add or remove)
+        member = address_of(add) if add is not None else remove
+        return {"change": "add learner" if add else "remove voter", "member": member.hex(), "term": 3}
 
 
 def test_the_route_hands_the_lead_over_and_names_both_members():
@@ -60,8 +67,43 @@ def test_the_route_refuses_bad_requests_by_field_and_asks_nothing():
     assert service.asked == []
 
 
-class NodeOf(LeadershipControl):
-    """What LeadershipControl needs of a Node: an engine, its lock, a clock and a queue."""
+NEW_KEY = Cluster(3, spares=1).members[3]
+
+
+def test_the_members_route_adds_by_node_key_and_removes_by_address():
+    members = [bytes([i]) * 20 for i in range(3)]
+    service = LeadingService(members)
+    app = create_app(service, admin_token=TOKEN)
+    added = call(app, "POST", "/v1/admin/members", json={"add": NEW_KEY.hex()}, headers=AUTH)
+    assert added.status_code == 202, added.text
+    assert added.json() == {"change": "add learner", "member": encode_address(PREFIX, address_of(NEW_KEY)), "term": 3}
+    removed = call(app, "POST", "/v1/admin/members", json={"remove": encode_address(PREFIX, members[2])}, headers=AUTH)
+    assert removed.json() == {"change": "remove voter", "member": encode_address(PREFIX, members[2]), "term": 3}
+    assert service.asked == [NEW_KEY, members[2]]
+
+
+@pytest.mark.parametrize("body, status, reason, field", [
+    ({"add": NEW_KEY.hex()[:-2]}, 422, "invalid_value", "add"),
+    ({"add": "zz" * 33}, 422, "invalid_value", "add"),
+    ({"add": "04" + NEW_KEY.hex()[2:]}, 422, "invalid_value", "add"),
+    ({"add": 5}, 422, "wrong_type", "add"),
+    ({"remove": "nope"}, 400, "bad_format", "remove"),
+    ({"remove": encode_address(PREFIX, b"\x09" * 20)}, 422, "not_a_member", "remove"),
+    ({}, 422, "missing_field", None),
+    ({"add": NEW_KEY.hex(), "remove": encode_address(PREFIX, b"\x01" * 20)}, 422, "missing_field", None),
+    ({"drop": 1}, 422, "unknown_field", "drop"),
+    ([1], 422, "wrong_type", None),
+])
+def test_the_members_route_refuses_bad_requests_and_asks_nothing(body, status, reason, field):
+    service = LeadingService([bytes([i]) * 20 for i in range(3)])
+    app = create_app(service, admin_token=TOKEN)
+    assert_problem(call(app, "POST", "/v1/admin/members", json=body, headers=AUTH), status, reason, field)
+    assert_problem(call(app, "POST", "/v1/admin/members", json={"add": NEW_KEY.hex()}), 401, "unauthorized")
+    assert service.asked == []
+
+
+class NodeOf(ClusterControl):
+    """What ClusterControl needs of a Node: an engine, its lock, a clock and a queue."""
 
     def __init__(self, engine, now: int):
         self.engine, self.lock, self.fed = engine, threading.Lock(), []
@@ -76,13 +118,13 @@ def test_only_the_leader_starts_a_transfer_and_only_to_another_member():
     cluster = Cluster(3)
     cluster.tick(0, after_ms=300)
     leader, follower = NodeOf(cluster.engines[0], cluster.now), NodeOf(cluster.engines[1], cluster.now)
-    addresses = cluster.engines[0].addresses
-    with pytest.raises(LeadershipRefused, match=f"not the leader .it follows {encode_address(PREFIX, addresses[0])}"):
+    addresses = [cluster.address(i) for i in range(3)]
+    with pytest.raises(AdminRefused, match=f"not the leader .it follows {encode_address(PREFIX, addresses[0])}"):
         follower.transfer_leadership(addresses[2])
-    with pytest.raises(LeadershipRefused) as refused:
+    with pytest.raises(AdminRefused) as refused:
         leader.transfer_leadership(b"\x09" * 20)
     assert refused.value.reason == "not_a_member"
-    with pytest.raises(LeadershipRefused) as refused:
+    with pytest.raises(AdminRefused) as refused:
         leader.transfer_leadership(addresses[0])
     assert refused.value.reason == "already_leader"
     assert leader.fed == [] and follower.fed == []
@@ -91,11 +133,43 @@ def test_only_the_leader_starts_a_transfer_and_only_to_another_member():
     assert leader.fed == [LeadershipTransferRequested(cluster.now, addresses[2])]
 
 
+def test_only_the_leader_changes_members_one_change_at_a_time_and_never_removes_itself():
+    cluster = Cluster(3, spares=1)
+    cluster.tick(0, after_ms=300)
+    leader, follower = NodeOf(cluster.engines[0], cluster.now), NodeOf(cluster.engines[1], cluster.now)
+    new = cluster.members[3]
+
+    def refused(control, add, remove) -> str:
+        with pytest.raises(AdminRefused) as caught:
+            control.change_membership(add, remove)
+        return caught.value.reason
+
+    assert refused(follower, new, None) == "not_leader"
+    assert refused(leader, cluster.members[1], None) == "already_member"
+    assert refused(leader, None, b"\x09" * 20) == "not_a_member"
+    assert refused(leader, None, cluster.address(0)) == "is_leader"
+    assert leader.fed == [] and follower.fed == []
+    assert leader.change_membership(new, None) == {"change": "add learner", "member": cluster.address(3).hex(),
+                                                   "term": cluster.engines[0].term}
+    assert leader.fed == [MembershipChangeRequested(cluster.now, new, add=True)]
+    cluster.isolate(0)
+    cluster.feed(0, leader.fed[0])  # appended, not committed: the next change waits
+    assert refused(leader, None, cluster.address(2)) == "change_pending"
+    cluster.heal()
+    cluster.heartbeat(0)
+    cluster.isolate(3)  # the learner stays a learner: it can be removed as one
+    assert leader.change_membership(None, cluster.address(3))["change"] == "remove learner"
+
+
 def test_an_engine_without_a_leader_refuses():
     engine = SimpleNamespace(name="bft", transfers_leadership=False)
-    with pytest.raises(LeadershipRefused) as refused:
+    with pytest.raises(AdminRefused) as refused:
         NodeOf(engine, 0).transfer_leadership(b"\x01" * 20)
     assert refused.value.reason == "no_leader_to_move"
+    engine = SimpleNamespace(name="bft", changes_membership=False)
+    with pytest.raises(AdminRefused) as refused:
+        NodeOf(engine, 0).change_membership(None, b"\x01" * 20)
+    assert refused.value.reason == "no_membership"
 
 
 def test_a_linearizable_read_waits_for_the_barrier_and_a_refusal_is_a_problem():

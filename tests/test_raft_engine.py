@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 
 import consensus.raft.engine as raft_engine
+import consensus.raft.log as raft_log
 from bft_helpers import key
 from ledger.address import encode_address
 from consensus.engine import (
@@ -28,6 +29,7 @@ from ledger.block import Block, build_header
 from consensus.raft import messages
 from consensus.raft.engine import RaftEngine
 from consensus.raft.log import term_of
+from consensus.raft.membership import encode_extra
 from raft_cluster import ELECTION_MS, HEARTBEAT_MS, Cluster, raft_genesis
 
 
@@ -41,8 +43,7 @@ def elect(cluster: Cluster, node: int) -> None:
 
 
 def appends_with(cluster: Cluster, message: bytes) -> tuple[int, ...]:
-    decoded = messages.decode_message(message, cluster.engines[0].members if cluster.engines[0] else
-                                      RaftEngine(cluster.genesis, None).members, cluster.genesis.chain_id, 100)
+    decoded = messages.decode_message(message, cluster.members, cluster.genesis.chain_id, 100)
     if isinstance(decoded, messages.AppendEntries):
         return tuple(block.height for block in decoded.entries)
     return ()
@@ -53,11 +54,11 @@ def without_entry(cluster: Cluster, message: bytes, height: int) -> bytes:
     still answers it: a refusal, or a success for what came before)."""
     if height not in appends_with(cluster, message):
         return message
-    decoded = messages.decode_message(message, cluster.engines[0].members, cluster.genesis.chain_id, 100)
+    decoded = messages.decode_message(message, cluster.members, cluster.genesis.chain_id, 100)
     kept = tuple(block for block in decoded.entries if block.height < height)
     stripped = messages.AppendEntries(decoded.term, decoded.leader, decoded.prev_index, decoded.prev_term,
                                       decoded.commit, kept)
-    return messages.encode_message(stripped, cluster.keys[decoded.leader], cluster.genesis.chain_id)
+    return messages.encode_message(stripped, cluster.keys[cluster.members.index(decoded.leader)], cluster.genesis.chain_id)
 
 
 def run_figure_8(cluster: Cluster) -> dict:
@@ -144,7 +145,7 @@ def test_pre_vote_keeps_a_cut_off_member_from_raising_the_term():
     cluster.tick(2, after_ms=0)  # its pre-vote now reaches members that hear their leader
     cluster.heartbeat(0)
     assert cluster.engines[0].role == "leader" and cluster.engines[0].term == term
-    assert cluster.engines[2].leader == 0
+    assert cluster.engines[2].leader == cluster.members[0]
 
 
 def test_check_quorum_a_leader_cut_off_from_the_majority_steps_down():
@@ -163,13 +164,13 @@ def test_a_vote_is_persisted_before_it_leaves_and_survives_a_restart():
     elect(cluster, 0)
     actions = cluster.actions[1]
     granted = [i for i, a in enumerate(actions) if isinstance(a, Send)
-               and isinstance(m := messages.decode_message(a.message, cluster.engines[1].members, "raft-test", 100),
+               and isinstance(m := messages.decode_message(a.message, cluster.members, "raft-test", 100),
                               messages.VoteResponse) and m.granted and not m.pre_vote]
     assert granted and isinstance(actions[granted[0] - 1], Persist)
     term = cluster.engines[1].term
     cluster.crash(1)
     cluster.start(1)
-    assert (cluster.engines[1].term, cluster.engines[1].voted_for) == (term, 0)
+    assert (cluster.engines[1].term, cluster.engines[1].voted_for) == (term, cluster.members[0])
 
 
 def test_entries_are_persisted_before_they_are_acknowledged_and_kept_across_a_restart():
@@ -197,8 +198,8 @@ def test_hostile_messages_change_nothing():
     engine = cluster.engines[1]
     before = (engine.term, engine.voted_for, engine.log.last_index, engine.role)
     stranger = key("raft-stranger")  # signs as member 2 without being it
-    forged = messages.encode_message(messages.VoteRequest(False, 99, 2, 99, 99), stranger, "raft-test")
-    other_chain = messages.encode_message(messages.VoteRequest(False, 99, 2, 99, 99), cluster.keys[2], "another")
+    forged = messages.encode_message(messages.VoteRequest(False, 99, cluster.members[2], 99, 99), stranger, "raft-test")
+    other_chain = messages.encode_message(messages.VoteRequest(False, 99, cluster.members[2], 99, 99), cluster.keys[2], "another")
     for data in (b"", b"\x04", bytes(200), forged, other_chain, forged[:-1] + bytes([forged[-1] ^ 1])):
         assert not [a for a in engine.handle(PeerMessage(cluster.now, "n9", data)) if isinstance(a, (Send, Persist))]
     assert (engine.term, engine.voted_for, engine.log.last_index, engine.role) == before
@@ -223,7 +224,7 @@ def test_bad_genesis_params_are_refused_with_a_reason(params, problem):
 
 
 def transfer(cluster: Cluster, leader: int, to: int) -> None:
-    cluster.feed(leader, LeadershipTransferRequested(cluster.now, cluster.engines[leader].addresses[to]))
+    cluster.feed(leader, LeadershipTransferRequested(cluster.now, cluster.address(to)))
     cluster.run()
 
 
@@ -236,7 +237,7 @@ def test_leadership_moves_to_the_member_asked_for_even_one_that_was_behind():
     term = cluster.engines[0].term
     transfer(cluster, 0, 2)  # S0 first brings S2's log up to its own, then hands over
     assert cluster.engines[2].role == "leader" and cluster.engines[2].term == term + 1
-    assert cluster.engines[0].role == "follower" and cluster.engines[0].leader == 2
+    assert cluster.engines[0].role == "follower" and cluster.engines[0].leader == cluster.members[2]
     assert cluster.engines[2].log.last_index >= 3  # block 2 and its own no-op
     cluster.submit(2)
     assert len({tuple(cluster.committed(n)) for n in range(3)}) == 1
@@ -264,7 +265,7 @@ def test_a_follower_ignores_a_timeout_now_from_anyone_but_its_leader():
     cluster = Cluster(3)
     elect(cluster, 0)
     term = cluster.engines[0].term
-    forged = messages.encode_message(messages.TimeoutNow(term, 1), cluster.keys[1], "raft-test")
+    forged = messages.encode_message(messages.TimeoutNow(term, cluster.members[1]), cluster.keys[1], "raft-test")
     cluster.feed(2, PeerMessage(cluster.now, "n1", forged))
     cluster.run()
     assert cluster.engines[2].role == "follower" and cluster.engines[0].term == term
@@ -276,11 +277,21 @@ def test_the_status_and_the_labels_say_who_led_what():
     cluster.submit(0)
     status = cluster.engines[1].status()
     assert status.finality.value == "replication" and status.term == 1 and status.role == "follower"
-    assert status.details["leader"] == cluster.engines[1].addresses[0].hex()
+    assert status.details["leader"] == cluster.address(0).hex()
     assert [(v.blocks_proposed, v.last_signed_height) for v in status.validators] == [(2, 2), (0, None), (0, None)]
     header = cluster.chains[1][2].header
     labels = dict(cluster.engines[1].block_labels(header, cluster.chains[1][1].header))
-    assert labels == {"term": "1", "leader": encode_address("dev", cluster.engines[1].addresses[0])}
+    assert labels == {"term": "1", "leader": encode_address("dev", cluster.address(0))}
+
+
+def test_each_node_notes_who_led_each_term_once_for_the_explorer():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.heartbeat(0)
+    transfer(cluster, 0, 2)
+    seen = cluster.engines[1].status().details["leaders_seen"]
+    assert [(s["term"], s["leader"]) for s in seen] == [(1, cluster.address(0).hex()), (2, cluster.address(2).hex())]
+    assert seen[0]["at"] <= seen[1]["at"]
 
 
 def read(cluster: Cluster, node: int, request: int) -> None:
@@ -344,10 +355,10 @@ def test_a_restarted_leader_waits_for_a_lagging_follower_to_sync_instead_of_prob
     for _ in range(3):
         cluster.heartbeat(0)
     appends = [a for a in cluster.actions[0][sent_before:] if isinstance(a, Send)
-               and isinstance(messages.decode_message(a.message, cluster.engines[0].members, "raft-test", 100),
+               and isinstance(messages.decode_message(a.message, cluster.members, "raft-test", 100),
                               messages.AppendEntries)]
     assert len(appends) <= 8, len(appends)  # one probe a heartbeat, not a walk down the log
-    assert cluster.engines[0].next_index[1] == 3  # parked at S0's head, awaiting S1's sync
+    assert cluster.engines[0].next_index[cluster.members[1]] == 3  # parked at S0's head, awaiting S1's sync
     # S1 syncs block 2 from the store of a peer, as the runtime's block sync does ...
     block = cluster.chains[0][2]
     cluster.chains[1].append(block)
@@ -368,8 +379,8 @@ def test_a_block_built_while_the_lead_is_handed_over_is_dropped():
     transfer(cluster, 0, 2)  # S2 is down: the transfer waits for it
     assert engine.status().details["transferring_to"] is not None
     last = engine.log.last_index
-    built = build_header("raft-test", cluster.chains[0][-1].header, cluster.now + 1, [], engine.addresses[0],
-                         messages.encode_extra(engine.term))
+    built = build_header("raft-test", cluster.chains[0][-1].header, cluster.now + 1, [], cluster.address(0),
+                         encode_extra(engine.term, engine.genesis_members, engine.genesis_members))
     cluster.feed(0, BlockBuilt(cluster.now, Block(built, ())))
     assert engine.log.last_index == last  # dropped, not appended
 
@@ -381,7 +392,7 @@ def test_saved_state_that_does_not_decode_leaves_the_engine_unstarted_not_forget
     with pytest.raises(DecodeError):
         engine.handle(Started(genesis.timestamp + 1, root, b"\\x09 not a saved state", (root,)))
     assert engine.log is None and engine.term == 0
-    request = messages.encode_message(messages.VoteRequest(False, 1, 0, 0, 0), keys[0], genesis.chain_id)
+    request = messages.encode_message(messages.VoteRequest(False, 1, keys[0].public_key, 0, 0), keys[0], genesis.chain_id)
     assert engine.handle(PeerMessage(genesis.timestamp + 2, "n0", request)) == []  # no vote from a node that forgot
 
 
@@ -389,7 +400,7 @@ def test_a_restart_into_a_newer_term_than_the_saved_vote_forgets_that_vote():
     cluster = Cluster(3)
     elect(cluster, 0)  # S1 voted for S0 in term 1 and saved it
     engine = RaftEngine(cluster.genesis, cluster.keys[1])
-    saved = raft_engine._encode_saved(0, 2, [])  # an older term's vote, with a log of term 1
+    saved = raft_log.encode_saved(0, cluster.members[2], [])  # an older term's vote, with a log of term 1
     chain = cluster.chains[1]
     engine.handle(Started(cluster.now, chain[-1].header, saved, tuple(b.header for b in chain)))
     assert (engine.term, engine.voted_for) == (1, None)

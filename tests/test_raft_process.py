@@ -34,7 +34,7 @@ from ledger.address import address_of, encode_address
 from ledger.genesis import Genesis
 from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
-from node.testnet import write_network
+from node.testnet import add_nodes, write_network
 from tests.nodeproc import ROOT, child_env
 from tests.test_network_process import BOB, ConfiguredNode, Network, free_port_run, stop_with_children
 from tests.test_pos_process import partition
@@ -51,17 +51,20 @@ FAILOVER_TIMEOUT = 15.0
 HALT_WINDOW = 4 * ELECTION_MS / 1000
 
 
-def raft_network(tmp_path: Path, members: int) -> tuple[Network, list[ConfiguredNode]]:
-    api_port = free_port_run(members)
-    p2p_port = free_port_run(members, avoid=range(api_port, api_port + members))
+def raft_network(tmp_path: Path, members: int, spares: int = 0) -> tuple[Network, list[ConfiguredNode]]:
+    """`members` nodes the genesis names, and `spares` more that follow (ledger testnet's growth)."""
+    count = members + spares
+    api_port = free_port_run(count)
+    p2p_port = free_port_run(count, avoid=range(api_port, api_port + count))
     directory = tmp_path / "net"
     write_network(directory, members, "raft", api_port, p2p_port)
+    add_nodes(directory, count, api_port, p2p_port)
     path = directory / "genesis.json"
     genesis = Genesis.load(path)
     genesis = dataclasses.replace(genesis, engine_params={**genesis.engine_params, "election_timeout_ms": ELECTION_MS,
                                                           "heartbeat_ms": 50})
     genesis.save(path)
-    nodes = [ConfiguredNode(directory / f"node{i}", api_port + i, tmp_path / f"node{i}-logs") for i in range(members)]
+    nodes = [ConfiguredNode(directory / f"node{i}", api_port + i, tmp_path / f"node{i}-logs") for i in range(count)]
     return Network(directory, genesis, nodes, httpx.Client(timeout=5.0)), nodes
 
 

@@ -86,3 +86,20 @@ def test_a_pos_network_makes_every_node_a_validator_of_equal_stake(tmp_path):
     ]
     engine = create_engine(genesis, keys[0])
     assert engine.name == "pos" and engine.staking
+
+
+def test_more_nodes_than_the_folder_holds_add_followers_with_fresh_keys(tmp_path):
+    directory = tmp_path / "raft"
+    write_network(directory, 3, "raft", 28100, 29100)
+    genesis_before = (directory / "genesis.json").read_bytes()
+    configs_before = [(directory / f"node{i}" / "config.toml").read_bytes() for i in range(3)]
+    assert check_request(directory, 4, None, fresh=False) == "raft"
+    assert launcher.add_nodes(directory, 4, 28100, 29100) == [3]
+    config = (directory / "node3" / "config.toml").read_text()
+    assert "api_port = 28103" in config and "p2p_port = 29103" in config
+    assert all(f'"127.0.0.1:{29100 + j}"' in config for j in range(3))
+    keys = {(directory / f"node{i}" / "node_key").read_text() for i in range(4)}
+    assert len(keys) == 4  # a key of its own, in no genesis
+    assert (directory / "genesis.json").read_bytes() == genesis_before
+    assert [(directory / f"node{i}" / "config.toml").read_bytes() for i in range(3)] == configs_before
+    assert launcher.add_nodes(directory, 4, 28100, 29100) == []  # nothing more to add

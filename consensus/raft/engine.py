@@ -26,6 +26,11 @@ of etcd's design), so a leader that lost its majority steps down and voters igno
 candidate while they hear from a live leader; a leader starts its term with an empty block
 (the no-op of 8), which commits what earlier terms left.
 
+Members are named by their public keys; who they are is the membership the last entry of
+the log names (consensus/raft/membership.py: voters, and learners that only follow), which
+an operator changes one server at a time (consensus/raft/operators.py, with leadership
+transfer).
+
 Durability: `currentTerm`, `votedFor` and the uncommitted entries are `Persist`ed before
 any vote or acknowledgement that depends on them leaves the node.  The leader builds a
 block only when nothing is uncommitted, so the runtime always builds on its head.
@@ -34,11 +39,12 @@ block only when nothing is uncommitted, so the runtime always builds on its head
 from __future__ import annotations
 
 import hashlib
+from collections import deque
 
 from ledger import crypto
 from ledger.address import address_of, encode_address
 from ledger.block import Block, BlockHeader, InvalidSeal, build_header
-from ledger.codec import DecodeError, Reader, Writer
+from ledger.codec import DecodeError
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 
 from consensus.engine import (
@@ -51,6 +57,7 @@ from consensus.engine import (
     Engine,
     Event,
     LeadershipTransferRequested,
+    MembershipChangeRequested,
     PeerConnected,
     PeerMessage,
     Persist,
@@ -62,7 +69,9 @@ from consensus.engine import (
     TxsAvailable,
 )
 from consensus.raft import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE
-from consensus.raft.log import RaftLog, term_of
+from consensus.raft.log import RaftLog, decode_saved, encode_saved, term_of
+from consensus.raft.membership import Membership, Memberships, encode_extra
+from consensus.raft.operators import OperatorPart
 from consensus.raft.reads import ReadIndexPart
 from consensus.raft.messages import (
     MAX_APPEND_BYTES,
@@ -77,21 +86,18 @@ from consensus.raft.messages import (
     VoteRequest,
     VoteResponse,
     decode_message,
-    encode_extra,
     encode_message,
-    term_of_extra,
 )
 
-SAVED_VERSION = 1
-MAX_SAVED_ENTRIES = 1024
 
 
-class RaftEngine(ReadIndexPart, Engine):
+class RaftEngine(ReadIndexPart, OperatorPart, Engine):
     name = "raft"
     finality = Finality.REPLICATION
     ancestors_needed = 64  # terms of recent entries, to match a follower's log after a restart
     pushes_own_blocks = False  # AppendEntries carries them; peers import only committed ones by sync
     transfers_leadership = True
+    changes_membership = True
     reads_linearizable = True
 
     def __init__(self, genesis, signer: crypto.PrivateKey | None):
@@ -99,14 +105,14 @@ class RaftEngine(ReadIndexPart, Engine):
         self.chain_id = genesis.chain_id
         self.address_prefix = genesis.address_prefix
         self.max_block_transactions = genesis.max_block_transactions
-        self.members = self.params.members
-        self.addresses = tuple(address_of(key) for key in self.members)
+        self.genesis_members = Membership(self.params.members)
+        self.memberships = Memberships(self.genesis_members)
         self._key = signer
-        self.me: int | None = self.members.index(signer.public_key) if signer is not None and signer.public_key in self.members else None
+        self.key: bytes | None = signer.public_key if signer is not None else None
         self.term = 0
-        self.voted_for: int | None = None
+        self.voted_for: bytes | None = None
         self.role = FOLLOWER
-        self.leader: int | None = None
+        self.leader: bytes | None = None
         self.log: RaftLog | None = None
         self.commit_index = 0
         self._applying = 0  # the highest index a Commit was asked for
@@ -117,32 +123,48 @@ class RaftEngine(ReadIndexPart, Engine):
         self._quorum_check_at = 0
         self._leader_heard_at: int | None = None  # when a leader of the current term last spoke
         self._draws = 0
-        self._votes: set[int] = set()
-        self.next_index: dict[int, int] = {}
-        self.match_index: dict[int, int] = {}
-        self._acked_at: dict[int, int] = {}  # leader: when each member last answered
-        self.peer_of: dict[int, str] = {}  # member -> peer id, learned from messages it signed
+        self._votes: set[bytes] = set()
+        self.next_index: dict[bytes, int] = {}  # leader: per member but itself, voters and learners
+        self.match_index: dict[bytes, int] = {}
+        self._acked_at: dict[bytes, int] = {}  # leader: when each member last answered
+        self.peer_of: dict[bytes, str] = {}  # member -> peer id, learned from messages it signed
         self._building = False
         self._txs_waiting = 0
-        self._transfer_to: int | None = None  # leader: the member it is handing the lead to
-        self._transfer_until = 0
+        self._init_operators()
         self._init_reads()
-        self.proposed: dict[int, int] = {}  # member -> blocks it appended that this node saw committed
-        self.last_signed: dict[int, int] = {}  # member -> height of the newest of them
+        self.proposed: dict[bytes, int] = {}  # address -> blocks it appended that this node saw committed
+        self.last_signed: dict[bytes, int] = {}  # address -> height of the newest of them
         self.elections = 0  # elections this node started
+        self.leaders_seen: deque[tuple[int, int, bytes]] = deque(maxlen=16)  # (when, term, leader), newest last
         self.refused_messages = 0
+
+    # ------------------------------------------------------------------ members
+    @property
+    def me(self) -> bytes | None:
+        """This node's key while it is a member (voter or learner) of its log's membership."""
+        return self.key if self.key is not None and self.log is not None and self.key in self._members() else None
+
+    def _is_voter(self) -> bool:
+        return self.log is not None and self.key in self._members().voters
+
+    def _members(self) -> Membership:
+        """The membership in force here: the one the last entry of the log names (4.1)."""
+        assert self.log is not None
+        return self.memberships.of(self.log.last_header())
+
+    def _membership_of(self, header: BlockHeader) -> Membership:
+        return self.memberships.of(header)
+
+    def _address(self, key: bytes) -> bytes:
+        return self.memberships.address(key)
+
+    def _voters_among(self, keys) -> int:
+        voters = self._members().voters
+        return sum(1 for key in set(keys) if key in voters)
 
     # ------------------------------------------------------------------ pure checks
     def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
-        try:
-            term = term_of_extra(header.extra)
-        except DecodeError as exc:
-            raise InvalidSeal(f"raft block extra: {exc}") from None
-        if term < 1 or term < term_of(parent):
-            raise InvalidSeal(f"raft block of term {term} follows a block of term {term_of(parent)}")
-        if header.proposer not in self.addresses:
-            raise InvalidSeal("raft block appended by no member")
-        key = self.members[self.addresses.index(header.proposer)]
+        key = self.memberships.sealer(header, parent)
         if not crypto.verify_digest(key, header.sealing_digest(), header.seal):
             raise InvalidSeal("raft block seal is not its leader's signature")
 
@@ -152,7 +174,12 @@ class RaftEngine(ReadIndexPart, Engine):
     def block_labels(self, header: BlockHeader, parent: BlockHeader | None) -> list[tuple[str, str]]:
         if header.height == 0:
             return []
-        return [("term", str(term_of(header))), ("leader", encode_address(self.address_prefix, header.proposer))]
+        labels = [("term", str(term_of(header))), ("leader", encode_address(self.address_prefix, header.proposer))]
+        change = self.memberships.change(header, parent) if parent is not None else None
+        if change is not None:
+            step, key = change
+            labels.append(("membership", f"{step} {encode_address(self.address_prefix, self._address(key))}"))
+        return labels
 
     # ------------------------------------------------------------------ events
     def handle(self, event: Event) -> list[Action]:
@@ -174,6 +201,8 @@ class RaftEngine(ReadIndexPart, Engine):
             self._on_committed(event.header, event.recent)
         elif isinstance(event, LeadershipTransferRequested):
             self._on_transfer_requested(event.to)
+        elif isinstance(event, MembershipChangeRequested):
+            self._on_membership_requested(event.key, event.add)
         elif isinstance(event, ReadIndexRequested):
             self._on_read_requested(None, event.request)
         elif isinstance(event, PeerConnected) and self.role == LEADER:
@@ -186,7 +215,7 @@ class RaftEngine(ReadIndexPart, Engine):
         # Decoded before anything is set: saved state that does not decode raises here and
         # leaves the engine unstarted (it ignores every event), never voting again in a term
         # it may have voted in already.
-        term, voted_for, entries = (_decode_saved(event.persisted, self.max_block_transactions)
+        term, voted_for, entries = (decode_saved(event.persisted, self.max_block_transactions, self.params.members)
                                     if event.persisted else (0, None, []))
         log = RaftLog(event.head, event.recent)
         for block in entries:
@@ -198,7 +227,7 @@ class RaftEngine(ReadIndexPart, Engine):
         self.log = log
         self.commit_index = self._applying = event.head.height
         self._reset_election_timer()
-        if len(self.members) == 1 and self.me is not None:
+        if self._members().voters == (self.key,):
             self._election_at = self._now  # alone: no one to wait for
 
     # ------------------------------------------------------------------ timers
@@ -218,10 +247,17 @@ class RaftEngine(ReadIndexPart, Engine):
             at = min(self._heartbeat_at, self._quorum_check_at)
             if self._transfer_to is not None:
                 at = min(at, self._transfer_until)
-        elif self.me is not None:
+        elif self._is_voter():
             at = self._election_at
-        else:
+        elif self.me is None:
             return  # not a member: it follows by sync and never campaigns
+        else:
+            at = None  # a learner follows and never campaigns
+        deadlines = self._read_deadlines()
+        if at is None:
+            if deadlines:
+                self._out.append(SetTimer(max(min(deadlines), self._now)))
+            return
         deadlines = self._read_deadlines()
         if deadlines:
             at = min(at, min(deadlines))
@@ -233,9 +269,9 @@ class RaftEngine(ReadIndexPart, Engine):
             if self._now >= self._quorum_check_at:
                 # Check-quorum: a leader that heard from no majority in an election timeout
                 # may be on the small side of a partition; it stops serving.
-                heard = 1 + sum(1 for member, at in self._acked_at.items()
-                                if member != self.me and at > self._now - self.params.election_timeout_ms)
-                if heard < self.params.majority:
+                recent = self._now - self.params.election_timeout_ms
+                heard = self._voters_among([self.key] + [m for m, at in self._acked_at.items() if at > recent])
+                if heard < self._members().majority:
                     self._become_follower(self.term, None)
                     return
                 self._quorum_check_at = self._now + self.params.election_timeout_ms
@@ -243,31 +279,31 @@ class RaftEngine(ReadIndexPart, Engine):
                 self._transfer_to = None  # the target did not take over in time: lead on
             if self._now >= self._heartbeat_at:
                 self._replicate()
-        elif self.me is not None and self._now >= self._election_at:
+        elif self._is_voter() and self._now >= self._election_at:
             self._campaign(pre_vote=True)
 
     # ------------------------------------------------------------------ elections
     def _campaign(self, pre_vote: bool, transfer: bool = False) -> None:
         """Candidates: vote for yourself and ask the others.  A pre-vote first asks whether
         they would vote for us in the next term, changing no term."""
-        assert self.me is not None and self.log is not None
+        assert self.key is not None and self.log is not None and self._is_voter()
         self._reset_election_timer()
-        self._votes = {self.me}
+        self._votes = {self.key}
         if pre_vote:
             self.role = PRE_CANDIDATE
             term = self.term + 1
         else:
             self.role = CANDIDATE
             self.term += 1
-            self.voted_for = self.me
+            self.voted_for = self.key
             self.leader = None
             self.elections += 1
             self._persist()
             term = self.term
-        if len(self._votes) >= self.params.majority:
+        if self._voters_among(self._votes) >= self._members().majority:
             self._won(pre_vote)
             return
-        request = VoteRequest(pre_vote, term, self.me, self.log.last_index, self.log.last_term, transfer)
+        request = VoteRequest(pre_vote, term, self.key, self.log.last_index, self.log.last_term, transfer)
         self._out.append(Broadcast(self._encode(request)))
 
     def _in_lease(self) -> bool:
@@ -280,17 +316,19 @@ class RaftEngine(ReadIndexPart, Engine):
 
     def _on_vote_request(self, peer: str, request: VoteRequest) -> None:
         """RequestVote receiver: grant if the term is current, no other vote was given in it,
-        and the candidate's log is at least as up to date."""
-        assert self.log is not None and self.me is not None
+        and the candidate's log is at least as up to date.  Learners do not vote."""
+        assert self.log is not None and self.key is not None
+        if not self._is_voter():
+            return
         if request.term < self.term or (self._in_lease() and not request.transfer):
             if request.term < self.term:
-                self._send(peer, VoteResponse(request.pre_vote, self.term, self.me, False))
+                self._send(peer, VoteResponse(request.pre_vote, self.term, self.key, False))
             return
         up_to_date = self.log.up_to_date(request.last_index, request.last_term)
         if request.pre_vote:
             # Would vote in that term: changes nothing here.
             granted = request.term > self.term and up_to_date
-            self._send(peer, VoteResponse(True, request.term if granted else self.term, self.me, granted))
+            self._send(peer, VoteResponse(True, request.term if granted else self.term, self.key, granted))
             return
         self._observe_term(request.term)
         granted = up_to_date and self.voted_for in (None, request.candidate)
@@ -298,7 +336,7 @@ class RaftEngine(ReadIndexPart, Engine):
             self.voted_for = request.candidate
             self._reset_election_timer()
         self._persist()  # the term, and the vote, before the answer leaves
-        self._send(peer, VoteResponse(False, self.term, self.me, granted))
+        self._send(peer, VoteResponse(False, self.term, self.key, granted))
 
     def _on_vote_response(self, response: VoteResponse) -> None:
         if response.pre_vote:
@@ -306,7 +344,7 @@ class RaftEngine(ReadIndexPart, Engine):
                 return
             if response.granted and response.term == self.term + 1:
                 self._votes.add(response.voter)
-                if len(self._votes) >= self.params.majority:
+                if self._voters_among(self._votes) >= self._members().majority:
                     self._won(pre_vote=True)
             elif not response.granted and response.term > self.term:
                 self._observe_term(response.term)
@@ -316,29 +354,45 @@ class RaftEngine(ReadIndexPart, Engine):
             return
         if self.role == CANDIDATE and response.term == self.term and response.granted:
             self._votes.add(response.voter)
-            if len(self._votes) >= self.params.majority:
+            if self._voters_among(self._votes) >= self._members().majority:
                 self._won(pre_vote=False)
 
     def _won(self, pre_vote: bool) -> None:
+        if not self._is_voter():
+            # The log changed under the campaign (a synced block removed this node).
+            self._become_follower(self.term, None)
+            return
         if pre_vote:
             self._campaign(pre_vote=False)
         else:
             self._become_leader()
 
     def _become_leader(self) -> None:
-        assert self.me is not None and self.log is not None
-        self.role, self.leader = LEADER, self.me
-        last = self.log.last_index
-        self.next_index = {m: last + 1 for m in range(len(self.members)) if m != self.me}
-        self.match_index = {m: 0 for m in range(len(self.members)) if m != self.me}
-        self._acked_at = {m: self._now for m in range(len(self.members)) if m != self.me}
-        self._acked_round = {}
+        assert self.key is not None and self.log is not None
+        self.role, self.leader = LEADER, self.key
+        self._note_leader()
+        self.next_index, self.match_index, self._acked_at, self._acked_round = {}, {}, {}, {}
+        self._track_followers()
         self._quorum_check_at = self._now + self.params.election_timeout_ms
         # The no-op of the term (dissertation 8): an entry of the current term, whose commit
         # commits everything before it, including what earlier terms left uncommitted.
         self._append(self._empty_block())
 
-    def _become_follower(self, term: int, leader: int | None) -> None:
+    def _track_followers(self) -> None:
+        """Leaders: replication state for every member but this one, as the membership
+        changes (a new member starts at our end and backs off; a removed one is dropped)."""
+        assert self.log is not None
+        members = [m for m in self._members().everyone if m != self.key]
+        for member in members:
+            if member not in self.next_index:
+                self.next_index[member] = self.log.last_index + 1
+                self.match_index[member] = 0
+                self._acked_at[member] = self._now
+        for table in (self.next_index, self.match_index, self._acked_at, self._acked_round):
+            for gone in [m for m in table if m not in members]:
+                del table[gone]
+
+    def _become_follower(self, term: int, leader: bytes | None) -> None:
         changed = term != self.term
         self.term = term
         if changed:
@@ -353,33 +407,22 @@ class RaftEngine(ReadIndexPart, Engine):
         if changed:
             self._persist()
 
+    def _note_leader(self) -> None:
+        """Who led each term, as this node learned it: the explorer shows elections as events."""
+        if self.leader is not None and (not self.leaders_seen or self.leaders_seen[-1][1] != self.term):
+            self.leaders_seen.append((self._now, self.term, self.leader))
+
     def _observe_term(self, term: int) -> None:
         """All servers: a higher term seen makes this node a follower of it."""
         if term > self.term:
             self._become_follower(term, None)
 
     # ------------------------------------------------------------------ leadership transfer
-    def _on_transfer_requested(self, to: bytes) -> None:
-        """Leadership transfer (dissertation 3.10): stop appending new blocks, bring the
-        target's log up to ours, then tell it to campaign at once (TimeoutNow).  If it has not
-        taken over within an election timeout, this leader goes on leading."""
-        if self.role != LEADER or to not in self.addresses:
-            return
-        target = self.addresses.index(to)
-        if target == self.me or target not in self.peer_of:
-            return
-        assert self.log is not None and self.me is not None
-        self._transfer_to = target
-        self._transfer_until = self._now + self.params.election_timeout_ms
-        if self.match_index.get(target, 0) >= self.log.last_index:
-            self._send(self.peer_of[target], TimeoutNow(self.term, self.me))
-        else:
-            self._send_append(target)
-
     def _on_timeout_now(self, message: TimeoutNow) -> None:
         """The leader of our term hands us the lead: campaign now, and voters set aside the
         lease that would otherwise make them ignore a candidate while their leader lives."""
-        if message.term != self.term or self.role == LEADER or message.leader != self.leader:
+        if (message.term != self.term or self.role == LEADER or message.leader != self.leader
+                or not self._is_voter()):
             return
         self._campaign(pre_vote=False, transfer=True)
 
@@ -387,17 +430,18 @@ class RaftEngine(ReadIndexPart, Engine):
     def _on_append(self, peer: str, request: AppendEntries) -> None:
         """AppendEntries receiver."""
         log = self.log
-        assert log is not None and self.me is not None
+        assert log is not None and self.key is not None
         if request.term < self.term:
-            self._send(peer, AppendResponse(self.term, self.me, False, log.last_index, request.round))
+            self._send(peer, AppendResponse(self.term, self.key, False, log.last_index, request.round))
             return
         if request.term > self.term or self.role != FOLLOWER:
             self._become_follower(request.term, request.leader)
         self.leader = request.leader
+        self._note_leader()
         self._leader_heard_at = self._now
         self._reset_election_timer()
         if request.prev_index > log.last_index:
-            self._send(peer, AppendResponse(self.term, self.me, False, log.last_index, request.round))
+            self._send(peer, AppendResponse(self.term, self.key, False, log.last_index, request.round))
             return
         known = log.term_at(request.prev_index)
         if request.prev_index > log.head.height and known != request.prev_term:
@@ -405,7 +449,7 @@ class RaftEngine(ReadIndexPart, Engine):
             # follows; the leader will come back one entry earlier.
             log.truncate_from(request.prev_index)
             self._persist()
-            self._send(peer, AppendResponse(self.term, self.me, False, request.prev_index - 1, request.round))
+            self._send(peer, AppendResponse(self.term, self.key, False, request.prev_index - 1, request.round))
             return
         # At or below our head the entry is committed, and by the leader completeness
         # property every leader's log holds it: it matches.
@@ -435,7 +479,7 @@ class RaftEngine(ReadIndexPart, Engine):
         if changed:
             self._persist()
         matched = min(index, log.last_index)
-        self._send(peer, AppendResponse(self.term, self.me, True, matched, request.round))
+        self._send(peer, AppendResponse(self.term, self.key, True, matched, request.round))
         if request.commit > self.commit_index:
             self.commit_index = max(self.commit_index, min(request.commit, matched))
             self._apply_committed()
@@ -444,7 +488,8 @@ class RaftEngine(ReadIndexPart, Engine):
         if response.term > self.term:
             self._observe_term(response.term)
             return
-        if self.role != LEADER or response.term != self.term or response.follower == self.me:
+        if (self.role != LEADER or response.term != self.term or response.follower == self.key
+                or response.follower not in self.next_index):
             return
         follower = response.follower
         self._acked_at[follower] = self._now
@@ -460,8 +505,11 @@ class RaftEngine(ReadIndexPart, Engine):
                 self.match_index[follower] = response.index
             self.next_index[follower] = max(self.next_index.get(follower, 1), self.match_index[follower] + 1)
             self._advance_commit()
+            self._promote_caught_up()
+            if follower not in self.next_index:
+                return  # the commit applied a membership without it
             if follower == self._transfer_to and self.match_index[follower] >= self.log.last_index:
-                self._send(self.peer_of[follower], TimeoutNow(self.term, self.me))
+                self._send(self.peer_of[follower], TimeoutNow(self.term, self.key))
             elif progressed and self.next_index[follower] <= self.log.last_index:
                 self._send_append(follower)
         else:
@@ -481,9 +529,11 @@ class RaftEngine(ReadIndexPart, Engine):
     def _advance_commit(self) -> None:
         """Leaders: the highest N stored on a majority, if log[N] is of the current term."""
         log = self.log
-        assert log is not None and self.me is not None
-        stored = sorted([log.last_index] + list(self.match_index.values()), reverse=True)
-        candidate = stored[self.params.majority - 1]
+        assert log is not None and self.key is not None
+        members = self._members()
+        stored = sorted([log.last_index] + [self.match_index.get(m, 0) for m in members.voters if m != self.key],
+                        reverse=True)
+        candidate = stored[members.majority - 1]
         if candidate > self.commit_index and log.term_at(candidate) == self.term:
             self.commit_index = candidate
             # Followers learn the commit index now, not at the next heartbeat, and before this
@@ -505,15 +555,13 @@ class RaftEngine(ReadIndexPart, Engine):
             self._applying = index
 
     def _replicate(self) -> None:
-        assert self.me is not None
-        for member in range(len(self.members)):
-            if member != self.me:
-                self._send_append(member)
+        for member in list(self.next_index):
+            self._send_append(member)
         self._heartbeat_at = self._now + self.params.heartbeat_ms
 
-    def _send_append(self, member: int) -> None:
+    def _send_append(self, member: bytes) -> None:
         log = self.log
-        assert log is not None and self.me is not None
+        assert log is not None and self.key is not None
         next_index = self.next_index.get(member, log.last_index + 1)
         if not self._can_send_from(next_index):
             # Committed blocks this leader no longer holds whole: the follower takes them by
@@ -531,7 +579,7 @@ class RaftEngine(ReadIndexPart, Engine):
             if entries and size > MAX_APPEND_BYTES:
                 break  # the rest goes in the next message: one must fit a peer frame
             entries.append(block)
-        message = AppendEntries(self.term, self.me, prev, prev_term, self.commit_index, tuple(entries), self._round)
+        message = AppendEntries(self.term, self.key, prev, prev_term, self.commit_index, tuple(entries), self._round)
         peer = self.peer_of.get(member)
         if peer is None:
             self._out.append(Broadcast(self._encode(message)))  # who is who is learned from answers
@@ -555,16 +603,20 @@ class RaftEngine(ReadIndexPart, Engine):
         runtime feeds that answer only after this event's Persist is done."""
         assert self.log is not None
         self.log.append(block)
+        self._track_followers()  # the block may change the membership: it is in force at once
         self._replicate()
         self._persist()
         self._advance_commit()  # a cluster of one commits at once
 
     # ------------------------------------------------------------------ blocks
-    def _empty_block(self) -> Block:
+    def _extra(self, membership: Membership | None = None) -> bytes:
+        return encode_extra(self.term, membership or self._members(), self.genesis_members)
+
+    def _empty_block(self, membership: Membership | None = None) -> Block:
         assert self.log is not None and self._key is not None
         parent = self.log.last_header()
         header = build_header(self.chain_id, parent, max(self._now, parent.timestamp + 1), [],
-                              address_of(self._key.public_key), encode_extra(self.term))
+                              address_of(self._key.public_key), self._extra(membership))
         return Block(header.with_seal(self._key.sign_digest(header.sealing_digest())), ())
 
     def _maybe_build(self) -> None:
@@ -576,7 +628,7 @@ class RaftEngine(ReadIndexPart, Engine):
         self._building = True
         head = log.head
         self._out.append(BuildBlock(head.hash, head.height + 1, max(self._now, head.timestamp + 1),
-                                    address_of(self._key.public_key), encode_extra(self.term)))
+                                    address_of(self._key.public_key), self._extra()))
 
     def _on_built(self, block: Block) -> None:
         self._building = False
@@ -594,10 +646,14 @@ class RaftEngine(ReadIndexPart, Engine):
         log = self.log
         assert log is not None
         log.committed(header, recent)
-        if header.proposer in self.addresses and header.height > 0:
-            member = self.addresses.index(header.proposer)
-            self.proposed[member] = self.proposed.get(member, 0) + 1
-            self.last_signed[member] = header.height
+        if header.height > 0:
+            self.proposed[header.proposer] = self.proposed.get(header.proposer, 0) + 1
+            self.last_signed[header.proposer] = header.height
+        if self.role != FOLLOWER and not self._is_voter():
+            self._become_follower(self.term, None)  # a synced block removed this node
+        if self.role == LEADER:
+            self._track_followers()  # entries beyond the head may have gone with a jump
+            self._promote_caught_up()
         self.commit_index = max(self.commit_index, header.height)
         # Every Commit asked for before this event was performed already (the runtime performs
         # an event's actions before it feeds the next), and it drops one only when the head is
@@ -610,11 +666,11 @@ class RaftEngine(ReadIndexPart, Engine):
         if self.me is None:
             return  # a follower outside the membership takes blocks by sync only
         try:
-            message = decode_message(data, self.members, self.chain_id, self.max_block_transactions)
+            message = decode_message(data, self._members(), self.chain_id, self.max_block_transactions)
         except DecodeError:
             self.refused_messages += 1
             return
-        if message.sender == self.me:
+        if message.sender == self.key:
             return
         self.peer_of[message.sender] = peer
         if isinstance(message, VoteRequest):
@@ -642,63 +698,58 @@ class RaftEngine(ReadIndexPart, Engine):
 
     def _persist(self) -> None:
         assert self.log is not None
-        self._out.append(Persist(_encode_saved(self.term, self.voted_for, self.log.entries)))
+        self._out.append(Persist(encode_saved(self.term, self.voted_for, self.log.entries)))
 
     # ------------------------------------------------------------------ status
     def status(self) -> EngineStatus:
         log = self.log
         head = log.head.height if log is not None else None
-        leader = self.addresses[self.leader] if self.leader is not None else None
+        members = self._members() if log is not None else self.genesis_members
+
+        def hex_address(key: bytes | None) -> str | None:
+            return self._address(key).hex() if key is not None else None
+
+        def validator(key: bytes, power: int) -> ValidatorStatus:
+            address = self._address(key)
+            return ValidatorStatus(address=address, public_key=key, power=power,
+                                   blocks_proposed=self.proposed.get(address, 0),
+                                   last_signed_height=self.last_signed.get(address))
+
+        leader = hex_address(self.leader)
         return EngineStatus(
             engine=self.name,
             finality=self.finality,
-            role=self.role if self.me is not None else "observer",
+            role=("observer" if self.me is None else "learner" if self.key in members.learners else self.role),
             phase="not started" if log is None else (
                 f"leading term {self.term}" if self.role == LEADER else
-                f"following {leader.hex()[:12]} in term {self.term}" if leader is not None else
+                f"following {leader[:12]} in term {self.term}" if leader is not None else
                 f"electing in term {self.term}"),
             height=head + 1 if head is not None else None,
             term=self.term,
-            validators=tuple(ValidatorStatus(address=address, public_key=key, power=1,
-                                             blocks_proposed=self.proposed.get(member, 0),
-                                             last_signed_height=self.last_signed.get(member))
-                             for member, (address, key) in enumerate(zip(self.addresses, self.members))),
-            total_power=len(self.members),
-            quorum_power=self.params.majority,
+            # Learners are listed with power 0: they follow the log but count toward no majority.
+            validators=tuple([validator(k, 1) for k in members.voters] + [validator(k, 0) for k in members.learners]),
+            total_power=len(members.voters),
+            quorum_power=members.majority,
             details={
-                "leader": leader.hex() if leader is not None else None,
-                "voted_for": self.addresses[self.voted_for].hex() if self.voted_for is not None else None,
+                "leader": leader,
+                "voted_for": hex_address(self.voted_for),
                 "commit_index": self.commit_index,
                 "last_index": log.last_index if log is not None else 0,
                 "last_term": log.last_term if log is not None else 0,
-                "member_index": self.me,
-                "match_index": {self.addresses[m].hex(): i for m, i in sorted(self.match_index.items())}
+                "member": hex_address(self.me),
+                "voters": [hex_address(k) for k in members.voters],
+                "learners": [hex_address(k) for k in members.learners],
+                "membership_change_pending": log is not None and members != self._membership_of(log.head),
+                "accepts_membership_change": self._may_change_membership(),
+                "match_index": {hex_address(m): i for m, i in sorted(self.match_index.items())}
                 if self.role == LEADER else {},
-                "transferring_to": self.addresses[self._transfer_to].hex() if self._transfer_to is not None else None,
+                "transferring_to": hex_address(self._transfer_to),
                 "elections_started": self.elections,
+                "leaders_seen": [{"at": at, "term": term, "leader": hex_address(leader)}
+                                 for at, term, leader in self.leaders_seen],
                 "election_timeout_ms": self.params.election_timeout_ms,
                 "heartbeat_ms": self.params.heartbeat_ms,
                 "refused_messages": self.refused_messages,
             },
         )
 
-
-def _encode_saved(term: int, voted_for: int | None, entries: list[Block]) -> bytes:
-    writer = Writer().u8(SAVED_VERSION).u64(term).u32(0 if voted_for is None else voted_for + 1).u32(len(entries))
-    for block in entries:
-        writer.var_bytes(block.encode())
-    return writer.bytes()
-
-
-def _decode_saved(data: bytes, max_block_transactions: int) -> tuple[int, int | None, list[Block]]:
-    reader = Reader(data)
-    if reader.u8("saved.version") != SAVED_VERSION:
-        raise DecodeError("saved.version", "unknown Raft saved state")
-    term = reader.u64("saved.term")
-    voted = reader.u32("saved.voted_for")
-    count = reader.u32("saved.entries")
-    if count > MAX_SAVED_ENTRIES:
-        raise DecodeError("saved.entries", f"{count} entries is more than {MAX_SAVED_ENTRIES}")
-    entries = [Block.decode(reader.var_bytes("saved.entry", 1 << 26), max_block_transactions) for _ in range(count)]
-    reader.finish()
-    return term, (voted - 1 if voted else None), entries

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from ledger import crypto
 from ledger.block import Block, BlockHeader
-from ledger.codec import DecodeError
+from ledger.codec import DecodeError, Reader, Writer
 
-from consensus.raft.messages import term_of_extra
+from consensus.raft.membership import term_of_extra
 
+SAVED_VERSION = 2  # 1: the vote was an index into the genesis members
+MAX_SAVED_ENTRIES = 1024
 WINDOW = 1024  # committed (hash, term) pairs kept
 KEEP_BLOCKS = 64  # committed blocks kept whole
 
@@ -114,3 +117,35 @@ class RaftLog:
             del self._committed[height]
         for height in [h for h in self._blocks if h <= header.height - KEEP_BLOCKS]:
             del self._blocks[height]
+
+
+def encode_saved(term: int, voted_for: bytes | None, entries: list[Block]) -> bytes:
+    """What a node persists before it answers: its term, its vote and its uncommitted entries."""
+    writer = Writer().u8(SAVED_VERSION).u64(term).var_bytes(voted_for or b"").u32(len(entries))
+    for block in entries:
+        writer.var_bytes(block.encode())
+    return writer.bytes()
+
+
+def decode_saved(data: bytes, max_block_transactions: int,
+                  genesis_members: tuple[bytes, ...]) -> tuple[int, bytes | None, list[Block]]:
+    reader = Reader(data)
+    version = reader.u8("saved.version")
+    if version not in (1, SAVED_VERSION):
+        raise DecodeError("saved.version", "unknown Raft saved state")
+    term = reader.u64("saved.term")
+    if version == 1:
+        index = reader.u32("saved.voted_for")
+        if index > len(genesis_members):
+            raise DecodeError("saved.voted_for", "names no genesis member")
+        voted = genesis_members[index - 1] if index else None
+    else:
+        voted = reader.var_bytes("saved.voted_for", crypto.PUBLIC_KEY_SIZE) or None
+        if voted is not None and len(voted) != crypto.PUBLIC_KEY_SIZE:
+            raise DecodeError("saved.voted_for", "a public key or nothing")
+    count = reader.u32("saved.entries")
+    if count > MAX_SAVED_ENTRIES:
+        raise DecodeError("saved.entries", f"{count} entries is more than {MAX_SAVED_ENTRIES}")
+    entries = [Block.decode(reader.var_bytes("saved.entry", 1 << 26), max_block_transactions) for _ in range(count)]
+    reader.finish()
+    return term, voted, entries

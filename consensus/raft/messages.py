@@ -1,15 +1,16 @@
 """Raft's parameters, its messages and its block `extra`, in the canonical encoding.
 
-Members are the genesis keys (`engine.params.members`: a list of compressed public keys in
-hex); a member's index in that list names it in every message.  Each message is signed by
-its sender's member key (domain `ledger/raft/v1`, bound to the chain), so a peer that is not
-a member cannot speak for one, and the engine learns which peer is which member from what
-verifies.  A block's `extra` is the term of the leader that appended it; its seal is that
-leader's signature (accountability: who put each block in the log).
+The first members are the genesis keys (`engine.params.members`: a list of compressed
+public keys in hex); later ones join through the log (consensus/raft/membership.py, which
+also encodes a block's `extra`).  A member's public key names it in every message, and each
+message is signed by that key (domain `ledger/raft/v2`, bound to the chain), so a peer
+that is not a member cannot speak for one, and the engine learns which peer is which
+member from what verifies.
 """
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,12 +18,13 @@ from ledger import crypto
 from ledger.block import Block
 from ledger.codec import DecodeError, Reader, Writer
 
-DOMAIN_RAFT = b"ledger/raft/v1"
-EXTRA_VERSION = 1
-MAX_MEMBERS = 64
+from consensus.raft.membership import MAX_MEMBERS
+
+DOMAIN_RAFT = b"ledger/raft/v2"
 MAX_ENTRIES = 64  # blocks in one AppendEntries
 MAX_APPEND_BYTES = 8 * 1024 * 1024  # entries beyond the first stop here (a peer frame is 32 MiB)
 MAX_MESSAGE = 64 * 1024 * 1024
+KEY = crypto.PUBLIC_KEY_SIZE
 
 TAG_PRE_VOTE = 1
 TAG_VOTE = 2
@@ -83,20 +85,6 @@ def _int_param(params: dict, name: str, default: int) -> int:
     return value
 
 
-def encode_extra(term: int) -> bytes:
-    return Writer().u8(EXTRA_VERSION).u64(term).bytes()
-
-
-def term_of_extra(extra: bytes) -> int:
-    """The term a block's `extra` names; 0 for genesis (empty or not Raft's)."""
-    reader = Reader(extra)
-    if reader.u8("extra.version") != EXTRA_VERSION:
-        raise DecodeError("extra.version", "not a Raft block extra")
-    term = reader.u64("extra.term")
-    reader.finish()
-    return term
-
-
 # ----------------------------------------------------------------------------- messages
 
 
@@ -108,21 +96,21 @@ class VoteRequest:
 
     pre_vote: bool
     term: int
-    candidate: int
+    candidate: bytes  # the sender's public key
     last_index: int
     last_term: int
     transfer: bool = False
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.candidate).u64(self.last_index).u64(self.last_term).u8(self.transfer)
+        writer.u64(self.term).fixed(self.candidate, KEY).u64(self.last_index).u64(self.last_term).u8(self.transfer)
 
     @classmethod
     def read(cls, reader: Reader, pre_vote: bool) -> VoteRequest:
-        return cls(pre_vote, reader.u64("vote.term"), reader.u32("vote.candidate"), reader.u64("vote.last_index"),
+        return cls(pre_vote, reader.u64("vote.term"), reader.fixed(KEY, "vote.candidate"), reader.u64("vote.last_index"),
                    reader.u64("vote.last_term"), _flag(reader, "vote.transfer"))
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.candidate
 
 
@@ -130,19 +118,19 @@ class VoteRequest:
 class VoteResponse:
     pre_vote: bool
     term: int  # the voter's term, or for a granted pre-vote the term it was asked about
-    voter: int
+    voter: bytes  # the sender's public key
     granted: bool
 
     def write(self, writer: Writer) -> None:
-        writer.u8(self.pre_vote).u64(self.term).u32(self.voter).u8(self.granted)
+        writer.u8(self.pre_vote).u64(self.term).fixed(self.voter, KEY).u8(self.granted)
 
     @classmethod
     def read(cls, reader: Reader) -> VoteResponse:
         return cls(_flag(reader, "vote_response.pre_vote"), reader.u64("vote_response.term"),
-                   reader.u32("vote_response.voter"), _flag(reader, "vote_response.granted"))
+                   reader.fixed(KEY, "vote_response.voter"), _flag(reader, "vote_response.granted"))
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.voter
 
 
@@ -152,7 +140,7 @@ class AppendEntries:
     with none it is a heartbeat."""
 
     term: int
-    leader: int
+    leader: bytes  # the sender's public key
     prev_index: int
     prev_term: int
     commit: int
@@ -160,14 +148,14 @@ class AppendEntries:
     round: int = 0  # the leader's heartbeat round, echoed in the answer (ReadIndex confirmation)
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.leader).u64(self.prev_index).u64(self.prev_term).u64(self.commit)
+        writer.u64(self.term).fixed(self.leader, KEY).u64(self.prev_index).u64(self.prev_term).u64(self.commit)
         writer.u64(self.round).u32(len(self.entries))
         for block in self.entries:
             writer.var_bytes(block.encode())
 
     @classmethod
     def read(cls, reader: Reader, max_block_transactions: int) -> AppendEntries:
-        term, leader = reader.u64("append.term"), reader.u32("append.leader")
+        term, leader = reader.u64("append.term"), reader.fixed(KEY, "append.leader")
         prev_index, prev_term, commit = reader.u64("append.prev_index"), reader.u64("append.prev_term"), reader.u64("append.commit")
         round_ = reader.u64("append.round")
         count = reader.u32("append.entries")
@@ -178,7 +166,7 @@ class AppendEntries:
         return cls(term, leader, prev_index, prev_term, commit, entries, round_)
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.leader
 
 
@@ -188,22 +176,22 @@ class AppendResponse:
     follower's last index (where the leader may try next)."""
 
     term: int
-    follower: int
+    follower: bytes  # the sender's public key
     success: bool
     index: int
     round: int = 0  # the round of the append entries it answers
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.follower).u8(self.success).u64(self.index).u64(self.round)
+        writer.u64(self.term).fixed(self.follower, KEY).u8(self.success).u64(self.index).u64(self.round)
 
     @classmethod
     def read(cls, reader: Reader) -> AppendResponse:
-        return cls(reader.u64("append_response.term"), reader.u32("append_response.follower"),
+        return cls(reader.u64("append_response.term"), reader.fixed(KEY, "append_response.follower"),
                    _flag(reader, "append_response.success"), reader.u64("append_response.index"),
                    reader.u64("append_response.round"))
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.follower
 
 
@@ -213,17 +201,17 @@ class TimeoutNow:
     long as its own to start an election now, without a pre-vote."""
 
     term: int
-    leader: int
+    leader: bytes  # the sender's public key
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.leader)
+        writer.u64(self.term).fixed(self.leader, KEY)
 
     @classmethod
     def read(cls, reader: Reader) -> TimeoutNow:
-        return cls(reader.u64("timeout_now.term"), reader.u32("timeout_now.leader"))
+        return cls(reader.u64("timeout_now.term"), reader.fixed(KEY, "timeout_now.leader"))
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.leader
 
 
@@ -232,18 +220,18 @@ class ReadIndex:
     """A follower asks the leader for a read index on behalf of its client (etcd's ReadIndex)."""
 
     term: int
-    member: int
+    member: bytes  # the sender's public key
     request: int
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.member).u64(self.request)
+        writer.u64(self.term).fixed(self.member, KEY).u64(self.request)
 
     @classmethod
     def read(cls, reader: Reader) -> ReadIndex:
-        return cls(reader.u64("read_index.term"), reader.u32("read_index.member"), reader.u64("read_index.request"))
+        return cls(reader.u64("read_index.term"), reader.fixed(KEY, "read_index.member"), reader.u64("read_index.request"))
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.member
 
 
@@ -252,22 +240,22 @@ class ReadIndexResponse:
     """The leader's answer: `index` once a heartbeat round confirmed it still leads."""
 
     term: int
-    leader: int
+    leader: bytes  # the sender's public key
     request: int
     ok: bool
     index: int
 
     def write(self, writer: Writer) -> None:
-        writer.u64(self.term).u32(self.leader).u64(self.request).u8(self.ok).u64(self.index)
+        writer.u64(self.term).fixed(self.leader, KEY).u64(self.request).u8(self.ok).u64(self.index)
 
     @classmethod
     def read(cls, reader: Reader) -> ReadIndexResponse:
-        return cls(reader.u64("read_index_response.term"), reader.u32("read_index_response.leader"),
+        return cls(reader.u64("read_index_response.term"), reader.fixed(KEY, "read_index_response.leader"),
                    reader.u64("read_index_response.request"), _flag(reader, "read_index_response.ok"),
                    reader.u64("read_index_response.index"))
 
     @property
-    def sender(self) -> int:
+    def sender(self) -> bytes:
         return self.leader
 
 
@@ -313,9 +301,9 @@ def encode_message(message: Message, key: crypto.PrivateKey, chain_id: str) -> b
     return body + key.sign(DOMAIN_RAFT, _signed_payload(chain_id, body))
 
 
-def decode_message(data: bytes, members: tuple[bytes, ...], chain_id: str, max_block_transactions: int) -> Message:
-    """The message, if it decodes canonically and its sender's member key signed it; else
-    DecodeError."""
+def decode_message(data: bytes, members: Container[bytes], chain_id: str, max_block_transactions: int) -> Message:
+    """The message, if it decodes canonically, its sender is one of `members` (the keys of
+    the receiver's membership) and signed it; else DecodeError."""
     if len(data) > MAX_MESSAGE:
         raise DecodeError("message", f"{len(data)} bytes is more than {MAX_MESSAGE}")
     if len(data) < 1 + crypto.SIGNATURE_SIZE:
@@ -341,9 +329,9 @@ def decode_message(data: bytes, members: tuple[bytes, ...], chain_id: str, max_b
     else:
         raise DecodeError("message.tag", "unknown Raft message")
     reader.finish()
-    if message.sender >= len(members):
+    if message.sender not in members:
         raise DecodeError("message.sender", "names no member")
     if not (crypto.is_low_s(signature)
-            and crypto.verify(members[message.sender], DOMAIN_RAFT, _signed_payload(chain_id, body), signature)):
+            and crypto.verify(message.sender, DOMAIN_RAFT, _signed_payload(chain_id, body), signature)):
         raise DecodeError("message.signature", "not the named member's signature")
     return message

@@ -21,12 +21,13 @@ class ReadIndexPart:
 
     role: str
     term: int
-    me: int | None
-    leader: int | None
+    key: bytes | None
+    leader: bytes | None
     commit_index: int
     log: RaftLog | None
     params: RaftParams
-    peer_of: dict[int, str]
+    peer_of: dict[bytes, str]
+    me: bytes | None  # this node's key while it is a member
     _now: int
     _out: list[Action]
 
@@ -34,12 +35,16 @@ class ReadIndexPart:
 
     def _replicate(self) -> None: ...
 
+    def _members(self): ...
+
+    def _voters_among(self, keys) -> int: ...
+
     def _init_reads(self) -> None:
         self._round = 0
-        self._acked_round: dict[int, int] = {}  # leader: the newest round each member answered
+        self._acked_round: dict[bytes, int] = {}  # leader: the newest round each member answered
         # Pending reads on the leader: (origin member, or None for this node's own client,
         # request id, round, deadline).
-        self._reads: list[tuple[int | None, int, int, int]] = []
+        self._reads: list[tuple[bytes | None, int, int, int]] = []
         self._forwarded: dict[int, int] = {}  # follower: request id -> deadline, asked of the leader
 
     def _read_deadlines(self) -> list[int]:
@@ -50,7 +55,7 @@ class ReadIndexPart:
             self._answer_read(origin, request, None, "this node stopped leading before the read was confirmed")
         self._reads = []
 
-    def _on_read_requested(self, origin: int | None, request: int) -> None:
+    def _on_read_requested(self, origin: bytes | None, request: int) -> None:
         """ReadIndex (dissertation 6.4): the leader notes the read, starts a heartbeat round,
         and answers with its commit index once a majority has answered that round (it still
         leads) and an entry of its own term is committed (its commit index is current).  A
@@ -81,18 +86,18 @@ class ReadIndexPart:
             return  # the no-op of this term is not committed yet: the commit index may lag
         waiting = []
         for origin, request, round_, deadline in self._reads:
-            answered = 1 + sum(1 for acked in self._acked_round.values() if acked >= round_)
-            if answered >= self.params.majority:
+            answered = self._voters_among([self.key] + [m for m, acked in self._acked_round.items() if acked >= round_])
+            if answered >= self._members().majority:
                 self._answer_read(origin, request, self.commit_index, "")
             else:
                 waiting.append((origin, request, round_, deadline))
         self._reads = waiting
 
-    def _answer_read(self, origin: int | None, request: int, index: int | None, reason: str) -> None:
+    def _answer_read(self, origin: bytes | None, request: int, index: int | None, reason: str) -> None:
         if origin is None:
             self._out.append(ReadIndexReady(request, index) if index is not None else ReadIndexFailed(request, reason))
         elif origin in self.peer_of:
-            self._send(self.peer_of[origin], ReadIndexResponse(self.term, self.me, request, index is not None, index or 0))
+            self._send(self.peer_of[origin], ReadIndexResponse(self.term, self.key, request, index is not None, index or 0))
 
     def _on_read_answer(self, answer: ReadIndexResponse) -> None:
         if self._forwarded.pop(answer.request, None) is None:

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--byzantine-kind", choices=BYZANTINE_KINDS, default="mix",
                         help="what the Byzantine validators do: bft equivocate, invalid, silent; pos equivocate, "
                              "double_vote, surround_vote, silent; both mix (default: a kind per round or slot, by seed)")
+    parser.add_argument("--membership", action="store_true",
+                        help="raft: genesis names all nodes but the last, and the leader is asked every 1-4 virtual "
+                             "seconds to add a node or remove one")
     parser.add_argument("--jobs", type=_positive(int), default=1, help="seeds run in parallel processes")
     parser.add_argument("--trace", action="store_true", help="print every event of each run")
     parser.add_argument("--verbose", "-v", action="store_true", help="a line for passing seeds too")
@@ -115,6 +118,7 @@ def _config(args: argparse.Namespace, seed: int) -> SimConfig:
         seed=seed, nodes=args.nodes, consensus=args.consensus, faults=args.faults, duration=args.duration,
         converge_within=args.converge_within, tx_per_second=args.tx_rate, max_down=args.max_down,
         fault_gap=args.fault_gap, byzantine=args.byzantine, byzantine_kind=args.byzantine_kind,
+        membership_changes=args.membership,
     )
 
 

@@ -62,7 +62,7 @@ from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import Faults, HubStats, SimHub, SimNetwork
 from node.sim.pos_setup import partition_bound_seconds, pos_genesis
-from node.sim.raft_checks import RaftChecks, raft_genesis
+from node.sim.raft_checks import MembershipChurn, RaftChecks, raft_genesis
 
 CONSENSUS = ("solo", "pow", "bft", "pos", "raft")
 # What a Byzantine validator may do, by engine (the command line offers the union).
@@ -132,6 +132,9 @@ class SimConfig:
     # Partitions laid at fixed virtual times, beside the drawn faults: (start, end, the node
     # indices of one side).  For named scenarios in tests (a 2|2 split for so long).
     scripted_partitions: tuple[tuple[float, float, tuple[int, ...]], ...] = ()
+    # Raft: the genesis names all nodes but the last as members, and every 1-4 virtual
+    # seconds the leader is asked to add a node or remove one (node/sim/raft_checks.py).
+    membership_changes: bool = False
     # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
     # something spins without letting virtual time pass.  Counted, not timed, so it replays.
     max_steps: int = 500_000
@@ -165,6 +168,8 @@ class SimConfig:
             raise ValueError("max_down: 0 to nodes - 1, or None")
         if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.nodes:
             raise ValueError("byzantine: 0 to nodes - 1 validators (at most f of 3f + 1 keeps the chain safe)")
+        if self.membership_changes and (self.consensus != "raft" or self.nodes < 2):
+            raise ValueError("membership changes (--membership): only with --consensus raft and at least 2 nodes")
         if self.byzantine and self.consensus not in BYZANTINE_KINDS_BY_ENGINE:
             raise ValueError("byzantine: only with --consensus bft or pos (validators that sign)")
         for start, end, side in self.scripted_partitions:
@@ -205,6 +210,8 @@ class SimConfig:
             options.append(f"--max-down {self.max_down}")
         if self.byzantine:
             options.append(f"--byzantine {self.byzantine} --byzantine-kind {self.byzantine_kind}")
+        if self.membership_changes:
+            options.append("--membership")
         return "python -m node.sim " + " ".join(options) + " --trace"
 
 
@@ -367,6 +374,7 @@ class Simulation:
         self.work_rng = random.Random(master.getrandbits(64))
         self.mining_rng = random.Random(master.getrandbits(64))
         self.byzantine_rng = random.Random(master.getrandbits(64))
+        self.membership_rng = random.Random(master.getrandbits(64))
         self.loop = VirtualTimeLoop()
         self.trace = Trace(self.loop.time, config.trace_tail, echo)
         self.hub = SimHub(config.seed, self.net_rng, trace=self.trace)
@@ -396,6 +404,9 @@ class Simulation:
         self.adversary: Adversary | None = None
         self.evidence_against: Counter = Counter()
         self.raft = RaftChecks(self._fail, self.trace) if config.consensus == "raft" else None
+        self.churn = MembershipChurn(
+            self.membership_rng, [slot.key for slot in self.slots], self.trace,
+            lambda key: self.hub.label(address_of(key).hex())) if config.membership_changes else None
         if config.byzantine:
             self._make_byzantine()
 
@@ -441,7 +452,8 @@ class Simulation:
             )
             return genesis
         if self.config.consensus == "raft":
-            return raft_genesis(CHAIN_ID, GENESIS_MS, [slot.key for slot in self.slots], accounts, SENDER_BALANCE)
+            members = self.slots[:-1] if self.config.membership_changes else self.slots
+            return raft_genesis(CHAIN_ID, GENESIS_MS, [slot.key for slot in members], accounts, SENDER_BALANCE)
         if self.config.consensus == "pos":
             return pos_genesis(CHAIN_ID, GENESIS_MS, [slot.key for slot in self.slots], accounts, SENDER_BALANCE,
                                self.config.pos_slot_ms, self.config.pos_slots_per_epoch)
@@ -535,9 +547,13 @@ class Simulation:
             asyncio.create_task(self._resubmit(), name="resubmit"),
             asyncio.create_task(self._inject_faults(), name="faults"),
         ]
+        if self.churn is not None:
+            helpers.append(asyncio.create_task(self._churn_membership(), name="membership"))
         await asyncio.sleep(self.config.duration)
         helpers[0].cancel()
         helpers[2].cancel()
+        if self.churn is not None:
+            helpers[3].cancel()
         self._heal_everything()
         heal_at = self.loop.time()
         deadline = heal_at + self.config.converge_within
@@ -710,6 +726,12 @@ class Simulation:
             if applied is not None:
                 self.faults_applied[kind] += 1
                 self.trace(f"fault {kind}: {applied}")
+
+    async def _churn_membership(self) -> None:
+        assert self.churn is not None
+        while True:
+            await asyncio.sleep(self.membership_rng.uniform(1.0, 4.0))
+            self.churn.step([slot.node for slot in self.slots])
 
     def _apply_fault(self, kind: str) -> str | None:
         rng = self.fault_rng

@@ -1,5 +1,7 @@
-"""Raft in the simulator: the genesis of a run whose nodes are all members, and the
-properties of the Raft paper's Figure 3 checked on the running engines.
+"""Raft in the simulator: the genesis of a run, the properties of the Raft paper's Figure 3
+checked on the running engines, and membership churn (`--membership`): every few virtual
+seconds the leader is asked, through the node's own admin path, to add a node that is not
+a member or to remove one, under the same faults.
 
 - Election safety: at most one leader in a term (checked after every step).
 - Leader completeness: a new leader's log holds every block some node committed (checked
@@ -12,8 +14,10 @@ properties of the Raft paper's Figure 3 checked on the running engines.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
 
+from api.admin import AdminRefused
 from consensus.raft.engine import LEADER, RaftEngine
 from ledger.address import address_of
 from ledger.crypto import PrivateKey
@@ -25,6 +29,7 @@ HEARTBEAT_MS = 50
 
 def raft_genesis(chain_id: str, timestamp: int, members: Sequence[PrivateKey], accounts: Sequence[PrivateKey],
                  balance: int) -> Genesis:
+    """Every node of `members` a voter (with membership churn the harness leaves one out)."""
     return Genesis(
         chain_id=chain_id,
         address_prefix="dev",
@@ -88,3 +93,49 @@ class RaftChecks:
                     elif agreed_from is not None:
                         self.fail(f"log matching: {first} and {second} agree at {agreed_from} but not at {index}")
                         return
+
+
+MIN_VOTERS = 2  # churn never removes below this many voters
+
+
+class MembershipChurn:
+    """Asks whichever node leads the newest term to change the membership by one node: add
+    a node that is not a member (it joins as a learner) or remove a member other than the
+    leader, chosen by the run's own random stream."""
+
+    def __init__(self, rng: random.Random, keys: Sequence[PrivateKey], trace: Callable[[str], None],
+                 label: Callable[[bytes], str]):
+        self.rng = rng
+        self.keys = list(keys)
+        self.trace = trace
+        self.label = label  # public key -> node label
+        self.asked = 0
+        self.refused = 0
+
+    def step(self, nodes: Sequence) -> None:
+        leaders = [node for node in nodes if node is not None and node.engine.role == LEADER]
+        if not leaders:
+            return
+        node = max(leaders, key=lambda n: n.engine.term)
+        details = node.engine.status().details
+        voters, learners = details["voters"], details["learners"]
+        outside = [k for k in self.keys if address_of(k.public_key).hex() not in voters + learners]
+        removable = [k for k in self.keys if address_of(k.public_key).hex() in learners
+                     or (address_of(k.public_key).hex() in voters and len(voters) > MIN_VOTERS
+                         and k.public_key != node.engine.key)]
+        if not outside and not removable:
+            return
+        add = bool(outside) and (not removable or self.rng.random() < 0.5)
+        key = self.rng.choice(outside if add else removable)
+        self.asked += 1
+        try:
+            if add:
+                node.change_membership(key.public_key, None)
+            else:
+                node.change_membership(None, address_of(key.public_key))
+        except AdminRefused as exc:
+            self.refused += 1
+            self.trace(f"membership: {'add' if add else 'remove'} {self.label(key.public_key)} refused ({exc.reason})")
+            return
+        self.trace(f"membership: {self.label(node.engine.key)} asked to {'add' if add else 'remove'} "
+                   f"{self.label(key.public_key)} (voters {len(voters)}, learners {len(learners)})")

@@ -1,0 +1,114 @@
+"""etcd_seqput's workload (../shared/peers/etcd_seqput.py) on a network of this node: one
+client, one transfer at a time, each POSTed with `?wait=final` to the node that leads (Raft)
+or to node0, the next sent when the answer says the last is final there.  For Raft that is
+what etcd's put answers: committed by a majority and applied on the leader.  Prints
+transfers/s and the latency p50/p99, as etcd_seqput prints puts/s.
+
+    python bench/seqput.py --consensus raft --nodes 3 --seconds 20
+
+It starts its own network (free ports, a temporary directory, SQLite) and stops every
+process at the end.  Figures: docs/benchmarks.md, "Raft beside etcd".
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from network import CpuMeter, percentile, prepare_network, running, wait_all_ready  # noqa: E402
+from throughput import make_keys  # noqa: E402
+
+from ledger.address import address_of  # noqa: E402
+from ledger.crypto import sha256  # noqa: E402
+from ledger.transaction import new_transfer  # noqa: E402
+from node.testnet import TESTNET_CHAIN_ID  # noqa: E402
+
+MAX_RATE = 2_000  # transfers signed ahead: enough for --seconds at this rate
+
+
+async def entry_node(http: httpx.AsyncClient, urls: list[str]) -> int:
+    """The node that leads, for an engine with a leader; node0 otherwise."""
+    for _ in range(200):
+        states = []
+        for url in urls:
+            try:
+                states.append((await http.get(f"{url}/v1/consensus")).json()["state"])
+            except (httpx.HTTPError, ValueError, KeyError):
+                states.append(None)
+        leading = [i for i, state in enumerate(states) if state and state.get("role") == "leader"]
+        if leading or not any(state and "leader" in (state.get("details") or {}) for state in states):
+            return leading[0] if leading else 0
+        await asyncio.sleep(0.05)
+    raise RuntimeError("no node leads")
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> str:
+    sender = make_keys(1, b"bench-seqput")[0]
+    target = sha256(b"seqput-recipient")[:20]
+    count = int(args.seconds * MAX_RATE)
+    bodies = [json.dumps({"raw": new_transfer(sender, TESTNET_CHAIN_ID, nonce, target, 1, fee=1).encode().hex()})
+              for nonce in range(count)]
+    network = prepare_network(workdir / f"seqput-{args.consensus}-{args.nodes}", args.nodes, args.consensus,
+                              [address_of(sender.public_key)], args.params)
+    latencies: list[float] = []
+    with running(network):
+        await wait_all_ready(network)
+        async with httpx.AsyncClient(timeout=30) as http:
+            entry = await entry_node(http, network.urls)
+            url = f"{network.urls[entry]}/v1/transactions?wait=final"
+            for body in bodies[:20]:  # warm the connection and the node's caches
+                (await http.post(url, content=body, headers={"content-type": "application/json"})).raise_for_status()
+            cpu = CpuMeter([process.pid for process in network.processes])
+            cpu.start()
+            start = time.perf_counter()
+            for body in bodies[20:]:
+                sent = time.perf_counter()
+                if sent - start >= args.seconds:
+                    break
+                answer = await http.post(url, content=body, headers={"content-type": "application/json"})
+                answer.raise_for_status()
+                if answer.json().get("status") != "final":
+                    raise RuntimeError(f"not final: {answer.text}")
+                latencies.append((time.perf_counter() - sent) * 1000)
+            elapsed = time.perf_counter() - start
+            busy = cpu.stop()
+    params = ",".join(f"{k}={v}" for k, v in sorted(args.params.items()))
+    return (f"seqput engine={args.consensus} nodes={args.nodes} entry=node{entry} transfers={len(latencies)} "
+            f"per_s={len(latencies) / elapsed:.0f} p50_ms={statistics.median(latencies):.2f} "
+            f"p99_ms={percentile(latencies, 0.99):.2f} mean_ms={statistics.mean(latencies):.2f}"
+            + (f" params={params}" if params else "") + f" ({busy})")
+
+
+def engine_param(text: str) -> tuple[str, object]:
+    name, _, value = text.partition("=")
+    if not name or not value:
+        raise argparse.ArgumentTypeError("NAME=VALUE")
+    return name, json.loads(value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--consensus", choices=("solo", "bft", "pos", "raft"), default="raft")
+    parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--param", dest="params", type=engine_param, action="append", default=[], metavar="NAME=VALUE",
+                        help="an engine parameter laid over the testnet's genesis")
+    args = parser.parse_args()
+    args.params = dict(args.params)
+    if not 1 <= args.nodes <= 16 or not 0 < args.seconds <= 600:
+        parser.error("--nodes is 1 to 16, --seconds 0 to 600")
+    with tempfile.TemporaryDirectory(prefix="bench-seqput-") as workdir:
+        print(asyncio.run(run(args, Path(workdir))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
