@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import CpuMeter, percentile, prepare_network, running, wait_all_ready  # noqa: E402
+from network import CpuMeter, message_counters, percentile, prepare_network, running, wait_all_ready  # noqa: E402
 from throughput import make_keys  # noqa: E402
 
 from ledger.address import address_of  # noqa: E402
@@ -67,6 +67,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> str:
             url = f"{network.urls[entry]}/v1/transactions?wait=final"
             for body in bodies[:20]:  # warm the connection and the node's caches
                 (await http.post(url, content=body, headers={"content-type": "application/json"})).raise_for_status()
+            sent_before, _ = await message_counters(network.urls)
             cpu = CpuMeter([process.pid for process in network.processes])
             cpu.start()
             start = time.perf_counter()
@@ -81,10 +82,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> str:
                 latencies.append((time.perf_counter() - sent) * 1000)
             elapsed = time.perf_counter() - start
             busy = cpu.stop()
+            sent = (await message_counters(network.urls))[0] - sent_before
     params = ",".join(f"{k}={v}" for k, v in sorted(args.params.items()))
     return (f"seqput engine={args.consensus} nodes={args.nodes} entry=node{entry} transfers={len(latencies)} "
             f"per_s={len(latencies) / elapsed:.0f} p50_ms={statistics.median(latencies):.2f} "
             f"p99_ms={percentile(latencies, 0.99):.2f} mean_ms={statistics.mean(latencies):.2f}"
+            + " peer_messages/transfer=" + ",".join(f"{kind}:{n / len(latencies):.2f}" for kind, n in sent.most_common())
             + (f" params={params}" if params else "") + f" ({busy})")
 
 

@@ -293,6 +293,11 @@ class Engine(ABC):
     # True when members join and leave one at a time through the chain on request
     # (MembershipChangeRequested): Raft.
     changes_membership: bool = False
+    # How long the node waits before fetching blocks a peer says it has, when the engine's
+    # own messages normally bring them (Raft's append entries and commit index): without it
+    # a follower that hears of each commit a moment before the leader's next message would
+    # start a block request for every block.
+    sync_grace_ms: int = 0
     # True when the engine answers ReadIndexRequested (Raft's ReadIndex reads).
     reads_linearizable: bool = False
     # True when the chain bonds stake (proof of stake): stake and unstake transactions are

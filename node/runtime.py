@@ -140,6 +140,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         self.sync = BlockSync(
             network, self.store, lambda: self.head, lag=1 if self.engine.import_waits_for_certificate else 0,
             now_ms=self.now_ms, serving=self.serving, max_block_transactions=genesis.max_block_transactions,
+            grace_ms=self.engine.sync_grace_ms,
         )
         self.importer = BlockImporter(self)
         self.hub = EventHub()

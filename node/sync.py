@@ -15,6 +15,7 @@ of this chain sends since every locator ends at the shared genesis, is refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -38,11 +39,14 @@ class BlockSync:
     """`head` reads the node's current head; `lag` is how many blocks behind a peer's claimed
     head we can get (1 when a block is proven only by the certificate in the next one:
     the engine's `import_waits_for_certificate`); `serving` runs the store reads that answer
-    peers off the loop, apart from the node's own store work."""
+    peers off the loop, apart from the node's own store work; `grace_ms` is how long to wait
+    before asking a peer that is ahead, when the engine's own messages normally bring the
+    blocks (the engine's `sync_grace_ms`)."""
 
     def __init__(
         self, network: Network | None, store: ChainStore, head: Callable[[], BlockHeader], *, lag: int,
         now_ms: Callable[[], int], serving: Callable[..., Awaitable], max_block_transactions: int,
+        grace_ms: int = 0,
     ):
         self.network = network
         self.store = store
@@ -62,6 +66,8 @@ class BlockSync:
         self._last_log = 0.0
         self._started_height = 0
         self._started_at = 0.0
+        self.grace_s = grace_ms / 1000
+        self._recheck: asyncio.TimerHandle | None = None
 
     def _now(self) -> float:
         """Seconds on the node's clock (virtual under the simulator, so timeouts fire there too)."""
@@ -85,7 +91,19 @@ class BlockSync:
         if peer.head_height > self.best_height:
             self.best_height = peer.head_height
         if peer.head_height > self.head().height + self.lag:
+            if self.grace_s and self._outstanding is None:
+                # The engine's messages are likely bringing these blocks already (a Raft
+                # follower hears of a commit from the leader's status a moment before the
+                # commit index arrives): ask only if we are still behind after the grace.
+                if self._recheck is None:
+                    self._recheck = asyncio.get_running_loop().call_later(self.grace_s, self._recheck_now)
+                return
             self._request(peer.id)
+
+    def _recheck_now(self) -> None:
+        self._recheck = None
+        if self._outstanding is None:
+            self._ask_best_peer()
 
     def fetch_branch(self, peer_id: str, tip_height: int, tip_hash: bytes) -> None:
         """A peer sent a block whose ancestry we lack on a branch no longer than ours: ask it

@@ -150,3 +150,45 @@ def test_block_serving_answers_one_request_per_peer_at_a_time_and_refuses_foreig
     asyncio.run(scenario())
     assert [reason for _, _, reason in network.penalties[1:]] == ["block request names no block of this chain"] * 2
     assert not [m for _, m in network.sent], "no answer to a locator with no hash of this chain"
+
+
+def test_with_a_grace_a_peer_ahead_is_asked_only_if_the_node_is_still_behind_after_it():
+    """Raft's followers hear of each commit from the leader's status a moment before the
+    commit index: without the grace each one started a block request."""
+    from ledger.block import BlockHeader
+    from node.p2p.network import PeerInfo
+
+    heads = {"height": 5}
+    header = lambda: BlockHeader(chain_id=CHAIN, height=heads["height"], timestamp=0, parent=bytes(32),
+                                 tx_root=bytes(32), tx_count=0, proposer=bytes(20))
+
+    class Peers(FakeNetwork):
+        def __init__(self):
+            super().__init__()
+            self.listed = []
+
+        def peers(self):
+            return self.listed
+
+    class Store:
+        def block_header(self, height):
+            return header()
+
+    async def scenario():
+        network = Peers()
+        sync = BlockSync(network, Store(), header, lag=0, now_ms=lambda: 0, serving=None,
+                         max_block_transactions=10, grace_ms=20)
+        ahead = PeerInfo("leader", "", False, 6, b"\x01" * 32)
+        network.listed = [ahead]
+        sync.on_peer_status(ahead)
+        assert not network.sent  # not at once
+        heads["height"] = 6  # the engine committed it meanwhile
+        await asyncio.sleep(0.03)
+        assert not network.sent
+        far = PeerInfo("leader", "", False, 9, b"\x02" * 32)
+        network.listed = [far]
+        sync.on_peer_status(far)
+        await asyncio.sleep(0.03)  # still behind after the grace: now it asks
+        assert [(to, type(m)) for to, m in network.sent] == [("leader", GetBlocks)]
+
+    asyncio.run(scenario())

@@ -404,3 +404,24 @@ def test_a_restart_into_a_newer_term_than_the_saved_vote_forgets_that_vote():
     chain = cluster.chains[1]
     engine.handle(Started(cluster.now, chain[-1].header, saved, tuple(b.header for b in chain)))
     assert (engine.term, engine.voted_for) == (1, None)
+
+
+def test_a_follower_answers_entries_and_heartbeats_but_not_the_commit_note_after_each_block():
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.heartbeat(0)
+
+    def answers(node: int, since: int) -> int:
+        return sum(1 for a in cluster.actions[node][since:] if isinstance(a, Send) and isinstance(
+            messages.decode_message(a.message, cluster.members, "raft-test", 100), messages.AppendResponse))
+
+    before, leader_sent = len(cluster.actions[1]), len(cluster.actions[0])
+    cluster.submit(0)
+    notes = [m for a in cluster.actions[0][leader_sent:] if isinstance(a, Send)
+             and isinstance(m := messages.decode_message(a.message, cluster.members, "raft-test", 100),
+                            messages.AppendEntries) and not m.entries]
+    assert notes and answers(1, before) == 1  # the block's entry, not the note of its commit
+    assert cluster.committed(1) == cluster.committed(0)  # the note still commits it
+    before = len(cluster.actions[1])
+    cluster.heartbeat(0)
+    assert answers(1, before) == 1  # a heartbeat is a new round: answered (check-quorum hears it)

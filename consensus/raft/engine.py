@@ -105,6 +105,7 @@ class RaftEngine(ReadIndexPart, OperatorPart, Engine):
         self.chain_id = genesis.chain_id
         self.address_prefix = genesis.address_prefix
         self.max_block_transactions = genesis.max_block_transactions
+        self.sync_grace_ms = 2 * self.params.heartbeat_ms  # a heartbeat lost, and the next one brings them
         self.genesis_members = Membership(self.params.members)
         self.memberships = Memberships(self.genesis_members)
         self._key = signer
@@ -130,6 +131,7 @@ class RaftEngine(ReadIndexPart, OperatorPart, Engine):
         self.peer_of: dict[bytes, str] = {}  # member -> peer id, learned from messages it signed
         self._building = False
         self._txs_waiting = 0
+        self._answered: tuple[int, int] = (0, -1)  # follower: (term, round) of the last append it answered
         self._init_operators()
         self._init_reads()
         self.proposed: dict[bytes, int] = {}  # address -> blocks it appended that this node saw committed
@@ -278,6 +280,7 @@ class RaftEngine(ReadIndexPart, OperatorPart, Engine):
             if self._transfer_to is not None and self._now >= self._transfer_until:
                 self._transfer_to = None  # the target did not take over in time: lead on
             if self._now >= self._heartbeat_at:
+                self._round += 1  # a heartbeat every member answers (check-quorum hears them)
                 self._replicate()
         elif self._is_voter() and self._now >= self._election_at:
             self._campaign(pre_vote=True)
@@ -479,7 +482,12 @@ class RaftEngine(ReadIndexPart, OperatorPart, Engine):
         if changed:
             self._persist()
         matched = min(index, log.last_index)
-        self._send(peer, AppendResponse(self.term, self.key, True, matched, request.round))
+        # An append that brought nothing and repeats a round already answered only carries
+        # the commit index (the leader's note after each commit): answering it would tell
+        # the leader nothing, at two messages a block.
+        if request.entries or (self.term, request.round) != self._answered:
+            self._answered = (self.term, request.round)
+            self._send(peer, AppendResponse(self.term, self.key, True, matched, request.round))
         if request.commit > self.commit_index:
             self.commit_index = max(self.commit_index, min(request.commit, matched))
             self._apply_committed()

@@ -31,6 +31,7 @@ class OperatorPart:
     params: RaftParams
     peer_of: dict[bytes, str]
     match_index: dict[bytes, int]
+    _round: int
     _now: int
     _out: list[Action]
 
@@ -65,6 +66,7 @@ class OperatorPart:
         assert self.log is not None and self.key is not None
         self._transfer_to = target
         self._transfer_until = self._now + self.params.election_timeout_ms
+        self._round += 1  # the target answers what we send now, even with nothing new in it
         if self.match_index.get(target, 0) >= self.log.last_index:
             self._send(self.peer_of[target], TimeoutNow(self.term, self.key))
         else:
