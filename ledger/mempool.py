@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left, insort
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 
 from ledger.crypto import SIGNATURE_SIZE
+from ledger.recent import RecentMap
 from ledger.state import Account
 from ledger.transaction import InvalidTransaction, Transaction, TxKind
 
@@ -37,6 +37,8 @@ AccountLookup = Callable[[bytes], Account]  # address -> its committed account
 
 # The heaps are rebuilt when they hold more than this many times the live items (plus slack).
 _HEAP_SLACK_FACTOR = 2
+# Verdicts of stateless checks remembered: a few seconds of traffic at full rate.
+VERIFIED_CACHE_SIZE = 32_768
 _HEAP_SLACK_MIN = 1024
 
 
@@ -116,9 +118,11 @@ class Mempool:
         self._arrivals: list[tuple[int, int, bytes]] = []
         # id -> None (passed the stateless checks) or the InvalidTransaction it failed with.
         # Stateless checks depend only on the transaction bytes and our chain id, so the
-        # outcome can be replayed for a re-submitted id without verifying again.
-        self._checked: OrderedDict[bytes, InvalidTransaction | None] = OrderedDict()
-        self._checked_limit = verified_cache_size or max(capacity, 1024)
+        # outcome can be replayed for a re-submitted id without verifying again.  Only the
+        # newest verdicts are kept (duplicates arrive close together: gossip from several
+        # peers, a client's retry); one per transfer ever seen would grow with the chain.
+        self._checked: RecentMap[bytes, InvalidTransaction | None] = RecentMap(
+            verified_cache_size or VERIFIED_CACHE_SIZE)
 
     # --- queries --------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -349,7 +353,7 @@ class Mempool:
     def _check_stateless(self, tx: Transaction, tx_id: bytes, verified: bool) -> None:
         checked = self._checked
         if tx_id in checked:
-            failure = checked[tx_id]
+            failure = checked.get(tx_id)
         else:
             failure = None
             try:
@@ -357,8 +361,6 @@ class Mempool:
             except InvalidTransaction as exc:
                 failure = exc
             checked[tx_id] = failure
-            if len(checked) > self._checked_limit:
-                checked.popitem(last=False)
         if failure is not None:
             raise MempoolRejection(failure.reason, str(failure), failure.field)
 

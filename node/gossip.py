@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from api.service import Rejection, SubmitResult
 from ledger.codec import DecodeError
+from ledger.recent import RecentSet
 from ledger.transaction import Transaction
 from node.p2p.messages import TxAnnounce, TxBatch, TxRequest
 from node.p2p.network import Network
@@ -29,6 +30,11 @@ from node.p2p.network import Network
 log = logging.getLogger("ledger.gossip")
 
 FLUSH_SECONDS = 0.01
+# Ids seen (announced, fetched, admitted): at least half of this many of the newest are
+# remembered, five seconds of traffic at 12,000 transfers a second; what still waits is in
+# the mempool, which gossip asks too.  An older id announced again is fetched once more
+# and refused by the mempool (nonce too low): a little traffic, no state.
+SEEN_CAPACITY = 131_072
 REQUEST_TIMEOUT_MS = 2_000  # an id requested but not delivered by then may be requested again
 MAX_IDS_PER_MESSAGE = 4096
 # One announcement's worth in flight per peer: an honest peer answers a request within
@@ -40,22 +46,6 @@ MAX_WAITING_TOTAL = 50_000
 MALICIOUS_REASONS = frozenset({"bad_signature", "high_s_signature", "wrong_chain", "bad_public_key", "decode_error"})
 # A transaction nobody asked for: a late answer from an honest peer costs little, a stream of them adds up.
 PENALTY_UNSOLICITED = 1
-
-
-class SeenCache:
-    """A bounded set of recently seen ids, oldest forgotten first."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self._ids: OrderedDict[bytes, None] = OrderedDict()
-
-    def __contains__(self, tx_id: bytes) -> bool:
-        return tx_id in self._ids
-
-    def add(self, tx_id: bytes) -> None:
-        self._ids[tx_id] = None
-        if len(self._ids) > self.capacity:
-            self._ids.popitem(last=False)
 
 
 @dataclass
@@ -73,7 +63,7 @@ class TxGossip:
         submit: Callable[[list[Transaction], str | None], Awaitable[list[SubmitResult]]],
         pending: Callable[[bytes], Transaction | None],
         clock: Callable[[], int],
-        seen_capacity: int = 500_000,
+        seen_capacity: int = SEEN_CAPACITY,
         *,
         max_in_flight: int = MAX_IN_FLIGHT_PER_PEER,
         max_waiting: int = MAX_WAITING_PER_PEER,
@@ -82,7 +72,7 @@ class TxGossip:
         self.network = network
         self._submit = submit
         self._pending = pending
-        self.seen = SeenCache(seen_capacity)
+        self.seen = RecentSet(seen_capacity)
         self._clock = clock
         self.max_in_flight = max_in_flight
         self.max_waiting = max_waiting
@@ -131,10 +121,11 @@ class TxGossip:
         peer = self._peers.get(peer_id)
         if peer is None:
             peer = self._peers[peer_id] = _PeerRequests()
-        requested, seen, waiting = self._requested, self.seen, peer.waiting
+        requested, seen, waiting, pending = self._requested, self.seen, peer.waiting, self._pending
         for tx_id in ids:
-            # Requested once, from the first peer that announced it, unless that answer is lost.
-            if tx_id in seen or tx_id in requested or tx_id in waiting:
+            # Requested once, from the first peer that announced it, unless that answer is
+            # lost; never while our mempool holds it (seen may have forgotten it by then).
+            if tx_id in seen or tx_id in requested or tx_id in waiting or pending(tx_id) is not None:
                 continue
             waiting[tx_id] = None
             self._waiting_total += 1

@@ -192,3 +192,22 @@ def test_with_a_grace_a_peer_ahead_is_asked_only_if_the_node_is_still_behind_aft
         assert [(to, type(m)) for to, m in network.sent] == [("leader", GetBlocks)]
 
     asyncio.run(scenario())
+
+
+def test_ids_seen_are_forgotten_after_a_bound_but_what_the_mempool_holds_is_never_requested():
+    now = [0]
+    network = FakeNetwork()
+    held = {tx_id: object() for tx_id in ids(3)}
+
+    async def submit(transactions, origin):
+        return [Accepted(tx.id) for tx in transactions]
+
+    gossip = TxGossip(network, submit, held.get, lambda: now[0], seen_capacity=8)
+    old = ids(4)
+    for tx_id in old:
+        gossip.seen.add(tx_id)
+    for tx_id in ids(8):  # the newest push the oldest out
+        gossip.seen.add(tx_id)
+    assert len(gossip.seen) <= 8 and not any(tx_id in gossip.seen for tx_id in old)
+    gossip.on_announce("peer", tuple(held) + old[:1])
+    assert network.requested("peer") == [old[0]]  # forgotten, so asked again; pending ones not
