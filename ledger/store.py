@@ -495,7 +495,10 @@ class ChainStore:
             raise NotNextBlock(f"block {height} has parent {header.parent.hex()}, the head is {head_hash.hex()}")
         self._insert_block_row(conn, block, raws, certificate)
         if tx_rows:
-            conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
+            if self.backend == "postgresql":
+                _copy_transactions(conn, tx_rows)
+            else:
+                conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
         if account_rows:
             conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
         conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
@@ -801,6 +804,28 @@ def account_transactions_query(address: bytes, before: tuple[int, int] | None, l
 
 
 _ACCOUNT_VALUE_COLUMNS = tuple(accounts_table.c[name] for name in ACCOUNT_COLUMNS[1:])
+
+
+_COPY_TRANSACTIONS = f"COPY transactions ({', '.join(TX_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_TX_COPY_TYPES = ("bytea", "int8", "int4", "bytea", "bytea", "int8", "int8", "int8", "bytea")  # TX_COLUMNS order
+
+
+def _copy_transactions(conn: Connection, rows: list[tuple]) -> None:
+    """PostgreSQL: a block's transactions by binary COPY, in the block's own transaction.
+    executemany spent ~10 us of Python a row in the store thread, holding the GIL against
+    the event loop; COPY's rows cost a sixth of that."""
+    import psycopg
+
+    cursor = conn.connection.dbapi_connection.cursor()
+    try:
+        with cursor.copy(_COPY_TRANSACTIONS) as copy:
+            copy.set_types(_TX_COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.errors.IntegrityError as exc:
+        raise sa.exc.IntegrityError(_COPY_TRANSACTIONS, None, exc) from exc
+    finally:
+        cursor.close()
 
 
 def _account_rows(accounts: Iterable[tuple[bytes, Account]]) -> list[tuple]:
