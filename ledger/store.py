@@ -494,13 +494,13 @@ class ChainStore:
         if header.parent != head_hash:
             raise NotNextBlock(f"block {height} has parent {header.parent.hex()}, the head is {head_hash.hex()}")
         self._insert_block_row(conn, block, raws, certificate)
-        if tx_rows:
-            if self.backend == "postgresql":
-                _copy_transactions(conn, tx_rows)
-            else:
+        if self.backend == "postgresql":
+            _copy_rows(conn, tx_rows, account_rows)
+        else:
+            if tx_rows:
                 conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
-        if account_rows:
-            conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
+            if account_rows:
+                conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
         conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
         if evidence_rows:
             conn.execute(evidence_table.insert(), evidence_rows)
@@ -808,20 +808,38 @@ _ACCOUNT_VALUE_COLUMNS = tuple(accounts_table.c[name] for name in ACCOUNT_COLUMN
 
 _COPY_TRANSACTIONS = f"COPY transactions ({', '.join(TX_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _TX_COPY_TYPES = ("bytea", "int8", "int4", "bytea", "bytea", "int8", "int8", "int8", "bytea")  # TX_COLUMNS order
+# Account changes go to a temporary table by COPY, then into accounts in one upsert.
+_ACCOUNT_CHANGES = (
+    "CREATE TEMPORARY TABLE IF NOT EXISTS account_changes (LIKE accounts INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+_COPY_ACCOUNTS = f"COPY account_changes ({', '.join(ACCOUNT_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_ACCOUNT_COPY_TYPES = ("bytea",) + ("int8",) * (len(ACCOUNT_COLUMNS) - 1)
+_UPSERT_ACCOUNT_CHANGES = (
+    f"INSERT INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) SELECT {', '.join(ACCOUNT_COLUMNS)} FROM account_changes "
+    f"ON CONFLICT (address) DO UPDATE SET "
+    + ", ".join(f"{column} = EXCLUDED.{column}" for column in ACCOUNT_COLUMNS[1:]))
 
 
-def _copy_transactions(conn: Connection, rows: list[tuple]) -> None:
-    """PostgreSQL: a block's transactions by binary COPY, in the block's own transaction.
-    executemany spent ~10 us of Python a row in the store thread, holding the GIL against
-    the event loop; COPY's rows cost a sixth of that."""
+def _copy_rows(conn: Connection, tx_rows: list[tuple], account_rows: list[tuple]) -> None:
+    """PostgreSQL: a block's transactions and account changes by binary COPY, in the block's
+    own transaction.  executemany spent ~10 us of Python a row in the store thread, holding
+    the GIL against the event loop; COPY's rows cost a sixth of that."""
     import psycopg
 
     cursor = conn.connection.dbapi_connection.cursor()
     try:
-        with cursor.copy(_COPY_TRANSACTIONS) as copy:
-            copy.set_types(_TX_COPY_TYPES)
-            for row in rows:
-                copy.write_row(row)
+        if tx_rows:
+            with cursor.copy(_COPY_TRANSACTIONS) as copy:
+                copy.set_types(_TX_COPY_TYPES)
+                for row in tx_rows:
+                    copy.write_row(row)
+        if account_rows:
+            cursor.execute(_ACCOUNT_CHANGES)
+            with cursor.copy(_COPY_ACCOUNTS) as copy:
+                copy.set_types(_ACCOUNT_COPY_TYPES)
+                for row in account_rows:
+                    copy.write_row(row)
+            cursor.execute(_UPSERT_ACCOUNT_CHANGES)
+            cursor.execute("TRUNCATE account_changes")  # a block of a multi-block write adds its own
     except psycopg.errors.IntegrityError as exc:
         raise sa.exc.IntegrityError(_COPY_TRANSACTIONS, None, exc) from exc
     finally:
