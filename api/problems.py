@@ -87,6 +87,7 @@ REASONS: dict[str, tuple[int, str]] = {
     "change_pending": (409, "A membership change is under way"),
     "is_leader": (409, "The leader does not remove itself"),
     "already_member": (422, "Already a member of the cluster"),
+    "too_many_members": (409, "The cluster has as many members as a block can name"),
     # linearizable reads (Raft's ReadIndex)
     "no_linearizable_reads": (409, "This engine has no leader to confirm reads with"),
     "leader_unavailable": (503, "No leader confirmed the read"),

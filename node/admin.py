@@ -107,6 +107,10 @@ class ClusterControl:
         if add is not None:
             if address_of(add) in listed:
                 raise AdminRefused("already_member", f"{self.genesis.address(address_of(add))} is a member already")
+            limit = status.details.get("member_limit")
+            if limit is not None and len(listed) >= limit:
+                raise AdminRefused("too_many_members", f"the cluster has {len(listed)} members, the most it can "
+                                                       "have: remove one first")
             self.feed(ev.MembershipChangeRequested(self.now_ms(), add, add=True))
             return {"change": "add learner", "member": address_of(add).hex(), "term": status.term}
         assert remove is not None

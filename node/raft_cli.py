@@ -38,7 +38,7 @@ def _nodes(directory: Path) -> list[tuple[str, Path]]:
 
 def _node_index(name: str, count: int) -> int:
     text = name.removeprefix("node")
-    if not text.isdigit() or int(text) >= count:
+    if not (text.isascii() and text.isdigit()) or int(text) >= count:
         raise RaftCommandError(f"{name!r} names no node of this network: node0 to node{count - 1} (or 0 to {count - 1})")
     return int(text)
 
@@ -79,11 +79,18 @@ class _Cluster:
         return index, term
 
     def post_admin(self, index: int, path: str, body: dict) -> dict:
+        import httpx
+
         try:
             token = (self.nodes[index][1] / ADMIN_TOKEN_FILE).read_text().strip()
         except OSError as exc:
             raise RaftCommandError(f"cannot read node{index}'s admin token: {exc.strerror}", True) from None
-        answer = self.http.post(f"{self.nodes[index][0]}{path}", json=body, headers={"Authorization": f"Bearer {token}"})
+        try:
+            answer = self.http.post(f"{self.nodes[index][0]}{path}", json=body,
+                                    headers={"Authorization": f"Bearer {token}"})
+        except httpx.HTTPError as exc:
+            raise RaftCommandError(f"node{index} did not answer ({exc.__class__.__name__}): is it still running?",
+                                   True) from None
         if answer.status_code != 202:
             detail = answer.json().get("detail", answer.text) if answer.headers.get("content-type", "").endswith(
                 "json") else answer.text
@@ -187,21 +194,28 @@ def change_member(directory: Path, name: str, add: bool, timeout_s: float, say: 
             say(f"node{leader} (leader, term {term}) {'added' if add else 'removed'} {shown} "
                 f"{'as a learner' if add else ''}".rstrip())
 
-        def membership() -> tuple[list, list]:
-            state = cluster.state(leader) or {}
-            details = state.get("details", {})
-            return details.get("voters", []), details.get("learners", [])
+        def membership() -> tuple[list, list] | None:
+            """The leader's voters and learners, or None while it does not answer."""
+            details = (cluster.state(leader) or {}).get("details")
+            return (details["voters"], details["learners"]) if details and "voters" in details else None
+
+        def added() -> bool:
+            now = membership()
+            return now is not None and address.hex() in now[0]
+
+        def removed() -> bool:
+            now = membership()
+            return now is not None and address.hex() not in now[0] + now[1]
 
         if add:
             say(f"node{target} catches up from the chain; the leader promotes it once it holds every committed block")
-            done = _wait(timeout_s, lambda: address.hex() in membership()[0])
-            if not done:
+            if not _wait(timeout_s, added):
                 raise RaftCommandError(f"node{target} is still a learner after {timeout_s:g} s: is it running and "
                                        "connected to the others? (ledger testnet status)", True)
-        elif not _wait(timeout_s, lambda: address.hex() not in sum(membership(), [])):
+        elif not _wait(timeout_s, removed):
             raise RaftCommandError(f"the removal of node{target} was not committed within {timeout_s:g} s "
-                                   "(is a majority of the members up?)", True)
-        voters = membership()[0]
+                                   f"(is a majority of the members up, and node{leader} still leading?)", True)
+        voters = (membership() or ([], []))[0]
         say(f"node{target} is {'a voter' if add else 'no longer a member'}: {len(voters)} voters, a majority is "
             f"{len(voters) // 2 + 1}")
 

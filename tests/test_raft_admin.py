@@ -209,3 +209,34 @@ def test_the_transfer_command_refuses_bad_arguments_with_one_line_and_writes_not
     assert unknown.exit_code == 2 and "'node5' names no node of this network: node0 to node0" in unknown.output
     assert config.read_text() == f"api_port = 1\ndata_dir = '{tmp_path}'\n"
     assert sorted(p.name for p in (tmp_path / "net" / "node0").iterdir()) == ["config.toml"]
+
+
+def test_a_full_cluster_refuses_another_member():
+    validators = [SimpleNamespace(address=bytes([i]) * 20, public_key=b"", power=1) for i in (1, 2)]
+    status = SimpleNamespace(role="leader", term=2, validators=validators, details={
+        "leader": validators[0].address.hex(), "accepts_membership_change": True, "member_limit": 2})
+    engine = SimpleNamespace(name="raft", changes_membership=True, status=lambda: status)
+    node = NodeOf(engine, 0)
+    with pytest.raises(AdminRefused) as refused:
+        node.change_membership(NEW_KEY, None)
+    assert refused.value.reason == "too_many_members" and node.fed == []
+
+
+def test_the_raft_commands_refuse_a_strange_node_name_and_a_leader_gone_quiet(tmp_path):
+    import httpx
+
+    from node.raft_cli import RaftCommandError, _Cluster, _node_index
+    from node.testnet import write_network
+
+    for name in ("node²", "node-1", "node3", "x"):
+        with pytest.raises(RaftCommandError, match="names no node of this network"):
+            _node_index(name, 3)
+    write_network(tmp_path / "net", 3, "raft", 28200, 29200)
+    (tmp_path / "net" / "node0" / "admin.token").write_text("t\n")
+
+    class Gone:
+        def post(self, *args, **kwargs):
+            raise httpx.ConnectError("refused")
+
+    with pytest.raises(RaftCommandError, match="node0 did not answer .ConnectError.: is it still running"):
+        _Cluster(tmp_path / "net", Gone()).post_admin(0, "/v1/admin/members", {"remove": "x"})

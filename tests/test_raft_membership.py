@@ -211,3 +211,67 @@ def test_a_candidate_that_syncs_its_own_removal_stops_campaigning():
     cluster.heal()
     cluster.tick(3, after_ms=5 * ELECTION_MS)
     assert cluster.engines[3].role == "follower" and cluster.engines[0].role == "leader"
+
+
+class Everyone:
+    def __contains__(self, key) -> bool:
+        return True
+
+
+def test_a_promoted_learner_that_missed_its_promotion_still_votes():
+    """Review finding: a promotion commits on a majority of the new voters, which need not
+    include the learner; if the leader then dies before the others hear the commit index,
+    the learner's vote is needed, and learners did not vote: no leader ever again."""
+    from consensus.raft.messages import AppendEntries, decode_message
+
+    cluster = Cluster(2, spares=1)  # voters 0 and 1; node 2 joins
+    cluster.elect(0)
+    change(cluster, 0, 2, add=True)
+    cluster.sync(2, 0)
+    assert cluster.engines[2].status().role == "learner"
+    promoting = {"on": False}
+
+    def rewrite(source, destination, data):
+        if source != 0:
+            return data
+        message = decode_message(data, Everyone(), cluster.genesis.chain_id, 100)
+        if isinstance(message, AppendEntries) and message.entries and membership(cluster, 0) == Membership(
+                cluster.members):
+            promoting["on"] = True
+        if promoting["on"] and (destination == 2 or isinstance(message, AppendEntries) and not message.entries):
+            return None  # node 2 never gets its promotion, node 1 never hears it committed
+        return data
+
+    cluster.rewrite = rewrite
+    cluster.heartbeat(0)
+    assert membership(cluster, 1) == Membership(cluster.members) and membership(cluster, 2) != membership(cluster, 1)
+    cluster.crash(0)
+    cluster.rewrite = None
+    for _ in range(5):
+        cluster.tick(1, after_ms=3 * ELECTION_MS)
+        if cluster.engines[1].role == "leader":
+            break
+    assert cluster.engines[1].role == "leader"  # with the vote of node 2, which it counts as a voter
+    cluster.heartbeat(1)
+    assert membership(cluster, 2) == Membership(cluster.members)
+
+
+def test_a_membership_is_at_most_64_members_and_the_leader_never_writes_more():
+    from ledger.crypto import PrivateKey, sha256
+
+    keys = tuple(PrivateKey(sha256(bytes([i]))).public_key for i in range(65))
+    full = Membership(keys[:3], keys[3:64])
+    assert full.full and not Membership(keys[:3]).full
+    with pytest.raises(AssertionError):
+        full.adding_learner(keys[64])
+    with pytest.raises(ValueError):
+        Membership(keys[:3], keys[3:63]).step_to(full.removing(keys[3]).adding_learner(keys[3]).removing(keys[4]))
+    cluster = Cluster(3, spares=1)
+    cluster.elect(0)
+    leader = cluster.engines[0]
+    leader.log.append(leader._empty_block(Membership(cluster.members[:3], keys[3:64])))  # as if 64 had joined
+    leader._may_change_membership = lambda: True  # as if that were committed
+    length = leader.log.last_index
+    change(cluster, 0, 3, add=True)
+    assert leader.log.last_index == length  # a 65th is not appended
+    assert leader.status().details["member_limit"] == 64

@@ -70,7 +70,7 @@ from consensus.engine import (
 )
 from consensus.raft import CANDIDATE, FOLLOWER, LEADER, PRE_CANDIDATE
 from consensus.raft.log import RaftLog, decode_saved, encode_saved, term_of
-from consensus.raft.membership import Membership, Memberships, encode_extra
+from consensus.raft.membership import MAX_MEMBERS, Membership, Memberships, encode_extra
 from consensus.raft.operators import OperatorPart
 from consensus.raft.reads import ReadIndexPart
 from consensus.raft.messages import (
@@ -319,10 +319,10 @@ class RaftEngine(ReadIndexPart, OperatorPart, Engine):
 
     def _on_vote_request(self, peer: str, request: VoteRequest) -> None:
         """RequestVote receiver: grant if the term is current, no other vote was given in it,
-        and the candidate's log is at least as up to date.  Learners do not vote."""
+        and the candidate's log is at least as up to date.  A learner answers too (as etcd's
+        do): it may have been promoted by an entry it has not received yet, which a majority
+        without it committed, and the candidate counts only the votes of its own voters."""
         assert self.log is not None and self.key is not None
-        if not self._is_voter():
-            return
         if request.term < self.term or (self._in_lease() and not request.transfer):
             if request.term < self.term:
                 self._send(peer, VoteResponse(request.pre_vote, self.term, self.key, False))
@@ -749,6 +749,7 @@ class RaftEngine(ReadIndexPart, OperatorPart, Engine):
                 "learners": [hex_address(k) for k in members.learners],
                 "membership_change_pending": log is not None and members != self._membership_of(log.head),
                 "accepts_membership_change": self._may_change_membership(),
+                "member_limit": MAX_MEMBERS,
                 "match_index": {hex_address(m): i for m, i in sorted(self.match_index.items())}
                 if self.role == LEADER else {},
                 "transferring_to": hex_address(self._transfer_to),

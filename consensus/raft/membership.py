@@ -38,6 +38,7 @@ class Membership:
 
     def __post_init__(self) -> None:
         assert self.voters, "a membership without voters could never commit again"
+        assert len(self.voters) + len(self.learners) <= MAX_MEMBERS, "more members than a block's extra can name"
         assert len(set(self.voters + self.learners)) == len(self.voters) + len(self.learners), \
             "a key is a voter or a learner, once"
 
@@ -53,8 +54,12 @@ class Membership:
         return key in self.voters or key in self.learners
 
     # ------------------------------------------------------------------ single-server steps
+    @property
+    def full(self) -> bool:
+        return len(self.voters) + len(self.learners) >= MAX_MEMBERS
+
     def adding_learner(self, key: bytes) -> Membership:
-        assert key not in self
+        assert key not in self and not self.full
         return Membership(self.voters, self.learners + (key,))
 
     def promoting(self, key: bytes) -> Membership:
@@ -71,7 +76,7 @@ class Membership:
         if new == self:
             return None
         for key in new.learners:
-            if key not in self and new == self.adding_learner(key):
+            if key not in self and not self.full and new == self.adding_learner(key):
                 return "add learner"
         for key in self.learners:
             if new == self.promoting(key):

@@ -85,7 +85,7 @@ class OperatorPart:
             return
         members = self._members()
         if add:
-            if key in members:
+            if key in members or members.full:
                 return
             changed = members.adding_learner(key)
         else:
