@@ -11,8 +11,9 @@ drops back to the earlier one when that entry is truncated.
 
 A change is one step (4.2, single-server changes: any two majorities of the old and the
 new set of voters overlap): add a learner, promote a learner to voter, or remove a voter
-or a learner.  Learners (4.2.1) receive the log and answer, but neither vote nor count
-toward a majority; the leader promotes one once it has caught up.  The leader never
+or a learner.  Learners (4.2.1) receive the log and answer, but neither campaign nor
+count toward a majority (their votes count only for a candidate whose log already makes
+them voters); the leader promotes one once it has caught up.  The leader never
 removes itself (it hands the lead over first), so a block's proposer is always a voter of
 both its parent's membership and its own.
 """
