@@ -80,7 +80,10 @@ class _Handler(socketserver.StreamRequestHandler):
             answer = self.server.control.ask(command, args)  # type: ignore[attr-defined]
         except (ValueError, KeyError, TypeError) as exc:
             answer = {"ok": False, "message": f"malformed request: {exc}"}
-        self.wfile.write(json.dumps(answer).encode() + b"\n")
+        try:
+            self.wfile.write(json.dumps(answer).encode() + b"\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the asker left without the answer (a second launcher only checking that one runs)
 
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -216,8 +216,10 @@ def change_member(directory: Path, name: str, add: bool, timeout_s: float, say: 
             raise RaftCommandError(f"the removal of node{target} was not committed within {timeout_s:g} s "
                                    f"(is a majority of the members up, and node{leader} still leading?)", True)
         voters = (membership() or ([], []))[0]
+        majority = len(voters) // 2 + 1
+        warning = "; every voter is needed to commit now" if len(voters) > 1 and majority == len(voters) else ""
         say(f"node{target} is {'a voter' if add else 'no longer a member'}: {len(voters)} voters, a majority is "
-            f"{len(voters) // 2 + 1}")
+            f"{majority}{warning}")
 
 
 def _post_when_ready(cluster: _Cluster, leader: int, body: dict, timeout_s: float) -> None:
