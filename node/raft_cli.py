@@ -240,6 +240,13 @@ def add_raft_commands(app: typer.Typer, fail: Callable[..., None], say: Callable
     raft_app = typer.Typer(help="Raft cluster commands (leadership transfer, membership).", no_args_is_help=True)
     app.add_typer(raft_app, name="raft")
 
+    def run(command: Callable[..., None], *args) -> None:
+        """A refusal of the arguments exits 2, one the cluster caused `runtime_code`."""
+        try:
+            command(*args)
+        except RaftCommandError as exc:
+            fail(str(exc), runtime_code if exc.runtime else 2)
+
     @raft_app.command("transfer-leadership")
     def transfer(
         node: str = typer.Argument(..., help="The member to lead next: node0, node1, ... (or 0, 1, ...)"),
@@ -251,10 +258,7 @@ def add_raft_commands(app: typer.Typer, fail: Callable[..., None], say: Callable
         The leader stops appending, brings NODE's log up to its own and tells it to
         campaign at once; if NODE has not taken over within an election timeout, the
         leader leads on."""
-        try:
-            transfer_leadership(directory, node, timeout, say)
-        except RaftCommandError as exc:
-            fail(str(exc), runtime_code if exc.runtime else 2)
+        run(transfer_leadership, directory, node, timeout, say)
 
     @raft_app.command("add-member")
     def add_member(
@@ -266,10 +270,7 @@ def add_raft_commands(app: typer.Typer, fail: Callable[..., None], say: Callable
         """Make NODE a member: it joins as a learner, catches up from the chain, and the leader
         promotes it to voter once it holds every committed block.  NODE must be running
         (`ledger testnet --nodes N` with one more node adds one that follows)."""
-        try:
-            change_member(directory, node, True, timeout, say)
-        except RaftCommandError as exc:
-            fail(str(exc), runtime_code if exc.runtime else 2)
+        run(change_member, directory, node, True, timeout, say)
 
     @raft_app.command("remove-member")
     def remove_member(
@@ -280,7 +281,4 @@ def add_raft_commands(app: typer.Typer, fail: Callable[..., None], say: Callable
     ) -> None:
         """Remove NODE from the members (it may be down); the majority shrinks with it.  If
         NODE leads, the lead is handed to another member first."""
-        try:
-            change_member(directory, node, False, timeout, say)
-        except RaftCommandError as exc:
-            fail(str(exc), runtime_code if exc.runtime else 2)
+        run(change_member, directory, node, False, timeout, say)

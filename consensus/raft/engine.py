@@ -154,12 +154,6 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
         assert self.log is not None
         return self.memberships.of(self.log.last_header())
 
-    def _membership_of(self, header: BlockHeader) -> Membership:
-        return self.memberships.of(header)
-
-    def _address(self, key: bytes) -> bytes:
-        return self.memberships.address(key)
-
     def _voters_among(self, keys) -> int:
         voters = self._members().voters
         return sum(1 for key in set(keys) if key in voters)
@@ -180,7 +174,7 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
         change = self.memberships.change(header, parent) if parent is not None else None
         if change is not None:
             step, key = change
-            labels.append(("membership", f"{step} {encode_address(self.address_prefix, self._address(key))}"))
+            labels.append(("membership", f"{step} {encode_address(self.address_prefix, self.memberships.address(key))}"))
         return labels
 
     # ------------------------------------------------------------------ events
@@ -610,10 +604,10 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
         members = self._members() if log is not None else self.genesis_members
 
         def hex_address(key: bytes | None) -> str | None:
-            return self._address(key).hex() if key is not None else None
+            return self.memberships.address(key).hex() if key is not None else None
 
         def validator(key: bytes, power: int) -> ValidatorStatus:
-            address = self._address(key)
+            address = self.memberships.address(key)
             return ValidatorStatus(address=address, public_key=key, power=power,
                                    blocks_proposed=self.proposed.get(address, 0),
                                    last_signed_height=self.last_signed.get(address))
@@ -642,7 +636,7 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
                 "member": hex_address(self.me),
                 "voters": [hex_address(k) for k in members.voters],
                 "learners": [hex_address(k) for k in members.learners],
-                "membership_change_pending": log is not None and members != self._membership_of(log.head),
+                "membership_change_pending": log is not None and self._change_pending(),
                 "accepts_membership_change": self._may_change_membership(),
                 "member_limit": MAX_MEMBERS,
                 "match_index": {hex_address(m): i for m, i in sorted(self.match_index.items())}

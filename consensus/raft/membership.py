@@ -39,9 +39,8 @@ class Membership:
 
     def __post_init__(self) -> None:
         assert self.voters, "a membership without voters could never commit again"
-        assert len(self.voters) + len(self.learners) <= MAX_MEMBERS, "more members than a block's extra can name"
-        assert len(set(self.voters + self.learners)) == len(self.voters) + len(self.learners), \
-            "a key is a voter or a learner, once"
+        assert len(self.everyone) <= MAX_MEMBERS, "more members than a block's extra can name"
+        assert len(set(self.everyone)) == len(self.everyone), "a key is a voter or a learner, once"
 
     @property
     def majority(self) -> int:
@@ -51,14 +50,14 @@ class Membership:
     def everyone(self) -> tuple[bytes, ...]:
         return self.voters + self.learners
 
+    @property
+    def full(self) -> bool:
+        return len(self.everyone) >= MAX_MEMBERS
+
     def __contains__(self, key: object) -> bool:
         return key in self.voters or key in self.learners
 
     # ------------------------------------------------------------------ single-server steps
-    @property
-    def full(self) -> bool:
-        return len(self.voters) + len(self.learners) >= MAX_MEMBERS
-
     def adding_learner(self, key: bytes) -> Membership:
         assert key not in self and not self.full
         return Membership(self.voters, self.learners + (key,))

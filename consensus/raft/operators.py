@@ -16,7 +16,7 @@ from __future__ import annotations
 from consensus.engine import Action
 from consensus.raft import LEADER
 from consensus.raft.log import RaftLog, term_of
-from consensus.raft.membership import Membership
+from consensus.raft.membership import Membership, Memberships
 from consensus.raft.messages import Message, RaftParams, TimeoutNow
 from ledger.block import Block
 
@@ -32,6 +32,7 @@ class OperatorPart:
     peer_of: dict[bytes, str]
     match_index: dict[bytes, int]
     _round: int
+    memberships: Memberships
     _now: int
     _out: list[Action]
 
@@ -41,13 +42,9 @@ class OperatorPart:
 
     def _members(self) -> Membership: ...
 
-    def _membership_of(self, header) -> Membership: ...
-
     def _append(self, block: Block) -> None: ...
 
     def _empty_block(self, membership: Membership | None = None) -> Block: ...
-
-    def _address(self, key: bytes) -> bytes: ...
 
     def _init_operators(self) -> None:
         self._transfer_to: bytes | None = None  # leader: the member it is handing the lead to
@@ -60,7 +57,7 @@ class OperatorPart:
         taken over within an election timeout, this leader goes on leading."""
         if self.role != LEADER:
             return
-        target = next((k for k in self._members().voters if self._address(k) == to), None)
+        target = next((k for k in self._members().voters if self.memberships.address(k) == to), None)
         if target is None or target == self.key or target not in self.peer_of:
             return
         assert self.log is not None and self.key is not None
@@ -73,12 +70,16 @@ class OperatorPart:
             self._send_append(target)
 
     # ------------------------------------------------------------------ membership
+    def _change_pending(self) -> bool:
+        """Whether the log holds a membership change that is not committed yet."""
+        assert self.log is not None
+        return self.memberships.of(self.log.last_header()) != self.memberships.of(self.log.head)
+
     def _may_change_membership(self) -> bool:
         """Leaders: one change at a time, after an entry of this term is committed."""
         log = self.log
         return (self.role == LEADER and log is not None and self._transfer_to is None
-                and term_of(log.head) == self.term
-                and self._membership_of(log.last_header()) == self._membership_of(log.head))
+                and term_of(log.head) == self.term and not self._change_pending())
 
     def _on_membership_requested(self, key: bytes, add: bool) -> None:
         if not self._may_change_membership():
