@@ -116,6 +116,7 @@ meta_table = sa.Table(
 )
 
 TX_COLUMNS = ("id", "height", "idx", "sender", "recipient", "nonce", "amount", "fee", "raw")
+BLOCK_COLUMNS = ("height", "hash", "parent", "timestamp", "proposer", "tx_count", "size", "header", "certificate")
 ACCOUNT_COLUMNS = ("address", "balance", "nonce", "bonded", "unbonding", "release_epoch", "slashed")
 _NO_STAKE_COLUMNS = (0, 0, 0, 0)
 
@@ -281,14 +282,21 @@ class ChainStore:
             set_={column: account_insert.excluded[column] for column in ACCOUNT_COLUMNS[1:]},
         )
         meta_insert = self._insert(meta_table)
-        self._meta_upsert = meta_insert.on_conflict_do_update(
+        meta_upsert = meta_insert.on_conflict_do_update(
             index_elements=[meta_table.c.key], set_={"value": meta_insert.excluded.value}
         )
-        # The bulk statements of a block commit go to the driver's executemany as
-        # compiled SQL with plain tuples: SQLAlchemy's per-value bind processing
-        # otherwise costs about as much as SQLite's own work on these rows.
+        # Every statement of a block commit goes to the driver as compiled SQL with plain
+        # tuples: SQLAlchemy's statement handling and per-value bind processing otherwise
+        # cost more than SQLite's own work on a block of a few transfers.
         self._insert_transactions_sql = self._positional_sql(transactions_table.insert(), TX_COLUMNS)
         self._upsert_accounts_sql = self._positional_sql(account_upsert, ACCOUNT_COLUMNS)
+        self._insert_block_sql = self._positional_sql(blocks_table.insert(), BLOCK_COLUMNS)
+        self._insert_undo_sql = self._positional_sql(undo_table.insert(), ("height", "data"))
+        self._upsert_meta_sql = self._positional_sql(meta_upsert, ("key", "value"))
+        self._head_sql = str(
+            sa.select(blocks_table.c.height, blocks_table.c.hash).order_by(blocks_table.c.height.desc()).limit(1)
+            .compile(dialect=self._engine.dialect, compile_kwargs={"literal_binds": True})
+        )
 
     def _positional_sql(self, statement, columns: tuple[str, ...]) -> str:
         dialect = self._engine.dialect
@@ -458,11 +466,8 @@ class ChainStore:
             raise StoreConflict(f"the blocks conflict with stored data: {exc.orig}") from None
         return reverted
 
-    @staticmethod
-    def _head_row(conn: Connection) -> tuple[int, bytes]:
-        head = conn.execute(
-            sa.select(blocks_table.c.height, blocks_table.c.hash).order_by(blocks_table.c.height.desc()).limit(1)
-        ).first()
+    def _head_row(self, conn: Connection) -> tuple[int, bytes]:
+        head = conn.exec_driver_sql(self._head_sql).first()
         if head is None:
             raise NotInitialized("the store holds no genesis block: call initialize first")
         return head[0], bytes(head[1])
@@ -501,7 +506,7 @@ class ChainStore:
                 conn.exec_driver_sql(self._insert_transactions_sql, tx_rows)
             if account_rows:
                 conn.exec_driver_sql(self._upsert_accounts_sql, account_rows)
-        conn.execute(undo_table.insert(), {"height": height, "data": undo_data})
+        conn.exec_driver_sql(self._insert_undo_sql, (height, undo_data))
         if evidence_rows:
             conn.execute(evidence_table.insert(), evidence_rows)
         self._put_meta(conn, META_HEAD, block.hash)
@@ -511,20 +516,10 @@ class ChainStore:
         header_bytes = header.encode()
         # Block.encode() is the header and each transaction, each behind a u32 length.
         size = 4 + len(header_bytes) + sum(4 + len(raw) for raw in raws)
-        conn.execute(
-            blocks_table.insert(),
-            {
-                "height": header.height,
-                "hash": block.hash,
-                "parent": header.parent,
-                "timestamp": header.timestamp,
-                "proposer": header.proposer,
-                "tx_count": header.tx_count,
-                "size": size,
-                "header": header_bytes,
-                "certificate": bytes(certificate),
-            },
-        )
+        conn.exec_driver_sql(self._insert_block_sql, (  # in BLOCK_COLUMNS order
+            header.height, block.hash, header.parent, header.timestamp, header.proposer, header.tx_count, size,
+            header_bytes, bytes(certificate),
+        ))
 
     def revert_head(self) -> tuple[Block, dict[bytes, Account | None]]:
         """Undo the head block (for a reorg); returns it and the account values restored."""
@@ -761,7 +756,7 @@ class ChainStore:
             self._put_meta(conn, key, bytes(value))
 
     def _put_meta(self, conn: Connection, key: str, value: bytes) -> None:
-        conn.execute(self._meta_upsert, {"key": key, "value": value})
+        conn.exec_driver_sql(self._upsert_meta_sql, (key, value))
 
     def close(self) -> None:
         self._engine.dispose()
