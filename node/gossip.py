@@ -102,7 +102,11 @@ class TxGossip:
 
     def flush(self) -> None:
         outbox, self._outbox = self._outbox, {}
+        pending = self._pending
         for origin, ids in outbox.items():
+            # What left the mempool meanwhile is in a block (or was refused or replaced): peers
+            # get it with the block, and an announcement would only make them ask for nothing.
+            ids = [tx_id for tx_id in ids if pending(tx_id) is not None]
             exclude = frozenset((origin,)) if origin is not None else frozenset()
             for start in range(0, len(ids), MAX_IDS_PER_MESSAGE):
                 chunk = ids[start : start + MAX_IDS_PER_MESSAGE]

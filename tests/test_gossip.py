@@ -211,3 +211,23 @@ def test_ids_seen_are_forgotten_after_a_bound_but_what_the_mempool_holds_is_neve
     assert len(gossip.seen) <= 8 and not any(tx_id in gossip.seen for tx_id in old)
     gossip.on_announce("peer", tuple(held) + old[:1])
     assert network.requested("peer") == [old[0]]  # forgotten, so asked again; pending ones not
+
+
+def test_what_left_the_mempool_before_the_flush_is_not_announced():
+    network = FakeNetwork()
+    txs = [new_transfer(KEY, CHAIN, nonce, b"\x01" * 20, 1) for nonce in range(3)]
+    held = {tx.id: tx for tx in txs}
+
+    async def submit(transactions, origin):
+        return [Accepted(tx.id) for tx in transactions]
+
+    async def scenario():
+        gossip = TxGossip(network, submit, held.get, lambda: 0)
+        gossip.admitted(txs, None)
+        del held[txs[1].id]  # committed in a block before the announcement went out
+        gossip.flush()
+        await gossip.stop()
+
+    asyncio.run(scenario())
+    announced = [i for _, message in network.sent if isinstance(message, TxAnnounce) for i in message.ids]
+    assert announced == [txs[0].id, txs[2].id]
