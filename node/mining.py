@@ -30,8 +30,8 @@ SLICE = 50_000  # nonces a worker tries before reporting back (~0.1 s of SHA-256
 MINER_NICENESS = 10
 
 
-def _init_worker() -> None:
-    die_with_parent()  # a SIGKILLed node must not leave its worker mining forever
+def _init_worker(node_pid: int) -> None:
+    die_with_parent(node_pid)  # a SIGKILLed node must not leave its worker mining forever
     # Ctrl-C in a terminal reaches the whole process group; the node stops its miner itself,
     # and a worker killed by the KeyboardInterrupt would leave the pool's semaphores behind.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -50,7 +50,8 @@ class ProcessMiner:
         if self._pool is None:
             # spawn, not fork: the node's event loop and database connections stay out of the worker.
             self._pool = ProcessPoolExecutor(
-                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker
+                max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
         self._job = asyncio.get_running_loop().create_task(self._run(header, target, on_found))
 
