@@ -45,6 +45,7 @@ class NodeConfig:
     miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
     stall_seconds: int = 30  # /healthz answers 503 when the head stood still this long with work to do
     block_time: int = 0  # solo: seal a block every this many seconds, empty or not; 0: when transactions wait
+    signature_workers: int = -1  # processes that check a sync answer's signatures; -1: one fewer than the cores
 
     @property
     def db_url(self) -> str:
@@ -75,6 +76,7 @@ _INT_BOUNDS = {
     "p2p_frame_timeout_ms": (100, 600_000),
     "p2p_frame_min_rate": (1024, 1 << 30),
     "block_time": (0, 86_400),
+    "signature_workers": (-1, 64),
     "api_max_connections": (1, 1_000_000),
 }
 _FLOAT_BOUNDS = {

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,7 @@ from node.forks import SideBlocks
 from node.metrics import NodeMetrics
 from node.p2p import messages as wire
 from node.p2p.network import Network, PeerInfo
+from node.signatures import SignatureChecks
 from node.sync import BlockSync
 
 log = logging.getLogger("ledger.node")
@@ -69,10 +70,14 @@ class ImportingNode(Protocol):
     finalized_height: int
 
     sync: BlockSync
+    signatures: SignatureChecks
 
     def validate_header(self, block: Block, recent: tuple[BlockHeader, ...]) -> None: ...
 
-    def validate(self, block: Block, recent: tuple[BlockHeader, ...], accounts: Mapping[bytes, Account]) -> BlockEffects: ...
+    def validate(
+        self, block: Block, recent: tuple[BlockHeader, ...], accounts: Mapping[bytes, Account],
+        verified: Container[bytes] = (),
+    ) -> BlockEffects: ...
 
     async def commit(self, block: Block, certificate: bytes, effects: BlockEffects | None = None, announce: bool = True) -> None: ...
 
@@ -100,6 +105,11 @@ class BlockImporter:
         node = self.node
         engine = node.engine
         run = _Run.on_head(self)  # sync: consecutive blocks on our head, committed together
+        if not item.relay:
+            # A sync answer's signatures, checked by the workers and the loop together.
+            pool = node.pool
+            run.verified = await node.signatures.verified(
+                [tx for block in item.blocks for tx in block.transactions if tx.id not in pool])
         for position, block in enumerate(item.blocks):
             header = block.header
             certificate = b""
@@ -354,6 +364,7 @@ class _Run:
         self.checked: list[tuple[Block, BlockEffects, bytes, list[EvidenceRecord]]] = []
         self.accounts = accounts
         self.recent = recent
+        self.verified: Container[bytes] = frozenset()  # ids whose signatures were checked ahead
 
     @classmethod
     def on_head(cls, importer: BlockImporter) -> _Run:
@@ -363,7 +374,7 @@ class _Run:
     def add(self, block: Block, certificate: bytes, peer: str | None) -> bool:
         importer, node = self.importer, self.importer.node
         try:
-            effects = node.validate(block, tuple(self.recent), self.accounts)
+            effects = node.validate(block, tuple(self.recent), self.accounts, self.verified)
         except BLOCK_REFUSALS as exc:
             importer.refuse(block, peer, exc)
             importer.side_blocks.discard(block.hash)

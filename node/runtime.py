@@ -20,7 +20,7 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 
 from api.service import Accepted, Event, Rejection, SubmitResult, TxStatusName
@@ -51,6 +51,7 @@ from node.mining import ProcessMiner
 from node.p2p import messages as wire
 from node.p2p.network import Network, PeerInfo
 from node.reads import ChainReads
+from node.signatures import InlineChecks, SignatureChecks, SignaturePool, workers_for
 from node.sync import BlockSync
 
 log = logging.getLogger("ledger.node")
@@ -124,6 +125,12 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         self.dev = DevControls(self)
         self.rules = BlockRules.of(genesis, self.engine)
         self.staking = self.rules.staking
+        # Worker processes check a sync answer's signatures beside the loop; the simulator's
+        # nodes (inline "threads") check them as they go.
+        workers = workers_for(config.signature_workers) if blocking is None else 0
+        self.signatures: SignatureChecks = (
+            SignaturePool(workers, genesis.chain_id, self.staking) if workers else InlineChecks()
+        )
         # The recent main-chain headers, ending with the head: what the engine needs to check
         # the next block (PoW retargets over a window) and what Started/BlockCommitted carry.
         self.recent: deque[BlockHeader] = deque(maxlen=max(1, self.engine.ancestors_needed))
@@ -215,6 +222,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             await self.network.stop()
         if self.miner is not None:
             self.miner.close()
+        self.signatures.close()
         if self.gossip is not None:
             await self.gossip.stop()
         if self._timer is not None:
@@ -685,13 +693,28 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         """Structure and header of a block on `recent[-1]`, without its state (a side branch)."""
         validate_header(block, recent, self.rules, self.engine.verify_header, self.now_ms())
 
-    def validate(self, block: Block, recent: tuple[BlockHeader, ...], accounts: Mapping[bytes, Account]) -> BlockEffects:
+    def validate(
+        self, block: Block, recent: tuple[BlockHeader, ...], accounts: Mapping[bytes, Account],
+        verified: Container[bytes] = (),
+    ) -> BlockEffects:
         """Every check a block must pass before it can commit on `recent[-1]`, and its effects on
-        `accounts`; transactions the mempool holds had their signatures checked at admission."""
-        return validate_block(block, recent, accounts, self.rules, self.engine.verify_header, self.now_ms(), self.pool)
+        `accounts`; transactions the mempool holds had their signatures checked at admission,
+        those in `verified` by the signature workers."""
+        checked = _EitherOf(verified, self.pool) if verified else self.pool
+        return validate_block(block, recent, accounts, self.rules, self.engine.verify_header, self.now_ms(), checked)
 
     def load_recent(self) -> None:
         first = max(0, self.head.height - (self.recent.maxlen or 1) + 1)
         self.recent.clear()
         self.recent.extend(self.store.block_header(h) for h in range(first, self.head.height))
         self.recent.append(self.head)
+
+
+class _EitherOf:
+    """Ids in either of two containers."""
+
+    def __init__(self, first: Container[bytes], second: Container[bytes]):
+        self.first, self.second = first, second
+
+    def __contains__(self, item: object) -> bool:
+        return item in self.first or item in self.second

@@ -1,0 +1,107 @@
+"""Signature checks of a sync answer in worker processes: the verdicts, the fallbacks, and that
+a verdict can only save work (a bad signature is refused with or without the pool)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from dataclasses import replace
+
+from ledger.hdkeys import dev_keys
+from ledger.transaction import new_transfer
+from node.signatures import CHUNK, InlineChecks, SignaturePool, check_raw, workers_for
+from tests.nodeproc import ROOT, child_env
+
+KEY = dev_keys(1)[0]
+CHAIN = "signatures-test"
+
+
+def transfers(count: int, chain: str = CHAIN):
+    return [new_transfer(KEY, chain, nonce, b"\x02" * 20, 1) for nonce in range(count)]
+
+
+def with_bad_signature(tx):
+    signature = bytearray(tx.signature)
+    signature[5] ^= 0x01
+    return replace(tx, signature=bytes(signature))
+
+
+def test_check_raw_gives_one_verdict_per_transaction():
+    good, other_chain = transfers(2), transfers(1, "another-chain")
+    bad = with_bad_signature(good[1])
+    raws = [good[0].encode(), bad.encode(), other_chain[0].encode(), b"\x00not a transaction"]
+    assert check_raw(CHAIN, False, raws) == bytes([1, 0, 0, 0])
+    assert check_raw(CHAIN, False, []) == b""
+
+
+def test_the_pool_size_follows_the_cores_unless_set():
+    assert workers_for(0) == 0 and workers_for(3) == 3
+    assert workers_for(-1) == max(0, len(os.sched_getaffinity(0)) - 1)
+
+
+def test_inline_checks_verify_nothing_ahead():
+    assert asyncio.run(InlineChecks().verified(transfers(3))) == frozenset()
+
+
+def test_the_pool_returns_exactly_the_good_ones_and_starts_no_work_for_a_small_answer():
+    txs = transfers(3 * CHUNK)
+    bad_positions = {0, CHUNK + 7, 3 * CHUNK - 1}  # in a worker's chunk and in the loop's share
+    txs = [with_bad_signature(tx) if i in bad_positions else tx for i, tx in enumerate(txs)]
+    pool = SignaturePool(1, CHAIN, False)
+
+    async def scenario():
+        assert await pool.verified(txs[:CHUNK]) == frozenset(), "too few to be worth a hop"
+        assert await pool.verified(txs) == frozenset(), "the first answer does not wait for the workers"
+        for _ in range(200):  # the workers start (an interpreter each)
+            if pool._warm is not None and pool._warm.done():
+                break
+            await asyncio.sleep(0.05)
+        return await pool.verified(txs)
+
+    try:
+        verified = asyncio.run(scenario())
+    finally:
+        pool.close()
+    assert verified == {tx.id for i, tx in enumerate(txs) if i not in bad_positions}
+
+
+def test_a_worker_that_exits_leaves_the_checks_to_the_block_check():
+    pool = SignaturePool(1, CHAIN, False)
+    txs = transfers(3 * CHUNK)
+
+    async def warm():
+        for _ in range(200):
+            if pool._warm is not None and pool._warm.done():
+                return
+            await asyncio.sleep(0.05)
+
+    async def scenario():
+        await pool.verified(txs)
+        await warm()
+        for process in pool._executor._processes.values():
+            process.kill()
+        await asyncio.sleep(0.2)
+        after_the_loss = await pool.verified(txs)
+        await pool.verified(txs)  # new workers start
+        await warm()
+        return after_the_loss, await pool.verified(txs)
+
+    try:
+        after_the_loss, restarted = asyncio.run(scenario())
+    finally:
+        pool.close()
+    # Nothing is vouched for that was not checked; the block check verifies the rest itself.
+    assert after_the_loss < {tx.id for tx in txs}
+    assert restarted == {tx.id for tx in txs}
+
+
+def test_a_worker_whose_node_died_before_it_started_exits_at_once():
+    """The race a spawned worker has: its parent can die while its interpreter starts, before
+    it asks for the parent-death signal."""
+    code = "from node.lifetime import die_with_parent; die_with_parent(1); print('still here')"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=child_env(), capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 1 and "still here" not in done.stdout
+
