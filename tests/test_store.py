@@ -733,3 +733,21 @@ def test_commit_blocks_writes_a_run_of_blocks_in_one_transaction_or_none(store):
     assert store.head() == second.header
     assert store.load_accounts() == chain.state.accounts
     assert store.certificate(second.height) == b"cert"
+
+
+def test_commit_blocks_leaves_an_account_changed_by_several_blocks_as_the_last_one_left_it(store):
+    """A run's account changes go in one statement: the last block's value of an account wins,
+    and each block keeps its own undo record."""
+    chain = Chain()
+    chain.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    run = []
+    for nonce in range(3):  # the same sender and recipient in each block
+        block, effects = chain.next_block([(1, ADDRESSES[2], 5 + nonce, 1)])
+        chain.accept(block, effects)
+        run.append((block, effects, b"", ()))
+    store.commit_blocks(run)
+    assert store.head() == run[-1][0].header
+    assert store.load_accounts() == chain.state.accounts
+    reverted, _ = store.revert_head()
+    assert reverted.header == run[-1][0].header
+    assert store.head() == run[-2][0].header
