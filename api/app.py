@@ -20,6 +20,7 @@ import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -699,13 +700,15 @@ def create_app(
     max_wait_seconds: float = 60,
     keepalive_seconds: float = KEEPALIVE_SECONDS,
     admin_token: str | None = None,
+    compare_report: Path | None = None,
 ) -> FastAPI:
     """The API application over `service`.
 
     `max_body_bytes` caps every request body (413 beyond), `max_batch` the items of one
     batch, `max_wait_seconds` the `timeout` of wait=final; `keepalive_seconds` is the
     interval of the events stream's keepalive comments; `admin_token` opens the admin
-    endpoint (api/admin.py) to loopback callers that send it.
+    endpoint (api/admin.py) to loopback callers that send it; `compare_report` is the file the
+    explorer shows at /explorer/compare (`ledger compare`'s newest report for this node).
     """
     if max_body_bytes < 0 or max_batch < 1 or max_wait_seconds <= 0 or keepalive_seconds <= 0:
         raise ValueError("create_app: limits must be positive")
@@ -731,7 +734,7 @@ def create_app(
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
     add_admin_routes(app, admin_token, json_body)
-    app.include_router(explorer_router(service))
+    app.include_router(explorer_router(service, compare_report))
     app.include_router(dev_router(service))
     kinds = [kind_name(kind) for kind in accepted_kinds(service.staking)]
     install_openapi(app, prefix=ctx.prefix, chain_id=service.genesis.chain_id, max_batch=max_batch, kinds=kinds)

@@ -73,6 +73,12 @@ _SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
 }
+# `ledger compare`'s report is one self-contained file: its own inline style and SVG, no script.
+_REPORT_HEADERS = {
+    **_SECURITY_HEADERS,
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'",
+}
+MAX_REPORT_BYTES = 32 * 1024 * 1024
 
 
 # --- formatting (also the Jinja2 filters) ---------------------------------------------------
@@ -848,8 +854,9 @@ class Explorer:
         return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
-def explorer_router(service: NodeService) -> APIRouter:
-    """The explorer's routes: `/explorer/...`, its assets, and `/` redirecting to it."""
+def explorer_router(service: NodeService, compare_report: Path | None = None) -> APIRouter:
+    """The explorer's routes: `/explorer/...`, its assets, and `/` redirecting to it.
+    `compare_report` is where `ledger compare` leaves its newest report for this node."""
     explorer = Explorer(service)
     router = APIRouter(include_in_schema=False)
 
@@ -874,6 +881,20 @@ def explorer_router(service: NodeService) -> APIRouter:
             return RedirectResponse(("/explorer/" + rest).rstrip("/"), status_code=307)
         raise PageError(404, "Page not found", "The explorer has no such page.", "/explorer/" + rest)
 
+    def compare() -> Response:
+        try:
+            size = compare_report.stat().st_size if compare_report is not None else None
+        except OSError:
+            size = None
+        if compare_report is None or size is None:
+            where = f" --out {compare_report.parent}" if compare_report is not None else ""
+            raise PageError(404, "No comparison yet",
+                            f"`ledger compare{where}` runs every engine on the same workload and faults and "
+                            "leaves its report here.")
+        if size > MAX_REPORT_BYTES:
+            raise PageError(500, "Report too large", f"{compare_report} is over {MAX_REPORT_BYTES // 2**20} MiB.")
+        return HTMLResponse(compare_report.read_bytes(), headers=_REPORT_HEADERS)
+
     pages: list[tuple[str, Callable[..., Response]]] = [
         ("/", root),
         ("/explorer", explorer.dashboard),
@@ -885,6 +906,7 @@ def explorer_router(service: NodeService) -> APIRouter:
         ("/explorer/validators", explorer.validators_page),
         ("/explorer/peers", explorer.peers_page),
         ("/explorer/search", explorer.search),
+        ("/explorer/compare", compare),
         ("/explorer/static/{name}", explorer.static),
         ("/explorer/{rest:path}", unknown),  # last: anything else under /explorer is the HTML 404 page
     ]

@@ -22,6 +22,7 @@ import migrations
 from node import __version__
 from node.config import ConfigError, NodeConfig, load_config
 from node.keys import NodeKeyError, load_or_create_node_key
+from node.compare_cli import add_compare_command
 from node.raft_cli import add_raft_commands
 
 app = typer.Typer(
@@ -587,6 +588,7 @@ def version() -> None:
 
 
 add_raft_commands(app, fail, lambda line: console.print(line, highlight=False), EXIT_RUNTIME)
+add_compare_command(app, fail, console)
 
 
 # Usage mistakes (an unknown flag, a value of the wrong type) come from the click that

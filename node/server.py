@@ -13,6 +13,7 @@ import uvicorn
 
 from api.app import create_app
 from node.admin import write_admin_token
+from node.compare_cli import REPORT_FOLDER
 from node.config import NodeConfig
 from node.http_limits import HttpLimits, protocol_class, raise_open_files_limit
 from node.runtime import Node
@@ -47,7 +48,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_ready: Callable[[], None] | None = None) -> None:
     admin_token = write_admin_token(config.data_dir)  # before anything starts: a failure leaves nothing running
     await node.start()
-    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch, admin_token=admin_token)
+    app = create_app(node, max_body_bytes=config.max_body_bytes, max_batch=config.max_batch, admin_token=admin_token,
+                     compare_report=config.data_dir / REPORT_FOLDER / "report.html")
     limits = HttpLimits(
         header_timeout=config.api_header_timeout,
         body_timeout=config.api_body_timeout,

@@ -132,6 +132,8 @@ class SimConfig:
     # Partitions laid at fixed virtual times, beside the drawn faults: (start, end, the node
     # indices of one side).  For named scenarios in tests (a 2|2 split for so long).
     scripted_partitions: tuple[tuple[float, float, tuple[int, ...]], ...] = ()
+    # Crashes laid at fixed virtual times: (start, end, node index), down from start to end.
+    scripted_crashes: tuple[tuple[float, float, int], ...] = ()
     # Raft: the genesis names all nodes but the last as members, and every 1-4 virtual
     # seconds the leader is asked to add a node or remove one (node/sim/raft_checks.py).
     membership_changes: bool = False
@@ -176,6 +178,9 @@ class SimConfig:
             if not 0 <= start < end or not side or not set(side) < set(range(self.nodes)):
                 raise ValueError("scripted_partitions: (start, end, side) with 0 <= start < end and side a proper "
                                  "subset of the node indices")
+        for start, end, index in self.scripted_crashes:
+            if not 0 <= start < end or not 0 <= index < self.nodes:
+                raise ValueError("scripted_crashes: (start, end, node index) with 0 <= start < end")
         kinds = BYZANTINE_KINDS_BY_ENGINE.get(self.consensus, BFT_BYZANTINE_KINDS)
         if self.byzantine_kind not in kinds:
             raise ValueError(f"byzantine_kind: under {self.consensus}, one of {', '.join(kinds)}")
@@ -396,6 +401,7 @@ class Simulation:
         self._failure: SimulationFailure | None = None
         self.final_height = 0
         self.reorgs = 0
+        self.reorg_depths: list[int] = []  # blocks undone by each reorg, in order
         self._storm_second = -1
         self._storm_base = 0
         self._partitions = 0  # partitions started; a timed heal ends only the one it was set for
@@ -542,6 +548,9 @@ class Simulation:
         for start, end, side in self.config.scripted_partitions:
             self.loop.call_later(start, self._scripted_partition, side)
             self.loop.call_later(end, self._scripted_heal)
+        for start, end, index in self.config.scripted_crashes:
+            self.loop.call_later(start, self._scripted_crash, self.slots[index])
+            self.loop.call_later(end, self._scripted_restart, self.slots[index])
         helpers = [
             asyncio.create_task(self._workload(), name="workload"),
             asyncio.create_task(self._resubmit(), name="resubmit"),
@@ -807,6 +816,18 @@ class Simulation:
         self.faults_applied["heal"] += 1
         self.trace("fault heal: scripted")
 
+    def _scripted_crash(self, slot: Slot) -> None:
+        if slot.running:
+            self._crash(slot)
+            self.faults_applied["crash"] += 1
+            self.trace(f"fault crash: {slot.label} (scripted)")
+
+    def _scripted_restart(self, slot: Slot) -> None:
+        if slot.node is None and self.loop.time() < self._heal_time:
+            self._start(slot)
+            self.faults_applied["restart"] += 1
+            self.trace(f"fault restart: {slot.label} (scripted)")
+
     def _end_partition(self, number: int) -> None:
         if number == self._partitions and self.hub.partitioned and self.loop.time() < self._heal_time:
             self._whole_since = self.loop.time()
@@ -884,6 +905,7 @@ class Simulation:
                 self._fail(f"{slot.label} reverted final block {slot.final_height} "
                            f"{chain[slot.final_height].hex()[:12]} (back to {common})")
             self.reorgs += 1
+            self.reorg_depths.append(len(chain) - 1 - common)
             self.trace(f"{slot.label} reorg: {len(chain) - 1 - common} blocks undone from {len(chain) - 1}")
             for height in range(common + 1, len(chain)):
                 slot.block_txs.pop(height, None)

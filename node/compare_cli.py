@@ -1,0 +1,78 @@
+"""`ledger compare`: the command around node/compare.py (arguments, progress, the files)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+from ledger.genesis import ENGINES
+from node.compare import FAULTS, CompareError, check_arguments, run_all
+from node.compare_report import growth, notes, table, write_all
+
+DEFAULT_OUT = Path("data/node/compare")  # the default node's data folder: its explorer shows the report
+REPORT_FOLDER = "compare"  # inside a node's data folder, where the explorer looks
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip().lower() for part in text.split(",") if part.strip()]
+
+
+def _counts(text: str) -> list[int]:
+    counts = []
+    for part in _names(text):
+        if not part.isdigit():
+            raise CompareError(f"--nodes {text!r}: node counts like 4 or 4,7,10,16")
+        counts.append(int(part))
+    return counts
+
+
+def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Console) -> None:
+    @app.command()
+    def compare(
+        engines: str = typer.Option(",".join(ENGINES), help="Engines to compare, comma-separated"),
+        nodes: str = typer.Option("5", help="Node count, or several (4,7,10,16) to see how each engine scales"),
+        faults: str = typer.Option(",".join(FAULTS), help=f"Fault schedules: {', '.join(FAULTS)}"),
+        seed: int = typer.Option(1, min=0, help="The seed of the workload and the network: same seed, same table"),
+        out: Path = typer.Option(DEFAULT_OUT, help="Folder for report.html, results.json and results.csv"),
+        real: bool = typer.Option(False, "--real", help="Real processes of `ledger testnet` (not built yet)"),
+    ) -> None:
+        """Every engine on the same workload under the same faults, in the simulator (virtual
+        time: the same seed prints the same table).  Five nodes by default: the fewest where a
+        simple majority (3) is less than two thirds, so a partition tells the engines apart."""
+        try:
+            engine_names, schedule_names, node_counts = _names(engines), _names(faults), _counts(nodes)
+            check_arguments(engine_names, schedule_names, node_counts)
+        except CompareError as exc:
+            fail(str(exc))
+        if real:
+            fail("--real is not built yet: `ledger compare` runs the simulator only (virtual time, the production "
+                 "nodes); for real processes use `ledger testnet` with its partition, kill and delay commands")
+        if out.exists() and not out.is_dir():
+            fail(f"--out {out} is a file; name a folder (it is created if missing)")
+        command = (f"ledger compare --engines {','.join(engine_names)} --nodes {','.join(map(str, node_counts))} "
+                   f"--faults {','.join(schedule_names)} --seed {seed}")
+        runs = len(engine_names) * len(schedule_names) * len(node_counts)
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            console=Console(stderr=True), transient=True)
+        with progress:
+            task = progress.add_task("simulating", total=runs)
+            outcomes = run_all(engine_names, schedule_names, node_counts, seed,
+                               on_done=lambda o: progress.update(
+                                   task, advance=1, description=f"{o.engine} {o.faults} n={o.nodes}"))
+        # Wide enough for the table whatever the terminal (or pipe) is: the same run prints the same text.
+        wide = Console(width=160, soft_wrap=False)
+        wide.print(table(outcomes, seed))
+        for line in notes(outcomes):
+            wide.print(line, highlight=False, markup=False, soft_wrap=True)
+        if len(node_counts) > 1:
+            for engine, text in growth(outcomes, "messages_per_block_per_node").items():
+                wide.print(f"messages per final block per node, {engine}: {text}", highlight=False, soft_wrap=True)
+        try:
+            paths = write_all(out, outcomes, seed, command)
+        except OSError as exc:
+            fail(f"cannot write the report into {out}: {exc.strerror or exc}", 1)
+        wide.print(f"wrote {', '.join(str(path) for path in paths)}", highlight=False, markup=False, soft_wrap=True)
