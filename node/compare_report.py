@@ -133,9 +133,12 @@ def _height_plot(outcome: Outcome, title: str, end: float) -> str:
                      f'height="{HEIGHT - 1.5 * MARGIN:.1f}" fill="#f4c7c3" opacity="0.6"/>')
     parts.append(_axes(end, top, x, y, "virtual s", "final height"))
     for index, (label, points) in enumerate(sorted(series.items())):
+        # Nodes that agree draw the same line: each is lifted by a pixel more than the last,
+        # so every node stays visible.
+        lift = 1.2 * index
         steps = []
         for (t0, h0), (t1, _) in zip(points, points[1:] + [(end, points[-1][1])]):
-            steps += [f"{x(t0):.1f},{y(h0):.1f}", f"{x(t1):.1f},{y(h0):.1f}"]
+            steps += [f"{x(t0):.1f},{y(h0) - lift:.1f}", f"{x(t1):.1f},{y(h0) - lift:.1f}"]
         colour = PALETTE[index % len(PALETTE)]
         parts.append(f'<polyline class="series" data-node="{label}" fill="none" stroke="{colour}" stroke-width="1.5" '
                      f'points="{" ".join(steps)}"><title>{label}</title></polyline>')
