@@ -76,7 +76,7 @@ class ImportingNode(Protocol):
 
     def validate(
         self, block: Block, recent: tuple[BlockHeader, ...], accounts: Mapping[bytes, Account],
-        verified: Container[bytes] = (),
+        verified: Container[bytes] = (), header_checked: bool = False,
     ) -> BlockEffects: ...
 
     async def commit(self, block: Block, certificate: bytes, effects: BlockEffects | None = None, announce: bool = True) -> None: ...
@@ -106,10 +106,7 @@ class BlockImporter:
         engine = node.engine
         run = _Run.on_head(self)  # sync: consecutive blocks on our head, committed together
         if not item.relay:
-            # A sync answer's signatures, checked by the workers and the loop together.
-            pool = node.pool
-            run.verified = await node.signatures.verified(
-                [tx for block in item.blocks for tx in block.transactions if tx.id not in pool])
+            run.headers_checked, run.verified = await self._check_ahead(item.blocks)
         for position, block in enumerate(item.blocks):
             header = block.header
             certificate = b""
@@ -145,6 +142,31 @@ class BlockImporter:
             if not engine.import_waits_for_certificate:
                 await self._adopt_orphans(announce=item.relay)
         await run.flush()
+
+    async def _check_ahead(self, blocks: list[Block]) -> tuple[frozenset[bytes], frozenset[bytes]]:
+        """A sync answer's signatures, by the signature workers and the loop together: the
+        headers first, in order from our head, and only the transactions of blocks whose header
+        passed (a peer cannot make the node check the signatures of blocks it could not seal).
+        Returns the hashes of those headers and the ids found good.  The engine's state does not
+        move during an import, so the run need not check those headers' seals again."""
+        node = self.node
+        pool = node.pool
+        batch = node.signatures.begin(sum(len(block.transactions) for block in blocks))
+        if batch is None:
+            return frozenset(), frozenset()
+        recent = deque(node.recent, maxlen=node.recent.maxlen)
+        passed: list[bytes] = []
+        for block in blocks:
+            if block.header.parent != recent[-1].hash:
+                break
+            try:
+                node.validate_header(block, tuple(recent))
+            except BLOCK_REFUSALS:
+                break  # the run refuses it, with the reason, when it gets there
+            passed.append(block.hash)
+            recent.append(block.header)
+            batch.add([tx for tx in block.transactions if tx.id not in pool])  # the workers start on it
+        return frozenset(passed), await batch.finish()
 
     async def set_head(self, block_hash: bytes) -> None:
         """The engine chose this block as the head (SetHead): switch to its branch, within the
@@ -365,6 +387,7 @@ class _Run:
         self.accounts = accounts
         self.recent = recent
         self.verified: Container[bytes] = frozenset()  # ids whose signatures were checked ahead
+        self.headers_checked: Container[bytes] = frozenset()  # blocks whose header passed ahead, on this run's chain
 
     @classmethod
     def on_head(cls, importer: BlockImporter) -> _Run:
@@ -374,7 +397,8 @@ class _Run:
     def add(self, block: Block, certificate: bytes, peer: str | None) -> bool:
         importer, node = self.importer, self.importer.node
         try:
-            effects = node.validate(block, tuple(self.recent), self.accounts, self.verified)
+            effects = node.validate(block, tuple(self.recent), self.accounts, self.verified,
+                                    header_checked=block.hash in self.headers_checked)
         except BLOCK_REFUSALS as exc:
             importer.refuse(block, peer, exc)
             importer.side_blocks.discard(block.hash)

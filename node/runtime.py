@@ -695,19 +695,26 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
 
     def validate(
         self, block: Block, recent: tuple[BlockHeader, ...], accounts: Mapping[bytes, Account],
-        verified: Container[bytes] = (),
+        verified: Container[bytes] = (), header_checked: bool = False,
     ) -> BlockEffects:
         """Every check a block must pass before it can commit on `recent[-1]`, and its effects on
         `accounts`; transactions the mempool holds had their signatures checked at admission,
-        those in `verified` by the signature workers."""
+        those in `verified` by the signature workers.  `header_checked`: the engine's header rule
+        passed on these same `recent` headers within this import (the engine's state has not
+        moved since), so its seal is not checked twice."""
         checked = _EitherOf(verified, self.pool) if verified else self.pool
-        return validate_block(block, recent, accounts, self.rules, self.engine.verify_header, self.now_ms(), checked)
+        verify_header = _checked_already if header_checked else self.engine.verify_header
+        return validate_block(block, recent, accounts, self.rules, verify_header, self.now_ms(), checked)
 
     def load_recent(self) -> None:
         first = max(0, self.head.height - (self.recent.maxlen or 1) + 1)
         self.recent.clear()
         self.recent.extend(self.store.block_header(h) for h in range(first, self.head.height))
         self.recent.append(self.head)
+
+
+def _checked_already(header: BlockHeader, recent: tuple[BlockHeader, ...], now_ms: int | None) -> None:
+    """The engine's header rule, for a header that passed it already on the same inputs."""
 
 
 class _EitherOf:

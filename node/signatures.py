@@ -36,12 +36,32 @@ CHUNK = 200  # transactions a worker job: ~8 ms of checks against well under 1 m
 MAX_WORKERS = 64
 
 
+class CheckBatch(Protocol):
+    def add(self, transactions: Sequence[Transaction]) -> None:
+        """More transactions to check (work may start at once)."""
+        ...
+
+    async def finish(self) -> frozenset[bytes]:
+        """The ids of every added transaction whose stateless checks, signature included, pass."""
+        ...
+
+
 class SignatureChecks(Protocol):
-    async def verified(self, transactions: Sequence[Transaction]) -> frozenset[bytes]:
-        """The ids of `transactions` whose stateless checks, signature included, pass."""
+    def begin(self, expected: int) -> CheckBatch | None:
+        """A batch for about `expected` transactions, or None when checking them ahead would
+        not save the event loop work (the block check then verifies each itself)."""
         ...
 
     def close(self) -> None: ...
+
+
+async def verified(checks: SignatureChecks, transactions: Sequence[Transaction]) -> frozenset[bytes]:
+    """One batch of `transactions`: the ids found good (none when no batch is worth it)."""
+    batch = checks.begin(len(transactions))
+    if batch is None:
+        return frozenset()
+    batch.add(transactions)
+    return await batch.finish()
 
 
 class InlineChecks:
@@ -49,8 +69,8 @@ class InlineChecks:
 
     workers = 0
 
-    async def verified(self, transactions: Sequence[Transaction]) -> frozenset[bytes]:
-        return frozenset()
+    def begin(self, expected: int) -> CheckBatch | None:
+        return None
 
     def close(self) -> None:
         pass
@@ -80,6 +100,70 @@ def check_raw(chain_id: str, staking: bool, raws: Sequence[bytes]) -> bytes:
     return bytes(verdicts)
 
 
+class _PoolBatch:
+    """Chunks go to the workers as they fill, up to the workers' share; the rest the loop checks
+    in `finish`, while the workers still run."""
+
+    def __init__(self, pool: SignaturePool, executor: ProcessPoolExecutor, workers_share: int):
+        self.pool = pool
+        self.executor: ProcessPoolExecutor | None = executor
+        self.workers_share = workers_share
+        self.shared = 0
+        self.filling: list[Transaction] = []
+        self.own: list[Transaction] = []
+        self.jobs: list[tuple[list[Transaction], asyncio.Future]] = []
+
+    def add(self, transactions: Sequence[Transaction]) -> None:
+        for tx in transactions:
+            if self.executor is None or self.shared >= self.workers_share:
+                self.own.append(tx)
+                continue
+            self.filling.append(tx)
+            self.shared += 1
+            if len(self.filling) >= CHUNK:
+                self._submit()
+
+    def _submit(self) -> None:
+        chunk, self.filling = self.filling, []
+        if self.executor is None:
+            self.own.extend(chunk)
+            return
+        pool = self.pool
+        try:
+            job = asyncio.get_running_loop().run_in_executor(
+                self.executor, check_raw, pool.chain_id, pool.staking, [tx.encode() for tx in chunk])
+        except (BrokenProcessPool, RuntimeError):  # a worker died, or the pool was closed under us
+            log.warning("the signature workers stopped; checking on the event loop")
+            pool._broken(self.executor)
+            self.executor = None
+            return  # this chunk is left to the block check
+        self.jobs.append((chunk, job))
+
+    async def finish(self) -> frozenset[bytes]:
+        if self.filling:
+            self._submit()
+        pool = self.pool
+        good = []
+        for tx in self.own:
+            try:
+                tx.check_stateless(pool.chain_id, staking=pool.staking)
+            except InvalidTransaction:
+                continue
+            good.append(tx.id)
+        for chunk, job in self.jobs:
+            try:
+                verdicts = await job
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():
+                    raise  # this task is being cancelled, not just the job
+                continue  # the pool closed under it (the node stops): the block check verifies those
+            except Exception as exc:  # a worker died: the block check verifies those itself
+                log.warning("a signature worker failed (%s); checking on the event loop", exc)
+                continue
+            good.extend(tx.id for tx, ok in zip(chunk, verdicts) if ok)
+        return frozenset(good)
+
+
 def _init_worker(node_pid: int) -> None:
     die_with_parent(node_pid)  # a SIGKILLed node leaves no worker behind
     # Ctrl-C reaches the whole process group; the node closes its pool itself.
@@ -97,8 +181,11 @@ class SignaturePool:
         self.staking = staking
         self._executor: ProcessPoolExecutor | None = None
         self._warm: Future | None = None
+        self._closed = False  # the node stops: no new workers
 
     def _ready(self) -> ProcessPoolExecutor | None:
+        if self._closed:
+            return None
         if self._executor is None:
             # spawn, not fork: the node's event loop, threads and database connections stay out.
             self._executor = ProcessPoolExecutor(
@@ -116,47 +203,29 @@ class SignaturePool:
         if not self._warm.done():
             return None
         if self._warm.exception() is not None:
-            return None  # the workers could not start: everything is checked inline
+            log.warning("the signature workers could not start (%s); checking on the event loop", self._warm.exception())
+            self.close()
+            return None
         return self._executor
 
-    async def verified(self, transactions: Sequence[Transaction]) -> frozenset[bytes]:
-        if len(transactions) < 2 * CHUNK:
-            return frozenset()  # a hop would cost about what it saves
+    def begin(self, expected: int) -> _PoolBatch | None:
+        if expected < 2 * CHUNK:
+            return None  # a hop would cost about what it saves
         executor = self._ready()
         if executor is None:
-            return frozenset()
-        loop = asyncio.get_running_loop()
-        # The workers take the front of the list, the loop the tail: with w workers the loop's
-        # share is 1/(w+1), and both end at about the same time.
-        own = len(transactions) // (self.workers + 1)
-        shared = transactions[: len(transactions) - own]
-        try:
-            jobs = [
-                (chunk, loop.run_in_executor(executor, check_raw, self.chain_id, self.staking,
-                                             [tx.encode() for tx in chunk]))
-                for chunk in (shared[start : start + CHUNK] for start in range(0, len(shared), CHUNK))
-            ]
-        except BrokenProcessPool:
-            log.warning("a signature worker stopped; starting new ones, this answer is checked on the event loop")
-            self.close()
-            return frozenset()
-        good = []
-        for tx in transactions[len(shared):]:
-            try:
-                tx.check_stateless(self.chain_id, staking=self.staking)
-            except InvalidTransaction:
-                continue
-            good.append(tx.id)
-        for chunk, job in jobs:
-            try:
-                verdicts = await job
-            except Exception as exc:  # a worker died: the block check verifies those itself
-                log.warning("a signature worker failed (%s); checking on the event loop", exc)
-                continue
-            good.extend(tx.id for tx, ok in zip(chunk, verdicts) if ok)
-        return frozenset(good)
+            return None
+        # The workers take the front, the loop the tail: with w workers the loop's share is
+        # 1/(w+1), and both end at about the same time.
+        return _PoolBatch(self, executor, expected - expected // (self.workers + 1))
+
+    def _broken(self, executor: ProcessPoolExecutor) -> None:
+        """A worker died: the next batch starts new ones."""
+        if self._executor is executor:
+            executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
     def close(self) -> None:
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None

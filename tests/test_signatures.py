@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
-from node.signatures import CHUNK, InlineChecks, SignaturePool, check_raw, workers_for
+from node.signatures import CHUNK, InlineChecks, SignaturePool, check_raw, verified, workers_for
 from tests.nodeproc import ROOT, child_env
 
 KEY = dev_keys(1)[0]
@@ -42,7 +42,7 @@ def test_the_pool_size_follows_the_cores_unless_set():
 
 
 def test_inline_checks_verify_nothing_ahead():
-    assert asyncio.run(InlineChecks().verified(transfers(3))) == frozenset()
+    assert asyncio.run(verified(InlineChecks(), transfers(3))) == frozenset()
 
 
 def test_the_pool_returns_exactly_the_good_ones_and_starts_no_work_for_a_small_answer():
@@ -52,19 +52,19 @@ def test_the_pool_returns_exactly_the_good_ones_and_starts_no_work_for_a_small_a
     pool = SignaturePool(1, CHAIN, False)
 
     async def scenario():
-        assert await pool.verified(txs[:CHUNK]) == frozenset(), "too few to be worth a hop"
-        assert await pool.verified(txs) == frozenset(), "the first answer does not wait for the workers"
+        assert await verified(pool, txs[:CHUNK]) == frozenset(), "too few to be worth a hop"
+        assert await verified(pool, txs) == frozenset(), "the first answer does not wait for the workers"
         for _ in range(200):  # the workers start (an interpreter each)
             if pool._warm is not None and pool._warm.done():
                 break
             await asyncio.sleep(0.05)
-        return await pool.verified(txs)
+        return await verified(pool, txs)
 
     try:
-        verified = asyncio.run(scenario())
+        found = asyncio.run(scenario())
     finally:
         pool.close()
-    assert verified == {tx.id for i, tx in enumerate(txs) if i not in bad_positions}
+    assert found == {tx.id for i, tx in enumerate(txs) if i not in bad_positions}
 
 
 def test_a_worker_that_exits_leaves_the_checks_to_the_block_check():
@@ -78,15 +78,15 @@ def test_a_worker_that_exits_leaves_the_checks_to_the_block_check():
             await asyncio.sleep(0.05)
 
     async def scenario():
-        await pool.verified(txs)
+        await verified(pool, txs)
         await warm()
         for process in pool._executor._processes.values():
             process.kill()
         await asyncio.sleep(0.2)
-        after_the_loss = await pool.verified(txs)
-        await pool.verified(txs)  # new workers start
+        after_the_loss = await verified(pool, txs)
+        await verified(pool, txs)  # new workers start
         await warm()
-        return after_the_loss, await pool.verified(txs)
+        return after_the_loss, await verified(pool, txs)
 
     try:
         after_the_loss, restarted = asyncio.run(scenario())
@@ -105,3 +105,73 @@ def test_a_worker_whose_node_died_before_it_started_exits_at_once():
                           timeout=30)
     assert done.returncode == 1 and "still here" not in done.stdout
 
+
+
+class _Recorder:
+    """A signature pool that records what it is asked to check."""
+
+    def __init__(self):
+        self.asked: list[bytes] = []
+
+    def begin(self, expected: int):
+        return self
+
+    def add(self, transactions):
+        self.asked.extend(tx.id for tx in transactions)
+
+    async def finish(self):
+        return frozenset(self.asked)
+
+
+def test_only_the_transactions_of_blocks_whose_header_passed_go_to_the_pool():
+    """A peer cannot make the node check signatures behind a header it could not seal: headers
+    are checked first, in order, and the pool sees only what follows from the ones that pass."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from ledger.block import Block, InvalidBlock, build_header
+    from ledger.genesis import dev_genesis
+    from node.importer import BlockImporter
+
+    genesis = dev_genesis(KEY.public_key)
+    parent = genesis.block().header
+    txs = transfers(6)
+    good = Block(build_header(CHAIN, parent, parent.timestamp + 1, txs[:2], b"\x01" * 20), tuple(txs[:2]))
+    forged = Block(build_header(CHAIN, good.header, parent.timestamp + 2, txs[2:4], b"\x02" * 20), tuple(txs[2:4]))
+    after = Block(build_header(CHAIN, forged.header, parent.timestamp + 3, txs[4:], b"\x01" * 20), tuple(txs[4:]))
+
+    def validate_header(block, recent):
+        assert block.header.parent == recent[-1].hash, "checked on its own parent"
+        if block.header.proposer != b"\x01" * 20:
+            raise InvalidBlock("bad_seal", "not the authority's")
+
+    recorder = _Recorder()
+    node = SimpleNamespace(pool=set(), recent=deque([parent], maxlen=4), signatures=recorder,
+                           validate_header=validate_header)
+    headers, good_ids = asyncio.run(BlockImporter(node)._check_ahead([good, forged, after]))
+    assert headers == {good.hash}
+    assert recorder.asked == [tx.id for tx in txs[:2]] and good_ids == set(recorder.asked)
+
+
+def test_a_closed_pool_starts_no_workers_and_a_stop_during_checks_is_not_an_error():
+    pool = SignaturePool(1, CHAIN, False)
+    txs = transfers(3 * CHUNK)
+
+    async def scenario():
+        await verified(pool, txs)  # starts the workers
+        for _ in range(200):
+            if pool._warm is not None and pool._warm.done():
+                break
+            await asyncio.sleep(0.05)
+        pool.workers = 10_000  # the loop's own share rounds to nothing: every chunk waits on the one worker
+        checking = asyncio.ensure_future(verified(pool, transfers(20 * CHUNK)))
+        await asyncio.sleep(0)  # the jobs are out
+        pool.close()  # the node stops meanwhile
+        during = await checking
+        after = await verified(pool, txs)
+        return during, after
+
+    during, after = asyncio.run(scenario())
+    assert len(during) < 20 * CHUNK, "the chunks the closed pool dropped are left to the block check"
+    assert after == frozenset()
+    assert pool._executor is None and pool.begin(10 * CHUNK) is None
