@@ -882,18 +882,19 @@ def explorer_router(service: NodeService, compare_report: Path | None = None) ->
         raise PageError(404, "Page not found", "The explorer has no such page.", "/explorer/" + rest)
 
     def compare() -> Response:
+        # The messages name no path: the page is public, the node's folders are not.
+        missing = PageError(404, "No comparison yet",
+                            "`ledger compare --out <this node's data folder>/compare` runs every engine on the same "
+                            "workload and faults and leaves its report here.")
+        if compare_report is None:
+            raise missing
         try:
-            size = compare_report.stat().st_size if compare_report is not None else None
-        except OSError:
-            size = None
-        if compare_report is None or size is None:
-            where = f" --out {compare_report.parent}" if compare_report is not None else ""
-            raise PageError(404, "No comparison yet",
-                            f"`ledger compare{where}` runs every engine on the same workload and faults and "
-                            "leaves its report here.")
-        if size > MAX_REPORT_BYTES:
-            raise PageError(500, "Report too large", f"{compare_report} is over {MAX_REPORT_BYTES // 2**20} MiB.")
-        return HTMLResponse(compare_report.read_bytes(), headers=_REPORT_HEADERS)
+            if compare_report.stat().st_size > MAX_REPORT_BYTES:
+                raise PageError(500, "Report too large", f"The report is over {MAX_REPORT_BYTES // 2**20} MiB.")
+            body = compare_report.read_bytes()
+        except OSError:  # none, a folder in its place, or unreadable
+            raise missing from None
+        return HTMLResponse(body, headers=_REPORT_HEADERS)
 
     pages: list[tuple[str, Callable[..., Response]]] = [
         ("/", root),

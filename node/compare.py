@@ -60,6 +60,9 @@ def check_arguments(engines: list[str], faults: list[str], nodes: list[int]) -> 
             if count < minimum_nodes(engine):
                 raise CompareError(f"--nodes {count} for {engine}: it needs at least {minimum_nodes(engine)} "
                                    f"({_why_minimum(engine)})")
+        if "partition" in faults and count < 3:
+            raise CompareError(f"--nodes {count} with the partition schedule: a cut needs at least 3 nodes "
+                               "(a majority side and the rest)")
 
 
 def _why_minimum(engine: str) -> str:

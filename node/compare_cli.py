@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+import os
 from pathlib import Path
 
 import typer
@@ -24,10 +25,24 @@ def _names(text: str) -> list[str]:
 def _counts(text: str) -> list[int]:
     counts = []
     for part in _names(text):
-        if not part.isdigit():
+        if not (part.isascii() and part.isdigit()):
             raise CompareError(f"--nodes {text!r}: node counts like 4 or 4,7,10,16")
         counts.append(int(part))
     return counts
+
+
+def _unwritable(out: Path) -> str | None:
+    """Why the report cannot go into `out` (checked before the runs, which take a while)."""
+    if out.exists() and not out.is_dir():
+        return "is a file; name a folder (it is created if missing)"
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is a file, so no folder can be made under it"
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing} is not writable"
+    return None
 
 
 def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Console) -> None:
@@ -51,8 +66,9 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Co
         if real:
             fail("--real is not built yet: `ledger compare` runs the simulator only (virtual time, the production "
                  "nodes); for real processes use `ledger testnet` with its partition, kill and delay commands")
-        if out.exists() and not out.is_dir():
-            fail(f"--out {out} is a file; name a folder (it is created if missing)")
+        problem = _unwritable(out)
+        if problem:
+            fail(f"--out {out}: {problem}")
         command = (f"ledger compare --engines {','.join(engine_names)} --nodes {','.join(map(str, node_counts))} "
                    f"--faults {','.join(schedule_names)} --seed {seed}")
         runs = len(engine_names) * len(schedule_names) * len(node_counts)

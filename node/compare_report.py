@@ -8,6 +8,7 @@ import csv
 import html
 import io
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -291,9 +292,14 @@ virtual seconds (the same transfers at the same moments for every engine), each 
 
 
 def write_all(directory: Path, outcomes: Sequence[Outcome], seed: int, command: str) -> list[Path]:
+    """Each file written beside its place and moved there whole: a node's explorer serving the
+    report never reads half of it."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = [directory / "report.html", directory / "results.json", directory / "results.csv"]
-    write_html(paths[0], outcomes, seed, command)
-    write_json(paths[1], outcomes, seed, command)
-    write_csv(paths[2], outcomes)
+    writers = (lambda p: write_html(p, outcomes, seed, command), lambda p: write_json(p, outcomes, seed, command),
+               lambda p: write_csv(p, outcomes))
+    for path, write in zip(paths, writers):
+        partial = path.with_name(f".{path.name}.partial")
+        write(partial)
+        os.replace(partial, path)
     return paths

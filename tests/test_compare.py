@@ -85,6 +85,8 @@ def test_the_stall_and_series_helpers():
     (["--engines", "solo", "--nodes", "40"], "from 2 to 32 nodes"),
     (["--engines", "solo,solo"], "named twice"),
     (["--engines", "solo", "--real"], "--real is not built yet"),
+    (["--engines", "solo", "--faults", "partition", "--nodes", "2"], "a cut needs at least 3 nodes"),
+    (["--engines", "solo", "--nodes", "\u00b2"], "node counts like 4 or 4,7,10,16"),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, arguments, expected):
     out = tmp_path / "report"
@@ -94,11 +96,13 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, arguments, exp
     assert not out.exists(), "nothing written"
 
 
-def test_an_out_path_that_is_a_file_is_refused(tmp_path):
+def test_an_out_path_that_is_or_is_under_a_file_is_refused_before_anything_runs(tmp_path):
     path = tmp_path / "taken"
     path.write_text("mine")
-    result = run_cli("compare", "--engines", "solo", "--faults", "none", "--out", str(path))
-    assert result.returncode == 2 and "is a file" in result.stderr
+    for out in (path, path / "inside"):
+        result = run_cli("compare", "--engines", "solo", "--faults", "none", "--out", str(out))
+        assert result.returncode == 2 and "is a file" in result.stderr and "Traceback" not in result.stderr
+        assert "ledger compare, seed" not in result.stdout, "refused before the runs"
     assert path.read_text() == "mine"
 
 
@@ -178,5 +182,6 @@ def test_the_explorer_serves_the_newest_report_of_its_data_folder(tmp_path):
 
     missing, present = asyncio.run(scenario())
     assert missing.status_code == 404 and "ledger compare" in missing.text and "No comparison yet" in missing.text
+    assert str(tmp_path) not in missing.text, "a public page names no folder of the node"
     assert present.status_code == 200 and "<svg class='plot'>" in present.text
     assert "script-src" not in present.headers["content-security-policy"]
