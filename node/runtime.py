@@ -270,6 +270,11 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
                 continue
             if isinstance(event, ev.TxsAvailable):
                 self._txs_signalled = False
+                with self.lock:
+                    ready = self.pool.ready_count()
+                if not ready:
+                    continue  # a block took them while the signal waited: a stale one would start an empty block
+                event = ev.TxsAvailable(event.now, ready)
             try:
                 await self.step(event)
             except Exception:  # an engine or store bug must not silently stop block production

@@ -264,3 +264,32 @@ def test_health_reports_a_head_that_stands_still_while_transactions_are_ready(tm
             await node.stop()
 
     run(scenario())
+
+
+def test_a_signal_of_transactions_a_block_took_meanwhile_starts_no_empty_block(tmp_path):
+    """TxsAvailable waits in the engine's queue; if a block took those transactions first, the
+    engine must not hear a stale "transactions are ready" and seal an empty block."""
+    from consensus import engine as ev
+    from node.testnet import TESTNET_CHAIN_ID, make_genesis
+
+    # One BFT validator: round 0 of a height waits for transactions, and a signal ends the wait.
+    genesis = make_genesis("bft", NODE_KEY, validators=[NODE_KEY])
+    node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}"), genesis, NODE_KEY)
+
+    async def scenario():
+        await node.start()
+        try:
+            [result] = await node.submit([new_transfer(KEYS[0], TESTNET_CHAIN_ID, 0, BOB, 100, fee=3)])
+            assert isinstance(result, Accepted)
+            for _ in range(200):
+                if node.head.height == 1 and not len(node.pool):
+                    break
+                await asyncio.sleep(0.01)
+            assert node.head.height == 1
+            node.feed(ev.TxsAvailable(node.now_ms(), 1))  # the stale signal: nothing is ready now
+            await asyncio.sleep(0.3)
+            return node.head.height
+        finally:
+            await node.stop()
+
+    assert asyncio.run(scenario()) == 1, "no empty block for a signal whose transactions are gone"
