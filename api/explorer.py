@@ -884,8 +884,9 @@ def explorer_router(service: NodeService, compare_report: Path | None = None) ->
     def compare() -> Response:
         # The messages name no path: the page is public, the node's folders are not.
         missing = PageError(404, "No comparison yet",
-                            "`ledger compare --out <this node's data folder>/compare` runs every engine on the same "
-                            "workload and faults and leaves its report here.")
+                            "`ledger compare` runs every engine on the same workload and faults; with --out set to "
+                            "this node's data folder followed by /compare (the default, data/node/compare, is the "
+                            "default node's), its newest report shows here.")
         if compare_report is None:
             raise missing
         try:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
+from consensus.pow import PowParams
 from ledger.genesis import ENGINES
 from node.sim.harness import BYZANTINE_KINDS_BY_ENGINE, Simulation, SimConfig, SimulationFailure, Slot
 
@@ -27,7 +28,9 @@ DURATION = 24.0  # virtual seconds of workload
 FAULT_START, FAULT_END = 8.0, 14.0  # the fault window: shorter than proof of stake's inactivity leak (8 s)
 TX_PER_SECOND = 20.0
 CONVERGE_WITHIN = 60.0
-SAMPLE_SECONDS = 0.5  # the plots' resolution
+# A node's own default, not the simulator's deeper one (12, chosen so that its random, longer
+# partitions never split what is final): the comparison shows proof of work as users run it.
+POW_FINALITY_DEPTH = next(f.default for f in fields(PowParams) if f.name == "finality_depth")
 
 
 class CompareError(ValueError):
@@ -98,6 +101,7 @@ class Schedule:
         growth = max(1.0, (self.nodes / 4) ** 2)
         return SimConfig(seed=seed, nodes=self.nodes, consensus=engine, faults=frozenset(), duration=DURATION,
                          converge_within=CONVERGE_WITHIN, tx_per_second=TX_PER_SECOND,
+                         pow_finality_depth=POW_FINALITY_DEPTH,
                          max_steps=int(SimConfig.max_steps * growth),
                          max_messages_per_second=int(SimConfig.max_messages_per_second * growth), **options)
 

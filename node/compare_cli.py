@@ -52,7 +52,7 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Co
         nodes: str = typer.Option("5", help="Node count, or several (4,7,10,16) to see how each engine scales"),
         faults: str = typer.Option(",".join(FAULTS), help=f"Fault schedules: {', '.join(FAULTS)}"),
         seed: int = typer.Option(1, min=0, help="The seed of the workload and the network: same seed, same table"),
-        out: Path = typer.Option(DEFAULT_OUT, help="Folder for report.html, results.json and results.csv"),
+        out: str = typer.Option(str(DEFAULT_OUT), help="Folder for report.html, results.json and results.csv"),
         real: bool = typer.Option(False, "--real", help="Real processes of `ledger testnet` (not built yet)"),
     ) -> None:
         """Every engine on the same workload under the same faults, in the simulator (virtual
@@ -66,7 +66,9 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Co
         if real:
             fail("--real is not built yet: `ledger compare` runs the simulator only (virtual time, the production "
                  "nodes); for real processes use `ledger testnet` with its partition, kill and delay commands")
-        problem = _unwritable(out)
+        if not out.strip():
+            fail("--out is empty: name a folder (the default is data/node/compare)")
+        problem = _unwritable(Path(out))
         if problem:
             fail(f"--out {out}: {problem}")
         command = (f"ledger compare --engines {','.join(engine_names)} --nodes {','.join(map(str, node_counts))} "
@@ -80,7 +82,7 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Co
                                on_done=lambda o: progress.update(
                                    task, advance=1, description=f"{o.engine} {o.faults} n={o.nodes}"))
         # Wide enough for the table whatever the terminal (or pipe) is: the same run prints the same text.
-        wide = Console(width=160, soft_wrap=False)
+        wide = Console(width=170, soft_wrap=False)
         wide.print(table(outcomes, seed))
         for line in notes(outcomes):
             wide.print(line, highlight=False, markup=False, soft_wrap=True)
@@ -88,7 +90,7 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Co
             for engine, text in growth(outcomes, "messages_per_block_per_node").items():
                 wide.print(f"messages per final block per node, {engine}: {text}", highlight=False, soft_wrap=True)
         try:
-            paths = write_all(out, outcomes, seed, command)
+            paths = write_all(Path(out), outcomes, seed, command)
         except OSError as exc:
             fail(f"cannot write the report into {out}: {exc.strerror or exc}", 1)
         wide.print(f"wrote {', '.join(str(path) for path in paths)}", highlight=False, markup=False, soft_wrap=True)

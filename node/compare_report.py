@@ -43,8 +43,8 @@ def side_text(outcome: Outcome) -> str:
                      f"final +{side['final_growth']}" for side in outcome.sides)
 
 
-TERMINAL_COLUMNS = ("engine", "faults", "nodes", "outcome", "final/s", "committed/s", "p50 s", "p99 s",
-                    "reorgs", "stall in fault s", "stall after s", "recovery s", "msgs/block/node", "bytes/block/node")
+TERMINAL_COLUMNS = ("engine", "faults", "nodes", "outcome", "final/s", "commit/s", "p50 s", "p99 s",
+                    "reorgs", "stall s", "after s", "recover s", "msgs/blk/node", "B/blk/node")
 
 
 def _short(value, digits: int = 2) -> str:
@@ -57,7 +57,10 @@ def _short(value, digits: int = 2) -> str:
 
 def table(outcomes: Sequence[Outcome], seed: int) -> Table:
     result = Table(title=f"ledger compare, seed {seed}: {TX_PER_SECOND:g} transfers/s for {DURATION:g} virtual s, "
-                         f"faults from {FAULT_START:g} s to {FAULT_END:g} s", title_justify="left")
+                         f"faults from {FAULT_START:g} s to {FAULT_END:g} s", title_justify="left",
+                   caption="stall: the longest time without a new final block in the fault window (the whole run "
+                           "without faults); after: the same from its end; recover: from its end to the next "
+                           "final block; B: bytes", caption_justify="left")
     for title in TERMINAL_COLUMNS:
         result.add_column(title, justify="left" if title in ("engine", "faults", "outcome") else "right")
     for o in outcomes:
@@ -65,7 +68,7 @@ def table(outcomes: Sequence[Outcome], seed: int) -> Table:
             result.add_row(o.engine, o.faults, str(o.nodes), "[dim]not applicable[/]", *["-"] * (len(TERMINAL_COLUMNS) - 4))
             continue
         status = o.status if o.status == "ok" else f"[bold red]{o.status}[/]"
-        reorgs = f"{o.reorgs}, max {o.deepest_reorg}" if o.reorgs else "0"
+        reorgs = f"{o.reorgs} (max {o.deepest_reorg})" if o.reorgs else "0"
         result.add_row(o.engine, o.faults, str(o.nodes), status, _short(o.final_per_s, 1), _short(o.committed_per_s, 1),
                        _short(o.latency_p50, 3), _short(o.latency_p99, 3), reorgs, _short(o.stall_during),
                        _short(o.stall_after), _short(o.recovery), _short(o.messages_per_block_per_node, 1),
@@ -242,7 +245,9 @@ def write_html(path: Path, outcomes: Sequence[Outcome], seed: int, command: str)
     rows = []
     for outcome in outcomes:
         row = outcome.summary()
-        cells = "".join(f"<td>{html.escape(cell(row[key]))}</td>" for key, _ in COLUMNS)
+        shown = ("engine", "faults", "nodes", "status")
+        cells = "".join(f"<td>{html.escape(cell(row[key]) if outcome.status != 'not applicable' or key in shown else '-')}"
+                        "</td>" for key, _ in COLUMNS)
         rows.append(f'<tr class="{html.escape(outcome.status.replace(" ", "-"))}">{cells}'
                     f"<td>{html.escape(side_text(outcome) or outcome.note)}</td></tr>")
     header = "".join(f"<th>{html.escape(title)}</th>" for _, title in COLUMNS) + "<th>during the fault / notes</th>"
@@ -266,7 +271,8 @@ def write_html(path: Path, outcomes: Sequence[Outcome], seed: int, command: str)
 <html lang="en"><head><meta charset="utf-8"><title>ledger compare, seed {seed}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.85rem; }}
+table {{ border-collapse: collapse; font-size: 0.8rem; }}
+td:last-child {{ min-width: 14rem; max-width: 24rem; }}
 th, td {{ border: 1px solid #ccc; padding: 0.25rem 0.4rem; text-align: right; }}
 td:first-child, td:nth-child(2), td:nth-child(4), td:last-child {{ text-align: left; }}
 tr.safety-violated td, tr.no-recovery td, tr.check-failed td {{ background: #fde2e1; }}

@@ -96,6 +96,12 @@ def test_bad_arguments_are_refused_before_anything_runs(tmp_path, arguments, exp
     assert not out.exists(), "nothing written"
 
 
+def test_an_empty_out_is_refused_and_nothing_lands_in_the_current_folder(tmp_path):
+    result = run_cli("compare", "--engines", "solo", "--faults", "none", "--out", "", cwd=tmp_path)
+    assert result.returncode == 2 and "--out is empty" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_out_path_that_is_or_is_under_a_file_is_refused_before_anything_runs(tmp_path):
     path = tmp_path / "taken"
     path.write_text("mine")
