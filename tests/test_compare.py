@@ -191,3 +191,15 @@ def test_the_explorer_serves_the_newest_report_of_its_data_folder(tmp_path):
     assert str(tmp_path) not in missing.text, "a public page names no folder of the node"
     assert present.status_code == 200 and "<svg class='plot'>" in present.text
     assert "script-src" not in present.headers["content-security-policy"]
+
+
+def test_several_node_counts_add_a_growth_plot_per_engine(tmp_path):
+    out = tmp_path / "scale"
+    result = run_cli("compare", "--engines", "solo,raft", "--faults", "none", "--nodes", "3,4", "--out", str(out),
+                     timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "messages per final block per node, raft: x" in result.stdout
+    page = (out / "report.html").read_text()
+    assert page.count('<svg class="plot scale" data-figure="messages_per_block_per_node"') == 1
+    plot = page.split('data-figure="messages_per_block_per_node"')[1].split("</svg>")[0]
+    assert plot.count('class="series" data-engine="solo"') == 1 and plot.count('data-engine="raft"') >= 1
