@@ -403,10 +403,11 @@ def _load_static() -> dict[str, StaticAsset]:
 class Explorer:
     """Builds each page's context from the service and renders it."""
 
-    def __init__(self, service: NodeService):
+    def __init__(self, service: NodeService, compare_report: Path | None = None):
         # The genesis is read when a page is rendered, not here: building the router must not
         # depend on more of the service than the page being asked for.
         self.service = service
+        self.compare_report = compare_report  # `ledger compare`'s newest report: linked once it exists
         self.assets = _load_static()
         self.env = Environment(
             loader=FileSystemLoader(TEMPLATES_DIR),
@@ -470,7 +471,8 @@ class Explorer:
     def render(self, template: str, context: dict[str, Any], status: int = 200, info: NodeInfo | None = None) -> HTMLResponse:
         info = info if info is not None else self.service.node_info()
         page = {"info": info, "chain_id": info.chain_id, "now_ms": int(time.time() * 1000), "query": "",
-                "search_value": "", "denomination": self.genesis.denomination.name, **context}
+                "search_value": "", "denomination": self.genesis.denomination.name,
+                "compare_ready": self.compare_report is not None and self.compare_report.is_file(), **context}
         html = self.env.get_template(template).render(page)
         return HTMLResponse(html, status_code=status, headers=_SECURITY_HEADERS)
 
@@ -857,7 +859,7 @@ class Explorer:
 def explorer_router(service: NodeService, compare_report: Path | None = None) -> APIRouter:
     """The explorer's routes: `/explorer/...`, its assets, and `/` redirecting to it.
     `compare_report` is where `ledger compare` leaves its newest report for this node."""
-    explorer = Explorer(service)
+    explorer = Explorer(service, compare_report)
     router = APIRouter(include_in_schema=False)
 
     def guarded(handler: Callable[..., Response]) -> Callable[..., Response]:

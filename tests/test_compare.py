@@ -179,14 +179,18 @@ def test_the_explorer_serves_the_newest_report_of_its_data_folder(tmp_path):
             app = create_app(node, compare_report=report_file)
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node.test") as client:
                 missing = await client.get("/explorer/compare")
+                unlinked = (await client.get("/explorer")).text
                 report_file.parent.mkdir()
                 report_file.write_text("<!doctype html><title>r</title><svg class='plot'></svg>")
                 present = await client.get("/explorer/compare")
-                return missing, present
+                linked = (await client.get("/explorer")).text
+                return missing, present, unlinked, linked
         finally:
             await node.stop()
 
-    missing, present = asyncio.run(scenario())
+    missing, present, unlinked, linked = asyncio.run(scenario())
+    assert 'href="/explorer/compare"' not in unlinked, "no link to a page that is not there"
+    assert 'href="/explorer/compare"' in linked, "the explorer's menu leads to the report once there is one"
     assert missing.status_code == 404 and "ledger compare" in missing.text and "No comparison yet" in missing.text
     assert str(tmp_path) not in missing.text, "a public page names no folder of the node"
     assert present.status_code == 200 and "<svg class='plot'>" in present.text
