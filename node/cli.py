@@ -588,7 +588,7 @@ def version() -> None:
 
 
 add_raft_commands(app, fail, lambda line: console.print(line, highlight=False), EXIT_RUNTIME)
-add_compare_command(app, fail, console)
+add_compare_command(app, fail)
 
 
 # Usage mistakes (an unknown flag, a value of the wrong type) come from the click that

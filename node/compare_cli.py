@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -13,9 +13,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from ledger.genesis import ENGINES
 from node.compare import FAULTS, CompareError, check_arguments, run_all
 from node.compare_report import growth, notes, table, write_all
+from node.config import NodeConfig
 
-DEFAULT_OUT = Path("data/node/compare")  # the default node's data folder: its explorer shows the report
 REPORT_FOLDER = "compare"  # inside a node's data folder, where the explorer looks
+DEFAULT_OUT = NodeConfig().data_dir / REPORT_FOLDER  # the default node's: its explorer shows the report
 
 
 def _names(text: str) -> list[str]:
@@ -45,7 +46,7 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
-def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Console) -> None:
+def add_compare_command(app: typer.Typer, fail: Callable[..., None]) -> None:
     @app.command()
     def compare(
         engines: str = typer.Option(",".join(ENGINES), help="Engines to compare, comma-separated"),
@@ -67,7 +68,7 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None], console: Co
             fail("--real is not built yet: `ledger compare` runs the simulator only (virtual time, the production "
                  "nodes); for real processes use `ledger testnet` with its partition, kill and delay commands")
         if not out.strip():
-            fail("--out is empty: name a folder (the default is data/node/compare)")
+            fail(f"--out is empty: name a folder (the default is {DEFAULT_OUT})")
         problem = _unwritable(Path(out))
         if problem:
             fail(f"--out {out}: {problem}")

@@ -55,19 +55,8 @@ class SignatureChecks(Protocol):
     def close(self) -> None: ...
 
 
-async def verified(checks: SignatureChecks, transactions: Sequence[Transaction]) -> frozenset[bytes]:
-    """One batch of `transactions`: the ids found good (none when no batch is worth it)."""
-    batch = checks.begin(len(transactions))
-    if batch is None:
-        return frozenset()
-    batch.add(transactions)
-    return await batch.finish()
-
-
 class InlineChecks:
     """No checks ahead: the block check verifies each signature itself."""
-
-    workers = 0
 
     def begin(self, expected: int) -> CheckBatch | None:
         return None
