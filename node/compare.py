@@ -193,6 +193,15 @@ class _Observed(Simulation):
             self._highest_final = slot.final_height
             self.progress.append(now)
 
+    def watch(self) -> Watch:
+        honest = [slot.label for slot in self.slots if slot.byzantine is None]
+        return Watch(
+            labels=honest, submitted=self.submitted, final=len(self.final_txs), committed_at=self.committed_at,
+            first_final=self.first_final, latencies=self.latencies, reorg_depths=self.reorg_depths,
+            progress=self.progress, final_series=self.final_series, head_series=self.head_series,
+            final_blocks=max((self.final_series[label][-1][1] for label in honest), default=0),
+            messages=self.hub.stats.messages(), bytes_sent=self.hub.stats.bytes_sent)
+
 
 def _note(series: list[tuple[float, int]], at: float, value: int) -> None:
     if series[-1][1] != value:
@@ -227,7 +236,7 @@ def run_one(engine: str, schedule: Schedule, seed: int) -> Outcome:
         simulation.run()
     except SimulationFailure as failure:
         outcome.status, outcome.note = _classify(failure.reason), failure.reason
-    _measure(outcome, simulation, schedule)
+    _measure(outcome, simulation.watch(), schedule)
     return outcome
 
 
@@ -239,49 +248,67 @@ def _classify(reason: str) -> str:
     return "check failed"
 
 
-def _measure(outcome: Outcome, sim: _Observed, schedule: Schedule) -> None:
-    honest = [slot.label for slot in sim.slots if slot.byzantine is None]
-    outcome.submitted = sim.submitted
-    outcome.final = len(sim.final_txs)
-    outcome.committed_per_s = round(sum(1 for t in sim.committed_at.values() if t <= DURATION) / DURATION, 3)
-    outcome.final_per_s = round(sum(1 for t in sim.first_final if t <= DURATION) / DURATION, 3)
-    if sim.latencies:
-        latencies = sorted(sim.latencies)
+@dataclass
+class Watch:
+    """What one run saw of its honest nodes, on its own clock (virtual, or wall-clock from the
+    workload's start): the figures of an Outcome are computed from it alone."""
+
+    labels: list[str]  # the honest nodes
+    submitted: int
+    final: int  # transfers final on some node
+    committed_at: dict[bytes, float]  # when each transfer was first in a block anywhere
+    first_final: list[float]  # when each transfer was first final anywhere
+    latencies: list[float]  # from submission to first final, one per final transfer
+    reorg_depths: list[int]
+    progress: list[float]  # when the highest final height anywhere grew
+    final_series: dict[str, list[tuple[float, int]]]
+    head_series: dict[str, list[tuple[float, int]]]
+    final_blocks: int  # final blocks made during the run
+    messages: int  # peer messages sent by every node during the run
+    bytes_sent: int
+
+
+def _measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
+    outcome.submitted = watch.submitted
+    outcome.final = watch.final
+    outcome.committed_per_s = round(sum(1 for t in watch.committed_at.values() if t <= DURATION) / DURATION, 3)
+    outcome.final_per_s = round(sum(1 for t in watch.first_final if t <= DURATION) / DURATION, 3)
+    if watch.latencies:
+        latencies = sorted(watch.latencies)
         outcome.latency_p50 = round(statistics.median(latencies), 3)
         outcome.latency_p99 = round(latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))], 3)
-    outcome.latencies = [round(value, 3) for value in sim.latencies]
-    outcome.reorgs = len(sim.reorg_depths)
-    outcome.reverted_blocks = sum(sim.reorg_depths)
-    outcome.deepest_reorg = max(sim.reorg_depths, default=0)
+    outcome.latencies = [round(value, 3) for value in watch.latencies]
+    outcome.reorgs = len(watch.reorg_depths)
+    outcome.reverted_blocks = sum(watch.reorg_depths)
+    outcome.deepest_reorg = max(watch.reorg_depths, default=0)
     faulted = schedule.name != "none"
     start, end = (FAULT_START, FAULT_END) if faulted else (0.0, DURATION)
     outcome.window = (start, end) if faulted else None
-    outcome.stall_during = round(longest_gap(sim.progress, start, end), 3)
+    outcome.stall_during = round(longest_gap(watch.progress, start, end), 3)
     if faulted:
-        outcome.stall_after = round(longest_gap(sim.progress, end, DURATION), 3)
-        later = [t for t in sim.progress if t >= end]
+        outcome.stall_after = round(longest_gap(watch.progress, end, DURATION), 3)
+        later = [t for t in watch.progress if t >= end]
         outcome.recovery = round(later[0] - end, 3) if later else None
-    outcome.final_blocks = max((series[-1][1] for label, series in sim.final_series.items() if label in honest),
-                               default=0)
+    outcome.final_blocks = watch.final_blocks
     if outcome.final_blocks:
         per = outcome.final_blocks * schedule.nodes
-        outcome.messages_per_block_per_node = round(sim.hub.stats.messages() / per, 2)
-        outcome.bytes_per_block_per_node = round(sim.hub.stats.bytes_sent / per, 1)
+        outcome.messages_per_block_per_node = round(watch.messages / per, 2)
+        outcome.bytes_per_block_per_node = round(watch.bytes_sent / per, 1)
     if schedule.name == "partition":
         majority = {f"n{i}" for i in schedule.majority}
-        for name, labels in (("majority", sorted(majority)), ("minority", sorted(set(honest) - majority))):
-            labels = [label for label in labels if label in honest]
+        for name, labels in (("majority", sorted(majority)), ("minority", sorted(set(watch.labels) - majority))):
+            labels = [label for label in labels if label in watch.labels]
             outcome.sides.append({
                 "side": name, "nodes": labels,
-                "head_growth": max((value_at(sim.head_series[l], end) - value_at(sim.head_series[l], start)
+                "head_growth": max((value_at(watch.head_series[l], end) - value_at(watch.head_series[l], start)
                                     for l in labels), default=0),
                 # Blocks made during the cut that became final during it: a final height that
                 # grew only over blocks made before the cut is finality catching up.
-                "final_growth": max((max(0, value_at(sim.final_series[l], end) - value_at(sim.head_series[l], start))
+                "final_growth": max((max(0, value_at(watch.final_series[l], end) - value_at(watch.head_series[l], start))
                                      for l in labels), default=0),
             })
-    outcome.final_series = {label: sim.final_series[label] for label in honest}
-    outcome.head_series = {label: sim.head_series[label] for label in honest}
+    outcome.final_series = {label: watch.final_series[label] for label in watch.labels}
+    outcome.head_series = {label: watch.head_series[label] for label in watch.labels}
 
 
 def run_all(engines: list[str], faults: list[str], nodes: list[int], seed: int,

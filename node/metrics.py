@@ -67,10 +67,10 @@ class NodeMetrics:
 
     def watch_peer_traffic(
         self, sent: Callable[[], Mapping[str, int]], received: Callable[[], Mapping[str, int]],
-        announced_ids: Callable[[], int],
+        announced_ids: Callable[[], int], bytes_sent: Callable[[], int],
     ) -> None:
         """Export the transport's message counters (it keeps them itself; read at scrape time)."""
-        self.registry.register(_PeerTrafficCollector(sent, received, announced_ids))
+        self.registry.register(_PeerTrafficCollector(sent, received, announced_ids, bytes_sent))
 
     def text(self) -> bytes:
         self._refresh_rate(time.monotonic())
@@ -78,10 +78,11 @@ class NodeMetrics:
 
 
 class _PeerTrafficCollector:
-    def __init__(self, sent, received, announced_ids) -> None:
+    def __init__(self, sent, received, announced_ids, bytes_sent) -> None:
         self._sent = sent
         self._received = received
         self._announced_ids = announced_ids
+        self._bytes_sent = bytes_sent
 
     def collect(self):
         for name, help_text, counts in (
@@ -95,4 +96,8 @@ class _PeerTrafficCollector:
         yield CounterMetricFamily(
             "ledger_gossip_announced_ids", "Transaction ids announced to peers (one per id per announce message)",
             value=self._announced_ids(),
+        )
+        yield CounterMetricFamily(
+            "ledger_p2p_bytes_sent", "Bytes of peer messages sent, framed (what link faults let through)",
+            value=self._bytes_sent(),
         )

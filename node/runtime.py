@@ -143,7 +143,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         if network is not None and self.gossip is not None:
             gossip = self.gossip
             self.metrics.watch_peer_traffic(lambda: getattr(network, "sent", {}), lambda: getattr(network, "received", {}),
-                                            lambda: gossip.announced)
+                                            lambda: gossip.announced, lambda: getattr(network, "bytes_sent", 0))
         self.sync = BlockSync(
             network, self.store, lambda: self.head, lag=1 if self.engine.import_waits_for_certificate else 0,
             now_ms=self.now_ms, serving=self.serving, max_block_transactions=genesis.max_block_transactions,

@@ -308,6 +308,22 @@ def test_two_nodes_connect_and_exchange_messages():
     run(scenario)
 
 
+def test_bytes_sent_counts_each_frame_the_link_faults_let_through():
+    async def scenario(cluster: Cluster):
+        a, b = await honest_pair(cluster)
+        vote = m.EngineMessage(b"vote")
+        frame = len(encode_frame(vote.encode()))
+        before = a.net.bytes_sent
+        a.net.send(b.id, vote)
+        a.net.broadcast(vote)
+        assert a.net.bytes_sent - before == 2 * frame
+        a.net.faults = LinkFaults(blocked=frozenset({b.id}))
+        a.net.send(b.id, vote)  # dropped by the partition: not sent
+        assert a.net.bytes_sent - before == 2 * frame
+
+    run(scenario)
+
+
 def test_peer_exchange_lets_a_reach_c_through_b():
     async def scenario(cluster: Cluster):
         b = await cluster.node()

@@ -130,6 +130,7 @@ class TcpNetwork:
         self._disconnects: deque[DisconnectRecord] = deque(maxlen=MAX_DISCONNECT_RECORDS)
         self.sent: Counter[str] = Counter()  # messages by type name, one per peer they were queued for
         self.received: Counter[str] = Counter()
+        self.bytes_sent = 0  # framed bytes handed to connections (what the link faults let through)
         self.faults = LinkFaults()
         self.dropped_by_faults = 0  # outgoing messages the operator's loss setting dropped
 
@@ -474,6 +475,7 @@ class TcpNetwork:
     def _enqueue_now(self, conn: Connection, frame: bytes) -> None:
         if conn.closed:
             return
+        self.bytes_sent += len(frame)
         problem = conn.enqueue(frame)
         if problem is not None:
             self._close(conn, problem)

@@ -53,10 +53,11 @@ from ledger.genesis import Genesis, dev_genesis
 from ledger.hdkeys import dev_keys
 from ledger.store import ChainStore
 from ledger.staking import money_moved
-from ledger.transaction import Transaction, new_transfer
+from ledger.transaction import Transaction
 from node.config import NodeConfig
 from node.runtime import Node
 from node.sim import pos_byzantine
+from node.sim.workload import Workload, seeded_streams
 from node.sim.byzantine import MODES as BFT_BYZANTINE_KINDS
 from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
@@ -372,24 +373,16 @@ class Simulation:
     ):
         self.config = config
         self.on_node = on_node
-        master = random.Random(config.seed)
-        # Separate streams, each from the seed, so adding a fault does not shift the workload.
-        self.net_rng = random.Random(master.getrandbits(64))
-        self.fault_rng = random.Random(master.getrandbits(64))
-        self.work_rng = random.Random(master.getrandbits(64))
-        self.mining_rng = random.Random(master.getrandbits(64))
-        self.byzantine_rng = random.Random(master.getrandbits(64))
-        self.membership_rng = random.Random(master.getrandbits(64))
+        streams = seeded_streams(config.seed)
+        self.net_rng, self.fault_rng, self.work_rng = streams["net"], streams["fault"], streams["work"]
+        self.mining_rng, self.byzantine_rng, self.membership_rng = streams["mining"], streams["byzantine"], streams["membership"]
         self.loop = VirtualTimeLoop()
         self.trace = Trace(self.loop.time, config.trace_tail, echo)
         self.hub = SimHub(config.seed, self.net_rng, trace=self.trace)
         self.slots = [self._make_slot(i) for i in range(config.nodes)]
         self.genesis = self._make_genesis()
         self.senders = _dev_keys(config.senders)
-        self.recipients = [address_of(key.public_key) for key in self.senders] + [
-            hashlib.sha256(f"{CHAIN_ID}/user/{i}".encode()).digest()[:20] for i in range(4)
-        ]
-        self.next_nonce = [0] * len(self.senders)
+        self.workload = Workload(CHAIN_ID, self.senders, self.work_rng, config.tx_per_second)
         self.outstanding: OrderedDict[bytes, tuple[Transaction, float]] = OrderedDict()  # not final yet
         self.submitted = 0
         self.submit_results: Counter = Counter()
@@ -656,32 +649,19 @@ class Simulation:
     def _live(self) -> list[Slot]:
         return [slot for slot in self.slots if slot.running]
 
-    def _transfer(self) -> Transaction:
-        rng = self.work_rng
-        index = rng.randrange(len(self.senders))
-        recipient = rng.choice(self.recipients)
-        tx = new_transfer(
-            self.senders[index], CHAIN_ID, self.next_nonce[index], recipient, rng.randint(1, 1000), rng.randint(0, 10)
-        )
-        self.next_nonce[index] += 1
-        return tx
-
     async def _workload(self) -> None:
-        rng = self.work_rng
-        rate = self.config.tx_per_second
-        if rate == 0:
+        if self.config.tx_per_second == 0:
             return
-        mean_batch = 3
         while True:
-            await asyncio.sleep(rng.expovariate(rate / mean_batch))
+            await asyncio.sleep(self.workload.gap())
             live = self._live()
             if not live:
                 continue
-            batch = [self._transfer() for _ in range(rng.randint(1, 2 * mean_batch - 1))]
+            batch = self.workload.batch()
             for tx in batch:
                 self.outstanding[tx.id] = (tx, self.loop.time())
             self.submitted += len(batch)
-            self._submit(rng.choice(live), batch)
+            self._submit(self.work_rng.choice(live), batch)
 
     async def _resubmit(self) -> None:
         """As a wallet does: send again whatever is not final after a while, to any live node."""
