@@ -105,7 +105,7 @@ class Schedule:
                          max_steps=int(SimConfig.max_steps * growth),
                          max_messages_per_second=int(SimConfig.max_messages_per_second * growth), **options)
 
-    def not_applicable(self, engine: str) -> str | None:
+    def not_applicable(self, engine: str, real: bool = False) -> str | None:
         if self.name == "byzantine" and engine not in BYZANTINE_KINDS_BY_ENGINE:
             return {
                 "raft": "Raft tolerates crashes, not lies: a member that lies breaks its assumption, and no lying "
@@ -114,6 +114,9 @@ class Schedule:
                 "pow": "miners do not vote; a dishonest miner is one with hash power, which the simulator "
                        "does not model",
             }.get(engine, "no Byzantine behaviour is simulated for this engine")
+        if self.name == "byzantine" and real:
+            return ("real processes run only honest code: the lying validators are the simulator's "
+                    "(run without --real)")
         return None
 
 
@@ -127,6 +130,7 @@ class Outcome:
     seed: int
     status: str  # ok, safety violated, no recovery, check failed, not applicable
     note: str = ""
+    mode: str = "simulated"  # or "real": processes of `ledger testnet`, wall-clock seconds
     submitted: int = 0
     final: int = 0
     committed_per_s: float | None = None  # transfers in a block on some node within the workload window, per second
@@ -312,12 +316,15 @@ def _measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
 
 
 def run_all(engines: list[str], faults: list[str], nodes: list[int], seed: int,
-            on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+            on_done: Callable[[Outcome], None] | None = None,
+            run: Callable[[str, Schedule, int], Outcome] = run_one) -> list[Outcome]:
+    """Every engine under every schedule at every node count: in the simulator, or with
+    `run` = compare_real.run_real_one on processes."""
     outcomes = []
     for count in nodes:
         for engine in engines:
             for name in faults:
-                outcome = run_one(engine, Schedule(name, count), seed)
+                outcome = run(engine, Schedule(name, count), seed)
                 outcomes.append(outcome)
                 if on_done is not None:
                     on_done(outcome)

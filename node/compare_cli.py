@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ledger.genesis import ENGINES
-from node.compare import FAULTS, CompareError, check_arguments, run_all
+from node.compare import FAULTS, CompareError, check_arguments, run_all, run_one
+from node.compare_real import check_real_arguments, run_real_one
 from node.compare_report import growth, notes, table, write_all
 from node.config import NodeConfig
 
@@ -46,6 +48,10 @@ def _unwritable(out: Path) -> str | None:
     return None
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def add_compare_command(app: typer.Typer, fail: Callable[..., None]) -> None:
     @app.command()
     def compare(
@@ -54,35 +60,41 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None]) -> None:
         faults: str = typer.Option(",".join(FAULTS), help=f"Fault schedules: {', '.join(FAULTS)}"),
         seed: int = typer.Option(1, min=0, help="The seed of the workload and the network: same seed, same table"),
         out: str = typer.Option(str(DEFAULT_OUT), help="Folder for report.html, results.json and results.csv"),
-        real: bool = typer.Option(False, "--real", help="Real processes of `ledger testnet` (not built yet)"),
+        real: bool = typer.Option(False, "--real", help="Real processes of `ledger testnet` on loopback, "
+                                  "wall-clock (about 30-60 s a run; figures change from run to run)"),
     ) -> None:
         """Every engine on the same workload under the same faults, in the simulator (virtual
-        time: the same seed prints the same table).  Five nodes by default: the fewest where a
-        simple majority (3) is less than two thirds, so a partition tells the engines apart."""
+        time: the same seed prints the same table), or with --real on processes of `ledger
+        testnet`.  Five nodes by default: the fewest where a simple majority (3) is less than
+        two thirds, so a partition tells the engines apart."""
         try:
             engine_names, schedule_names, node_counts = _names(engines), _names(faults), _counts(nodes)
             check_arguments(engine_names, schedule_names, node_counts)
+            if real:
+                check_real_arguments(node_counts)
         except CompareError as exc:
             fail(str(exc))
-        if real:
-            fail("--real is not built yet: `ledger compare` runs the simulator only (virtual time, the production "
-                 "nodes); for real processes use `ledger testnet` with its partition, kill and delay commands")
         if not out.strip():
             fail(f"--out is empty: name a folder (the default is {DEFAULT_OUT})")
         problem = _unwritable(Path(out))
         if problem:
             fail(f"--out {out}: {problem}")
         command = (f"ledger compare --engines {','.join(engine_names)} --nodes {','.join(map(str, node_counts))} "
-                   f"--faults {','.join(schedule_names)} --seed {seed}")
+                   f"--faults {','.join(schedule_names)} --seed {seed}" + (" --real" if real else ""))
+        if real:
+            # A SIGTERM (a closed terminal, a supervisor) unwinds like Ctrl-C: the runs stop their
+            # nodes and remove their temporary folders on the way out.
+            signal.signal(signal.SIGTERM, _stop_on_sigterm)
         runs = len(engine_names) * len(schedule_names) * len(node_counts)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             console=Console(stderr=True), transient=True)
         with progress:
-            task = progress.add_task("simulating", total=runs)
+            task = progress.add_task("running processes" if real else "simulating", total=runs)
             outcomes = run_all(engine_names, schedule_names, node_counts, seed,
                                on_done=lambda o: progress.update(
-                                   task, advance=1, description=f"{o.engine} {o.faults} n={o.nodes}"))
-        # Wide enough for the table whatever the terminal (or pipe) is: the same run prints the same text.
+                                   task, advance=1, description=f"{o.engine} {o.faults} n={o.nodes}"),
+                               run=run_real_one if real else run_one)
+        # Wide enough for the table whatever the terminal (or pipe) is: the same simulated run prints the same text.
         wide = Console(width=170, soft_wrap=False)
         wide.print(table(outcomes, seed))
         for line in notes(outcomes):

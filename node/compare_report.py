@@ -1,6 +1,7 @@
 """What `ledger compare` writes: the terminal table, results.json, results.csv and report.html
-(SVG plots drawn here, no plotting library: a few polylines and rectangles).  Every figure
-comes from virtual time, so the same run writes the same bytes."""
+(SVG plots drawn here, no plotting library: a few polylines and rectangles).  A simulated
+run's figures come from virtual time, so the same run writes the same bytes; a real one's
+(`--real`) are wall-clock, and every output says which."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ COLUMNS = (
 )
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
+
+
+def clock(outcomes: Sequence[Outcome]) -> str:
+    """The seconds the figures are in: the simulator's virtual ones, or real processes' wall-clock."""
+    return "wall-clock" if any(o.mode == "real" for o in outcomes) else "virtual"
 
 
 def cell(value) -> str:
@@ -56,8 +62,10 @@ def _short(value, digits: int = 2) -> str:
 
 
 def table(outcomes: Sequence[Outcome], seed: int) -> Table:
-    result = Table(title=f"ledger compare, seed {seed}: {TX_PER_SECOND:g} transfers/s for {DURATION:g} virtual s, "
-                         f"faults from {FAULT_START:g} s to {FAULT_END:g} s", title_justify="left",
+    real = clock(outcomes) == "wall-clock"
+    result = Table(title=f"ledger compare, seed {seed}{', real processes' if real else ''}: {TX_PER_SECOND:g} transfers/s "
+                         f"for {DURATION:g} {clock(outcomes)} s, faults from {FAULT_START:g} s to {FAULT_END:g} s"
+                         f"{' (wall-clock figures change from run to run)' if real else ''}", title_justify="left",
                    caption="stall: the longest time without a new final block in the fault window (the whole run "
                            "without faults); after: the same from its end; recover: from its end to the next "
                            "final block; B: bytes", caption_justify="left")
@@ -90,7 +98,9 @@ def notes(outcomes: Sequence[Outcome]) -> list[str]:
 def write_json(path: Path, outcomes: Sequence[Outcome], seed: int, command: str) -> None:
     document = {
         "command": command, "seed": seed, "duration_s": DURATION, "fault_window_s": [FAULT_START, FAULT_END],
-        "tx_per_second": TX_PER_SECOND, "time": "virtual seconds of the simulator: the same seed gives the same figures",
+        "tx_per_second": TX_PER_SECOND,
+        "time": "wall-clock seconds of real processes: the figures change from run to run" if clock(outcomes) == "wall-clock"
+        else "virtual seconds of the simulator: the same seed gives the same figures",
         "results": [{**outcome.summary(), "final_series": outcome.final_series, "head_series": outcome.head_series}
                     for outcome in outcomes],
     }
@@ -118,7 +128,7 @@ def plot_end(outcomes: Sequence[Outcome]) -> float:
 
 
 def _height_plot(outcome: Outcome, title: str, end: float) -> str:
-    """Final height over virtual time, one step line per node, the fault window shaded."""
+    """Final height over time, one step line per node, the fault window shaded."""
     series = outcome.final_series
     top = max([1] + [points[-1][1] for points in series.values() if points])
 
@@ -135,7 +145,7 @@ def _height_plot(outcome: Outcome, title: str, end: float) -> str:
         start, stop = outcome.window
         parts.append(f'<rect class="fault-window" x="{x(start):.1f}" y="{MARGIN / 2:.1f}" width="{x(stop) - x(start):.1f}" '
                      f'height="{HEIGHT - 1.5 * MARGIN:.1f}" fill="#f4c7c3" opacity="0.6"/>')
-    parts.append(_axes(end, top, x, y, "virtual s", "final height"))
+    parts.append(_axes(end, top, x, y, f"{clock([outcome])} s", "final height"))
     for index, (label, points) in enumerate(sorted(series.items())):
         # Nodes that agree draw the same line: each is lifted by a pixel more than the last,
         # so every node stays visible.
@@ -177,7 +187,7 @@ def _latency_plot(outcomes: Sequence[Outcome]) -> str:
 
     parts = [f'<svg class="plot latency" viewBox="0 0 {WIDTH + 160} {HEIGHT}" width="{WIDTH + 160}" height="{HEIGHT}" '
              'role="img" aria-label="submit to final">', "<title>submit to final, cumulative</title>",
-             _axes(end, 1.0, x, y, "virtual s from submission to final", "share final")]
+             _axes(end, 1.0, x, y, f"{clock(outcomes)} s from submission to final", "share final")]
     for index, outcome in enumerate(shown):
         values = sorted(outcome.latencies)
         step = max(1, len(values) // 200)
@@ -260,7 +270,7 @@ def write_html(path: Path, outcomes: Sequence[Outcome], seed: int, command: str)
     )
     scale = ""
     for key, label in (("messages_per_block_per_node", "messages per final block per node"),
-                       ("latency_p50", "submit to final, p50 (virtual s)")):
+                       ("latency_p50", f"submit to final, p50 ({clock(outcomes)} s)")):
         svg = _scale_plot(outcomes, key, label)
         if svg:
             notes = "".join(f"<li>{html.escape(engine)}: {html.escape(text)}</li>"
@@ -283,9 +293,7 @@ code {{ background: #f3f3f3; padding: 0.1rem 0.3rem; }}
 </style></head><body>
 <h1>Engines compared, seed {seed}</h1>
 <p><code>{html.escape(command)}</code></p>
-<p>The simulator on virtual time: the production nodes, {TX_PER_SECOND:g} transfers a second for {DURATION:g}
-virtual seconds (the same transfers at the same moments for every engine), each fault from {FAULT_START:g} s to
-{FAULT_END:g} s (shaded). The same command prints the same figures.</p>
+<p>{_how(outcomes)}</p>
 <table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>
 <h2>Final height over time, per node</h2>
 {plots}
@@ -295,6 +303,18 @@ virtual seconds (the same transfers at the same moments for every engine), each 
 </body></html>
 """
     path.write_text(document)
+
+
+def _how(outcomes: Sequence[Outcome]) -> str:
+    if clock(outcomes) == "wall-clock":
+        return (f"Real processes of <code>ledger testnet</code> on loopback, wall-clock: the seed's transfers, "
+                f"{TX_PER_SECOND:g} a second for {DURATION:g} s, sent to the nodes' APIs at their moments; each fault "
+                f"from {FAULT_START:g} s to {FAULT_END:g} s (shaded): node0 killed (SIGKILL) and restarted, or the "
+                f"partition laid through the nodes' admin endpoints. The figures are wall-clock and change from run "
+                f"to run with the machine's load.")
+    return (f"The simulator on virtual time: the production nodes, {TX_PER_SECOND:g} transfers a second for "
+            f"{DURATION:g} virtual seconds (the same transfers at the same moments for every engine), each fault "
+            f"from {FAULT_START:g} s to {FAULT_END:g} s (shaded). The same command prints the same figures.")
 
 
 def write_all(directory: Path, outcomes: Sequence[Outcome], seed: int, command: str) -> list[Path]:

@@ -10,7 +10,9 @@ process dies, through PR_SET_PDEATHSIG, so none is orphaned).
 from __future__ import annotations
 
 import json
+import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -234,6 +236,38 @@ def ensure_databases(db: str, nodes: int) -> None:
         raise TestnetError(f"cannot reach PostgreSQL at {admin_url.render_as_string()}: {exc.orig}") from None
     finally:
         engine.dispose()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port_run(count: int, avoid: range = range(0)) -> int:
+    """The first of `count` consecutive loopback ports that are free now (node i gets first + i).
+
+    Below the kernel's ephemeral range: the ports the kernel hands out for port 0 and for
+    outgoing connections (other nodes' dials) never land there."""
+    rng = random.Random()
+    high = max(_ephemeral_low(), 21_000) - count
+    for _ in range(200):
+        first = rng.randrange(20_000, high)
+        ports = range(first, first + count)
+        if not any(port in avoid for port in ports) and all(_bindable(port) for port in ports):
+            return first
+    raise TestnetError(f"no run of {count} free ports found on 127.0.0.1")
 
 
 def start_nodes(layouts: list[NodeLayout]) -> list[subprocess.Popen]:

@@ -84,7 +84,6 @@ def test_the_stall_and_series_helpers():
     (["--engines", "solo", "--nodes", "4,x"], "node counts like 4 or 4,7,10,16"),
     (["--engines", "solo", "--nodes", "40"], "from 2 to 32 nodes"),
     (["--engines", "solo,solo"], "named twice"),
-    (["--engines", "solo", "--real"], "--real is not built yet"),
     (["--engines", "solo", "--faults", "partition", "--nodes", "2"], "a cut needs at least 3 nodes"),
     (["--engines", "solo", "--nodes", "\u00b2"], "node counts like 4 or 4,7,10,16"),
 ])

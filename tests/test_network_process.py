@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -42,6 +40,7 @@ from ledger.state import State
 from ledger.store import ChainStore
 from ledger.transaction import new_transfer
 import migrations
+from node.testnet import free_port_run
 from tests.nodeproc import ROOT, NodeFailed, NodeProcess, NodeProcesses, child_env, run_cli
 
 pytestmark = pytest.mark.integration
@@ -51,41 +50,6 @@ DEV = dev_keys(10)
 BOB = address_of(PrivateKey(bytes(31) + b"\x0b").public_key)
 POW_FINALITY_DEPTH = 3
 SYNCED_BLOCKS = 1000
-
-
-# ----------------------------------------------------------------------------- ports
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _ephemeral_low() -> int:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
-            return int(ports.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def free_port_run(count: int, avoid: range = range(0)) -> int:
-    """The first of `count` consecutive ports that are free now (node i gets first + i).
-
-    Below the kernel's ephemeral range: the ports the kernel hands out for port 0 and for
-    outgoing connections (other tests' nodes, our own peers' dials) never land there."""
-    rng = random.Random()
-    high = max(_ephemeral_low(), 21_000) - count
-    for _ in range(200):
-        first = rng.randrange(20_000, high)
-        ports = range(first, first + count)
-        if any(port in avoid for port in ports):
-            continue
-        if all(_bindable(port) for port in ports):
-            return first
-    raise RuntimeError(f"no run of {count} free ports found")
 
 
 # ----------------------------------------------------------------------------- processes

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import random
 import re
 import signal
 import socket
@@ -36,6 +35,7 @@ from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
+from node.testnet import free_port_run
 from tests.nodeproc import ROOT, child_env
 
 pytestmark = pytest.mark.integration
@@ -46,33 +46,7 @@ STOP_TIMEOUT = 25.0
 BOB = address_of(PrivateKey(bytes(31) + b"\x0b").public_key)
 
 
-# ----------------------------------------------------------------------------- ports and processes
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_run(count: int, avoid: range = range(0)) -> int:
-    """The first of `count` consecutive free ports, below the kernel's ephemeral range
-    (where ports handed out for port 0 and for outgoing connections would collide)."""
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
-            ephemeral_low = int(ports.read().split()[0])
-    except (OSError, ValueError, IndexError):
-        ephemeral_low = 32768
-    rng = random.Random()
-    for _ in range(200):
-        first = rng.randrange(20_000, max(ephemeral_low, 21_000) - count)
-        ports = range(first, first + count)
-        if not any(port in avoid for port in ports) and all(_bindable(port) for port in ports):
-            return first
-    raise RuntimeError(f"no run of {count} free ports found")
-
-
+# ----------------------------------------------------------------------------- processes
 def processes_naming(text: str) -> list[int]:
     """Live (not zombie) processes whose command line contains `text`."""
     found = []
