@@ -188,7 +188,7 @@ def _parse(response: httpx.Response, model: type[Model]) -> Model:
         raise ApiError(response.status_code, "invalid_response", f"the node's answer is not a {model.__name__}: {exc}") from None
 
 
-class _SseParser:
+class SseParser:
     """Server-Sent Events lines -> EventOut (comments and retry hints are skipped)."""
 
     def __init__(self) -> None:
@@ -300,7 +300,7 @@ class LedgerClient(_Routes):
                 if response.status_code >= 300:
                     response.read()
                     raise _error_of(response)
-                parser = _SseParser()
+                parser = SseParser()
                 for line in response.iter_lines():
                     event = parser.feed(line)
                     if event is not None:
@@ -393,7 +393,7 @@ class AsyncLedgerClient(_Routes):
                 if response.status_code >= 300:
                     await response.aread()
                     raise _error_of(response)
-                parser = _SseParser()
+                parser = SseParser()
                 async for line in response.aiter_lines():
                     event = parser.feed(line)
                     if event is not None:

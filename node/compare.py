@@ -182,7 +182,7 @@ class _Observed(Simulation):
         for height in range(start, len(slot.chain)):
             for tx_id in slot.block_txs.get(height, ()):
                 self.committed_at.setdefault(tx_id, now)
-        _note(self.head_series[slot.label], now, len(slot.chain) - 1)
+        note_step(self.head_series[slot.label], now, len(slot.chain) - 1)
 
     def _follow_finality(self, slot: Slot, node) -> None:
         waiting = [(tx_id, self.outstanding[tx_id][1])
@@ -192,7 +192,7 @@ class _Observed(Simulation):
         now = self.loop.time()
         self.latencies.extend(now - sent for _, sent in waiting)
         self.first_final.extend(now for _ in waiting)
-        _note(self.final_series[slot.label], now, slot.final_height)
+        note_step(self.final_series[slot.label], now, slot.final_height)
         if slot.final_height > self._highest_final:
             self._highest_final = slot.final_height
             self.progress.append(now)
@@ -207,7 +207,7 @@ class _Observed(Simulation):
             messages=self.hub.stats.messages(), bytes_sent=self.hub.stats.bytes_sent)
 
 
-def _note(series: list[tuple[float, int]], at: float, value: int) -> None:
+def note_step(series: list[tuple[float, int]], at: float, value: int) -> None:
     if series[-1][1] != value:
         series.append((at, value))
 
@@ -240,7 +240,7 @@ def run_one(engine: str, schedule: Schedule, seed: int) -> Outcome:
         simulation.run()
     except SimulationFailure as failure:
         outcome.status, outcome.note = _classify(failure.reason), failure.reason
-    _measure(outcome, simulation.watch(), schedule)
+    measure(outcome, simulation.watch(), schedule)
     return outcome
 
 
@@ -270,9 +270,10 @@ class Watch:
     final_blocks: int  # final blocks made during the run
     messages: int  # peer messages sent by every node during the run
     bytes_sent: int
+    fault: tuple[float, float] = (FAULT_START, FAULT_END)  # when the fault held (real processes: once laid)
 
 
-def _measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
+def measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
     outcome.submitted = watch.submitted
     outcome.final = watch.final
     outcome.committed_per_s = round(sum(1 for t in watch.committed_at.values() if t <= DURATION) / DURATION, 3)
@@ -286,8 +287,8 @@ def _measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
     outcome.reverted_blocks = sum(watch.reorg_depths)
     outcome.deepest_reorg = max(watch.reorg_depths, default=0)
     faulted = schedule.name != "none"
-    start, end = (FAULT_START, FAULT_END) if faulted else (0.0, DURATION)
-    outcome.window = (start, end) if faulted else None
+    start, end = watch.fault if faulted else (0.0, DURATION)
+    outcome.window = (round(start, 3), round(end, 3)) if faulted else None
     outcome.stall_during = round(longest_gap(watch.progress, start, end), 3)
     if faulted:
         outcome.stall_after = round(longest_gap(watch.progress, end, DURATION), 3)

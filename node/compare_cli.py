@@ -61,7 +61,7 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None]) -> None:
         seed: int = typer.Option(1, min=0, help="The seed of the workload and the network: same seed, same table"),
         out: str = typer.Option(str(DEFAULT_OUT), help="Folder for report.html, results.json and results.csv"),
         real: bool = typer.Option(False, "--real", help="Real processes of `ledger testnet` on loopback, "
-                                  "wall-clock (about 30-60 s a run; figures change from run to run)"),
+                                  "wall-clock (30-60 s a run, more if nodes are slow; figures change from run to run)"),
     ) -> None:
         """Every engine on the same workload under the same faults, in the simulator (virtual
         time: the same seed prints the same table), or with --real on processes of `ledger

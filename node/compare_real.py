@@ -1,17 +1,18 @@
 """`ledger compare --real`: the comparison on real processes of `ledger testnet`, on wall-clock time.
 
 Each run writes a fresh testnet into a temporary folder (free loopback ports), starts its
-nodes as `ledger testnet` does (node/fleet.py), waits until they are connected, and then,
-for DURATION wall-clock seconds, sends the seed's workload (node/sim/workload.py: the
-simulator's transfers, batches and gaps) to the nodes' REST APIs, laying the schedule's
-fault on the same seconds as the simulator does: SIGKILL and restart of node0, or a
-partition through the nodes' admin endpoints.  Afterwards the nodes have CONVERGE_WITHIN
-seconds to make every transfer final everywhere.
+nodes as `ledger testnet` does (node/fleet.py), waits until they are connected and
+following, and then, for DURATION wall-clock seconds, sends the seed's workload
+(node/sim/workload.py, the simulator's generator) to the nodes' REST APIs, laying the
+schedule's fault on the simulator's seconds: SIGKILL and restart of node0, or a partition
+through the nodes' admin endpoints.  Afterwards the nodes have CONVERGE_WITHIN seconds to
+make every transfer final everywhere.
 
-What it measures comes from outside, as a user sees it: each node's events stream (which
-block holds which transfer, each reorg) and its /v1/node (head and final height, polled),
-and /metrics for the messages and bytes sent.  The figures are wall-clock and change from
-run to run (the machine's load, the scheduler, real timers); the report says so.
+What it measures comes from outside, as a user sees it: each node's events stream (blocks
+and the transfers they hold, blocks becoming final, reorgs), read again through the API
+after a gap (a restarted node, a dropped stream), and /metrics for the messages and bytes
+sent.  The figures are wall-clock and change from run to run (the machine's load, the
+scheduler, real timers); the report says so.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from api.client import ApiError, AsyncLedgerClient, NodeUnreachable
+from api.client import ApiError, AsyncLedgerClient, NodeUnreachable, SseParser
 from ledger.hdkeys import dev_keys
 from ledger.transaction import Transaction
 from node.compare import (
-    CONVERGE_WITHIN, DURATION, FAULT_END, FAULT_START, TX_PER_SECOND, CompareError, Outcome, Schedule, Watch, _measure,
-    _note,
+    CONVERGE_WITHIN, DURATION, FAULT_END, FAULT_START, TX_PER_SECOND, CompareError, Outcome, Schedule, Watch, measure,
+    note_step,
 )
 from node.fleet import Fleet, FleetError, describe_exit
 from node.sim.harness import RESUBMIT_SECONDS, SimConfig
@@ -36,9 +37,10 @@ from node.sim.workload import Workload, seeded_streams
 from node.testnet import TESTNET_CHAIN_ID, TestnetError, free_port_run, wait_until_connected, write_network
 
 MAX_REAL_NODES = 16  # processes on one machine: beyond this the machine, not the engine, is measured
-POLL_SECONDS = 0.1
+RETRY_SECONDS = 0.1
 STARTUP_SECONDS = 90.0
 MAX_BATCH = 1000  # what a node takes in one batch submission by default
+_UNREACHABLE = (NodeUnreachable, ApiError, httpx.HTTPError)
 
 
 def check_real_arguments(nodes: list[int]) -> None:
@@ -68,30 +70,33 @@ class _RealRun:
         self.labels = [f"n{i}" for i in range(schedule.nodes)]
         self.urls = {f"n{m.index}": m.api_url for m in fleet.members}
         self.down: set[str] = set()
-        streams = seeded_streams(seed)
-        self.rng = streams["work"]
+        self.rng = seeded_streams(seed)["work"]
         self.resubmit_rng = random.Random(seed)  # resubmissions come at wall-clock moments: kept off the workload's stream
         self.workload = Workload(TESTNET_CHAIN_ID, tuple(dev_keys(SimConfig.senders)), self.rng, TX_PER_SECOND)
         self.outstanding: dict[str, tuple[Transaction, float]] = {}  # tx id (hex) -> (tx, first sent)
         self.submitted = 0
         self.submit_problems = 0
         self.chains: dict[str, dict[int, list[str]]] = {label: {} for label in self.labels}  # height -> tx ids
+        self.head: dict[str, int] = {}
         self.final_height: dict[str, int] = {}
+        self.start_final: dict[str, int] = {}
         self.committed_at: dict[bytes, float] = {}
         self.final = 0
         self.first_final: list[float] = []
         self.latencies: list[float] = []
         self.last_final_tx_height = 0
         self.reorg_depths: list[int] = []
-        self.violations: list[str] = []
+        self.violations: list[str] = []  # what breaks safety
+        self.problems: list[str] = []  # what made the run itself fail (a fault not laid, a node not readable)
         self.progress: list[float] = []
         self.final_series: dict[str, list[tuple[float, int]]] = {}
         self.head_series: dict[str, list[tuple[float, int]]] = {}
-        self.start_final: dict[str, int] = {}
         self.traffic = {label: [0, 0] for label in self.labels}  # messages, bytes sent during the run
         self.traffic_base: dict[str, tuple[int, int]] = {}
+        self.fault_held = (FAULT_START, FAULT_END)
+        self.subscribed = {label: asyncio.Event() for label in self.labels}
         self._highest_final = 0
-        self.t0 = 0.0
+        self.t0: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http = httpx.AsyncClient(timeout=5.0)
         self.clients = {label: AsyncLedgerClient(url, timeout=5.0) for label, url in self.urls.items()}
@@ -99,8 +104,9 @@ class _RealRun:
 
     # ------------------------------------------------------------------ clock and tasks
     def now(self) -> float:
+        """Seconds since the workload started (0 before: what the streams catch up on first)."""
         assert self.loop is not None
-        return self.loop.time() - self.t0
+        return 0.0 if self.t0 is None else self.loop.time() - self.t0
 
     async def _until(self, at: float) -> None:
         await asyncio.sleep(max(0.0, at - self.now()))
@@ -118,22 +124,26 @@ class _RealRun:
         """Workload, fault and convergence; what went wrong (status, why), a safety violation
         first, or None."""
         self.loop = asyncio.get_running_loop()
-        for label in self.labels:
-            info = await self.clients[label].node_info()
-            self.final_height[label] = self.start_final[label] = info.finalized_height
-            self.final_series[label] = [(0.0, info.finalized_height)]
-            self.head_series[label] = [(0.0, info.height)]
-            self.traffic_base[label] = _traffic(await self._metrics(label))
-        self._highest_final = max(self.final_height.values())
-        self.t0 = self.loop.time()
-        watchers = [asyncio.create_task(self._follow(label)) for label in self.labels]
-        watchers += [asyncio.create_task(self._poll()), asyncio.create_task(self._resubmit())]
+        watchers: list[asyncio.Task] = []
         try:
+            for label in self.labels:
+                info = await self.clients[label].node_info()
+                self.head[label] = info.height
+                self.final_height[label] = self.start_final[label] = info.finalized_height
+                self.final_series[label] = [(0.0, info.finalized_height)]
+                self.head_series[label] = [(0.0, info.height)]
+                self.traffic_base[label] = _traffic(await self._metrics(label))
+            self._highest_final = max(self.final_height.values())
+            watchers = [asyncio.create_task(self._follow(label)) for label in self.labels]
+            # Every stream subscribed before the first transfer: no block goes unseen.
+            await asyncio.wait_for(asyncio.gather(*(event.wait() for event in self.subscribed.values())), 30)
+            self.t0 = self.loop.time()
+            watchers.append(asyncio.create_task(self._resubmit()))
             await asyncio.gather(self._work(), self._fault())
             waiting = await self._converge()
             for label in self.labels:
                 await self._count_traffic(label)
-            self.violations += await self._compare_final_blocks()
+            await self._compare_final_blocks()
         finally:
             for task in watchers + list(self._tasks):
                 task.cancel()
@@ -143,13 +153,17 @@ class _RealRun:
                 await client.aclose()
         if self.violations:
             return "safety violated", "; ".join(self.violations)
+        if self.problems:
+            return "check failed", "; ".join(self.problems)
         if waiting:
             return "no recovery", waiting
         return None
 
     async def _work(self) -> None:
         """The seed's workload, each batch at its moment (scheduled from the start, so slow
-        submissions do not stretch it), to a node drawn as the simulator draws it."""
+        submissions do not stretch it).  The node is drawn among all of them, whichever are
+        down, so the transfers do not depend on when a restarted node answers again; a batch
+        drawn for a down node goes to the next one up."""
         at = 0.0
         while True:
             at += self.workload.gap()
@@ -163,7 +177,10 @@ class _RealRun:
             for tx in batch:
                 self.outstanding[tx.id.hex()] = (tx, self.now())
             self.submitted += len(batch)
-            self._spawn(self._submit(self.rng.choice(live), batch))
+            drawn = self.labels.index(self.rng.choice(self.labels))
+            target = next(self.labels[(drawn + step) % len(self.labels)] for step in range(len(self.labels))
+                          if self.labels[(drawn + step) % len(self.labels)] in live)
+            self._spawn(self._submit(target, batch))
 
     async def _submit(self, label: str, batch: list[Transaction]) -> None:
         for start in range(0, len(batch), MAX_BATCH):
@@ -183,6 +200,8 @@ class _RealRun:
                 self._spawn(self._submit(self.resubmit_rng.choice(live), stale))
 
     async def _fault(self) -> None:
+        """The schedule's fault from FAULT_START to FAULT_END; `fault_held` records when it
+        actually held (laid everywhere, until the heal or restart was asked for)."""
         name = self.schedule.name
         if name == "none":
             return
@@ -195,39 +214,49 @@ class _RealRun:
             majority = ",".join(str(i) for i in self.schedule.majority)
             minority = ",".join(str(i) for i in range(self.schedule.nodes) if i not in self.schedule.majority)
             await asyncio.to_thread(self.fleet.partition, [majority, minority])
-            await self._lay_faults()
+            await self._lay_faults("the partition")
+        held_from = self.now()
         await self._until(FAULT_END)
+        self.fault_held = (held_from, self.now())
         if name == "crash":
-            await asyncio.to_thread(self.fleet.start, "node0")
+            # Started from this (the main) thread: a child's parent-death signal follows the
+            # thread that started it, and a worker thread ends before the run does.
+            self.fleet.start("node0")
+            self.traffic_base["n0"] = (0, 0)  # a new process counts from zero
             self._spawn(self._back_up("n0"))
         else:
             await asyncio.to_thread(self.fleet.heal)
-            await self._lay_faults()
+            await self._lay_faults("the heal")
 
-    async def _lay_faults(self) -> None:
+    async def _lay_faults(self, what: str) -> None:
         """Until every node has the links it should (a busy node may miss the first request)."""
-        for _ in range(20):
-            if not await asyncio.to_thread(self.fleet.lay_faults):
+        problems: list[str] = []
+        for _ in range(50):
+            problems = await asyncio.to_thread(self.fleet.lay_faults)
+            if not problems:
                 return
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(RETRY_SECONDS)
+        self.problems.append(f"{what} could not be laid on every node: {'; '.join(problems)}")
 
     async def _back_up(self, label: str) -> None:
-        """A restarted node counts as live once it answers (as the simulator restarts a slot)."""
+        """A restarted node counts as up once it answers (as the simulator restarts a slot)."""
         while True:
             try:
                 await self.clients[label].node_info()
             except (NodeUnreachable, ApiError):
-                await asyncio.sleep(POLL_SECONDS)
+                await asyncio.sleep(RETRY_SECONDS)
                 continue
-            self.traffic_base[label] = (0, 0)
             self.down.discard(label)
             return
 
     async def _count_traffic(self, label: str) -> None:
         """Add what `label` sent since its base (the run's start, or its restart)."""
+        if label in self.down:
+            return
         try:
             messages, sent = _traffic(await self._metrics(label))
-        except (httpx.HTTPError, OSError):
+        except _UNREACHABLE as exc:
+            self.problems.append(f"{label}'s /metrics could not be read ({exc})")
             return
         base = self.traffic_base[label]
         self.traffic[label][0] += messages - base[0]
@@ -254,31 +283,60 @@ class _RealRun:
                 if behind:
                     parts.append(f"{', '.join(behind)} not final up to height {self.last_final_tx_height}")
                 return f"{CONVERGE_WITHIN:g} s after the workload, " + "; ".join(parts)
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
 
     # ------------------------------------------------------------------ watching
     async def _follow(self, label: str) -> None:
-        """The node's events stream, followed again after it drops (a killed node, a restart)."""
+        """The node's events stream; after a gap (a restart, a dropped stream) what the node
+        did meanwhile is read through the API once the stream is back."""
+        client = self.clients[label]
         while True:
             if label not in self.down:
                 try:
-                    async for event in self.clients[label].events():
-                        if event.kind == "block":
-                            await self._block(label, event.data)
-                        elif event.kind == "reorg":
-                            self._reorg(label, event.data)
-                except (NodeUnreachable, ApiError, httpx.HTTPError):
+                    async with self.http.stream("GET", f"{self.urls[label]}/v1/events",
+                                                timeout=httpx.Timeout(5.0, read=60.0)) as response:
+                        if response.status_code == 200:
+                            # Subscribed: the node answers once it has subscribed us.
+                            await self._catch_up(label, client)
+                            self.subscribed[label].set()
+                            parser = SseParser()
+                            async for line in response.aiter_lines():
+                                event = parser.feed(line)
+                                if event is not None:
+                                    await self._on_event(label, event.kind, event.data)
+                except _UNREACHABLE:
                     pass
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(RETRY_SECONDS)
 
-    async def _block(self, label: str, data: dict) -> None:
+    async def _catch_up(self, label: str, client: AsyncLedgerClient) -> None:
+        info = await client.node_info()
+        for height in range(self.head[label] + 1, info.height + 1):
+            block = await client.block(height)
+            await self._on_block(label, {"height": height, "hash": block.hash, "final": height <= info.finalized_height,
+                                         "tx_count": block.tx_count, "transactions": [tx.id for tx in block.transactions or []]})
+        self._finalized(label, info.finalized_height)
+
+    async def _on_event(self, label: str, kind: str, data: dict) -> None:
+        if kind == "block":
+            await self._on_block(label, data)
+        elif kind == "finalized":
+            self._finalized(label, data["height"])
+        elif kind == "reorg":
+            self.reorg_depths.append(data["depth"])
+            if data.get("reverted_final"):
+                self.violations.append(f"{label} reverted {data['reverted_final']} final block(s) above height "
+                                       f"{data['fork_height']}")
+            chain = self.chains[label]
+            for above in [h for h in chain if h > data["height"]]:  # the abandoned branch, longer than the new
+                del chain[above]
+            self.head[label] = data["height"]
+            note_step(self.head_series[label], self.now(), data["height"])
+
+    async def _on_block(self, label: str, data: dict) -> None:
         height, ids = data["height"], data["transactions"]
         if data["tx_count"] > len(ids):  # the stream lists the first 100: the rest from the block
-            try:
-                block = await self.clients[label].block(data["hash"])
-                ids = [tx.id for tx in block.transactions or []]
-            except (NodeUnreachable, ApiError):
-                pass
+            block = await self.clients[label].block(data["hash"])
+            ids = [tx.id for tx in block.transactions or []]
         chain = self.chains[label]
         for above in [h for h in chain if h >= height]:  # a branch replaced: its blocks are gone
             del chain[above]
@@ -286,39 +344,23 @@ class _RealRun:
         now = self.now()
         for tx_id in ids:
             self.committed_at.setdefault(bytes.fromhex(tx_id), now)
-        _note(self.head_series[label], now, height)
-        if data["final"] and height > self.final_height[label]:  # final when made (BFT, Raft, solo)
-            before, self.final_height[label] = self.final_height[label], height
-            self._finalize(label, height, before)
-        elif height <= self.final_height[label]:  # the poll saw it final before its event reached us
-            self._finalize(label, height, height - 1)
+        self.head[label] = height
+        note_step(self.head_series[label], now, height)
+        if data["final"]:  # final when made (BFT, Raft, solo), or a `finalized` event came first
+            self._finalized(label, max(height, self.final_height[label]), rescan=height)
 
-    def _reorg(self, label: str, data: dict) -> None:
-        self.reorg_depths.append(data["depth"])
-        if data.get("reverted_final"):
-            self.violations.append(f"{label} reverted {data['reverted_final']} final block(s) above height "
-                                   f"{data['fork_height']}")
-
-    async def _poll(self) -> None:
-        while True:
-            for label in self.live():
-                try:
-                    info = await self.clients[label].node_info()
-                except (NodeUnreachable, ApiError):
-                    continue
-                now = self.now()
-                _note(self.head_series[label], now, info.height)
-                if info.finalized_height != self.final_height[label]:
-                    before = self.final_height[label]
-                    self.final_height[label] = info.finalized_height
-                    self._finalize(label, info.finalized_height, before)
-            await asyncio.sleep(POLL_SECONDS)
-
-    def _finalize(self, label: str, final: int, before: int) -> None:
-        """`label` is final up to `final` (from `before`): the transfers of its blocks between
-        are final, if they were not already somewhere."""
+    def _finalized(self, label: str, final: int, rescan: int | None = None) -> None:
+        """`label` is final up to `final`: the transfers of its blocks up to there are final,
+        if they were not already somewhere.  `rescan`: a block that arrived at or below the
+        final height, whose transfers are final now."""
+        before = self.final_height[label]
+        heights = list(range(before + 1, final + 1))
+        if rescan is not None and rescan <= before:
+            heights.append(rescan)
+        if not heights:
+            return
         now = self.now()
-        for height in range(before + 1, final + 1):
+        for height in heights:
             for tx_id in self.chains[label].get(height, ()):
                 entry = self.outstanding.pop(tx_id, None)
                 if entry is not None:
@@ -326,30 +368,30 @@ class _RealRun:
                     self.latencies.append(now - entry[1])
                     self.first_final.append(now)
                     self.last_final_tx_height = max(self.last_final_tx_height, height)
-        _note(self.final_series[label], now, final)
+        self.final_height[label] = max(before, final)
+        note_step(self.final_series[label], now, self.final_height[label])
         if final > self._highest_final:
             self._highest_final = final
             self.progress.append(now)
 
-    async def _compare_final_blocks(self) -> list[str]:
+    async def _compare_final_blocks(self) -> None:
         """Every node's final blocks against the others': one block per height."""
         common = min(self.final_height.values())
         seen: dict[int, tuple[str, str]] = {}  # height -> (hash, the node it was read from)
-        problems = []
-        for label in self.labels:
+        for label in self.live():
             before: int | None = common + 1
             while before is not None and before > 1:
                 try:
                     page = await self.clients[label].blocks(before=before, limit=100)
-                except (NodeUnreachable, ApiError) as exc:
-                    problems.append(f"{label}'s blocks could not be read ({exc})")
+                except _UNREACHABLE as exc:
+                    self.problems.append(f"{label}'s blocks could not be read ({exc})")
                     break
                 for header in page.blocks:
                     first = seen.setdefault(header.height, (header.hash, label))
-                    if first[0] != header.hash and len(problems) < 3:
-                        problems.append(f"{first[1]} and {label} are final on different blocks at height {header.height}")
+                    if first[0] != header.hash and len(self.violations) < 3:
+                        self.violations.append(f"{first[1]} and {label} are final on different blocks at height "
+                                               f"{header.height}")
                 before = page.next
-        return problems
 
     def watch(self) -> Watch:
         return Watch(
@@ -357,7 +399,8 @@ class _RealRun:
             first_final=self.first_final, latencies=self.latencies, reorg_depths=self.reorg_depths,
             progress=self.progress, final_series=self.final_series, head_series=self.head_series,
             final_blocks=max(self.final_height[label] - self.start_final[label] for label in self.labels),
-            messages=sum(t[0] for t in self.traffic.values()), bytes_sent=sum(t[1] for t in self.traffic.values()))
+            messages=sum(t[0] for t in self.traffic.values()), bytes_sent=sum(t[1] for t in self.traffic.values()),
+            fault=self.fault_held)
 
 
 def run_real_one(engine: str, schedule: Schedule, seed: int) -> Outcome:
@@ -366,23 +409,13 @@ def run_real_one(engine: str, schedule: Schedule, seed: int) -> Outcome:
     if reason is not None:
         outcome.status, outcome.note = "not applicable", reason
         return outcome
-    with tempfile.TemporaryDirectory(prefix=f"ledger-compare-{engine}-") as folder:
-        api_port = free_port_run(schedule.nodes)
-        p2p_port = free_port_run(schedule.nodes, avoid=range(api_port, api_port + schedule.nodes))
-        layouts = write_network(Path(folder), schedule.nodes, engine, api_port=api_port, p2p_port=p2p_port)
-        fleet = Fleet(layouts)
-        try:
-            fleet.start_all()
-            wait_until_connected(layouts, [member.process for member in fleet.members], timeout=STARTUP_SECONDS)
-            run = _RealRun(fleet, schedule, seed)
-            trouble = asyncio.run(run.run())
-            ended = fleet.reap()  # on its own: the fault's kill is not in it
-        except (TestnetError, FleetError, NodeUnreachable, ApiError, httpx.HTTPError) as exc:
-            outcome.status, outcome.note = "check failed", f"the testnet did not run: {exc}"
-            return outcome
-        finally:
-            fleet.stop_all()
-    _measure(outcome, run.watch(), schedule)
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"ledger-compare-{engine}-") as folder:
+            run, trouble, ended = _run_testnet(Path(folder), engine, schedule, seed)
+    except (TestnetError, FleetError, OSError, TimeoutError, *_UNREACHABLE) as exc:
+        outcome.status, outcome.note = "check failed", f"the testnet did not run: {exc or type(exc).__name__}"
+        return outcome
+    measure(outcome, run.watch(), schedule)
     if ended:
         outcome.status = "check failed"
         outcome.note = "; ".join(f"node{m.index} exited ({describe_exit(m.exit_code)})" for m in ended)
@@ -392,3 +425,20 @@ def run_real_one(engine: str, schedule: Schedule, seed: int) -> Outcome:
         outcome.note = (outcome.note + "; " if outcome.note else "") + \
             f"{run.submit_problems} submissions found their node down or starting (sent again later)"
     return outcome
+
+
+def _run_testnet(folder: Path, engine: str, schedule: Schedule, seed: int):
+    """A testnet in `folder`, run under the schedule and stopped: the run, what went wrong,
+    and the nodes that exited on their own."""
+    api_port = free_port_run(schedule.nodes)
+    p2p_port = free_port_run(schedule.nodes, avoid=range(api_port, api_port + schedule.nodes))
+    layouts = write_network(folder, schedule.nodes, engine, api_port=api_port, p2p_port=p2p_port)
+    fleet = Fleet(layouts)
+    try:
+        fleet.start_all()
+        wait_until_connected(layouts, [member.process for member in fleet.members], timeout=STARTUP_SECONDS)
+        run = _RealRun(fleet, schedule, seed)
+        trouble = asyncio.run(run.run())
+        return run, trouble, fleet.reap()  # the fault's own kill is not among them
+    finally:
+        fleet.stop_all()

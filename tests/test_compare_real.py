@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from node.compare import Schedule
 from node.compare_real import _traffic
 from tests.nodeproc import ROOT, child_env
@@ -42,6 +44,9 @@ def test_raft_on_real_processes_commits_on_the_majority_side_only_and_survives_a
         assert row["latency_p50"] is not None and row["messages_per_block_per_node"] > 0
         assert row["bytes_per_block_per_node"] > 0 and row["reorgs"] == 0
         assert set(row["final_series"]) == {"n0", "n1", "n2"}
+    # The sides' growth is counted while the cut held: from when it was laid on every node
+    # to when the heal was asked for.
+    assert 8.0 <= partition["window"][0] < partition["window"][1] <= 14.5
     majority, minority = partition["sides"]
     assert majority["nodes"] == ["n0", "n1"] and minority["nodes"] == ["n2"]
     assert majority["final_growth"] > 0 and minority["final_growth"] == 0 and minority["head_growth"] == 0
@@ -51,7 +56,8 @@ def test_raft_on_real_processes_commits_on_the_majority_side_only_and_survives_a
     assert processes_naming(str(tmp_path / "tmp")) == []
 
 
-def test_a_sigterm_stops_the_nodes_and_removes_the_testnet(tmp_path):
+@pytest.mark.parametrize("after_start", [0.0, 6.0], ids=["while-starting", "during-the-workload"])
+def test_a_sigterm_stops_the_nodes_and_removes_the_testnet(tmp_path, after_start):
     env = {**child_env(), "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
     command = subprocess.Popen(
@@ -62,6 +68,8 @@ def test_a_sigterm_stops_the_nodes_and_removes_the_testnet(tmp_path):
         while len(processes_naming(str(tmp_path / "tmp"))) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert len(processes_naming(str(tmp_path / "tmp"))) >= 2, "the nodes never started"
+        time.sleep(after_start)
+        assert command.poll() is None
         command.send_signal(signal.SIGTERM)
         command.wait(timeout=30)
     finally:
