@@ -316,17 +316,18 @@ def measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
     outcome.head_series = {label: watch.head_series[label] for label in watch.labels}
 
 
+def plan(engines: list[str], faults: list[str], nodes: list[int]) -> list[tuple[str, Schedule]]:
+    """Every engine under every schedule at every node count, in the order they run."""
+    return [(engine, Schedule(name, count)) for count in nodes for engine in engines for name in faults]
+
+
 def run_all(engines: list[str], faults: list[str], nodes: list[int], seed: int,
-            on_done: Callable[[Outcome], None] | None = None,
-            run: Callable[[str, Schedule, int], Outcome] = run_one) -> list[Outcome]:
-    """Every engine under every schedule at every node count: in the simulator, or with
-    `run` = compare_real.run_real_one on processes."""
+            on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
+    """The whole plan in the simulator."""
     outcomes = []
-    for count in nodes:
-        for engine in engines:
-            for name in faults:
-                outcome = run(engine, Schedule(name, count), seed)
-                outcomes.append(outcome)
-                if on_done is not None:
-                    on_done(outcome)
+    for engine, schedule in plan(engines, faults, nodes):
+        outcome = run_one(engine, schedule, seed)
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
     return outcomes

@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from ledger.genesis import ENGINES
-from node.compare import FAULTS, CompareError, check_arguments, run_all, run_one
-from node.compare_real import check_real_arguments, run_real_one
+from node.compare import FAULTS, CompareError, check_arguments, plan, run_one
+from node.compare_real import Terminated, check_real_arguments, run_real_one
 from node.compare_report import growth, notes, table, write_all
 from node.config import NodeConfig
 
@@ -49,7 +49,7 @@ def _unwritable(out: Path) -> str | None:
 
 
 def _stop_on_sigterm(signum, frame) -> None:
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def add_compare_command(app: typer.Typer, fail: Callable[..., None]) -> None:
@@ -81,19 +81,33 @@ def add_compare_command(app: typer.Typer, fail: Callable[..., None]) -> None:
             fail(f"--out {out}: {problem}")
         command = (f"ledger compare --engines {','.join(engine_names)} --nodes {','.join(map(str, node_counts))} "
                    f"--faults {','.join(schedule_names)} --seed {seed}" + (" --real" if real else ""))
+        runs = plan(engine_names, schedule_names, node_counts)
+        if all(schedule.not_applicable(engine, real) for engine, schedule in runs):
+            reasons = sorted({schedule.not_applicable(engine, real) for engine, schedule in runs})
+            fail("nothing to run: every engine and schedule asked for is not applicable (" + "; ".join(reasons) + ")")
         if real:
             # A SIGTERM (a closed terminal, a supervisor) unwinds like Ctrl-C: the runs stop their
             # nodes and remove their temporary folders on the way out.
             signal.signal(signal.SIGTERM, _stop_on_sigterm)
-        runs = len(engine_names) * len(schedule_names) * len(node_counts)
         progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             console=Console(stderr=True), transient=True)
-        with progress:
-            task = progress.add_task("running processes" if real else "simulating", total=runs)
-            outcomes = run_all(engine_names, schedule_names, node_counts, seed,
-                               on_done=lambda o: progress.update(
-                                   task, advance=1, description=f"{o.engine} {o.faults} n={o.nodes}"),
-                               run=run_real_one if real else run_one)
+        outcomes = []
+        run = run_real_one if real else run_one
+        try:
+            with progress:
+                task = progress.add_task("", total=len(runs))
+                for engine, schedule in runs:
+                    progress.update(task, description=f"{'running' if real else 'simulating'} {engine} "
+                                                      f"{schedule.name} n={schedule.nodes}")
+                    outcomes.append(run(engine, schedule, seed))
+                    progress.update(task, advance=1)
+        except KeyboardInterrupt as stop:
+            cause = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+            if outcomes:
+                Console(width=170, soft_wrap=False).print(table(outcomes, seed))
+            fail(f"{cause} after {len(outcomes)} of {len(runs)} runs{' (the finished ones above)' if outcomes else ''}; "
+                 f"{'every node is stopped and its folder removed; ' if real else ''}nothing written to {out}",
+                 143 if isinstance(stop, Terminated) else 130)
         # Wide enough for the table whatever the terminal (or pipe) is: the same simulated run prints the same text.
         wide = Console(width=170, soft_wrap=False)
         wide.print(table(outcomes, seed))

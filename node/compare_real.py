@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,11 @@ RETRY_SECONDS = 0.1
 STARTUP_SECONDS = 90.0
 MAX_BATCH = 1000  # what a node takes in one batch submission by default
 _UNREACHABLE = (NodeUnreachable, ApiError, httpx.HTTPError)
+
+
+class Terminated(KeyboardInterrupt):
+    """A SIGTERM, unwound like Ctrl-C so that every run stops its nodes and removes its folder
+    (`ledger compare` installs the handler that raises it)."""
 
 
 def check_real_arguments(nodes: list[int]) -> None:
@@ -96,6 +102,7 @@ class _RealRun:
         self.fault_held = (FAULT_START, FAULT_END)
         self.subscribed = {label: asyncio.Event() for label in self.labels}
         self._highest_final = 0
+        self.terminated = False
         self.t0: float | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.http = httpx.AsyncClient(timeout=5.0)
@@ -116,6 +123,10 @@ class _RealRun:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _terminate(self, task: asyncio.Task) -> None:
+        self.terminated = True
+        task.cancel()
+
     def live(self) -> list[str]:
         return [label for label in self.labels if label not in self.down]
 
@@ -125,6 +136,11 @@ class _RealRun:
         first, or None."""
         self.loop = asyncio.get_running_loop()
         watchers: list[asyncio.Task] = []
+        # While the loop runs, a SIGTERM cancels the run from the loop (raised inside a task it
+        # would end that task alone); outside it, the command's own handler raises Terminated.
+        previous = signal.getsignal(signal.SIGTERM)
+        if callable(previous):
+            self.loop.add_signal_handler(signal.SIGTERM, self._terminate, asyncio.current_task())
         try:
             for label in self.labels:
                 info = await self.clients[label].node_info()
@@ -144,6 +160,10 @@ class _RealRun:
             for label in self.labels:
                 await self._count_traffic(label)
             await self._compare_final_blocks()
+        except asyncio.CancelledError:
+            if self.terminated:
+                raise Terminated from None
+            raise
         finally:
             for task in watchers + list(self._tasks):
                 task.cancel()
@@ -151,6 +171,9 @@ class _RealRun:
             await self.http.aclose()
             for client in self.clients.values():
                 await client.aclose()
+            if callable(previous):
+                self.loop.remove_signal_handler(signal.SIGTERM)
+                signal.signal(signal.SIGTERM, previous)
         if self.violations:
             return "safety violated", "; ".join(self.violations)
         if self.problems:

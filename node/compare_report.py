@@ -26,6 +26,8 @@ COLUMNS = (
     ("recovery", "recovery s"), ("messages_per_block_per_node", "msgs/block/node"),
     ("bytes_per_block_per_node", "bytes/block/node"),
 )
+STALL_NOTE = ("stall: the longest time without a new final block in the fault window (the whole run without "
+              "faults); after: the same from its end; recover: from its end to the next final block")
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf")
 
@@ -66,9 +68,7 @@ def table(outcomes: Sequence[Outcome], seed: int) -> Table:
     result = Table(title=f"ledger compare, seed {seed}{', real processes' if real else ''}: {TX_PER_SECOND:g} transfers/s "
                          f"for {DURATION:g} {clock(outcomes)} s, faults from {FAULT_START:g} s to {FAULT_END:g} s"
                          f"{' (wall-clock figures change from run to run)' if real else ''}", title_justify="left",
-                   caption="stall: the longest time without a new final block in the fault window (the whole run "
-                           "without faults); after: the same from its end; recover: from its end to the next "
-                           "final block; B: bytes", caption_justify="left")
+                   caption=STALL_NOTE + "; B: bytes", caption_justify="left")
     for title in TERMINAL_COLUMNS:
         result.add_column(title, justify="left" if title in ("engine", "faults", "outcome") else "right")
     for o in outcomes:
@@ -295,6 +295,7 @@ code {{ background: #f3f3f3; padding: 0.1rem 0.3rem; }}
 <p><code>{html.escape(command)}</code></p>
 <p>{_how(outcomes)}</p>
 <table><thead><tr>{header}</tr></thead><tbody>{''.join(rows)}</tbody></table>
+<p>{html.escape(STALL_NOTE)}</p>
 <h2>Final height over time, per node</h2>
 {plots}
 <h2>Submit to final</h2>

@@ -76,8 +76,10 @@ def test_a_sigterm_stops_the_nodes_and_removes_the_testnet(tmp_path, after_start
         if command.poll() is None:
             command.kill()
             command.wait()
-    assert command.returncode != 0
-    assert b"Traceback" not in command.stderr.read()
+    assert command.returncode == 143
+    stderr = command.stderr.read().decode()
+    assert "Traceback" not in stderr and "never retrieved" not in stderr
+    assert "stopped by SIGTERM after 0 of 1 runs;" in stderr and "nothing written" in stderr
     assert processes_naming(str(tmp_path / "tmp")) == []
     assert list((tmp_path / "tmp").iterdir()) == []
     assert not (tmp_path / "report").exists()  # nothing half-written
@@ -88,6 +90,13 @@ def test_too_many_processes_are_refused_before_any_starts(tmp_path):
                       timeout=60)
     assert result.returncode == 2 and "at most 16 processes" in result.stderr + result.stdout
     assert list((tmp_path / "tmp").iterdir()) == [] and not (tmp_path / "r").exists()
+
+
+def test_a_request_with_nothing_applicable_is_refused_and_writes_nothing(tmp_path):
+    result = _compare(tmp_path, "--real", "--faults", "byzantine", "--out", str(tmp_path / "r"), timeout=60)
+    assert result.returncode == 2 and "nothing to run" in result.stderr + result.stdout
+    assert "only honest code" in result.stderr + result.stdout
+    assert not (tmp_path / "r").exists()
 
 
 def test_byzantine_is_not_applicable_on_real_processes_and_says_why():
