@@ -16,7 +16,6 @@ is listed as not applicable, with why.
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 
 from consensus.pow import PowParams
@@ -319,15 +318,3 @@ def measure(outcome: Outcome, watch: Watch, schedule: Schedule) -> None:
 def plan(engines: list[str], faults: list[str], nodes: list[int]) -> list[tuple[str, Schedule]]:
     """Every engine under every schedule at every node count, in the order they run."""
     return [(engine, Schedule(name, count)) for count in nodes for engine in engines for name in faults]
-
-
-def run_all(engines: list[str], faults: list[str], nodes: list[int], seed: int,
-            on_done: Callable[[Outcome], None] | None = None) -> list[Outcome]:
-    """The whole plan in the simulator."""
-    outcomes = []
-    for engine, schedule in plan(engines, faults, nodes):
-        outcome = run_one(engine, schedule, seed)
-        outcomes.append(outcome)
-        if on_done is not None:
-            on_done(outcome)
-    return outcomes
