@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.client import ApiError, AsyncLedgerClient, NodeUnreachable, SseParser
 from ledger.hdkeys import dev_keys
@@ -59,11 +60,12 @@ def check_real_arguments(nodes: list[int]) -> None:
 def _traffic(metrics_text: str) -> tuple[int, int]:
     """Peer messages and bytes a node has sent, from its /metrics."""
     messages = sent = 0
-    for line in metrics_text.splitlines():
-        if line.startswith("ledger_p2p_messages_sent_total{"):
-            messages += int(float(line.rsplit(" ", 1)[1]))
-        elif line.startswith("ledger_p2p_bytes_sent_total "):
-            sent += int(float(line.rsplit(" ", 1)[1]))
+    for family in text_string_to_metric_families(metrics_text):
+        for sample in family.samples:
+            if sample.name == "ledger_p2p_messages_sent_total":
+                messages += int(sample.value)
+            elif sample.name == "ledger_p2p_bytes_sent_total":
+                sent += int(sample.value)
     return messages, sent
 
 
@@ -148,7 +150,7 @@ class _RealRun:
                 self.final_height[label] = self.start_final[label] = info.finalized_height
                 self.final_series[label] = [(0.0, info.finalized_height)]
                 self.head_series[label] = [(0.0, info.height)]
-                self.traffic_base[label] = _traffic(await self._metrics(label))
+                self.traffic_base[label] = await self._sent_so_far(label)
             self._highest_final = max(self.final_height.values())
             watchers = [asyncio.create_task(self._follow(label)) for label in self.labels]
             # Every stream subscribed before the first transfer: no block goes unseen.
@@ -201,8 +203,7 @@ class _RealRun:
                 self.outstanding[tx.id.hex()] = (tx, self.now())
             self.submitted += len(batch)
             drawn = self.labels.index(self.rng.choice(self.labels))
-            target = next(self.labels[(drawn + step) % len(self.labels)] for step in range(len(self.labels))
-                          if self.labels[(drawn + step) % len(self.labels)] in live)
+            target = next(label for label in self.labels[drawn:] + self.labels[:drawn] if label in live)
             self._spawn(self._submit(target, batch))
 
     async def _submit(self, label: str, batch: list[Transaction]) -> None:
@@ -277,7 +278,7 @@ class _RealRun:
         if label in self.down:
             return
         try:
-            messages, sent = _traffic(await self._metrics(label))
+            messages, sent = await self._sent_so_far(label)
         except _UNREACHABLE as exc:
             self.problems.append(f"{label}'s /metrics could not be read ({exc})")
             return
@@ -285,10 +286,14 @@ class _RealRun:
         self.traffic[label][0] += messages - base[0]
         self.traffic[label][1] += sent - base[1]
 
-    async def _metrics(self, label: str) -> str:
+    async def _sent_so_far(self, label: str) -> tuple[int, int]:
+        """Messages and bytes `label` has sent since it started, from its /metrics."""
         response = await self.http.get(f"{self.urls[label]}/metrics")
         response.raise_for_status()
-        return response.text
+        try:
+            return _traffic(response.text)
+        except ValueError as exc:
+            raise ApiError(response.status_code, "invalid_response", f"{label}'s /metrics is not Prometheus text: {exc}")
 
     async def _converge(self) -> str | None:
         """Wait until every transfer is final and every node is final at least up to the last of

@@ -18,15 +18,13 @@ import pytest
 
 from node.compare import Schedule
 from node.compare_real import _traffic
-from tests.nodeproc import ROOT, child_env
+from tests.nodeproc import ROOT, child_env, run_cli
 from tests.test_testnet_cli import processes_naming
 
 
 def _compare(tmp_path, *arguments: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    env = {**child_env(), "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir(exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "node.cli", "compare", *arguments], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli("compare", *arguments, env={"TMPDIR": str(tmp_path / "tmp")}, timeout=timeout)
 
 
 def test_raft_on_real_processes_commits_on_the_majority_side_only_and_survives_a_crash(tmp_path):
