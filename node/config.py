@@ -45,7 +45,7 @@ class NodeConfig:
     miner_address: str = ""  # proof-of-work: who gets rewards and fees; empty: the node key's address
     stall_seconds: int = 30  # /healthz answers 503 when the head stood still this long with work to do
     block_time: int = 0  # solo: seal a block every this many seconds, empty or not; 0: when transactions wait
-    signature_workers: int = -1  # processes that check a sync answer's signatures; -1: one fewer than the cores
+    signature_workers: int = -1  # processes that check signatures beside the loop; -1: one fewer than the cores
 
     @property
     def db_url(self) -> str:

@@ -51,7 +51,7 @@ from node.mining import ProcessMiner
 from node.p2p import messages as wire
 from node.p2p.network import Network, PeerInfo
 from node.reads import ChainReads
-from node.signatures import InlineChecks, SignatureChecks, SignaturePool, workers_for
+from node.signatures import ADMIT_AHEAD, InlineChecks, SignatureChecks, SignaturePool, workers_for
 from node.sync import BlockSync
 
 log = logging.getLogger("ledger.node")
@@ -125,8 +125,9 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         self.dev = DevControls(self)
         self.rules = BlockRules.of(genesis, self.engine)
         self.staking = self.rules.staking
-        # Worker processes check a sync answer's signatures beside the loop; the simulator's
-        # nodes (inline "threads") check them as they go.
+        # Worker processes check the signatures of a sync answer and of large submitted or
+        # gossiped batches beside the loop; the simulator's nodes (inline "threads") check
+        # them as they go.
         workers = workers_for(config.signature_workers) if blocking is None else 0
         self.signatures: SignatureChecks = (
             SignaturePool(workers, genesis.chain_id, self.staking) if workers else InlineChecks()
@@ -222,7 +223,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             await self.network.stop()
         if self.miner is not None:
             self.miner.close()
-        self.signatures.close()
+        await self.signatures.close()
         if self.gossip is not None:
             await self.gossip.stop()
         if self._timer is not None:
@@ -551,9 +552,9 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
     async def _admit(self, transactions: list[Transaction], origin: str | None) -> list[SubmitResult]:
         if self._stopping:
             return [Rejection("shutting_down", "the node is shutting down")] * len(transactions)
-        # Signatures are checked here on the event loop (~40 us each): in a worker thread every
-        # libsecp256k1 call drops and re-takes the GIL against the loop, which measured slower.
-        checks = self._check_stateless(transactions)
+        checks = await self._check_stateless(transactions)
+        if self._stopping:
+            return [Rejection("shutting_down", "the node is shutting down")] * len(transactions)
         results: list[SubmitResult] = []
         now = self.now_ms()
         admitted: list[Transaction] = []
@@ -595,10 +596,23 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
     def _stored_ids(self, tx_ids: list[bytes]) -> set[bytes]:
         return {tx_id for tx_id in tx_ids if self.store.transaction(tx_id) is not None}
 
-    def _check_stateless(self, transactions: list[Transaction]) -> list[InvalidTransaction | None]:
+    async def _check_stateless(self, transactions: list[Transaction]) -> list[InvalidTransaction | None]:
+        """Each transaction's stateless problem, or None.  A batch large enough goes partly to the
+        signature workers while the loop checks its own share (not in a thread: every
+        libsecp256k1 call would drop and re-take the GIL against the loop, which measured
+        slower).  What the workers do not vouch for is checked here, which also gives the
+        reason of a refusal."""
+        good: Container[bytes] = ()
+        batch = self.signatures.begin(len(transactions), ADMIT_AHEAD)
+        if batch is not None:
+            batch.add(transactions)
+            good = await batch.finish()
         chain_id = self.genesis.chain_id
         out: list[InvalidTransaction | None] = []
         for tx in transactions:
+            if tx.id in good:
+                out.append(None)
+                continue
             try:
                 tx.check_stateless(chain_id, staking=self.rules.staking)
                 out.append(None)

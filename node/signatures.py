@@ -1,13 +1,20 @@
-"""Transaction signature checks for a sync answer, shared with worker processes.
+"""Transaction signature checks, shared with worker processes.
 
-A sync answer brings up to 500 blocks whose transactions this node never saw, and each
-signature costs ~40 us of libsecp256k1.  On the event loop alone that is the larger part of
-catching up, while the machine's other cores wait.  `SignaturePool` hands the raw
+A sync answer brings up to 500 blocks whose transactions this node never saw, and a batch
+a client submits or a peer gossips brings up to a thousand; each signature costs 40-65 us of
+libsecp256k1, on the event loop alone the larger part of admitting a transaction or catching
+up, while the machine's other cores wait.  `SignaturePool` hands the raw
 transactions to worker processes (shared nothing: bytes in, one verdict byte per
 transaction out, in chunks large enough that a hop costs little beside the checks it
 carries) and checks a share on the loop meanwhile.  The block check then skips the
 signatures found good and checks the rest itself, so a verdict can only save work, never
 let a bad transaction through.
+
+Each worker is a child process (`python -m node.signatures`) fed through its stdin and read
+through its stdout by the event loop itself: length-prefixed raw transactions in, one
+verdict byte each out, in order.  No thread stands between the loop and a worker (a
+`ProcessPoolExecutor`'s feeder thread had to win the GIL from the busy loop twice a job,
+which cost more than the checks saved).
 
 `InlineChecks` is the same interface with no workers: it verifies nothing ahead, and the
 block check verifies every signature as it goes.  The simulator and in-process tests use it,
@@ -18,13 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import os
 import signal
+import sys
+from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Protocol
+from pathlib import Path
+from typing import BinaryIO, Protocol
 
 from ledger.codec import DecodeError
 from ledger.transaction import InvalidTransaction, Transaction
@@ -33,7 +40,11 @@ from node.lifetime import die_with_parent
 log = logging.getLogger("ledger.signatures")
 
 CHUNK = 200  # transactions a worker job: ~8 ms of checks against well under 1 ms for the hop
+SYNC_AHEAD = 2 * CHUNK  # a sync answer with fewer is checked as it is imported
+ADMIT_AHEAD = 32  # a submitted or gossiped batch with fewer is checked on the loop: the hop
+#                   costs the loop ~0.1 ms, what the loop saves is ~1 ms at 32
 MAX_WORKERS = 64
+START_SECONDS = 30  # for the workers' first answer; past it the loop checks everything itself
 
 
 class CheckBatch(Protocol):
@@ -47,21 +58,22 @@ class CheckBatch(Protocol):
 
 
 class SignatureChecks(Protocol):
-    def begin(self, expected: int) -> CheckBatch | None:
+    def begin(self, expected: int, fewest: int = SYNC_AHEAD) -> CheckBatch | None:
         """A batch for about `expected` transactions, or None when checking them ahead would
-        not save the event loop work (the block check then verifies each itself)."""
+        not save the event loop work (fewer than `fewest`, or no workers): the caller then
+        checks each itself."""
         ...
 
-    def close(self) -> None: ...
+    async def close(self) -> None: ...
 
 
 class InlineChecks:
     """No checks ahead: the block check verifies each signature itself."""
 
-    def begin(self, expected: int) -> CheckBatch | None:
+    def begin(self, expected: int, fewest: int = SYNC_AHEAD) -> CheckBatch | None:
         return None
 
-    def close(self) -> None:
+    async def close(self) -> None:
         pass
 
 
@@ -89,13 +101,104 @@ def check_raw(chain_id: str, staking: bool, raws: Sequence[bytes]) -> bytes:
     return bytes(verdicts)
 
 
+class WorkerGone(Exception):
+    """A worker exited, or the pool closed, before answering."""
+
+
+def encode_request(raws: Sequence[bytes]) -> bytes:
+    parts = [len(raws).to_bytes(4, "big")]
+    for raw in raws:
+        parts.append(len(raw).to_bytes(4, "big"))
+        parts.append(raw)
+    body = b"".join(parts)
+    return len(body).to_bytes(4, "big") + body
+
+
+def decode_request(body: bytes) -> list[bytes]:
+    count = int.from_bytes(body[:4], "big")
+    raws, at = [], 4
+    for _ in range(count):
+        size = int.from_bytes(body[at : at + 4], "big")
+        raws.append(body[at + 4 : at + 4 + size])
+        at += 4 + size
+    if at != len(body):
+        raise ValueError("a request's lengths do not add up to its size")
+    return raws
+
+
+class _Worker:
+    """One worker process and the answers it owes, oldest first."""
+
+    def __init__(self, process: asyncio.subprocess.Process):
+        self.process = process
+        self.owed: deque[tuple[asyncio.Future, int]] = deque()
+        self.load = 0  # transactions sent and not yet answered
+        self.alive = True
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    def check(self, raws: Sequence[bytes]) -> asyncio.Future:
+        future = asyncio.get_running_loop().create_future()
+        if not self.alive:
+            future.set_exception(WorkerGone("the worker stopped"))
+            future.exception()  # retrieved, as in stop()
+            return future
+        assert self.process.stdin is not None
+        self.process.stdin.write(encode_request(raws))
+        self.owed.append((future, len(raws)))
+        self.load += len(raws)
+        return future
+
+    async def _read(self) -> None:
+        stdout = self.process.stdout
+        assert stdout is not None
+        try:
+            while True:
+                size = int.from_bytes(await stdout.readexactly(4), "big")
+                verdicts = await stdout.readexactly(size)
+                future, count = self.owed.popleft()
+                self.load -= count
+                if len(verdicts) != count:
+                    raise WorkerGone(f"a worker answered {len(verdicts)} verdicts for {count} transactions")
+                if not future.done():
+                    future.set_result(verdicts)
+        except (asyncio.IncompleteReadError, ConnectionError, WorkerGone, IndexError) as exc:
+            if not isinstance(exc, asyncio.IncompleteReadError) or exc.partial or self.owed:
+                log.warning("a signature worker stopped (%s); checking on the event loop", exc or "end of output")
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        """Kill it and fail what it owes (in the loop)."""
+        self.alive = False
+        while self.owed:
+            future, _ = self.owed.popleft()
+            if not future.done():
+                future.set_exception(WorkerGone("the worker stopped"))
+                future.exception()  # retrieved: a batch whose task was cancelled no longer awaits it
+        self.load = 0
+        if self.process.returncode is None:
+            try:
+                self.process.kill()
+            except ProcessLookupError:
+                pass
+        if asyncio.current_task() is not self.reader:
+            self.reader.cancel()
+
+    async def stopped(self) -> None:
+        """Stop it and wait until it has exited, so nothing of it outlives the loop."""
+        self.stop()
+        try:
+            await asyncio.wait_for(self.process.wait(), 5)
+        except asyncio.TimeoutError:
+            log.warning("signature worker %d did not exit", self.process.pid)
+
+
 class _PoolBatch:
     """Chunks go to the workers as they fill, up to the workers' share; the rest the loop checks
     in `finish`, while the workers still run."""
 
-    def __init__(self, pool: SignaturePool, executor: ProcessPoolExecutor, workers_share: int):
+    def __init__(self, pool: SignaturePool, workers_share: int):
         self.pool = pool
-        self.executor: ProcessPoolExecutor | None = executor
         self.workers_share = workers_share
         self.shared = 0
         self.filling: list[Transaction] = []
@@ -104,7 +207,7 @@ class _PoolBatch:
 
     def add(self, transactions: Sequence[Transaction]) -> None:
         for tx in transactions:
-            if self.executor is None or self.shared >= self.workers_share:
+            if self.shared >= self.workers_share:
                 self.own.append(tx)
                 continue
             self.filling.append(tx)
@@ -114,19 +217,12 @@ class _PoolBatch:
 
     def _submit(self) -> None:
         chunk, self.filling = self.filling, []
-        if self.executor is None:
+        worker = self.pool._least_loaded()
+        if worker is None:  # the workers stopped or the pool closed: the loop checks the rest
             self.own.extend(chunk)
+            self.workers_share = self.shared
             return
-        pool = self.pool
-        try:
-            job = asyncio.get_running_loop().run_in_executor(
-                self.executor, check_raw, pool.chain_id, pool.staking, [tx.encode() for tx in chunk])
-        except (BrokenProcessPool, RuntimeError):  # a worker died, or the pool was closed under us
-            log.warning("the signature workers stopped; checking on the event loop")
-            pool._broken(self.executor)
-            self.executor = None
-            return  # this chunk is left to the block check
-        self.jobs.append((chunk, job))
+        self.jobs.append((chunk, worker.check([tx.encode() for tx in chunk])))
 
     async def finish(self) -> frozenset[bytes]:
         if self.filling:
@@ -142,25 +238,14 @@ class _PoolBatch:
         for chunk, job in self.jobs:
             try:
                 verdicts = await job
-            except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():
-                    raise  # this task is being cancelled, not just the job
-                continue  # the pool closed under it (the node stops): the block check verifies those
-            except Exception as exc:  # a worker died: the block check verifies those itself
-                log.warning("a signature worker failed (%s); checking on the event loop", exc)
-                continue
+            except WorkerGone:
+                continue  # the caller checks those itself
             good.extend(tx.id for tx, ok in zip(chunk, verdicts) if ok)
         return frozenset(good)
 
 
-def _init_worker(node_pid: int) -> None:
-    die_with_parent(node_pid)  # a SIGKILLed node leaves no worker behind
-    # Ctrl-C reaches the whole process group; the node closes its pool itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
 class SignaturePool:
-    """`workers` processes, started on first use; until they are up, answers are checked inline."""
+    """`workers` processes, started on first use; until they are up, batches are checked inline."""
 
     def __init__(self, workers: int, chain_id: str, staking: bool):
         if workers < 1:
@@ -168,53 +253,85 @@ class SignaturePool:
         self.workers = workers
         self.chain_id = chain_id
         self.staking = staking
-        self._executor: ProcessPoolExecutor | None = None
-        self._warm: Future | None = None
+        self._live: list[_Worker] = []
+        self._starting: asyncio.Task | None = None
         self._closed = False  # the node stops: no new workers
 
-    def _ready(self) -> ProcessPoolExecutor | None:
+    def _ready(self) -> bool:
         if self._closed:
-            return None
-        if self._executor is None:
-            # spawn, not fork: the node's event loop, threads and database connections stay out.
-            self._executor = ProcessPoolExecutor(
-                self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker,
-                initargs=(os.getpid(),),
-            )
-            # Start every worker now (an interpreter and its imports, ~0.3 s each) and use the
-            # pool once they answer: this answer is checked as if there were no pool.
-            self._warm = self._executor.submit(check_raw, self.chain_id, self.staking, ())
-            for _ in range(self.workers - 1):
-                self._executor.submit(check_raw, self.chain_id, self.staking, ())
-            log.info("starting %d signature worker process(es)", self.workers)
-            return None
-        assert self._warm is not None
-        if not self._warm.done():
-            return None
-        if self._warm.exception() is not None:
-            log.warning("the signature workers could not start (%s); checking on the event loop", self._warm.exception())
-            self.close()
-            return None
-        return self._executor
+            return False
+        self._live = [worker for worker in self._live if worker.alive]
+        if self._live:
+            return True
+        if self._starting is None or self._starting.done():
+            # Every worker is started at once (an interpreter and its imports, ~0.3 s each); the
+            # batches until they answer are checked as if there were no pool.
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+        return False
 
-    def begin(self, expected: int) -> _PoolBatch | None:
-        if expected < 2 * CHUNK:
+    async def _start(self) -> None:
+        started: list[_Worker] = []
+        try:
+            for _ in range(self.workers):
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "node.signatures", self.chain_id, "1" if self.staking else "0",
+                    str(os.getpid()), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    env=_worker_env())
+                started.append(_Worker(process))
+            log.info("starting %d signature worker process(es)", self.workers)
+            await asyncio.wait_for(asyncio.gather(*(worker.check([]) for worker in started)), START_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - whatever stops them, the loop checks everything itself
+            log.warning("the signature workers could not start (%s); checking on the event loop",
+                        exc or type(exc).__name__)
+            self._closed = True
+        if self._closed:  # failed, or the node stops meanwhile
+            await asyncio.gather(*(worker.stopped() for worker in started))
+            return
+        self._live = started
+
+    def _least_loaded(self) -> _Worker | None:
+        live = [worker for worker in self._live if worker.alive]
+        return min(live, key=lambda worker: worker.load) if live else None
+
+    def begin(self, expected: int, fewest: int = SYNC_AHEAD) -> _PoolBatch | None:
+        if expected < fewest:
             return None  # a hop would cost about what it saves
-        executor = self._ready()
-        if executor is None:
+        if not self._ready():
             return None
         # The workers take the front, the loop the tail: with w workers the loop's share is
         # 1/(w+1), and both end at about the same time.
-        return _PoolBatch(self, executor, expected - expected // (self.workers + 1))
+        return _PoolBatch(self, expected - expected // (self.workers + 1))
 
-    def _broken(self, executor: ProcessPoolExecutor) -> None:
-        """A worker died: the next batch starts new ones."""
-        if self._executor is executor:
-            executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
-
-    def close(self) -> None:
+    async def close(self) -> None:
         self._closed = True
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        if self._starting is not None:
+            await self._starting  # it stops what it started, within START_SECONDS
+        live, self._live = self._live, []
+        await asyncio.gather(*(worker.stopped() for worker in live))
+
+
+def _worker_env() -> dict[str, str]:
+    """The node's environment, with this package importable wherever the node was started."""
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    return env
+
+
+def serve(chain_id: str, staking: bool, node_pid: int, requests: BinaryIO, answers: BinaryIO) -> None:
+    """A worker's life: answer each request until the node closes its end."""
+    die_with_parent(node_pid)  # a SIGKILLed node leaves no worker behind
+    # Ctrl-C reaches the whole process group; the node stops its workers itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while True:
+        head = requests.read(4)
+        if len(head) < 4:
+            return
+        body = requests.read(int.from_bytes(head, "big"))
+        verdicts = check_raw(chain_id, staking, decode_request(body))
+        answers.write(len(verdicts).to_bytes(4, "big") + verdicts)
+        answers.flush()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.stdin.buffer, sys.stdout.buffer)

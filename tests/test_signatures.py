@@ -1,17 +1,28 @@
-"""Signature checks of a sync answer in worker processes: the verdicts, the fallbacks, and that
-a verdict can only save work (a bad signature is refused with or without the pool)."""
+"""Signature checks in worker processes, for a sync answer and for a submitted batch: the
+verdicts, the fallbacks, and that a verdict can only save work (a bad signature is refused,
+with its reason, with or without the pool)."""
 
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import subprocess
 import sys
 from dataclasses import replace
 
+from api.service import Accepted, Rejection
+
 from ledger.hdkeys import dev_keys
+from ledger.crypto import PrivateKey
+from ledger.genesis import dev_genesis
 from ledger.transaction import new_transfer
-from node.signatures import CHUNK, InlineChecks, SignatureChecks, SignaturePool, check_raw, workers_for
+from node.config import NodeConfig
+from node.runtime import Node
+from node.signatures import (
+    ADMIT_AHEAD, CHUNK, InlineChecks, SignatureChecks, SignaturePool, check_raw, decode_request, encode_request, serve,
+    workers_for,
+)
 from tests.nodeproc import ROOT, child_env
 
 KEY = dev_keys(1)[0]
@@ -45,6 +56,25 @@ def test_check_raw_gives_one_verdict_per_transaction():
     assert check_raw(CHAIN, False, []) == b""
 
 
+async def started(pool: SignaturePool) -> None:
+    """Until the pool's workers answer (an interpreter each)."""
+    for _ in range(400):
+        if pool._live:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the signature workers did not start")
+
+
+def test_a_worker_answers_each_request_in_order_and_ends_with_its_input():
+    good = transfers(3)
+    bad = with_bad_signature(good[2])
+    requests = [[good[0].encode(), bad.encode()], [], [b"junk", good[1].encode(), good[2].encode()]]
+    assert [decode_request(encode_request(raws)[4:]) for raws in requests] == requests
+    answers = io.BytesIO()
+    serve(CHAIN, False, os.getppid(), io.BytesIO(b"".join(encode_request(raws) for raws in requests)), answers)
+    assert answers.getvalue() == b"".join(len(v).to_bytes(4, "big") + v for v in (b"\x01\x00", b"", b"\x00\x01\x01"))
+
+
 def test_the_pool_size_follows_the_cores_unless_set():
     assert workers_for(0) == 0 and workers_for(3) == 3
     assert workers_for(-1) == max(0, len(os.sched_getaffinity(0)) - 1)
@@ -63,16 +93,16 @@ def test_the_pool_returns_exactly_the_good_ones_and_starts_no_work_for_a_small_a
     async def scenario():
         assert await verified(pool, txs[:CHUNK]) == frozenset(), "too few to be worth a hop"
         assert await verified(pool, txs) == frozenset(), "the first answer does not wait for the workers"
-        for _ in range(200):  # the workers start (an interpreter each)
-            if pool._warm is not None and pool._warm.done():
-                break
-            await asyncio.sleep(0.05)
+        await started(pool)
         return await verified(pool, txs)
 
-    try:
-        found = asyncio.run(scenario())
-    finally:
-        pool.close()
+    async def closing():
+        try:
+            return await scenario()
+        finally:
+            await pool.close()
+
+    found = asyncio.run(closing())
     assert found == {tx.id for i, tx in enumerate(txs) if i not in bad_positions}
 
 
@@ -80,27 +110,22 @@ def test_a_worker_that_exits_leaves_the_checks_to_the_block_check():
     pool = SignaturePool(1, CHAIN, False)
     txs = transfers(3 * CHUNK)
 
-    async def warm():
-        for _ in range(200):
-            if pool._warm is not None and pool._warm.done():
-                return
-            await asyncio.sleep(0.05)
-
     async def scenario():
         await verified(pool, txs)
-        await warm()
-        for process in pool._executor._processes.values():
-            process.kill()
+        await started(pool)
+        [worker] = pool._live
+        worker.process.kill()
         await asyncio.sleep(0.2)
         after_the_loss = await verified(pool, txs)
         await verified(pool, txs)  # new workers start
-        await warm()
-        return after_the_loss, await verified(pool, txs)
+        await started(pool)
+        assert pool._live[0] is not worker
+        try:
+            return after_the_loss, await verified(pool, txs)
+        finally:
+            await pool.close()
 
-    try:
-        after_the_loss, restarted = asyncio.run(scenario())
-    finally:
-        pool.close()
+    after_the_loss, restarted = asyncio.run(scenario())
     # Nothing is vouched for that was not checked; the block check verifies the rest itself.
     assert after_the_loss < {tx.id for tx in txs}
     assert restarted == {tx.id for tx in txs}
@@ -122,7 +147,7 @@ class _Recorder:
     def __init__(self):
         self.asked: list[bytes] = []
 
-    def begin(self, expected: int):
+    def begin(self, expected: int, fewest: int = 0):
         return self
 
     def add(self, transactions):
@@ -168,19 +193,73 @@ def test_a_closed_pool_starts_no_workers_and_a_stop_during_checks_is_not_an_erro
 
     async def scenario():
         await verified(pool, txs)  # starts the workers
-        for _ in range(200):
-            if pool._warm is not None and pool._warm.done():
-                break
-            await asyncio.sleep(0.05)
+        await started(pool)
+        processes = [worker.process for worker in pool._live]
         pool.workers = 10_000  # the loop's own share rounds to nothing: every chunk waits on the one worker
         checking = asyncio.ensure_future(verified(pool, transfers(20 * CHUNK)))
         await asyncio.sleep(0)  # the jobs are out
-        pool.close()  # the node stops meanwhile
+        await pool.close()  # the node stops meanwhile
         during = await checking
         after = await verified(pool, txs)
-        return during, after
+        return during, after, [await process.wait() for process in processes]
 
-    during, after = asyncio.run(scenario())
+    during, after, exits = asyncio.run(scenario())
     assert len(during) < 20 * CHUNK, "the chunks the closed pool dropped are left to the block check"
     assert after == frozenset()
-    assert pool._executor is None and pool.begin(10 * CHUNK) is None
+    assert pool._live == [] and pool.begin(10 * CHUNK) is None
+    assert all(code is not None for code in exits), "the workers are gone"
+
+
+def test_a_submitted_batch_is_checked_by_the_workers_and_a_bad_signature_keeps_its_reason(tmp_path):
+    """Admission hands a large batch's front to the workers and checks the tail on the loop;
+    a bad signature in either share is refused as `bad_signature`, the rest admitted."""
+    node_key = PrivateKey(bytes(31) + b"\x07")
+    genesis = dev_genesis(node_key.public_key)
+    sender = dev_keys(1)[0]
+    count = 2 * ADMIT_AHEAD
+    bad_positions = {1, count - 2}  # the workers' front and the loop's tail
+    txs = [new_transfer(sender, genesis.chain_id, nonce, b"\x02" * 20, 1) for nonce in range(count)]
+    txs = [with_bad_signature(tx) if i in bad_positions else tx for i, tx in enumerate(txs)]
+    asked: list[int] = []
+
+    async def scenario():
+        node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}", signature_workers=1),
+                    genesis, node_key)
+        await node.start()
+        try:
+            assert isinstance(node.signatures, SignaturePool)
+            node.signatures.begin(count, ADMIT_AHEAD)  # starts the workers
+            await started(node.signatures)
+            [worker] = node.signatures._live
+            real_check = worker.check
+            worker.check = lambda raws: (asked.append(len(raws)), real_check(raws))[1]
+            return await node.submit(txs)
+        finally:
+            await node.stop()
+
+    results = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert asked == [count // 2], "the workers checked the front half"
+    assert [i for i, r in enumerate(results) if isinstance(r, Rejection)] == sorted(bad_positions)
+    assert all(results[i].reason == "bad_signature" for i in bad_positions)
+    assert all(isinstance(r, Accepted) for i, r in enumerate(results) if i not in bad_positions)
+
+
+def test_a_small_batch_is_checked_on_the_loop(tmp_path):
+    node_key = PrivateKey(bytes(31) + b"\x07")
+    genesis = dev_genesis(node_key.public_key)
+    txs = [new_transfer(dev_keys(1)[0], genesis.chain_id, nonce, b"\x02" * 20, 1) for nonce in range(ADMIT_AHEAD - 1)]
+
+    async def scenario():
+        node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}", signature_workers=1),
+                    genesis, node_key)
+        await node.start()
+        try:
+            results = await node.submit(txs)
+            await asyncio.sleep(0.1)
+            return results, node.signatures._starting
+        finally:
+            await node.stop()
+
+    results, starting = asyncio.run(asyncio.wait_for(scenario(), 60))
+    assert all(isinstance(r, Accepted) for r in results)
+    assert starting is None, "no worker was started for a batch a hop would not pay for"
