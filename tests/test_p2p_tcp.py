@@ -1022,12 +1022,17 @@ def test_a_flood_of_one_kind_gets_the_peer_banned_within_seconds(flood, count, r
         started = time.monotonic()
         hostile.writer.write(encode_frame(flood.encode()) * count)
         await eventually(lambda: b.net.is_banned(hostile.id), "flood banned")
-        assert time.monotonic() - started < 5.0
+        elapsed = time.monotonic() - started
+        assert elapsed < 5.0
         assert b.reasons(hostile.id) == [f"banned for 30 s: {reason}"]
-        # What reached the handler stayed within the budget's burst.
+        # What reached the handler stayed within the budget's burst and what it refilled
+        # while the flood was read (a loaded machine reads it more slowly).
         delivered = b.handler.received(type(flood), hostile.id)
-        burst = FAST.get_blocks_burst if isinstance(flood, m.GetBlocks) else FAST.tx_announce_ids_burst / 4096
-        assert 0 < len(delivered) <= burst + 1
+        if isinstance(flood, m.GetBlocks):
+            allowance = FAST.get_blocks_burst + FAST.get_blocks_per_second * elapsed
+        else:
+            allowance = (FAST.tx_announce_ids_burst + FAST.tx_announce_ids_per_second * elapsed) / 4096
+        assert 0 < len(delivered) <= allowance + 1
         await still_talking(a, b)
 
     run(scenario)
