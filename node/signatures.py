@@ -24,6 +24,7 @@ so they stay deterministic and start no processes.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
@@ -44,6 +45,7 @@ SYNC_AHEAD = 2 * CHUNK  # a sync answer with fewer is checked as it is imported
 ADMIT_AHEAD = 32  # a submitted or gossiped batch with fewer is checked on the loop: the hop
 #                   costs the loop ~0.1 ms, what the loop saves is ~1 ms at 32
 MAX_WORKERS = 64
+PIPE_BYTES = 1024 * 1024
 START_SECONDS = 30  # for the workers' first answer; past it the loop checks everything itself
 
 
@@ -229,7 +231,11 @@ class _PoolBatch:
             self._submit()
         pool = self.pool
         good = []
-        for tx in self.own:
+        for index, tx in enumerate(self.own):
+            if index and not index % CHUNK and self.jobs:
+                # A pipe holds ~64 KiB, a few hundred transactions: the loop hands the workers
+                # the rest of their share only when it gets back to its selector.
+                await asyncio.sleep(0)
             try:
                 tx.check_stateless(pool.chain_id, staking=pool.staking)
             except InvalidTransaction:
@@ -277,6 +283,7 @@ class SignaturePool:
                     sys.executable, "-m", "node.signatures", self.chain_id, "1" if self.staking else "0",
                     str(os.getpid()), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     env=_worker_env())
+                _widen_pipe(process)
                 started.append(_Worker(process))
             log.info("starting %d signature worker process(es)", self.workers)
             await asyncio.wait_for(asyncio.gather(*(worker.check([]) for worker in started)), START_SECONDS)
@@ -308,6 +315,17 @@ class SignaturePool:
             await self._starting  # it stops what it started, within START_SECONDS
         live, self._live = self._live, []
         await asyncio.gather(*(worker.stopped() for worker in live))
+
+
+def _widen_pipe(process: asyncio.subprocess.Process) -> None:
+    """Room in the worker's input pipe for a whole sync answer's share (~1 MiB, the default
+    limit for an unprivileged process), so the worker never waits for the busy loop to hand
+    it the rest."""
+    try:
+        pipe = process.stdin.transport.get_extra_info("pipe")  # type: ignore[union-attr]
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (AttributeError, OSError):  # not Linux, or a lower limit: the default pipe works too
+        pass
 
 
 def _worker_env() -> dict[str, str]:
