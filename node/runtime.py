@@ -607,6 +607,8 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         if batch is not None:
             batch.add(transactions)
             good = await batch.finish()
+            if self._stopping:
+                return [None] * len(transactions)  # the caller refuses them all: no checks owed
         chain_id = self.genesis.chain_id
         out: list[InvalidTransaction | None] = []
         for tx in transactions:

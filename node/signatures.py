@@ -29,6 +29,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,7 +47,9 @@ ADMIT_AHEAD = 32  # a submitted or gossiped batch with fewer is checked on the l
 #                   costs the loop ~0.1 ms, what the loop saves is ~1 ms at 32
 MAX_WORKERS = 64
 PIPE_BYTES = 1024 * 1024
-START_SECONDS = 30  # for the workers' first answer; past it the loop checks everything itself
+PIPES_BYTES = 16 * 1024 * 1024
+START_SECONDS = 30
+RETRY_SECONDS = 30  # after a failed start  # for the workers' first answer; past it the loop checks everything itself
 
 
 class CheckBatch(Protocol):
@@ -156,14 +159,15 @@ class _Worker:
         try:
             while True:
                 size = int.from_bytes(await stdout.readexactly(4), "big")
+                count = self.owed[0][1] if self.owed else None
+                if size != count:  # the request stays owed: stop() fails it
+                    raise WorkerGone(f"a worker answered {size} verdicts for {count} transactions")
                 verdicts = await stdout.readexactly(size)
-                future, count = self.owed.popleft()
+                future, _ = self.owed.popleft()
                 self.load -= count
-                if len(verdicts) != count:
-                    raise WorkerGone(f"a worker answered {len(verdicts)} verdicts for {count} transactions")
                 if not future.done():
                     future.set_result(verdicts)
-        except (asyncio.IncompleteReadError, ConnectionError, WorkerGone, IndexError) as exc:
+        except (asyncio.IncompleteReadError, ConnectionError, WorkerGone) as exc:
             if not isinstance(exc, asyncio.IncompleteReadError) or exc.partial or self.owed:
                 log.warning("a signature worker stopped (%s); checking on the event loop", exc or "end of output")
         finally:
@@ -206,6 +210,8 @@ class _PoolBatch:
         self.filling: list[Transaction] = []
         self.own: list[Transaction] = []
         self.jobs: list[tuple[list[Transaction], asyncio.Future]] = []
+        # Every worker gets a part of the share, at most CHUNK at a time.
+        self.chunk = max(1, min(CHUNK, -(-workers_share // pool.workers)))
 
     def add(self, transactions: Sequence[Transaction]) -> None:
         for tx in transactions:
@@ -214,7 +220,7 @@ class _PoolBatch:
                 continue
             self.filling.append(tx)
             self.shared += 1
-            if len(self.filling) >= CHUNK:
+            if len(self.filling) >= self.chunk:
                 self._submit()
 
     def _submit(self) -> None:
@@ -261,6 +267,8 @@ class SignaturePool:
         self.staking = staking
         self._live: list[_Worker] = []
         self._starting: asyncio.Task | None = None
+        self._launched: list[_Worker] = []  # started, not yet answering
+        self._retry_at = 0.0  # after a failed start, not before this (monotonic seconds)
         self._closed = False  # the node stops: no new workers
 
     def _ready(self) -> bool:
@@ -269,32 +277,44 @@ class SignaturePool:
         self._live = [worker for worker in self._live if worker.alive]
         if self._live:
             return True
-        if self._starting is None or self._starting.done():
+        if (self._starting is None or self._starting.done()) and time.monotonic() >= self._retry_at:
             # Every worker is started at once (an interpreter and its imports, ~0.3 s each); the
             # batches until they answer are checked as if there were no pool.
             self._starting = asyncio.get_running_loop().create_task(self._start())
         return False
 
     async def _start(self) -> None:
-        started: list[_Worker] = []
+        launched = self._launched = []
         try:
             for _ in range(self.workers):
+                if self._closed:
+                    break
                 process = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "node.signatures", self.chain_id, "1" if self.staking else "0",
+                    sys.executable, "-P", "-m", "node.signatures", self.chain_id, "1" if self.staking else "0",
                     str(os.getpid()), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     env=_worker_env())
-                _widen_pipe(process)
-                started.append(_Worker(process))
-            log.info("starting %d signature worker process(es)", self.workers)
-            await asyncio.wait_for(asyncio.gather(*(worker.check([]) for worker in started)), START_SECONDS)
+                _widen_pipe(process, self.workers)
+                launched.append(_Worker(process))
+            if not self._closed:
+                log.info("starting %d signature worker process(es)", self.workers)
+                await asyncio.wait_for(asyncio.gather(*(worker.check([]) for worker in launched)), START_SECONDS)
         except Exception as exc:  # noqa: BLE001 - whatever stops them, the loop checks everything itself
-            log.warning("the signature workers could not start (%s); checking on the event loop",
-                        exc or type(exc).__name__)
-            self._closed = True
-        if self._closed:  # failed, or the node stops meanwhile
-            await asyncio.gather(*(worker.stopped() for worker in started))
+            if not self._closed:
+                log.warning("the signature workers could not start (%s); checking on the event loop, trying "
+                            "again in %d s", exc or type(exc).__name__, RETRY_SECONDS)
+            self._retry_at = time.monotonic() + RETRY_SECONDS
+            await asyncio.gather(*(worker.stopped() for worker in launched))
             return
-        self._live = started
+        except asyncio.CancelledError:
+            for worker in launched:  # the loop ends: no worker outlives it
+                worker.stop()
+            raise
+        finally:
+            self._launched = []
+        if self._closed:  # the node stopped meanwhile
+            await asyncio.gather(*(worker.stopped() for worker in launched))
+            return
+        self._live = launched
 
     def _least_loaded(self) -> _Worker | None:
         live = [worker for worker in self._live if worker.alive]
@@ -311,28 +331,34 @@ class SignaturePool:
 
     async def close(self) -> None:
         self._closed = True
+        for worker in self._launched:
+            worker.stop()  # a start under way ends at once and waits for their exit
         if self._starting is not None:
-            await self._starting  # it stops what it started, within START_SECONDS
+            await asyncio.wait([self._starting])
         live, self._live = self._live, []
         await asyncio.gather(*(worker.stopped() for worker in live))
 
 
-def _widen_pipe(process: asyncio.subprocess.Process) -> None:
+def _widen_pipe(process: asyncio.subprocess.Process, workers: int) -> None:
     """Room in the worker's input pipe for a whole sync answer's share (~1 MiB, the default
     limit for an unprivileged process), so the worker never waits for the busy loop to hand
-    it the rest."""
+    it the rest; all the workers' pipes together stay within PIPES_BYTES (a user's pipes
+    beyond 64 MiB get the smallest size)."""
     try:
         pipe = process.stdin.transport.get_extra_info("pipe")  # type: ignore[union-attr]
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, max(64 * 1024, min(PIPE_BYTES, PIPES_BYTES // workers)))
     except (AttributeError, OSError):  # not Linux, or a lower limit: the default pipe works too
         pass
 
 
 def _worker_env() -> dict[str, str]:
-    """The node's environment, with this package importable wherever the node was started."""
+    """The node's environment, with the node's own copy of this package first on the path
+    (the worker starts with -P: not from whatever folder the node runs in), unless it is
+    installed, where the interpreter finds it anyway."""
     env = dict(os.environ)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, env.get("PYTHONPATH"))))
+    root = Path(__file__).resolve().parent.parent
+    if root.name not in ("site-packages", "dist-packages"):
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(root), env.get("PYTHONPATH"))))
     return env
 
 
@@ -352,4 +378,8 @@ def serve(chain_id: str, staking: bool, node_pid: int, requests: BinaryIO, answe
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.stdin.buffer, sys.stdout.buffer)
+    # The answers get a descriptor of their own; anything else printed goes to stderr and
+    # cannot break their framing.
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    serve(sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), sys.stdin.buffer, answers)

@@ -263,3 +263,70 @@ def test_a_small_batch_is_checked_on_the_loop(tmp_path):
     results, starting = asyncio.run(asyncio.wait_for(scenario(), 60))
     assert all(isinstance(r, Accepted) for r in results)
     assert starting is None, "no worker was started for a batch a hop would not pay for"
+
+
+def test_a_worker_answering_the_wrong_number_of_verdicts_fails_the_request_instead_of_hanging():
+    from node.signatures import WorkerGone, _Worker
+
+    # Reads one request, answers one verdict whatever it was asked.
+    code = "import sys; head = sys.stdin.buffer.read(4); sys.stdin.buffer.read(int.from_bytes(head, 'big')); " \
+           "sys.stdout.buffer.write(b'\\x00\\x00\\x00\\x01\\x01'); sys.stdout.buffer.flush(); sys.stdin.buffer.read()"
+
+    async def scenario():
+        process = await asyncio.create_subprocess_exec(sys.executable, "-c", code, stdin=asyncio.subprocess.PIPE,
+                                                       stdout=asyncio.subprocess.PIPE)
+        worker = _Worker(process)
+        try:
+            await asyncio.wait_for(worker.check([tx.encode() for tx in transfers(2)]), 10)
+        except WorkerGone:
+            return worker.alive, await asyncio.wait_for(process.wait(), 10)
+        finally:
+            await worker.stopped()
+        raise AssertionError("a short answer was taken as the verdicts")
+
+    alive, exit_code = asyncio.run(scenario())
+    assert not alive and exit_code is not None
+
+
+def test_a_failed_start_is_tried_again_later_not_at_every_batch(monkeypatch):
+    import node.signatures as signatures
+
+    attempts = []
+
+    async def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no more processes")
+
+    monkeypatch.setattr(signatures.asyncio, "create_subprocess_exec", refuse)
+    pool = SignaturePool(1, CHAIN, False)
+
+    async def scenario():
+        for _ in range(5):
+            assert pool.begin(10 * CHUNK) is None
+            await asyncio.sleep(0.05)
+        pool._retry_at = 0.0  # the back-off has passed
+        assert pool.begin(10 * CHUNK) is None
+        await asyncio.sleep(0.05)
+        await pool.close()
+
+    asyncio.run(scenario())
+    assert len(attempts) == 2, "one start, then one more once the back-off passed"
+
+
+def test_closing_while_the_workers_start_is_quick_and_leaves_none_behind():
+    import time
+
+    pool = SignaturePool(2, CHAIN, False)
+
+    async def scenario():
+        assert pool.begin(10 * CHUNK) is None  # the start begins
+        await asyncio.sleep(0.05)
+        launched = list(pool._launched)
+        started = time.monotonic()
+        await pool.close()
+        return time.monotonic() - started, [worker.process.returncode for worker in launched]
+
+    took, exits = asyncio.run(scenario())
+    assert took < 5
+    assert all(code is not None for code in exits)
+    assert pool._live == []
