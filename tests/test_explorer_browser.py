@@ -157,7 +157,19 @@ def page(browser):
 
 
 def shot(page, name: str) -> None:
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    """Keep a picture of the page for a person to look at.  Headless Chromium on a loaded
+    machine sometimes answers "Unable to capture screenshot" to a full-page capture (seen
+    once in a CI run): try again before calling it a failure."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    for attempt in range(3):
+        try:
+            page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+            return
+        except PlaywrightError as exc:
+            if "Unable to capture screenshot" not in str(exc) or attempt == 2:
+                raise
+            page.wait_for_timeout(500)
 
 
 def wait_live(page) -> None:
