@@ -46,10 +46,10 @@ SYNC_AHEAD = 2 * CHUNK  # a sync answer with fewer is checked as it is imported
 ADMIT_AHEAD = 32  # a submitted or gossiped batch with fewer is checked on the loop: the hop
 #                   costs the loop ~0.1 ms, what the loop saves is ~1 ms at 32
 MAX_WORKERS = 64
-PIPE_BYTES = 1024 * 1024
-PIPES_BYTES = 16 * 1024 * 1024
-START_SECONDS = 30
-RETRY_SECONDS = 30  # after a failed start  # for the workers' first answer; past it the loop checks everything itself
+PIPE_BYTES = 1024 * 1024  # a worker's input pipe: room for a sync answer's share
+PIPES_BYTES = 16 * 1024 * 1024  # all the workers' input pipes together
+START_SECONDS = 30  # for the workers' first answer; past it the loop checks everything itself
+RETRY_SECONDS = 30  # after a failed start, the wait before the next one
 
 
 class CheckBatch(Protocol):
