@@ -12,6 +12,7 @@ only with the certificate the next block carries, and never keep orphans.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -34,7 +35,7 @@ from node.forks import SideBlocks
 from node.metrics import NodeMetrics
 from node.p2p import messages as wire
 from node.p2p.network import Network, PeerInfo
-from node.signatures import SignatureChecks
+from node.signatures import CheckBatch, SignatureChecks
 from node.sync import BlockSync
 
 log = logging.getLogger("ledger.node")
@@ -49,6 +50,9 @@ class Import:
     blocks: list[Block]
     peer: str
     relay: bool  # a pushed new block: pass it on to the other peers once it is our head
+    # The signature checks of a sync answer, begun by the workers when it arrived
+    # (`BlockImporter.check_early`): the ids found good.
+    verdicts: asyncio.Future[frozenset[bytes]] | None = None
 
 
 class ImportingNode(Protocol):
@@ -99,13 +103,18 @@ class BlockImporter:
         self.node = node
         self.side_blocks = SideBlocks()
         self.reorgs: list[dict] = []  # the most recent reorgs, newest last (GET /v1/node shows them)
+        self._early_recent: deque[BlockHeader] | None = None  # the chain as the last early check left it
 
     # ------------------------------------------------------------------ entry points
     async def import_blocks(self, item: Import) -> None:
         node = self.node
         engine = node.engine
         run = _Run.on_head(self)  # sync: consecutive blocks on our head, committed together
-        if not item.relay:
+        if item.verdicts is not None:
+            # Checked against the engine as it was when the answer came: only the signatures
+            # carry over, the run checks every header again.
+            run.verified = await item.verdicts
+        elif not item.relay:
             run.headers_checked, run.verified = await self._check_ahead(item.blocks)
         for position, block in enumerate(item.blocks):
             header = block.header
@@ -144,17 +153,46 @@ class BlockImporter:
         await run.flush()
 
     async def _check_ahead(self, blocks: list[Block]) -> tuple[frozenset[bytes], frozenset[bytes]]:
-        """A sync answer's signatures, by the signature workers and the loop together: the
-        headers first, in order from our head, and only the transactions of blocks whose header
-        passed (a peer cannot make the node check the signatures of blocks it could not seal).
-        Returns the hashes of those headers and the ids found good.  The engine's state does not
-        move during an import, so the run need not check those headers' seals again."""
+        """A sync answer's signatures, by the signature workers and the loop together.  Returns
+        the hashes of the headers that passed and the ids found good.  The engine's state does
+        not move during an import, so the run need not check those headers' seals again."""
         node = self.node
-        pool = node.pool
-        batch = node.signatures.begin(sum(len(block.transactions) for block in blocks))
+        passed, batch = self._begin_checks(blocks, deque(node.recent, maxlen=node.recent.maxlen), loop_share=True)
         if batch is None:
             return frozenset(), frozenset()
-        recent = deque(node.recent, maxlen=node.recent.maxlen)
+        return passed, await batch.finish()
+
+    def check_early(self, blocks: list[Block]) -> asyncio.Future[frozenset[bytes]] | None:
+        """Hand the signatures of a sync answer to the workers as it arrives, so that they check
+        them while the answers before it are imported; the loop takes no share, as the store
+        thread writing an answer would wait for it.  Its headers are checked on the chain the
+        answer before it ends.  None if it follows neither our head nor the last answer checked
+        early, or the checks are inline."""
+        node = self.node
+        if not blocks or not node.signatures.ahead:
+            return None
+        parent = blocks[0].header.parent
+        if parent == node.recent[-1].hash:
+            recent = deque(node.recent, maxlen=node.recent.maxlen)
+        elif self._early_recent is not None and parent == self._early_recent[-1].hash:
+            recent = self._early_recent
+        else:
+            return None
+        _, batch = self._begin_checks(blocks, recent, loop_share=False)
+        self._early_recent = recent
+        return None if batch is None else asyncio.ensure_future(batch.finish())
+
+    def _begin_checks(
+        self, blocks: list[Block], recent: deque[BlockHeader], loop_share: bool,
+    ) -> tuple[frozenset[bytes], CheckBatch | None]:
+        """Check the headers of `blocks` in order from `recent` (which grows by each header that
+        passes) and hand the signatures of their transactions to the workers: only of blocks
+        whose header passed, as a peer cannot make the node check the signatures of blocks it
+        could not seal.  Returns the hashes that passed, and the batch (None if the checks are
+        inline: no workers, or too few transactions to share)."""
+        node = self.node
+        pool = node.pool
+        batch = node.signatures.begin(sum(len(block.transactions) for block in blocks), loop_share=loop_share)
         passed: list[bytes] = []
         for block in blocks:
             if block.header.parent != recent[-1].hash:
@@ -165,8 +203,9 @@ class BlockImporter:
                 break  # the run refuses it, with the reason, when it gets there
             passed.append(block.hash)
             recent.append(block.header)
-            batch.add([tx for tx in block.transactions if tx.id not in pool])  # the workers start on it
-        return frozenset(passed), await batch.finish()
+            if batch is not None:
+                batch.add([tx for tx in block.transactions if tx.id not in pool])  # the workers start on it
+        return frozenset(passed), batch
 
     async def set_head(self, block_hash: bytes) -> None:
         """The engine chose this block as the head (SetHead): switch to its branch, within the

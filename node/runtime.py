@@ -678,7 +678,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         elif isinstance(message, wire.Blocks):
             blocks = self.sync.decode_response(peer_id, message)
             if blocks is not None:
-                self.feed(Import(blocks, peer_id, relay=False))
+                self.feed(Import(blocks, peer_id, relay=False, verdicts=self.importer.check_early(blocks)))
         elif isinstance(message, wire.Status):
             for peer in self.network.peers():
                 if peer.id == peer_id:
@@ -688,6 +688,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
 
     async def _import(self, item: Import) -> None:
         assert self.network is not None
+        head_before = self.head.hash
         try:
             await self.importer.import_blocks(item)
         finally:
@@ -695,7 +696,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
                 # While syncing, peers hear our new head once a batch, not once a block; and
                 # sync asks for more even when the batch failed to commit.
                 self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
-                self.sync.after_import()
+                self.sync.after_import(head_before)
 
     def _execute(self, block: Block) -> ev.BlockExecuted:
         """Check a proposed block on our head without committing it (ABCI's ProcessProposal)."""

@@ -63,10 +63,13 @@ class CheckBatch(Protocol):
 
 
 class SignatureChecks(Protocol):
-    def begin(self, expected: int, fewest: int = SYNC_AHEAD) -> CheckBatch | None:
+    ahead: bool  # whether `begin` ever gives a batch (False: every check is inline)
+
+    def begin(self, expected: int, fewest: int = SYNC_AHEAD, *, loop_share: bool = True) -> CheckBatch | None:
         """A batch for about `expected` transactions, or None when checking them ahead would
         not save the event loop work (fewer than `fewest`, or no workers): the caller then
-        checks each itself."""
+        checks each itself.  With loop_share=False the workers check them all, for a batch
+        begun while the loop has other work to do."""
         ...
 
     async def close(self) -> None: ...
@@ -75,7 +78,9 @@ class SignatureChecks(Protocol):
 class InlineChecks:
     """No checks ahead: the block check verifies each signature itself."""
 
-    def begin(self, expected: int, fewest: int = SYNC_AHEAD) -> CheckBatch | None:
+    ahead = False
+
+    def begin(self, expected: int, fewest: int = SYNC_AHEAD, *, loop_share: bool = True) -> CheckBatch | None:
         return None
 
     async def close(self) -> None:
@@ -259,6 +264,8 @@ class _PoolBatch:
 class SignaturePool:
     """`workers` processes, started on first use; until they are up, batches are checked inline."""
 
+    ahead = True
+
     def __init__(self, workers: int, chain_id: str, staking: bool):
         if workers < 1:
             raise ValueError("a signature pool needs at least one worker; use InlineChecks for none")
@@ -320,11 +327,13 @@ class SignaturePool:
         live = [worker for worker in self._live if worker.alive]
         return min(live, key=lambda worker: worker.load) if live else None
 
-    def begin(self, expected: int, fewest: int = SYNC_AHEAD) -> _PoolBatch | None:
+    def begin(self, expected: int, fewest: int = SYNC_AHEAD, *, loop_share: bool = True) -> _PoolBatch | None:
         if expected < fewest:
             return None  # a hop would cost about what it saves
         if not self._ready():
             return None
+        if not loop_share:
+            return _PoolBatch(self, expected)
         # The workers take the front, the loop the tail: with w workers the loop's share is
         # 1/(w+1), and both end at about the same time.
         return _PoolBatch(self, expected - expected // (self.workers + 1))

@@ -1,10 +1,11 @@
 """Block sync: catch up with peers that are ahead by fetching blocks in ranges.
 
 A node asks one peer at a time for the blocks after the newest hash they share (a
-Bitcoin-style locator: our hashes at heights head, head-1, head-2, head-4, ... 0),
-imports what comes back, and asks again until it has reached the best head it has
-heard of.  Serving is the mirror: find the first locator hash on our chain and send
-up to BATCH blocks after it.
+Bitcoin-style locator: our hashes at heights head, head-1, head-2, head-4, ... 0) and
+imports what comes back, until it has reached the best head it has heard of.  It asks for
+the next range as soon as an answer arrives, from that answer's last block, so that the
+peer reads and sends it while this node imports (one answer waits at most).  Serving is
+the mirror: find the first locator hash on our chain and send up to BATCH blocks after it.
 
 Serving is bounded so that no peer can make the node busy at will: one request per peer
 is served at a time (an honest node has one outstanding: asking again before the answer
@@ -17,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from ledger.block import Block, BlockHeader
 from ledger.codec import DecodeError
 from ledger.store import ChainStore
-from node.p2p.messages import Blocks, GetBlocks
+from node.p2p.messages import MAX_LOCATOR, Blocks, GetBlocks
 from node.p2p.network import Network, PeerInfo
 
 log = logging.getLogger("ledger.sync")
@@ -58,11 +60,13 @@ class BlockSync:
         self.max_block_transactions = max_block_transactions
         self.best_height = 0  # the highest head a peer has told us about
         self._outstanding: tuple[str, float] | None = None  # (peer, when asked)
+        # Answers decoded and not yet imported, oldest first: (peer, the answer's last header).
+        # At most two: the next request goes out when an answer arrives and none is waiting.
+        self._pending: deque[tuple[str, BlockHeader | None]] = deque()
         # Peers whose answer moved our head nowhere (a lie, a stale status, a longer but lighter
         # chain), by the head hash they claimed: not asked again until they announce another
         # head, or the node would ask them in a loop as fast as they answer.
         self._fruitless: dict[str, tuple[int, bytes]] = {}
-        self._answer: tuple[str, bytes] | None = None  # (peer, our head hash) of the answer being imported
         self._last_log = 0.0
         self._started_height = 0
         self._started_at = 0.0
@@ -152,28 +156,49 @@ class BlockSync:
             self._started_at = 0.0
 
     def decode_response(self, peer_id: str, message: Blocks) -> list[Block] | None:
-        """The blocks of an answer, or None (and a lower score) if it does not decode."""
-        if self._outstanding is not None and self._outstanding[0] == peer_id:
+        """The blocks of an answer, or None (and a lower score) if it does not decode.  The
+        caller imports every answer this returns and calls `after_import` after each."""
+        asked = self._outstanding is not None and self._outstanding[0] == peer_id
+        if asked:
             self._outstanding = None
         limit = self.max_block_transactions
         try:
             blocks = [Block.decode(raw, limit) for raw in message.blocks]
-            self._answer = (peer_id, self.head().hash)
-            return blocks
         except DecodeError as exc:
             self.network.penalize(peer_id, 50, f"undecodable block: {exc}")
             return None
+        # Only an answer as large as a peer sends promises more after it; a shorter one ended
+        # at the peer's head (or the peer lies about its head, and is not asked twice).
+        full = len(blocks) >= BATCH or sum(map(len, message.blocks)) >= MAX_BATCH_BYTES // 2
+        self._pending.append((peer_id, blocks[-1].header if blocks and full else None))
+        if asked and len(self._pending) == 1:
+            self._ask_ahead()
+        return blocks
 
-    def after_import(self) -> None:
-        """A batch was imported: log progress and ask for more while someone is ahead."""
-        if self._answer is not None:
-            peer_id, head_before = self._answer
-            self._answer = None
-            if self.head().hash == head_before:
-                claimed = [(p.head_height, p.head_hash) for p in self.network.peers() if p.id == peer_id]
-                if claimed:
-                    self._fruitless[peer_id] = claimed[0]
-                self.best_height = self._best_claim()
+    def _ask_ahead(self) -> bool:
+        """Ask the peer of the newest answer not yet imported for what follows it, so that the
+        peer reads and sends the next batch while this node checks and writes the ones it
+        has.  The locator starts at that answer's last block, then goes on with ours, in case
+        the peer's chain has moved off that block meanwhile.  False: nothing to ask for."""
+        peer_id, last = self._pending[-1]
+        if last is None:
+            return False
+        claimed = max((p.head_height for p in self.network.peers() if p.id == peer_id), default=0)
+        if claimed <= last.height + self.lag:
+            return False
+        self._outstanding = (peer_id, self._now())
+        self.network.send(peer_id, GetBlocks((last.hash, *self.locator()[: MAX_LOCATOR - 1]), BATCH))
+        return True
+
+    def after_import(self, head_before: bytes) -> None:
+        """The oldest answer waiting was imported (`head_before`: our head when its import
+        began): log progress and ask for more while someone is ahead."""
+        peer_id, _ = self._pending.popleft()
+        if self.head().hash == head_before:
+            claimed = [(p.head_height, p.head_hash) for p in self.network.peers() if p.id == peer_id]
+            if claimed:
+                self._fruitless[peer_id] = claimed[0]
+            self.best_height = self._best_claim()
         now = self._now()
         height = self.head().height
         if self._started_at and now - self._last_log >= PROGRESS_LOG_SECONDS:
@@ -181,7 +206,8 @@ class BlockSync:
             rate = (height - self._started_height) / max(now - self._started_at, 1e-6)
             log.info("syncing: height %d of %d (%.0f%%, %.0f blocks/s)", height, self.best_height,
                      100 * self.progress(), rate)
-        self._ask_best_peer()
+        if self._outstanding is None and not (self._pending and self._ask_ahead()):
+            self._ask_best_peer()
 
     def locator(self) -> list[bytes]:
         """Our block hashes at heights head, head-1, head-2, head-4, ... and genesis."""

@@ -231,3 +231,80 @@ def test_what_left_the_mempool_before_the_flush_is_not_announced():
     asyncio.run(scenario())
     announced = [i for _, message in network.sent if isinstance(message, TxAnnounce) for i in message.ids]
     assert announced == [txs[0].id, txs[2].id]
+
+
+def _empty_chain(length: int) -> list:
+    """Genesis and `length` empty blocks on it (unsealed: sync's decoding does not check seals)."""
+    from ledger.block import Block, build_header
+
+    blocks = [dev_genesis(KEY.public_key).block()]
+    for _ in range(length):
+        parent = blocks[-1].header
+        blocks.append(Block(build_header(CHAIN, parent, parent.timestamp + 1, [], bytes(20))))
+    return blocks
+
+
+def _syncing_from(chain: list, claimed_height: int):
+    """A BlockSync on the chain's genesis and a peer "p" that claims `claimed_height`."""
+    from node.p2p.network import PeerInfo
+    from node.sync import BlockSync
+
+    head = [chain[0].header]
+
+    class Peers(FakeNetwork):
+        def peers(self):
+            return [PeerInfo("p", "", False, claimed_height, chain[claimed_height].hash)]
+
+    class Store:
+        def block_header(self, height):
+            return chain[height].header
+
+    network = Peers()
+    sync = BlockSync(network, Store(), lambda: head[0], lag=0, now_ms=lambda: 0, serving=None,
+                     max_block_transactions=10)
+    return sync, network, head
+
+
+def test_a_full_sync_answer_is_followed_at_once_by_a_request_from_its_last_block():
+    """Catch-up pipelines: the peer reads and sends the next range while this node imports the
+    one it has, and at most one answer waits for its import."""
+    from node.p2p.messages import Blocks
+    from node.sync import BATCH
+
+    chain = _empty_chain(3 * BATCH)
+    sync, network, head = _syncing_from(chain, 3 * BATCH)
+    asked = lambda: [m.locator[0] for _, m in network.sent if isinstance(m, GetBlocks)]
+    sync.on_peer_status(network.peers()[0])
+    assert asked() == [chain[0].hash]
+
+    answer = lambda first, last: Blocks(tuple(block.encode() for block in chain[first:last + 1]))
+    assert len(sync.decode_response("p", answer(1, BATCH))) == BATCH
+    assert asked()[1:] == [chain[BATCH].hash], "the next range is asked for before this one is imported"
+    sync.decode_response("p", answer(BATCH + 1, 2 * BATCH))
+    assert len(asked()) == 2, "with one answer waiting, the node asks for no third"
+
+    head[0] = chain[BATCH].header  # the first answer is imported
+    sync.after_import(chain[0].hash)
+    assert asked()[2:] == [chain[2 * BATCH].hash], "the next request follows the answer still waiting"
+
+
+def test_a_short_sync_answer_asks_for_nothing_more_until_it_is_imported():
+    """An answer shorter than a peer sends ends at the peer's head, or the peer lies about its
+    head: the node asks again only after the import, from its own head, and not at all if
+    the answer moved its head nowhere."""
+    from node.p2p.messages import Blocks
+
+    chain = _empty_chain(30)
+    sync, network, head = _syncing_from(chain, 30)
+    requests = lambda: [m for _, m in network.sent if isinstance(m, GetBlocks)]
+    sync.on_peer_status(network.peers()[0])
+    sync.decode_response("p", Blocks(tuple(block.encode() for block in chain[1:11])))
+    assert len(requests()) == 1
+
+    head[0] = chain[10].header
+    sync.after_import(chain[0].hash)
+    assert len(requests()) == 2 and requests()[1].locator[0] == chain[10].hash
+
+    sync.decode_response("p", Blocks(tuple(block.encode() for block in chain[11:21])))
+    sync.after_import(chain[10].hash)  # nothing of it was imported
+    assert len(requests()) == 2, "a fruitless answer is not asked again for the same claim"

@@ -146,8 +146,12 @@ class _Recorder:
 
     def __init__(self):
         self.asked: list[bytes] = []
+        self.loop_shares: list[bool] = []
 
-    def begin(self, expected: int, fewest: int = 0):
+    ahead = True
+
+    def begin(self, expected: int, fewest: int = 0, *, loop_share: bool = True):
+        self.loop_shares.append(loop_share)
         return self
 
     def add(self, transactions):
@@ -185,6 +189,53 @@ def test_only_the_transactions_of_blocks_whose_header_passed_go_to_the_pool():
     headers, good_ids = asyncio.run(BlockImporter(node)._check_ahead([good, forged, after]))
     assert headers == {good.hash}
     assert recorder.asked == [tx.id for tx in txs[:2]] and good_ids == set(recorder.asked)
+
+
+def test_sync_answers_go_to_the_workers_as_they_arrive_each_on_the_chain_the_one_before_ends():
+    """While one answer is written, the workers check the next (the loop takes no share, so
+    the store thread does not wait for it); each answer's headers are checked on the chain
+    the answer before it ends, and only blocks whose header passed go to the workers."""
+    from collections import deque
+    from types import SimpleNamespace
+
+    from ledger.block import Block, InvalidBlock, build_header
+    from ledger.genesis import dev_genesis
+    from node.importer import BlockImporter
+    from node.signatures import InlineChecks
+
+    genesis = dev_genesis(KEY.public_key)
+    txs = transfers(8)
+    chain = [genesis.block()]
+    for index, proposer in enumerate((1, 1, 1, 2)):  # the fourth is not the authority's
+        parent = chain[-1].header
+        body = tuple(txs[2 * index: 2 * index + 2])
+        chain.append(Block(build_header(CHAIN, parent, parent.timestamp + 1, list(body), bytes([proposer]) * 20), body))
+    checked_on = []
+
+    def validate_header(block, recent):
+        assert block.header.parent == recent[-1].hash, "checked on its own parent"
+        checked_on.append(block.height)
+        if block.header.proposer != b"\x01" * 20:
+            raise InvalidBlock("bad_seal", "not the authority's")
+
+    recorder = _Recorder()
+    node = SimpleNamespace(pool=set(), recent=deque([chain[0].header], maxlen=4), signatures=recorder,
+                           validate_header=validate_header)
+    importer = BlockImporter(node)
+
+    async def scenario():
+        first = importer.check_early(chain[1:3])
+        second = importer.check_early(chain[3:5])  # the first is not imported yet
+        unrelated = importer.check_early(chain[2:3])  # follows neither the head nor the last answer
+        return await first, await second, unrelated
+
+    first, second, unrelated = asyncio.run(scenario())
+    assert checked_on == [1, 2, 3, 4]
+    assert recorder.loop_shares == [False, False]
+    assert recorder.asked == [tx.id for tx in txs[:6]], "the forged block's transactions are not checked"
+    assert first == second == set(recorder.asked) and unrelated is None
+    node.signatures = InlineChecks()
+    assert importer.check_early(chain[1:3]) is None and checked_on == [1, 2, 3, 4]
 
 
 def test_a_closed_pool_starts_no_workers_and_a_stop_during_checks_is_not_an_error():
