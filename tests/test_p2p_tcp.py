@@ -34,7 +34,7 @@ from node.p2p.network import PeerInfo
 from node.p2p.scores import Reputation
 from node.p2p.settings import PENALTY_SLOW_FRAME
 from node.p2p.slots import Slot, handshake_victim, inbound_victim, network_group
-from node.p2p.tcp import P2PSettings, TcpNetwork
+from node.p2p.tcp import STATUS_INTERVAL_SECONDS, P2PSettings, TcpNetwork
 
 CHAIN = "p2p-test"
 GENESIS = crypto.sha256(b"p2p test genesis")
@@ -294,6 +294,13 @@ def test_two_nodes_connect_and_exchange_messages():
         await eventually(lambda: b.handler.received(m.Status, a.id) == [m.Status(9, new_hash, 4)], "status at b")
         [a_now] = b.net.peers()
         assert (a_now.head_height, a_now.head_hash, a_now.finalized_height) == (9, new_hash, 4)
+        # Heads that change faster than the status interval share a Status: the newest is sent.
+        for height in (10, 11, 12):
+            a.net.update_status(height, crypto.sha256(b"block %d" % height), 4)
+        newest = m.Status(12, crypto.sha256(b"block 12"), 4)
+        await eventually(lambda: b.handler.received(m.Status, a.id)[-1] == newest, "the newest status at b")
+        await asyncio.sleep(STATUS_INTERVAL_SECONDS * 2)
+        assert len(b.handler.received(m.Status, a.id)[1:]) <= 2, "one status now, the newest at the interval's end"
 
         # Keepalive: well past the idle timeout, pings keep the link up and never reach the handler.
         await asyncio.sleep(FAST.idle_timeout * 1.5)

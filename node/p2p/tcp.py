@@ -73,6 +73,11 @@ log = logging.getLogger("ledger.p2p")
 # The stream pauses the socket at twice this much unread data, so this (with one read of
 # the transport) bounds what a connection buffers besides the frame being read.
 READ_BUFFER_LIMIT = 64 * 1024
+# Status messages a link carries at most one of per interval: the newest head goes out at
+# once when none went out for this long, else at the interval's end.  Peers learn of blocks
+# from the blocks and engine messages themselves; the status only steers sync, and at a
+# block every few milliseconds it was most of what a Raft cluster sent.
+STATUS_INTERVAL_SECONDS = 0.05
 MAX_DISCONNECT_RECORDS = 256
 
 
@@ -114,6 +119,8 @@ class TcpNetwork:
         self.max_inbound = self.settings.max_inbound or max_peers
         self.protocol_version = protocol_version
         self._head = self._checked_head(*head)
+        self._status_sent_at = -STATUS_INTERVAL_SECONDS  # monotonic time of the last Status broadcast
+        self._status_due: asyncio.TimerHandle | None = None  # a Status held back to the interval's end
         self._rng = random.Random(self.settings.seed)
         self.frame_memory = FrameMemory(self.settings.frame_memory)
 
@@ -160,6 +167,9 @@ class TcpNetwork:
         if not self._running:
             return
         self._running = False
+        if self._status_due is not None:
+            self._status_due.cancel()
+            self._status_due = None
         if self._server is not None:
             self._server.close()
         for conn in list(self._connections):
@@ -210,7 +220,19 @@ class TcpNetwork:
 
     def update_status(self, head_height: int, head_hash: bytes, finalized_height: int) -> None:
         self._head = self._checked_head(head_height, head_hash, finalized_height)
-        self.broadcast(Status(*self._head))
+        if self._status_due is not None:
+            return  # the Status held back sends the newest head
+        wait = self._status_sent_at + STATUS_INTERVAL_SECONDS - time.monotonic()
+        if wait > 0:
+            self._status_due = asyncio.get_running_loop().call_later(wait, self._send_status)
+        else:
+            self._send_status()
+
+    def _send_status(self) -> None:
+        self._status_due = None
+        self._status_sent_at = time.monotonic()
+        if self._running:
+            self.broadcast(Status(*self._head))
 
     # ------------------------------------------------------------------ extras for the runtime and tests
     def score_of(self, peer_id: str) -> int:
