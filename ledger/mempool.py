@@ -8,10 +8,11 @@ fee first among the senders' next ready transactions, never breaking a sender's 
 order.
 
 Admission is O(log n) per transaction: dictionaries for lookups, one sorted nonce list
-per sender (bounded by `per_sender_limit`), and two lazily pruned heaps, one of sender
-tails by fee (eviction when full, like Bitcoin Core evicting the lowest fee) and one by
-arrival time (expiry).  Stale heap items are skipped when met and the heaps are rebuilt
-when stale items outnumber live ones, so that work is amortised O(1).
+per sender (bounded by `per_sender_limit`), and a lazily pruned heap of sender tails by
+fee (eviction when full, like Bitcoin Core evicting the lowest fee).  Stale heap items
+are skipped when met and the heap is rebuilt when they outnumber the senders, so that
+work is amortised O(1).  Expiry needs no index of its own: the id dictionary keeps
+insertion order, which is arrival order, so the oldest come first.
 
 A sender's committed nonce is cached in its queue, refreshed whenever the mempool asks
 `accounts()` (at every admission, and for the senders of every committed block), so a
@@ -35,11 +36,12 @@ from ledger.transaction import InvalidTransaction, Transaction, TxKind
 
 AccountLookup = Callable[[bytes], Account]  # address -> its committed account
 
-# The heaps are rebuilt when they hold more than this many times the live items (plus slack).
+# The tails heap is rebuilt when it holds more than this many items a sender (plus slack):
+# each transaction that becomes its sender's tail leaves the previous tail's item stale.
 _HEAP_SLACK_FACTOR = 2
+_HEAP_SLACK_MIN = 1024
 # Verdicts of stateless checks remembered: a few seconds of traffic at full rate.
 VERIFIED_CACHE_SIZE = 32_768
-_HEAP_SLACK_MIN = 1024
 
 
 class MempoolRejection(Exception):
@@ -114,8 +116,6 @@ class Mempool:
         self._seq = 0
         # (fee, -seq, id) of sender tails: the cheapest, newest tail is evicted first.
         self._tails: list[tuple[int, int, bytes]] = []
-        # (arrival_ms, seq, id): the oldest first, for expiry.
-        self._arrivals: list[tuple[int, int, bytes]] = []
         # id -> None (passed the stateless checks) or the InvalidTransaction it failed with.
         # Stateless checks depend only on the transaction bytes and our chain id, so the
         # outcome can be replayed for a re-submitted id without verifying again.  Only the
@@ -298,7 +298,6 @@ class Mempool:
         self._by_id.clear()
         self._senders.clear()
         self._tails.clear()
-        self._arrivals.clear()
         self._ready_total = 0
         return dropped
 
@@ -335,15 +334,20 @@ class Mempool:
                 self._resync(queue, balance, committed)
 
     def expire(self, now_ms: int) -> list[Transaction]:
-        """Drop transactions that waited longer than the ttl, and their senders' later nonces."""
-        expired: list[Transaction] = []
-        arrivals = self._arrivals
+        """Drop transactions that waited longer than the ttl, and their senders' later nonces.
+        The pool is scanned in arrival order and stops at the first one young enough, so
+        callers pass times that do not go back (a transaction admitted with an earlier time
+        than the one before it expires with that one)."""
         deadline = now_ms - self.ttl_ms
-        while arrivals and arrivals[0][0] < deadline:
-            _, seq, tx_id = heapq.heappop(arrivals)
-            entry = self._by_id.get(tx_id)
-            if entry is None or entry.seq != seq:
-                continue
+        due = []
+        for entry in self._by_id.values():  # oldest first (arrival order)
+            if entry.arrival_ms >= deadline:
+                break
+            due.append(entry)
+        expired: list[Transaction] = []
+        for entry in due:
+            if self._by_id.get(entry.id) is not entry:
+                continue  # gone with an earlier nonce of its sender
             queue = self._senders[entry.sender]
             removed = self._remove_from(queue, bisect_left(queue.nonces, entry.nonce), keep_after=False)
             expired.extend(e.tx for e in removed)
@@ -422,14 +426,10 @@ class Mempool:
                 insort(nonces, nonce)
             if nonce == queue.committed + queue.ready:
                 self._extend_ready(queue)
-        heapq.heappush(self._arrivals, (now_ms, entry.seq, tx_id))
-        if len(self._arrivals) > _HEAP_SLACK_FACTOR * len(self._by_id) + _HEAP_SLACK_MIN:
-            self._arrivals = [(e.arrival_ms, e.seq, e.id) for e in self._by_id.values()]
-            heapq.heapify(self._arrivals)
 
     def _push_tail(self, entry: _Entry) -> None:
         heapq.heappush(self._tails, (entry.fee, -entry.seq, entry.id))
-        if len(self._tails) > _HEAP_SLACK_FACTOR * len(self._by_id) + _HEAP_SLACK_MIN:
+        if len(self._tails) > _HEAP_SLACK_FACTOR * len(self._senders) + _HEAP_SLACK_MIN:
             self._tails = []
             for queue in self._senders.values():
                 if queue.nonces:

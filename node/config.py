@@ -27,7 +27,9 @@ class NodeConfig:
     p2p_port: int = 9000
     db: str = ""  # empty: sqlite:///<data_dir>/chain.db
     genesis: Path | None = None  # empty: <data_dir>/genesis.json, written as a dev genesis when missing
-    mempool_capacity: int = 200_000
+    # About 1.1 KB a pending transaction: the mempool's bound is most of the node's worst-case
+    # memory, and 40,000 is about three seconds of what one node commits.
+    mempool_capacity: int = 40_000
     mempool_per_sender: int = 10_000
     max_batch: int = 1_000
     max_body_bytes: int = 8 * 1024 * 1024

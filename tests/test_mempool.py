@@ -335,6 +335,20 @@ def test_expiry_drops_old_ones_and_their_successors():
     assert len(pool) == 0 and pool.senders() == 0
 
 
+def test_what_the_pool_holds_beside_its_transactions_stays_in_proportion_to_its_senders():
+    """Each transfer that becomes its sender's tail leaves the eviction heap's item for the
+    old tail stale: a few senders with thousands of transfers each must not keep thousands
+    of stale items (they were ~15 % of a full mempool's memory)."""
+    from ledger import mempool as module
+
+    pool, _ = new_pool(capacity=10_000, per_sender_limit=5_000, nonce_window=5_000)
+    for nonce in range(3_000):
+        for sender in (0, 1):
+            pool.add(transfer(sender, nonce), nonce)
+    assert len(pool) == 6_000
+    assert len(pool._tails) <= module._HEAP_SLACK_FACTOR * pool.senders() + module._HEAP_SLACK_MIN
+
+
 def test_replacement_restarts_the_clock():
     pool, _ = new_pool(ttl_ms=1000)
     pool.add(transfer(0, 0, fee=1), 0)
