@@ -380,7 +380,7 @@ def test_stop_signal_under_load_exits_zero_promptly_and_cleanly(nodes, stop_sign
     code = node.stop(stop_signal, timeout=15)  # one signal: a second one would force the exit
     elapsed = time.monotonic() - started
     load.stop()
-    assert load.problems.items == []
+    assert load.problems.items == [], node.stderr[-3000:]
     assert code == 0, node.stderr[-2000:]
     assert elapsed < 4.0, f"exit took {elapsed:.1f} s with requests in flight"
     assert "Traceback" not in node.stderr
