@@ -404,6 +404,12 @@ class Mempool:
         queue: _SenderQueue | None, replaced: _Entry | None, now_ms: int,
     ) -> None:
         self._seq += 1
+        if tx.chain_id is not self.chain_id:
+            assert tx.chain_id == self.chain_id, "a transaction of another chain passed the checks"
+            # Equal: a pending transaction shares the pool's copy rather than hold its
+            # own, about 50 bytes of each.  Not interned at decoding, where the id is not yet
+            # checked and a stream of made-up ones would stay interned.
+            object.__setattr__(tx, "chain_id", self.chain_id)
         entry = _Entry(tx, tx_id, sender, self._seq, now_ms)
         nonce = entry.nonce
         if queue is None:

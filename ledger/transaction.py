@@ -7,7 +7,6 @@ signature) before the state decides whether it can apply (nonce, balance).
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -121,9 +120,7 @@ class Transaction:
         version = reader.u8("format")
         if version != TX_FORMAT:
             raise DecodeError("format", f"unknown transaction format {version}")
-        # Interned: every transaction of a chain names the same id, and a pending one would
-        # otherwise hold its own copy (about 50 bytes of each transaction in the mempool).
-        chain_id = sys.intern(reader.text("chain_id", MAX_CHAIN_ID))
+        chain_id = reader.text("chain_id", MAX_CHAIN_ID)
         nonce = reader.amount("nonce")
         sender = reader.fixed(crypto.PUBLIC_KEY_SIZE, "sender")
         recipient = reader.fixed(ADDRESS_SIZE, "recipient")

@@ -172,11 +172,12 @@ class BlockImporter:
         if not blocks or not node.signatures.ahead:
             return None
         parent = blocks[0].header.parent
+        recent = self._early_recent
         if parent == node.recent[-1].hash:
             recent = deque(node.recent, maxlen=node.recent.maxlen)
-        elif self._early_recent is not None and parent == self._early_recent[-1].hash:
-            recent = self._early_recent
-        else:
+        elif recent is not None and len(recent) > 1 and recent[-1].hash != parent and recent[-2].hash == parent:
+            recent.pop()  # the answer before ended with a block that waits for its certificate
+        if recent is None or recent[-1].hash != parent:
             return None
         _, batch = self._begin_checks(blocks, recent, loop_share=False)
         self._early_recent = recent

@@ -676,15 +676,26 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         elif isinstance(message, wire.GetBlocks):
             asyncio.get_running_loop().create_task(self.sync.serve(peer_id, message))
         elif isinstance(message, wire.Blocks):
+            asked = self.sync.awaits(peer_id)
             blocks = self.sync.decode_response(peer_id, message)
             if blocks is not None:
-                self.feed(Import(blocks, peer_id, relay=False, verdicts=self.importer.check_early(blocks)))
+                # Only an answer this node asked for is checked ahead: a peer that sends blocks
+                # unasked gets no work done for them before their import.
+                verdicts = self._check_early(blocks) if asked else None
+                self.feed(Import(blocks, peer_id, relay=False, verdicts=verdicts))
         elif isinstance(message, wire.Status):
             for peer in self.network.peers():
                 if peer.id == peer_id:
                     self.sync.on_peer_status(peer)
         elif isinstance(message, wire.EngineMessage):
             self.feed(ev.PeerMessage(self.now_ms(), peer_id, message.payload))
+
+    def _check_early(self, blocks: list[Block]) -> asyncio.Future[frozenset[bytes]] | None:
+        try:
+            return self.importer.check_early(blocks)
+        except Exception:  # noqa: BLE001 - the import checks everything itself; sync must go on
+            log.exception("checking a sync answer ahead failed")
+            return None
 
     async def _import(self, item: Import) -> None:
         assert self.network is not None

@@ -60,8 +60,9 @@ class BlockSync:
         self.max_block_transactions = max_block_transactions
         self.best_height = 0  # the highest head a peer has told us about
         self._outstanding: tuple[str, float] | None = None  # (peer, when asked)
-        # Answers decoded and not yet imported, oldest first: (peer, the answer's last header).
-        # At most two: the next request goes out when an answer arrives and none is waiting.
+        # Answers decoded and not yet imported, oldest first: (peer, the header of the last
+        # block its import keeps, if the answer was full).  Of the answers this node asked
+        # for, at most two: the next request goes out when one arrives and none is waiting.
         self._pending: deque[tuple[str, BlockHeader | None]] = deque()
         # Peers whose answer moved our head nowhere (a lie, a stale status, a longer but lighter
         # chain), by the head hash they claimed: not asked again until they announce another
@@ -155,10 +156,14 @@ class BlockSync:
         else:
             self._started_at = 0.0
 
+    def awaits(self, peer_id: str) -> bool:
+        """Whether this node's outstanding request is to `peer_id` (its answer was asked for)."""
+        return self._outstanding is not None and self._outstanding[0] == peer_id
+
     def decode_response(self, peer_id: str, message: Blocks) -> list[Block] | None:
         """The blocks of an answer, or None (and a lower score) if it does not decode.  The
         caller imports every answer this returns and calls `after_import` after each."""
-        asked = self._outstanding is not None and self._outstanding[0] == peer_id
+        asked = self.awaits(peer_id)
         if asked:
             self._outstanding = None
         limit = self.max_block_transactions
@@ -170,7 +175,10 @@ class BlockSync:
         # Only an answer as large as a peer sends promises more after it; a shorter one ended
         # at the peer's head (or the peer lies about its head, and is not asked twice).
         full = len(blocks) >= BATCH or sum(map(len, message.blocks)) >= MAX_BATCH_BYTES // 2
-        self._pending.append((peer_id, blocks[-1].header if blocks and full else None))
+        # The import keeps all but the last `lag` blocks (a BFT block waits for the certificate
+        # the next one carries): the next range starts after the last block it keeps.
+        kept = blocks[-1 - self.lag].header if full and len(blocks) > self.lag else None
+        self._pending.append((peer_id, kept))
         if asked and len(self._pending) == 1:
             self._ask_ahead()
         return blocks
@@ -178,8 +186,9 @@ class BlockSync:
     def _ask_ahead(self) -> bool:
         """Ask the peer of the newest answer not yet imported for what follows it, so that the
         peer reads and sends the next batch while this node checks and writes the ones it
-        has.  The locator starts at that answer's last block, then goes on with ours, in case
-        the peer's chain has moved off that block meanwhile.  False: nothing to ask for."""
+        has.  The locator starts at the last block that answer's import keeps, then goes on
+        with ours, in case the peer's chain has moved off that block meanwhile.  False:
+        nothing to ask for."""
         peer_id, last = self._pending[-1]
         if last is None:
             return False
@@ -206,8 +215,13 @@ class BlockSync:
             rate = (height - self._started_height) / max(now - self._started_at, 1e-6)
             log.info("syncing: height %d of %d (%.0f%%, %.0f blocks/s)", height, self.best_height,
                      100 * self.progress(), rate)
-        if self._outstanding is None and not (self._pending and self._ask_ahead()):
-            self._ask_best_peer()
+        if self._outstanding is None:
+            if self._pending:
+                # An answer still waits: ask after it, or not at all (when it ends the range,
+                # its own import asks again; asking from our head now would fetch it twice).
+                self._ask_ahead()
+            else:
+                self._ask_best_peer()
 
     def locator(self) -> list[bytes]:
         """Our block hashes at heights head, head-1, head-2, head-4, ... and genesis."""

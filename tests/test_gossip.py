@@ -244,7 +244,7 @@ def _empty_chain(length: int) -> list:
     return blocks
 
 
-def _syncing_from(chain: list, claimed_height: int):
+def _syncing_from(chain: list, claimed_height: int, lag: int = 0):
     """A BlockSync on the chain's genesis and a peer "p" that claims `claimed_height`."""
     from node.p2p.network import PeerInfo
     from node.sync import BlockSync
@@ -260,7 +260,7 @@ def _syncing_from(chain: list, claimed_height: int):
             return chain[height].header
 
     network = Peers()
-    sync = BlockSync(network, Store(), lambda: head[0], lag=0, now_ms=lambda: 0, serving=None,
+    sync = BlockSync(network, Store(), lambda: head[0], lag=lag, now_ms=lambda: 0, serving=None,
                      max_block_transactions=10)
     return sync, network, head
 
@@ -308,3 +308,40 @@ def test_a_short_sync_answer_asks_for_nothing_more_until_it_is_imported():
     sync.decode_response("p", Blocks(tuple(block.encode() for block in chain[11:21])))
     sync.after_import(chain[10].hash)  # nothing of it was imported
     assert len(requests()) == 2, "a fruitless answer is not asked again for the same claim"
+
+
+def test_with_a_lag_the_next_range_starts_after_the_last_block_the_import_keeps():
+    """BFT imports a block only with the certificate the next one carries: an answer's last
+    block stays out, so the next range must start at it, not after it."""
+    from node.p2p.messages import Blocks
+    from node.sync import BATCH
+
+    chain = _empty_chain(2 * BATCH + 10)
+    sync, network, head = _syncing_from(chain, 2 * BATCH + 10, lag=1)
+    asked = lambda: [m.locator[0] for _, m in network.sent if isinstance(m, GetBlocks)]
+    sync.on_peer_status(network.peers()[0])
+    sync.decode_response("p", Blocks(tuple(block.encode() for block in chain[1:BATCH + 1])))
+    assert asked()[1:] == [chain[BATCH - 1].hash]
+
+
+def test_a_short_answer_waiting_for_its_import_is_not_fetched_again():
+    """The answer being imported is full, the one after it is the end of the peer's chain: when
+    the first is imported nothing is asked (the waiting one holds the rest); the second's
+    import asks again from the new head."""
+    from node.p2p.messages import Blocks
+    from node.sync import BATCH
+
+    chain = _empty_chain(BATCH + 20)
+    sync, network, head = _syncing_from(chain, BATCH + 20)
+    requests = lambda: [m for _, m in network.sent if isinstance(m, GetBlocks)]
+    sync.on_peer_status(network.peers()[0])
+    sync.decode_response("p", Blocks(tuple(block.encode() for block in chain[1:BATCH + 1])))
+    sync.decode_response("p", Blocks(tuple(block.encode() for block in chain[BATCH + 1:BATCH + 11])))
+    assert len(requests()) == 2
+
+    head[0] = chain[BATCH].header
+    sync.after_import(chain[0].hash)
+    assert len(requests()) == 2, "the waiting answer's range is not asked for again"
+    head[0] = chain[BATCH + 10].header
+    sync.after_import(chain[BATCH].hash)
+    assert len(requests()) == 3 and requests()[2].locator[0] == chain[BATCH + 10].hash

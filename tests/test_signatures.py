@@ -237,6 +237,19 @@ def test_sync_answers_go_to_the_workers_as_they_arrive_each_on_the_chain_the_one
     node.signatures = InlineChecks()
     assert importer.check_early(chain[1:3]) is None and checked_on == [1, 2, 3, 4]
 
+    # Under BFT an answer's last block waits for the next one's certificate, so the next
+    # answer starts at it again: that one follows on too.
+    node.signatures, importer = recorder, BlockImporter(node)
+    checked_on.clear()
+
+    async def overlapping():
+        first, again = importer.check_early(chain[1:4]), importer.check_early(chain[3:4])
+        assert first is not None and again is not None, "both checked ahead"
+        return await first, await again
+
+    asyncio.run(overlapping())
+    assert checked_on == [1, 2, 3, 3]
+
 
 def test_a_closed_pool_starts_no_workers_and_a_stop_during_checks_is_not_an_error():
     pool = SignaturePool(1, CHAIN, False)
