@@ -3,9 +3,10 @@
 A node asks one peer at a time for the blocks after the newest hash they share (a
 Bitcoin-style locator: our hashes at heights head, head-1, head-2, head-4, ... 0) and
 imports what comes back, until it has reached the best head it has heard of.  It asks for
-the next range as soon as an answer arrives, from that answer's last block, so that the
-peer reads and sends it while this node imports (one answer waits at most).  Serving is
-the mirror: find the first locator hash on our chain and send up to BATCH blocks after it.
+the next range as soon as a full answer arrives, after the last block that answer's import
+keeps, so that the peer reads and sends it while this node imports (of the answers it asked
+for, one waits at most).  Serving is the mirror: find the first locator hash on our chain
+and send up to BATCH blocks after it.
 
 Serving is bounded so that no peer can make the node busy at will: one request per peer
 is served at a time (an honest node has one outstanding: asking again before the answer
