@@ -124,7 +124,7 @@ class BlockSync:
         # must not leave the node reporting "syncing" forever once it is gone.
         self._fruitless.pop(peer_id, None)
         self.best_height = self._best_claim(exclude=peer_id)
-        if self._outstanding is not None and self._outstanding[0] == peer_id:
+        if self.awaits(peer_id):
             self._outstanding = None
             self._ask_best_peer()
 
@@ -136,13 +136,18 @@ class BlockSync:
             self.network.penalize(peer_id, 10, "block request timed out")
             self._ask_best_peer()
 
-    def _request(self, peer_id: str) -> None:
+    def _request(self, peer_id: str, after: bytes | None = None) -> None:
+        """Ask `peer_id` for the blocks after our head, or after the block `after` (our locator
+        follows it, in case the peer's chain has moved off that block)."""
         if self._outstanding is not None:
             return
         if not self._started_at:
             self._started_at, self._started_height = self._now(), self.head().height
         self._outstanding = (peer_id, self._now())
-        self.network.send(peer_id, GetBlocks(tuple(self.locator()), BATCH))
+        locator = self.locator()
+        if after is not None:
+            locator = [after, *locator[: MAX_LOCATOR - 1]]
+        self.network.send(peer_id, GetBlocks(tuple(locator), BATCH))
 
     def _best_claim(self, exclude: str = "") -> int:
         """The highest head a connected peer claims that we have not found to be empty."""
@@ -187,17 +192,14 @@ class BlockSync:
     def _ask_ahead(self) -> bool:
         """Ask the peer of the newest answer not yet imported for what follows it, so that the
         peer reads and sends the next batch while this node checks and writes the ones it
-        has.  The locator starts at the last block that answer's import keeps, then goes on
-        with ours, in case the peer's chain has moved off that block meanwhile.  False:
-        nothing to ask for."""
+        has, after the last block that answer's import keeps.  False: nothing to ask for."""
         peer_id, last = self._pending[-1]
         if last is None:
             return False
         claimed = max((p.head_height for p in self.network.peers() if p.id == peer_id), default=0)
         if claimed <= last.height + self.lag:
             return False
-        self._outstanding = (peer_id, self._now())
-        self.network.send(peer_id, GetBlocks((last.hash, *self.locator()[: MAX_LOCATOR - 1]), BATCH))
+        self._request(peer_id, after=last.hash)
         return True
 
     def after_import(self, head_before: bytes) -> None:
