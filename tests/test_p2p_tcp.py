@@ -27,6 +27,7 @@ from ledger.address import address_of
 from ledger.crypto import PrivateKey
 from node.p2p import messages as m
 from node.p2p.budgets import Kind, PeerBudgets, TokenBucket, cost, overrun_reason
+from node.p2p.connection import Connection
 from node.p2p.faults import InvalidFaults, LinkFaults
 from node.p2p.frames import MAX_FRAME, FrameMemory, FrameMemoryExhausted, FrameReader, FrameTooLarge, encode_frame, read_frame
 from node.p2p import scores
@@ -1128,3 +1129,50 @@ def test_link_faults_refuse_bad_settings():
         with pytest.raises(InvalidFaults):
             LinkFaults(**bad)
     assert LinkFaults().none and LinkFaults().describe() == "no faults: every link healed"
+
+
+def test_a_frame_goes_to_the_socket_at_once_when_nothing_waits_before_it():
+    """An idle link's frame is written in the sender's own step, not when the writer task
+    next runs (a Raft AppendEntries used to wait behind the leader's durable write); with
+    anything queued or buffered before it, it queues behind, so the order stays."""
+
+    class Transport:
+        def __init__(self):
+            self.written: list[bytes] = []
+            self.buffered = 0
+
+        def write(self, data: bytes) -> None:
+            self.written.append(data)
+
+        def is_closing(self) -> bool:
+            return False
+
+        def get_write_buffer_size(self) -> int:
+            return self.buffered
+
+    class Writer:
+        def __init__(self):
+            self.transport = Transport()
+
+        def get_extra_info(self, name: str):
+            return ("127.0.0.1", 9) if name == "peername" else None
+
+    async def scenario() -> None:
+        writer = Writer()
+        conn = Connection(asyncio.StreamReader(), writer, False, None, P2PSettings(), FrameMemory(1 << 20))
+        assert conn.enqueue(b"handshaking") is None
+        assert writer.transport.written == [] and conn.queue.qsize() == 1  # no writer task yet: queued
+        conn.queue.get_nowait()
+        conn.queued_bytes = 0
+        conn.writer_task = asyncio.get_running_loop().create_future()  # a writer that never runs
+        assert conn.enqueue(b"first") is None
+        assert writer.transport.written == [b"first"] and conn.queue.empty() and conn.queued_bytes == 0
+        writer.transport.buffered = 10  # the socket did not take it all: the next one waits its turn
+        assert conn.enqueue(b"second") is None
+        writer.transport.buffered = 0
+        assert conn.enqueue(b"third") is None  # behind "second", though the buffer has drained
+        assert writer.transport.written == [b"first"]
+        assert [conn.queue.get_nowait(), conn.queue.get_nowait()] == [b"second", b"third"]
+        conn.writer_task.cancel()
+
+    asyncio.run(scenario())

@@ -67,7 +67,17 @@ class Connection:
         self.budgets = PeerBudgets(settings, now)
 
     def enqueue(self, frame: bytes) -> str | None:
-        """Queue a frame for the writer; why not when the queue would overflow."""
+        """Queue a frame for the writer; why not when the queue would overflow.
+
+        With nothing queued and nothing waiting in the socket's buffer the frame goes to the
+        socket at once: the writer task would send it only when the loop next runs it, and
+        under a busy store thread that waits for the GIL (a Raft AppendEntries sat behind the
+        leader's own durable write)."""
+        transport = self.writer.transport
+        if (self.writer_task is not None and self.queue.empty() and not transport.is_closing()
+                and not transport.get_write_buffer_size()):
+            transport.write(frame)
+            return None
         if self.queued_bytes and self.queued_bytes + len(frame) > self.queue_bytes_limit:
             return f"send queue overflow ({self.queued_bytes} bytes): the peer does not keep up"
         try:
