@@ -22,6 +22,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from api.service import Accepted, Event, Rejection, SubmitResult, TxStatusName
 from consensus import engine as ev
@@ -62,6 +63,9 @@ MAX_REANNOUNCE = 4_096
 # A block the store fails to write is tried again after these pauses (a database restarting,
 # a full disk being cleared); then the node stops rather than run on a head it never stored.
 COMMIT_RETRY_SECONDS = (0.1, 0.5, 2.0)
+# Store writes at most this large are done on the loop instead of the store thread (Node._write).
+INLINE_WRITE_TRANSACTIONS = 16
+INLINE_WRITE_BYTES = 64 * 1024
 
 
 def wall_clock_ms() -> int:
@@ -345,7 +349,8 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             self._set_timer(action.at)
         elif isinstance(action, ev.Persist):
             # Durable (fsync) before any later action's message leaves: the double-sign guard.
-            await self.blocking(functools.partial(self.store.set_meta, ENGINE_STATE_KEY, action.state, durable=True))
+            await self._write(len(action.state) <= INLINE_WRITE_BYTES, self.store.set_meta, ENGINE_STATE_KEY,
+                              action.state, durable=True)
         elif isinstance(action, ev.SetHead):
             await self.importer.set_head(action.block_hash)
         elif isinstance(action, (ev.ReadIndexReady, ev.ReadIndexFailed)):
@@ -415,7 +420,8 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             try:
                 if attempt and await self.blocking(self._stored_head_is, block.hash):
                     return  # the last try committed and only its answer was lost (a dropped connection)
-                await self.blocking(self.store.commit_block, block, effects, certificate, evidence)
+                await self._write(len(block.transactions) <= INLINE_WRITE_TRANSACTIONS, self.store.commit_block,
+                                  block, effects, certificate, evidence)
                 return
             except Exception as exc:
                 if pause is None or self._stopping:
@@ -424,6 +430,16 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
                     raise NodeFailed(self.failure) from exc
                 log.warning("storing block %d failed (%s); trying again in %.1f s", block.height, exc, pause)
                 await asyncio.sleep(pause)
+
+    async def _write(self, small: bool, function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A store write the engine waits for.  A small one (an engine state, a block of a few
+        transfers) is done here on the loop: handing it to the store thread and back costs
+        about as much as the write itself (two thread wake-ups and the GIL passed to and fro),
+        and that is on the path of every Raft or BFT round.  A large one goes to the store
+        thread, so the loop admits transactions while it is written."""
+        if small:
+            return function(*args, **kwargs)
+        return await self.blocking(function, *args, **kwargs)
 
     def _stored_head_is(self, block_hash: bytes) -> bool:
         head = self.store.head()
@@ -638,7 +654,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             record = await self.reading(self.transaction, tx_id)
             return record.status if record is not None else "unknown"
 
-        return await self.finality.wait(tx_ids, timeout, status_of, lambda tx_id: tx_id in self.pool)
+        r= await self.finality.wait(tx_ids, timeout, status_of, lambda tx_id: tx_id in self.pool); return r
 
     # ------------------------------------------------------------------ peers (PeerHandler)
     def on_peer_connected(self, peer: PeerInfo) -> None:

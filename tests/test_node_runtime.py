@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytest
 
@@ -106,6 +107,37 @@ def test_blocks_fill_up_to_the_genesis_limit_and_stay_ordered(tmp_path):
             listed = node.blocks(None, 100)
             assert [b.header.height for b in listed] == list(range(node.head.height, -1, -1))
             assert sum(b.header.tx_count for b in listed) == 300
+        finally:
+            await node.stop()
+
+    run(scenario())
+
+
+def test_a_small_block_is_written_on_the_loop_and_a_large_one_on_the_store_thread(tmp_path, monkeypatch):
+    """Handing a write of a few transfers to the store thread and back costs about as much as
+    the write; a large block goes there so the loop admits transactions meanwhile."""
+    monkeypatch.setattr("node.runtime.INLINE_WRITE_TRANSACTIONS", 5)
+
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        await node.start()
+        try:
+            real_commit, writers = node.store.commit_block, []
+
+            def commit_block(block, *args):
+                writers.append((len(block.transactions), threading.current_thread() is threading.main_thread()))
+                return real_commit(block, *args)
+
+            node.store.commit_block = commit_block
+            small = [new_transfer(KEYS[0], CHAIN, nonce, BOB, 1) for nonce in range(3)]
+            await node.submit(small)
+            await node.wait_final([tx.id for tx in small], timeout=10)
+            large = [new_transfer(KEYS[1], CHAIN, nonce, BOB, 1) for nonce in range(40)]
+            await node.submit(large)
+            await node.wait_final([tx.id for tx in large], timeout=10)
+            assert writers and all(on_loop == (count <= 5) for count, on_loop in writers), writers
+            assert any(on_loop for _, on_loop in writers) and not all(on_loop for _, on_loop in writers)
+            assert node.account(BOB).balance == 43
         finally:
             await node.stop()
 
