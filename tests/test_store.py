@@ -318,6 +318,28 @@ def test_commit_is_all_or_nothing_when_it_fails_midway(store):
     assert snapshot(store) == before
 
 
+def test_a_database_error_in_a_block_write_comes_out_as_sqlalchemys(store):
+    """Block and meta writes run on the driver's own cursor; its errors must still be the
+    SQLAlchemy errors callers catch (the CLI's clear messages, the commit retry), and the
+    write must change nothing."""
+    chain = Chain()
+    chain.commit(store, [(1, ADDRESSES[2], 10, 1)])
+    before = snapshot(store)
+    block, effects = chain.next_block([(2, ADDRESSES[3], 4, 1)])
+    with store._writing() as conn:  # a column the insert names is gone, as after a bad migration
+        conn.exec_driver_sql("ALTER TABLE undo RENAME COLUMN data TO data_gone")
+    try:
+        with pytest.raises(sa.exc.DBAPIError) as raised:
+            store.commit_block(block, effects)
+        assert not isinstance(raised.value, sa.exc.IntegrityError)
+    finally:
+        with store._writing() as conn:
+            conn.exec_driver_sql("ALTER TABLE undo RENAME COLUMN data_gone TO data")
+    assert snapshot(store) == before
+    store.commit_block(block, effects)  # the connection went back to the pool usable
+    assert store.head().hash == block.hash
+
+
 def test_revert_head_restores_the_exact_prior_accounts(store):
     chain = Chain()
     newcomer = fresh_address("newcomer")
