@@ -425,3 +425,26 @@ def test_a_follower_answers_entries_and_heartbeats_but_not_the_commit_note_after
     before = len(cluster.actions[1])
     cluster.heartbeat(0)
     assert answers(1, before) == 1  # a heartbeat is a new round: answered (check-quorum hears it)
+
+
+def test_the_log_keeps_the_terms_of_the_last_window_and_the_blocks_of_the_last_few():
+    """Committed entries leave the log's tables as the head moves past the window, one step
+    or a few at a time, and none of those the window still covers goes."""
+    genesis, keys = raft_genesis(1)
+    blocks = [genesis.block()]
+    for height in range(1, raft_log.WINDOW + 300):
+        parent = blocks[-1].header
+        extra = encode_extra(1, raft_engine.Membership((keys[0].public_key,)), (keys[0].public_key,))
+        blocks.append(Block(build_header(genesis.chain_id, parent, parent.timestamp + 1, [], parent.proposer, extra), ()))
+    log = raft_log.RaftLog(blocks[0].header)
+    steps = [1] * 40 + [60] * 20 + [1] * 30  # a jump of up to the 64 recent headers the runtime hands in
+    for step in steps:
+        for block in blocks[log.head.height + 1: log.head.height + 1 + step]:
+            log.append(block)
+        head = blocks[log.head.height + step].header
+        log.committed(head, tuple(b.header for b in blocks[max(0, head.height - 63): head.height + 1]))
+        for height in range(0, head.height + 1):
+            kept_term = height > head.height - raft_log.WINDOW
+            assert (log.term_at(height) is not None) == kept_term, (head.height, height)
+            if height:
+                assert (log.block_at(height) is not None) == (height > head.height - raft_log.KEEP_BLOCKS)

@@ -41,7 +41,8 @@ class RaftLog:
         self._committed: dict[int, tuple[bytes, int]] = {}  # height -> (hash, term)
         self._blocks: dict[int, Block] = {}  # committed blocks kept whole
         for header in recent:
-            self._committed[header.height] = (header.hash, term_of(header))
+            if header.height > head.height - WINDOW:
+                self._committed[header.height] = (header.hash, term_of(header))
         self._committed[head.height] = (head.hash, term_of(head))
         self.entries: list[Block] = []  # uncommitted: heights head + 1, head + 2, ...
 
@@ -101,8 +102,10 @@ class RaftLog:
         """The store's head moved to `header` (a block this engine asked to commit, or one
         the runtime imported): entries up to it are committed now."""
         for item in recent:
-            self._committed.setdefault(item.height, (item.hash, term_of(item)))
-        moved = header.height - self.head.height
+            if item.height not in self._committed and item.height > header.height - WINDOW:
+                self._committed[item.height] = (item.hash, term_of(item))
+        before = self.head.height
+        moved = header.height - before
         if 0 < moved <= len(self.entries) and self.entries[moved - 1].hash == header.hash:
             for block in self.entries[:moved]:
                 self._blocks[block.header.height] = block
@@ -113,10 +116,12 @@ class RaftLog:
             self.entries = []
         self.head = header
         self._committed[header.height] = (header.hash, term_of(header))
-        for height in [h for h in self._committed if h <= header.height - WINDOW]:
-            del self._committed[height]
-        for height in [h for h in self._blocks if h <= header.height - KEEP_BLOCKS]:
-            del self._blocks[height]
+        # Every height kept was above the old head less the window (recent headers end at the
+        # head): only those the head's move pushed out go, not a scan of all 1,024 a block.
+        for height in range(max(0, before - WINDOW + 1), header.height - WINDOW + 1):
+            self._committed.pop(height, None)
+        for height in range(max(0, before - KEEP_BLOCKS + 1), header.height - KEEP_BLOCKS + 1):
+            self._blocks.pop(height, None)
 
 
 def encode_saved(term: int, voted_for: bytes | None, entries: list[Block]) -> bytes:
