@@ -338,7 +338,8 @@ class CpuMeter:
 
     def stop(self) -> str:
         nodes = [cpu_seconds(pid) - before for pid, before in zip(self.pids, self._nodes)]
-        # The main thread runs the event loop; the rest is worker threads (database writes).
+        # The main thread runs the event loop (and small database writes); the rest is worker
+        # threads (large blocks' writes, reads).
         loops = [cpu_seconds(pid, pid) - before for pid, before in zip(self.pids, self._loops)]
         busy, total = machine_busy()
         self.busy_share = (busy - self._machine[0]) / max(1, total - self._machine[1])

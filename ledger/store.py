@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import QueuePool, StaticPool
 
 from ledger.address import ADDRESS_SIZE, address_of
 from ledger.block import HASH_SIZE, Block, BlockHeader
@@ -774,6 +774,14 @@ class ChainStore:
         with self._durable_writing() if durable else self._writing() as conn:
             self._put_meta(conn, key, bytes(value))
 
+    def writes_at_once(self) -> bool:
+        """Whether a write begun now would start without waiting: on SQLite (no network
+        round trip that could stall), with no write under way and a pooled connection idle."""
+        if self.backend != "sqlite" or self._write_lock.locked():
+            return False
+        pool = self._engine.pool
+        return not isinstance(pool, QueuePool) or pool.checkedin() > 0
+
     def _put_meta(self, conn: Connection, key: str, value: bytes) -> None:
         with _driver_cursor(conn) as cursor:
             cursor.execute(self._upsert_meta_sql, (key, value))
@@ -841,17 +849,23 @@ def _driver_cursor(conn: Connection) -> Iterator[Any]:
     handed back to the pool."""
     driver = conn.connection.dbapi_connection
     dialect = conn.dialect
-    cursor = driver.cursor()
+    cursor = None
     try:
+        cursor = driver.cursor()
         yield cursor
     except dialect.loaded_dbapi.Error as exc:
         lost = dialect.is_disconnect(exc, driver, cursor)
         if lost:
+            if cursor is not None:
+                with contextlib.suppress(dialect.loaded_dbapi.Error):
+                    cursor.close()  # now: once the connection is closed, closing it raises
+                cursor = None
             conn.invalidate(exc)
         raise sa.exc.DBAPIError.instance(None, None, exc, dialect.loaded_dbapi.Error, connection_invalidated=lost,
                                          dialect=dialect) from exc
     finally:
-        cursor.close()
+        if cursor is not None:
+            cursor.close()
 
 
 def _copy_rows(cursor, tx_rows: list[tuple], account_rows: list[tuple]) -> None:

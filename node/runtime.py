@@ -1,9 +1,10 @@
 """The node runtime: the loop that performs what the engine decides.
 
 One asyncio task feeds the engine its events, one at a time, and performs the actions it
-returns in order.  A block's rows are written in a worker thread, so the event loop keeps
-admitting transactions while the database works; the in-memory state and the mempool
-move only after the block is durable.  The mempool and the state are touched by the
+returns in order.  A large block's rows are written in a worker thread, so the event loop
+keeps admitting transactions while the database works (a small write is done on the loop:
+the trip to the thread would cost more); the in-memory state and the mempool move only
+after the block is durable.  The mempool and the state are touched by the
 event loop; API reads from worker threads take `lock`.
 
 The parts around the loop: blocks from peers go through the importer (node/importer.py),
@@ -420,8 +421,9 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             try:
                 if attempt and await self.blocking(self._stored_head_is, block.hash):
                     return  # the last try committed and only its answer was lost (a dropped connection)
-                await self._write(len(block.transactions) <= INLINE_WRITE_TRANSACTIONS, self.store.commit_block,
-                                  block, effects, certificate, evidence)
+                # A retry goes to the thread: the database may be slow to come back.
+                await self._write(not attempt and len(block.transactions) <= INLINE_WRITE_TRANSACTIONS,
+                                  self.store.commit_block, block, effects, certificate, evidence)
                 return
             except Exception as exc:
                 if pause is None or self._stopping:
@@ -436,8 +438,10 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
         transfers) is done here on the loop: handing it to the store thread and back costs
         about as much as the write itself (two thread wake-ups and the GIL passed to and fro),
         and that is on the path of every Raft or BFT round.  A large one goes to the store
-        thread, so the loop admits transactions while it is written."""
-        if small:
+        thread, so the loop admits transactions while it is written; so does any write the
+        store cannot start at once (a network database, or its connections all in use), so
+        the loop never waits on one."""
+        if small and self.store.writes_at_once():
             return function(*args, **kwargs)
         return await self.blocking(function, *args, **kwargs)
 
@@ -654,7 +658,7 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             record = await self.reading(self.transaction, tx_id)
             return record.status if record is not None else "unknown"
 
-        r= await self.finality.wait(tx_ids, timeout, status_of, lambda tx_id: tx_id in self.pool); return r
+        return await self.finality.wait(tx_ids, timeout, status_of, lambda tx_id: tx_id in self.pool)
 
     # ------------------------------------------------------------------ peers (PeerHandler)
     def on_peer_connected(self, peer: PeerInfo) -> None:

@@ -340,6 +340,15 @@ def test_a_database_error_in_a_block_write_comes_out_as_sqlalchemys(store):
     assert store.head().hash == block.hash
 
 
+def test_only_a_sqlite_store_with_no_write_under_way_writes_at_once(store, store_url):
+    """The runtime writes small blocks on its event loop only when nothing could make it
+    wait: never over a network, never behind another write."""
+    assert store.writes_at_once() == store_url.startswith("sqlite")
+    with store._write_lock:
+        assert not store.writes_at_once()
+    assert store.writes_at_once() == store_url.startswith("sqlite")
+
+
 def test_revert_head_restores_the_exact_prior_accounts(store):
     chain = Chain()
     newcomer = fresh_address("newcomer")
