@@ -13,6 +13,7 @@ import pytest
 import uvicorn
 
 from node.http_limits import HttpLimits, protocol_class
+from node.server import close_connections_until
 
 LIMITS = HttpLimits(header_timeout=0.6, body_timeout=0.6, max_connections=3)
 
@@ -122,3 +123,42 @@ def test_settings_are_checked():
         HttpLimits(max_connections=0)
     with pytest.raises(ValueError):
         protocol_class(LIMITS, "http3")
+
+
+def test_a_connection_the_servers_shutdown_missed_is_closed_too():
+    """uvicorn asks its open connections to close once, as its shutdown starts; one accepted
+    in that moment is missed and would keep serving keep-alive requests for the whole
+    graceful timeout.  The node's stop asks again until the server is done."""
+
+    async def run() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        # No deadline of its own would close the idle connection during the test.
+        patient = HttpLimits(header_timeout=60, body_timeout=60, max_connections=10)
+        server = uvicorn.Server(uvicorn.Config(
+            echo, http=protocol_class(patient), lifespan="off", log_level="warning", access_log=False,
+            timeout_graceful_shutdown=60, timeout_keep_alive=60,
+        ))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            await asyncio.sleep(0.01)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\nhi"), 5)
+        connections = server.server_state.connections
+        [missed] = connections
+        asked = []
+        ask = missed.shutdown
+        missed.shutdown = lambda: ask() if asked.append(1) or len(asked) > 1 else None  # uvicorn's ask is lost
+        server.should_exit = True
+        await asyncio.sleep(0.5)
+        assert asked and not serving.done()  # uvicorn waits for the connection its ask missed
+        closing = asyncio.create_task(close_connections_until(connections, serving, interval=0.05))
+        _, rest = await read_until_closed(reader)
+        assert rest == b""  # closed, idle between requests, with nothing more to say
+        await asyncio.wait_for(serving, 10)  # well within the graceful timeout
+        await asyncio.wait_for(closing, 1)
+        writer.close()
+
+    asyncio.run(run())
