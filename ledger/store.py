@@ -526,9 +526,9 @@ class ChainStore:
                 if account_rows:
                     cursor.executemany(self._upsert_accounts_sql, list(account_rows.values()))
             cursor.executemany(self._insert_undo_sql, undo_rows)
-            cursor.execute(self._upsert_meta_sql, (META_HEAD, head_hash))
         if evidence_rows:
             conn.execute(evidence_table.insert(), evidence_rows)
+        self._put_meta(conn, META_HEAD, head_hash)
 
     @staticmethod
     def _block_row(block: Block, raws: list[bytes], certificate: bytes) -> tuple:

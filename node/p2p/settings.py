@@ -72,8 +72,8 @@ class P2PSettings:
     # Transaction ids announced to us.  A peer announces what its mempool admits, each id
     # once per link, plus at most 4,096 pending ids every 10 s: bounded by its commit rate
     # (about 12,000 transfers/s) in the long run and by its mempool (40,000 by default; room
-    # here for one configured five times larger) in a burst.  The measured flood sent 555,000 ids/s, ten times the rate: it empties the
-    # bucket in under half a second.
+    # here for one configured five times larger) in a burst.  The measured flood sent
+    # 555,000 ids/s, ten times the rate: it empties the bucket in under half a second.
     tx_announce_ids_per_second: float = 50_000.0
     tx_announce_ids_burst: float = 200_000.0
     # Transaction ids requested from us: a peer requests only ids we announced to it and it
