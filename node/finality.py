@@ -15,9 +15,29 @@ from collections.abc import Awaitable, Callable
 from api.service import TxStatusName
 
 
+class _Wait:
+    """One request's wait: `done` resolves once every id it waits for is settled, final or
+    not (dropped, or the node stopping).  Settled synchronously, so the request's task is
+    woken by the block's commit itself, one loop turn later, not after a chain of callbacks."""
+
+    __slots__ = ("done", "left", "final")
+
+    def __init__(self, done: asyncio.Future) -> None:
+        self.done = done
+        self.left: set[bytes] = set()
+        self.final: set[bytes] = set()
+
+    def settle(self, tx_id: bytes, final: bool) -> None:
+        self.left.discard(tx_id)
+        if final:
+            self.final.add(tx_id)
+        if not self.left and not self.done.done():
+            self.done.set_result(None)
+
+
 class FinalityWaiters:
     def __init__(self) -> None:
-        self._waiters: dict[bytes, list[asyncio.Future]] = {}
+        self._waiters: dict[bytes, list[_Wait]] = {}
         self._unfinal: deque[tuple[int, list[bytes]]] = deque()  # (height, tx ids) of included, not yet final blocks
         self._ended = False  # stopping: requests answer at once
 
@@ -31,9 +51,8 @@ class FinalityWaiters:
             _, ids = self._unfinal.popleft()
             if self._waiters:
                 for tx_id in ids:
-                    for future in self._waiters.pop(tx_id, ()):
-                        if not future.done():
-                            future.set_result("final")
+                    for wait in self._waiters.pop(tx_id, ()):
+                        wait.settle(tx_id, final=True)
 
     def reverted_above(self, height: int) -> None:
         while self._unfinal and self._unfinal[-1][0] > height:
@@ -43,9 +62,8 @@ class FinalityWaiters:
         """These transactions left the node (a dev revert emptied the mempool): their waiters
         answer now, with the status the store gives, instead of sitting out the timeout."""
         for tx_id in tx_ids:
-            for future in self._waiters.pop(tx_id, ()):
-                if not future.done():
-                    future.cancel()
+            for wait in self._waiters.pop(tx_id, ()):
+                wait.settle(tx_id, final=False)
 
     def end(self) -> None:
         """Answer every waiting request now with the status it has, and later ones at once:
@@ -55,10 +73,10 @@ class FinalityWaiters:
         self.cancel_all()
 
     def cancel_all(self) -> None:
-        for waiters in self._waiters.values():
-            for future in waiters:
-                if not future.done():
-                    future.cancel()
+        waiters, self._waiters = self._waiters, {}
+        for tx_id, waits in waiters.items():
+            for wait in waits:
+                wait.settle(tx_id, final=False)
 
     async def wait(
         self, tx_ids: list[bytes], timeout: float, status_of: Callable[[bytes], Awaitable[TxStatusName]],
@@ -66,30 +84,29 @@ class FinalityWaiters:
     ) -> dict[bytes, TxStatusName]:
         """Each id's status once all are final or `timeout` seconds have passed.  `status_of`
         reads one id's current status (the store); `pending` says whether it is in the mempool."""
-        loop = asyncio.get_running_loop()
-        waiting: dict[bytes, asyncio.Future] = {}
+        wait = _Wait(asyncio.get_running_loop().create_future())
         for tx_id in tx_ids:
             if not pending(tx_id) and await status_of(tx_id) == "final":
-                continue
-            future = loop.create_future()
-            self._waiters.setdefault(tx_id, []).append(future)
-            waiting[tx_id] = future
-        if waiting and not self._ended:
-            await asyncio.wait(waiting.values(), timeout=timeout)
-        for tx_id, future in waiting.items():
-            if not future.done():
-                future.cancel()
-                waiters = self._waiters.get(tx_id)
-                if waiters is not None:
-                    if future in waiters:
-                        waiters.remove(future)
-                    if not waiters:
+                wait.final.add(tx_id)
+            elif tx_id not in wait.left:
+                wait.left.add(tx_id)
+                self._waiters.setdefault(tx_id, []).append(wait)
+        try:
+            if wait.left and not self._ended:
+                try:
+                    async with asyncio.timeout(timeout):
+                        await wait.done
+                except TimeoutError:
+                    pass
+        finally:
+            for tx_id in wait.left:
+                waits = self._waiters.get(tx_id)
+                if waits is not None:
+                    if wait in waits:
+                        waits.remove(wait)
+                    if not waits:
                         del self._waiters[tx_id]
         statuses: dict[bytes, TxStatusName] = {}
         for tx_id in tx_ids:
-            future = waiting.get(tx_id)
-            if future is None or (future.done() and not future.cancelled()):
-                statuses[tx_id] = "final"
-            else:
-                statuses[tx_id] = await status_of(tx_id)
+            statuses[tx_id] = "final" if tx_id in wait.final else await status_of(tx_id)
         return statuses

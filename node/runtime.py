@@ -260,7 +260,13 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
 
     async def _run_engine(self) -> None:
         while True:
-            event = self._head_events.popleft() if self._head_events else await self._events.get()
+            if self._head_events:
+                # A block was just committed: the clients waiting for it are answered first,
+                # then the engine reacts (for Raft, signing its followers' commit notes).
+                await asyncio.sleep(0)
+                event = self._head_events.popleft()
+            else:
+                event = await self._events.get()
             if event is _WAKE:
                 continue
             if event is None:
