@@ -17,6 +17,7 @@ the store is byte for byte what went in.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -234,31 +235,6 @@ def _sqlite_engine(url: sa.URL) -> sa.Engine:
     return engine
 
 
-@contextlib.contextmanager
-def _synchronous_full(conn: Connection) -> Iterator[None]:
-    """SQLite's synchronous=FULL on this connection for one transaction begun inside.
-
-    SQLite refuses to change the level inside a transaction, so it is set on the
-    driver's connection before BEGIN (through SQLAlchemy the statement would begin one)
-    and restored after the commit or rollback."""
-    driver = conn.connection.dbapi_connection
-    driver.execute("PRAGMA synchronous=FULL")
-    try:
-        yield
-    finally:
-        try:
-            if driver.in_transaction:
-                # A failed commit leaves its transaction open until the pool resets the
-                # connection, and the level cannot change inside it; the write is lost
-                # either way.
-                driver.rollback()
-            driver.execute("PRAGMA synchronous=NORMAL")
-        except Exception:
-            # Not back in the pool with FULL, where it would sync every block commit.
-            conn.invalidate()
-            raise
-
-
 class ChainStore:
     def __init__(self, url: str):
         parsed = parse_url(url)
@@ -270,6 +246,7 @@ class ChainStore:
         # Only the shared in-memory connection needs readers serialized too.
         self._use_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
         self._engine = make_engine(parsed)
+        self._synced: sqlite3.Connection | None = None  # SQLite: durable meta writes (_put_meta_synced)
         if self.backend == "sqlite":
             self._insert = sqlite.insert
             if _is_memory_sqlite(parsed):
@@ -323,21 +300,48 @@ class ChainStore:
 
     @contextlib.contextmanager
     def _durable_writing(self) -> Iterator[Connection]:
-        """A write that is on disk when its commit returns, power cut included.
+        """A write that is on disk when its commit returns, power cut included: PostgreSQL
+        (a file SQLite database has its own connection, _put_meta_synced; an in-memory one
+        has no disk).
 
         Block commits do not pay for this: a block lost after a power cut is fetched
         again from peers, while a lost signing record can make a validator sign twice."""
         with self._write_lock, self._use_lock, self._engine.connect() as conn:
             conn.execution_options(ledger_write=True)
-            if self.backend == "sqlite":
-                with _synchronous_full(conn), conn.begin():
-                    yield conn
-            else:
-                with conn.begin():
+            with conn.begin():
+                if self.backend != "sqlite":
                     # On by default, but a server or role may turn it off, and then a
                     # commit returns before its WAL record is flushed.
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
-                    yield conn
+                yield conn
+
+    def _put_meta_synced(self, key: str, value: bytes) -> None:
+        """SQLite on a file: a durable meta write on a connection kept for these alone, at
+        synchronous=FULL for good.  On a pooled one the level would be switched there and
+        back around each write, and with the checkout that doubled the time of a Raft
+        follower's or a BFT validator's Persist outside the disk's own sync."""
+        with self._write_lock:
+            driver = self._synced
+            try:
+                if driver is None:
+                    args, kwargs = self._engine.dialect.create_connect_args(self.url)
+                    driver = sqlite3.connect(*args, **{**kwargs, "isolation_level": None, "check_same_thread": False})
+                    driver.execute("PRAGMA busy_timeout=30000")
+                    driver.execute("PRAGMA synchronous=FULL")
+                    self._synced = driver
+                driver.execute("BEGIN IMMEDIATE")
+                driver.execute(self._upsert_meta_sql, (key, value))
+                driver.execute("COMMIT")
+            except BaseException as exc:
+                # Closing rolls back what the failure left open; the next write connects anew.
+                self._synced = None
+                if driver is not None:
+                    with contextlib.suppress(sqlite3.Error):
+                        driver.close()
+                if isinstance(exc, sqlite3.Error):
+                    raise sa.exc.DBAPIError.instance(None, None, exc, sqlite3.Error,
+                                                     dialect=self._engine.dialect) from exc
+                raise
 
     # --- schema ----------------------------------------------------------------------------
 
@@ -763,14 +767,17 @@ class ChainStore:
         """Node metadata (engine state); the chain's own keys are refused.
 
         Any write survives a killed process.  durable=True also survives a power cut
-        once this returns: SQLite syncs its WAL at this commit (synchronous=FULL for
-        this transaction only), PostgreSQL waits for its WAL flush (synchronous_commit
-        on).  For what must never be forgotten, such as what a validator last signed."""
+        once this returns: SQLite syncs its WAL at this commit (a connection of its own
+        at synchronous=FULL), PostgreSQL waits for its WAL flush (synchronous_commit on).
+        For what must never be forgotten, such as what a validator last signed."""
         key = _meta_key(key)
         if key in RESERVED_META_KEYS:
             raise ValueError(f"meta key '{key}' is maintained by the store itself")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("meta value must be bytes")
+        if durable and self.backend == "sqlite" and not _is_memory_sqlite(self.url):
+            self._put_meta_synced(key, bytes(value))
+            return
         with self._durable_writing() if durable else self._writing() as conn:
             self._put_meta(conn, key, bytes(value))
 
@@ -787,6 +794,10 @@ class ChainStore:
             cursor.execute(self._upsert_meta_sql, (key, value))
 
     def close(self) -> None:
+        with self._write_lock:
+            if self._synced is not None:
+                self._synced.close()
+                self._synced = None
         self._engine.dispose()
 
     def __enter__(self) -> ChainStore:

@@ -550,9 +550,16 @@ def test_a_durable_meta_write_alone_commits_with_a_full_sync(lax_store):
         lax_store.set_meta("engine", b"b", durable=True)
         Chain().commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
         lax_store.set_meta("engine", b"c")
-    assert commits.levels() == [lax, durable, lax, lax]
-    # One connection throughout: the durable write put it back to the lax level.
-    assert len(commits.connections()) == 1
+    if lax_store.backend == "sqlite":
+        # A file database writes durably on a connection of its own, kept at FULL: the
+        # pooled ones, which commit blocks, stay at NORMAL.
+        assert commits.levels() == [lax, lax, lax]
+        assert SQLITE_SYNCHRONOUS[lax_store._synced.execute("PRAGMA synchronous").fetchone()[0]] == durable
+    else:
+        assert commits.levels() == [lax, durable, lax, lax]
+        # One connection throughout: the durable write put it back to the lax level.
+        assert len(commits.connections()) == 1
+    assert lax_store.get_meta("engine") == b"c"
 
 
 def test_a_durable_meta_value_round_trips_and_outlives_the_store(store_url):
@@ -579,6 +586,8 @@ def test_a_durable_meta_write_on_in_memory_sqlite():
 
 
 def test_a_failed_durable_write_keeps_the_previous_value_and_restores_the_lax_level(lax_store):
+    if lax_store.backend == "sqlite":
+        pytest.skip("SQLite writes durably on a connection of its own: the next test")
     lax, durable = LAX[lax_store.backend], DURABLE[lax_store.backend]
     lax_store.set_meta("engine", b"old", durable=True)
     with WriteCommits(lax_store) as commits:
@@ -589,6 +598,25 @@ def test_a_failed_durable_write_keeps_the_previous_value_and_restores_the_lax_le
         lax_store.set_meta("other", b"x")
     assert commits.levels() == [durable, lax]
     assert len(commits.connections()) == 1
+
+
+def test_a_failed_durable_sqlite_write_keeps_the_previous_value_and_the_next_one_lands(tmp_path):
+    store = ChainStore(f"sqlite:///{tmp_path / 'chain.db'}")
+    try:
+        migrations.upgrade(store)
+        store.set_meta("engine", b"old", durable=True)
+        synced = store._synced
+        # The disk is full for that connection: no page beyond those the file has.
+        synced.execute(f"PRAGMA max_page_count={synced.execute('PRAGMA page_count').fetchone()[0]}")
+        with pytest.raises(sa.exc.OperationalError, match="full"):
+            store.set_meta("engine", bytes(1 << 20), durable=True)
+        assert store.get_meta("engine") == b"old"
+        store.set_meta("engine", b"new", durable=True)  # on a new connection
+        assert store._synced is not synced and store.get_meta("engine") == b"new"
+    finally:
+        store.close()
+    with ChainStore(f"sqlite:///{tmp_path / 'chain.db'}") as reopened:
+        assert reopened.get_meta("engine") == b"new"
 
 
 @pytest.mark.parametrize(
