@@ -14,6 +14,7 @@ from consensus.engine import (
     BlockBuilt,
     BuildBlock,
     BlockCommitted,
+    Commit,
     LeadershipTransferRequested,
     PeerMessage,
     Persist,
@@ -448,3 +449,76 @@ def test_the_log_keeps_the_terms_of_the_last_window_and_the_blocks_of_the_last_f
             assert (log.term_at(height) is not None) == kept_term, (head.height, height)
             if height:
                 assert (log.block_at(height) is not None) == (height > head.height - raft_log.KEEP_BLOCKS)
+
+
+def sent_appends(cluster: Cluster, node: int, since: int) -> list[tuple[str, messages.AppendEntries, bytes]]:
+    """(peer, decoded, bytes) of each AppendEntries `node` sent since action `since`."""
+    found = []
+    for action in cluster.actions[node][since:]:
+        if isinstance(action, Send):
+            decoded = messages.decode_message(action.message, cluster.members, cluster.genesis.chain_id, 100)
+            if isinstance(decoded, messages.AppendEntries):
+                found.append((action.peer, decoded, action.message))
+    return found
+
+
+def test_the_leader_writes_a_committed_block_before_it_tells_the_followers():
+    """The followers' commit notes are signed and sent once the leader's Commit is done (its
+    BlockCommitted), not before: they held back the write and the client waiting for it."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    since = len(cluster.actions[0])
+    cluster.submit(0)
+    actions = cluster.actions[0][since:]
+    commit_at = next(i for i, a in enumerate(actions) if isinstance(a, Commit) and a.block.height == 2)
+    notes = [i for i, a in enumerate(actions) if isinstance(a, Send) and appends_with(cluster, a.message) == ()
+             and messages.decode_message(a.message, cluster.members, "raft-test", 100).commit == 2]
+    assert len(notes) == 2 and min(notes) > commit_at
+    assert [len(chain) for chain in cluster.chains] == [3, 3, 3]
+
+
+def test_entries_on_their_way_are_not_sent_again_and_a_lost_one_is():
+    """Pipelining: the commit note to a follower whose answer has not come back does not carry
+    the block again; when the block itself was lost, the follower's refusal brings it back."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    cluster.rewrite = lambda source, destination, message: None if (source, destination) == (2, 0) else message
+    since = len(cluster.actions[0])
+    cluster.submit(0)  # S2 stores block 2, its answer is lost; S1's commits it
+    to_s2 = [(decoded.entries, decoded.commit) for peer, decoded, _ in sent_appends(cluster, 0, since) if peer == "n2"]
+    assert [(tuple(b.height for b in entries), commit) for entries, commit in to_s2] == [((2,), 1), ((), 2)]
+    assert len(cluster.chains[2]) == 3  # committed on the note alone
+    # Now the block is lost on its way to S2: the note (prev 3) is refused and the block sent again.
+    cluster.rewrite = lambda source, destination, message: (
+        None if (source, destination) == (0, 2) and appends_with(cluster, message) else message)
+    cluster.submit(0)
+    assert len(cluster.chains[2]) == 3 and len(cluster.chains[0]) == 4
+    cluster.rewrite = None
+    since = len(cluster.actions[0])
+    cluster.heartbeat(0)
+    resent = [tuple(b.height for b in d.entries) for peer, d, _ in sent_appends(cluster, 0, since) if peer == "n2"]
+    assert (3,) in resent
+    assert cluster.committed(2) == cluster.committed(0)
+
+
+def test_followers_at_the_same_place_get_one_signed_message(monkeypatch):
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    signed = []
+    original = raft_engine.encode_message
+    monkeypatch.setattr(raft_engine, "encode_message", lambda *args: signed.append(args[0]) or original(*args))
+    since = len(cluster.actions[0])
+    cluster.feed(0, TxsAvailable(cluster.now, 1))
+    cluster.run()
+    appends = [a for a in sent_appends(cluster, 0, since) if a[1].entries]
+    assert {peer for peer, _, _ in appends} == {"n1", "n2"} and len({raw for _, _, raw in appends}) == 1
+    assert sum(isinstance(m, messages.AppendEntries) and bool(m.entries) for m in signed) == 1
+    # One behind gets its own: S2 misses block 3, and the next block's append to it differs.
+    cluster.rewrite = lambda source, destination, message: (
+        None if (source, destination) == (0, 2) and appends_with(cluster, message) else message)
+    cluster.submit(0)
+    cluster.rewrite = None
+    since = len(cluster.actions[0])
+    cluster.heartbeat(0)
+    by_peer = {peer: raw for peer, _, raw in sent_appends(cluster, 0, since)}
+    assert by_peer["n1"] != by_peer["n2"]

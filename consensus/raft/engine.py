@@ -132,6 +132,7 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
         self._building = False
         self._txs_waiting = 0
         self._answered: tuple[int, int] = (0, -1)  # follower: (term, round) of the last append it answered
+        self._last_append: tuple[tuple | None, bytes] = (None, b"")  # leader: (what it says, signed bytes)
         self._init_operators()
         self._init_reads()
         self.proposed: dict[bytes, int] = {}  # address -> blocks it appended that this node saw committed
@@ -418,7 +419,8 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
                 # Below what this leader holds: the follower syncs committed blocks, and the
                 # next heartbeat probes at our head again.  No resend now: that would only
                 # bounce between the same two answers.
-                target = self.log.head.height + 1
+                self.next_index[follower] = self.log.head.height + 1
+                return
             self.next_index[follower] = target
             if target < before:
                 self._send_append(follower)
@@ -433,9 +435,9 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
         candidate = stored[members.majority - 1]
         if candidate > self.commit_index and log.term_at(candidate) == self.term:
             self.commit_index = candidate
-            # Followers learn the commit index now, not at the next heartbeat, and before this
-            # node writes the blocks: their writes overlap with ours.
-            self._replicate()
+            # Followers learn the new commit index once this node has written the blocks
+            # (_on_committed), not before: signing and sending their notes first would hold
+            # back the write, and with it the answer to the client waiting here.
             self._apply_committed()
             self._confirm_reads()
 
@@ -476,12 +478,22 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
             if entries and size > MAX_APPEND_BYTES:
                 break  # the rest goes in the next message: one must fit a peer frame
             entries.append(block)
-        message = AppendEntries(self.term, self.key, prev, prev_term, self.commit_index, tuple(entries), self._round)
+        if entries:
+            # Pipelining (etcd's replicate state): what is on its way is not sent again with the
+            # next heartbeat or commit note.  If it is lost, the follower refuses the next
+            # append (it lacks the entry before it), and that takes next_index back.
+            self.next_index[member] = entries[-1].header.height + 1
+        # Followers at the same place get the same message: it is signed once for all of them.
+        shape = (self.term, prev, prev_term, self.commit_index, self._round, tuple(block.hash for block in entries))
+        if shape != self._last_append[0]:
+            message = AppendEntries(self.term, self.key, prev, prev_term, self.commit_index, tuple(entries), self._round)
+            self._last_append = (shape, self._encode(message))
+        encoded = self._last_append[1]
         peer = self.peer_of.get(member)
         if peer is None:
-            self._out.append(Broadcast(self._encode(message)))  # who is who is learned from answers
+            self._out.append(Broadcast(encoded))  # who is who is learned from answers
         else:
-            self._out.append(Send(peer, self._encode(message)))
+            self._out.append(Send(peer, encoded))
 
     def _can_send_from(self, index: int) -> bool:
         """Whether this leader can send entries from `index` on: it knows the term before it
@@ -552,6 +564,10 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
             self._track_followers()  # entries beyond the head may have gone with a jump
             self._promote_caught_up()
         self.commit_index = max(self.commit_index, header.height)
+        if self.role == LEADER and header.height == self.commit_index:
+            # The last block committed is written: the followers learn the commit index now,
+            # not at the next heartbeat.
+            self._replicate()
         # Every Commit asked for before this event was performed already (the runtime performs
         # an event's actions before it feeds the next), and it drops one only when the head is
         # already past it: what we asked for stays asked.
