@@ -522,3 +522,23 @@ def test_followers_at_the_same_place_get_one_signed_message(monkeypatch):
     cluster.heartbeat(0)
     by_peer = {peer: raw for peer, _, raw in sent_appends(cluster, 0, since)}
     assert by_peer["n1"] != by_peer["n2"]
+
+
+def test_with_transactions_waiting_the_next_blocks_append_carries_the_commit_index():
+    """No commit note of its own when the leader builds at once: the append of the next block,
+    a moment later, tells the followers."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    engine = cluster.engines[0]
+    assert any(isinstance(a, BuildBlock) for a in engine.handle(TxsAvailable(cluster.now, 1)))
+    built = build_header("raft-test", cluster.chains[0][-1].header, cluster.now + 1, [], cluster.address(0),
+                         encode_extra(engine.term, engine.genesis_members, engine.genesis_members))
+    engine.handle(TxsAvailable(cluster.now, 1))  # more arrive while block 2 is built ...
+    since = len(cluster.actions[0])
+    cluster.feed(0, BlockBuilt(cluster.now, Block(built, ())))
+    engine._txs_waiting = 1  # ... and while it is replicated (the runtime says so after the build)
+    cluster.run()
+    appends = [(tuple(b.height for b in d.entries), d.commit) for _, d, _ in sent_appends(cluster, 0, since)]
+    assert ((), 2) not in appends  # no note of its own
+    assert appends.count(((3,), 2)) == 2  # block 3's append to each follower carries commit 2
+    assert [len(chain) for chain in cluster.chains] == [4, 4, 4]

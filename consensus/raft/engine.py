@@ -528,12 +528,18 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
                               address_of(self._key.public_key), self._extra(membership))
         return Block(header.with_seal(self._key.sign_digest(header.sealing_digest())), ())
 
-    def _maybe_build(self) -> None:
+    def _may_build(self) -> bool:
+        """Leaders: transactions wait and nothing is being built or left uncommitted."""
         log = self.log
-        if (self.role != LEADER or self._building or self._txs_waiting <= 0 or log is None
-                or self._transfer_to is not None
-                or log.last_index != log.head.height or self._key is None):
+        return not (self.role != LEADER or self._building or self._txs_waiting <= 0 or log is None
+                    or self._transfer_to is not None
+                    or log.last_index != log.head.height or self._key is None)
+
+    def _maybe_build(self) -> None:
+        if not self._may_build():
             return
+        log = self.log
+        assert log is not None and self._key is not None
         self._building = True
         head = log.head
         self._out.append(BuildBlock(head.hash, head.height + 1, max(self._now, head.timestamp + 1),
@@ -564,9 +570,11 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
             self._track_followers()  # entries beyond the head may have gone with a jump
             self._promote_caught_up()
         self.commit_index = max(self.commit_index, header.height)
-        if self.role == LEADER and header.height == self.commit_index:
+        if self.role == LEADER and header.height == self.commit_index and not self._may_build():
             # The last block committed is written: the followers learn the commit index now,
-            # not at the next heartbeat.
+            # not at the next heartbeat.  When a block is about to be built its append
+            # brings them the commit index a moment later, and a note of its own would only
+            # be one more message to sign and check.
             self._replicate()
         # Every Commit asked for before this event was performed already (the runtime performs
         # an event's actions before it feeds the next), and it drops one only when the head is
