@@ -5,6 +5,13 @@ what etcd's put answers: committed by a majority and applied on the leader.  Pri
 transfers/s and the latency p50/p99, as etcd_seqput prints puts/s.
 
     python bench/seqput.py --consensus raft --nodes 3 --seconds 20
+    python bench/seqput.py --consensus raft --nodes 3 --seconds 20 --rate 500
+
+With `--rate R` the same requests go out at a fixed R a second whatever the answers (an
+open loop, as issue 13's "latency at 500 writes/s" asks): R/--clients a second from each
+of `--clients` threads (8), each with its own connection and its own sender, so a
+transfer never waits behind another's nonce.  A transfer's latency runs from the moment
+it was due, so a client that falls behind its schedule counts against the node.
 
 It starts its own network (free ports, a temporary directory, SQLite) and stops every
 process at the end.  Figures: docs/benchmarks.md, "Raft beside etcd".
@@ -19,6 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -68,32 +76,70 @@ def put_loop(url: str, bodies: list[str], seconds: float) -> tuple[list[float], 
         return latencies, time.perf_counter() - start
 
 
+def paced_loop(url: str, bodies: list[str], start: float, interval: float) -> list[float]:
+    """One client's share of an open loop: bodies[i] is due at start + i * interval; each
+    latency (ms) runs from the moment its transfer was due."""
+    latencies = []
+    with httpx.Client(timeout=30) as http:
+        http.get(url.split("/v1/")[0] + "/v1/consensus").raise_for_status()  # connected before the clock starts
+        for i, body in enumerate(bodies):
+            due = start + i * interval
+            pause = due - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            answer = http.post(url, content=body, headers={"content-type": "application/json"})
+            answer.raise_for_status()
+            if answer.json().get("status") != "final":
+                raise RuntimeError(f"not final: {answer.text}")
+            latencies.append((time.perf_counter() - due) * 1000)
+    return latencies
+
+
+def paced(url: str, shares: list[list[str]], rate: float) -> tuple[list[float], float]:
+    """Every client's share at once, the clients' schedules interleaved: the latencies (ms)
+    and the time taken."""
+    interval = len(shares) / rate
+    start = time.perf_counter() + 0.5  # every client made and connected by then
+    with ThreadPoolExecutor(len(shares)) as pool:
+        runs = [pool.submit(paced_loop, url, share, start + k / rate, interval) for k, share in enumerate(shares)]
+        latencies = [latency for run in runs for latency in run.result()]
+    return latencies, time.perf_counter() - start
+
+
 async def run(args: argparse.Namespace, workdir: Path) -> str:
-    sender = make_keys(1, b"bench-seqput")[0]
+    clients = args.clients if args.rate else 1
+    senders = make_keys(clients, b"bench-seqput")
     target = sha256(b"seqput-recipient")[:20]
-    count = int(args.seconds * MAX_RATE)
-    bodies = [json.dumps({"raw": new_transfer(sender, TESTNET_CHAIN_ID, nonce, target, 1, fee=1).encode().hex()})
-              for nonce in range(count)]
+    count = int(args.seconds * (args.rate or MAX_RATE)) // clients + 20
+    shares = [[json.dumps({"raw": new_transfer(sender, TESTNET_CHAIN_ID, nonce, target, 1, fee=1).encode().hex()})
+               for nonce in range(count)] for sender in senders]
+    bodies = shares[0]
     network = prepare_network(workdir / f"seqput-{args.consensus}-{args.nodes}", args.nodes, args.consensus,
-                              [address_of(sender.public_key)], args.params)
+                              [address_of(sender.public_key) for sender in senders], args.params)
     latencies: list[float] = []
     with running(network):
         await wait_all_ready(network)
         async with httpx.AsyncClient(timeout=30) as http:
             entry = await entry_node(http, network.urls)
             url = f"{network.urls[entry]}/v1/transactions?wait=final"
-            for body in bodies[:20]:  # warm the connection and the node's caches
-                (await http.post(url, content=body, headers={"content-type": "application/json"})).raise_for_status()
+            for share in shares:  # warm the node's caches
+                for body in share[:20 // clients]:
+                    (await http.post(url, content=body, headers={"content-type": "application/json"})).raise_for_status()
             sent_before, _ = await message_counters(network.urls)
             cpu = CpuMeter([process.pid for process in network.processes])
             cpu.start()
             # The timed loop is etcd_seqput.py's: a synchronous httpx client, one request at a
             # time, so both are measured through the same client code.
-            latencies, elapsed = await asyncio.to_thread(put_loop, url, bodies[20:], args.seconds)
+            if args.rate:
+                latencies, elapsed = await asyncio.to_thread(
+                    paced, url, [share[20 // clients:] for share in shares], args.rate)
+            else:
+                latencies, elapsed = await asyncio.to_thread(put_loop, url, bodies[20:], args.seconds)
             busy = cpu.stop()
             sent = (await message_counters(network.urls))[0] - sent_before
     params = ",".join(f"{k}={v}" for k, v in sorted(args.params.items()))
-    return (f"seqput engine={args.consensus} nodes={args.nodes} entry=node{entry} transfers={len(latencies)} "
+    mode = f"rate={args.rate:g} clients={clients} " if args.rate else ""
+    return (f"seqput engine={args.consensus} nodes={args.nodes} {mode}entry=node{entry} transfers={len(latencies)} "
             f"per_s={len(latencies) / elapsed:.0f} p50_ms={statistics.median(latencies):.2f} "
             f"p99_ms={percentile(latencies, 0.99):.2f} mean_ms={statistics.mean(latencies):.2f}"
             + " peer_messages/transfer=" + ",".join(f"{kind}:{n / len(latencies):.2f}" for kind, n in sent.most_common())
@@ -114,10 +160,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--param", dest="params", type=engine_param, action="append", default=[], metavar="NAME=VALUE",
                         help="an engine parameter laid over the testnet's genesis")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="transfers a second in an open loop, from --clients threads [0: one at a time]")
+    parser.add_argument("--clients", type=int, default=8, help="with --rate: client threads [8]")
     args = parser.parse_args()
     args.params = dict(args.params)
     if not 1 <= args.nodes <= 16 or not 0 < args.seconds <= 600:
         parser.error("--nodes is 1 to 16, --seconds 0 to 600")
+    if not 0 <= args.rate <= MAX_RATE or not 1 <= args.clients <= 64:
+        parser.error(f"--rate is 0 to {MAX_RATE}, --clients 1 to 64")
     with tempfile.TemporaryDirectory(prefix="bench-seqput-") as workdir:
         print(asyncio.run(run(args, Path(workdir))), flush=True)
 
