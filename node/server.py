@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import socket
@@ -92,6 +93,11 @@ async def serve(node: Node, config: NodeConfig, api_socket: socket.socket, on_re
     serving = asyncio.create_task(server.serve(sockets=[api_socket]))
     while not server.started and not serving.done():
         await asyncio.sleep(0.02)
+    # What starting made (modules, the app and its routes, the engine's and the store's
+    # tables: ~100,000 objects) lives as long as the node, and every full collection
+    # walked it again: 115-176 ms with the loop stopped, on all three Raft members at once
+    # under load.  Frozen, a full collection takes 1.5 ms.
+    gc.freeze()
     if server.started and on_ready is not None:
         on_ready()
     try:
