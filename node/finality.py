@@ -84,15 +84,20 @@ class FinalityWaiters:
     ) -> dict[bytes, TxStatusName]:
         """Each id's status once all are final or `timeout` seconds have passed.  `status_of`
         reads one id's current status (the store); `pending` says whether it is in the mempool."""
-        wait = _Wait(asyncio.get_running_loop().create_future())
-        for tx_id in tx_ids:
-            if not pending(tx_id) and await status_of(tx_id) == "final":
-                wait.final.add(tx_id)
-            elif tx_id not in wait.left:
-                wait.left.add(tx_id)
-                self._waiters.setdefault(tx_id, []).append(wait)
+        loop = asyncio.get_running_loop()
+        wait = _Wait(loop.create_future())
         try:
+            for tx_id in tx_ids:
+                if not pending(tx_id) and await status_of(tx_id) == "final":
+                    wait.final.add(tx_id)
+                elif tx_id not in wait.left and tx_id not in wait.final:
+                    wait.left.add(tx_id)
+                    self._waiters.setdefault(tx_id, []).append(wait)
             if wait.left and not self._ended:
+                if wait.done.done():
+                    # Every id registered before a store read above settled during it; the
+                    # ones registered after still wait.
+                    wait.done = loop.create_future()
                 try:
                     async with asyncio.timeout(timeout):
                         await wait.done

@@ -99,3 +99,51 @@ def test_a_request_whose_client_left_leaves_no_waiter_behind():
         waiters.committed(5, [A, B], finalized_height=5)  # nobody to answer, nothing raised
 
     run(scenario())
+
+
+def test_ids_registered_after_a_store_read_still_wait_when_the_earlier_ones_settle_during_it():
+    """Review finding: [pending, on the chain already, pending]: the first one's block commits
+    while the second's status is read, and the third was answered at once, not final."""
+    async def scenario():
+        waiters = FinalityWaiters()
+        reading = asyncio.Event()
+        release = asyncio.Event()
+
+        async def status_of(tx_id: bytes) -> str:
+            if tx_id == B:
+                reading.set()
+                await release.wait()
+                return "final"
+            return "pending"
+
+        request = asyncio.create_task(waiters.wait([A, B, C], 30, status_of, lambda tx: tx != B))
+        await reading.wait()
+        waiters.committed(5, [A], finalized_height=5)  # A settles while B's status is read
+        release.set()
+        await asyncio.sleep(0.01)
+        assert not request.done()  # C is not final yet
+        waiters.committed(6, [C], finalized_height=6)
+        return await asyncio.wait_for(request, 1)
+
+    assert run(scenario()) == {A: "final", B: "final", C: "final"}
+
+
+def test_a_request_cancelled_while_it_registers_leaves_no_waiter_behind():
+    async def scenario():
+        waiters = FinalityWaiters()
+        reading = asyncio.Event()
+
+        async def status_of(tx_id: bytes) -> str:
+            reading.set()
+            await asyncio.sleep(30)
+            return "final"
+
+        request = asyncio.create_task(waiters.wait([A, B], 30, status_of, lambda tx: tx == A))
+        await reading.wait()  # A registered, B's status being read
+        assert set(waiters._waiters) == {A}
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        assert not waiters._waiters
+
+    run(scenario())
