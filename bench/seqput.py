@@ -11,7 +11,10 @@ With `--rate R` the same requests go out at a fixed R a second whatever the answ
 open loop, as issue 13's "latency at 500 writes/s" asks): R/--clients a second from each
 of `--clients` threads (8), each with its own connection and its own sender, so a
 transfer never waits behind another's nonce.  A transfer's latency runs from the moment
-it was due, so a client that falls behind its schedule counts against the node.
+it was due, so a client that falls behind its schedule counts against the node.  Each
+client has one request out at a time: once the latency passes clients/R seconds (16 ms
+at 500/s with 8), the clients fall behind and the rate sent drops below R (per_s says
+what was sent), each late transfer's latency counting from when it was due.
 
 It starts its own network (free ports, a temporary directory, SQLite) and stops every
 process at the end.  Figures: docs/benchmarks.md, "Raft beside etcd".
