@@ -246,7 +246,9 @@ class ChainStore:
         # Only the shared in-memory connection needs readers serialized too.
         self._use_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
         self._engine = make_engine(parsed)
-        self._synced: sqlite3.Connection | None = None  # SQLite: durable meta writes (_put_meta_synced)
+        # A SQLite file writes durable meta on a connection of its own (_put_meta_synced).
+        self._writes_synced_alone = self.backend == "sqlite" and not _is_memory_sqlite(parsed)
+        self._synced: sqlite3.Connection | None = None
         if self.backend == "sqlite":
             self._insert = sqlite.insert
             if _is_memory_sqlite(parsed):
@@ -775,7 +777,7 @@ class ChainStore:
             raise ValueError(f"meta key '{key}' is maintained by the store itself")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("meta value must be bytes")
-        if durable and self.backend == "sqlite" and not _is_memory_sqlite(self.url):
+        if durable and self._writes_synced_alone:
             self._put_meta_synced(key, bytes(value))
             return
         with self._durable_writing() if durable else self._writing() as conn:
