@@ -61,6 +61,7 @@ class Cluster:
         self.actions: list[list[Action]] = [[] for _ in range(members)]  # every action each returned
         self.rewrite = None  # (src, dst, message bytes) -> message bytes or None (dropped)
         self.reads: list[list] = [[] for _ in range(members)]  # ReadIndex answers each node gave
+        self.mempool: list = []  # the transactions every block built holds (the engine reads none of them)
         for node in range(members):
             self.start(node)
         self.run()
@@ -144,9 +145,12 @@ class Cluster:
             chain.append(action.block)
             self.pending.append((node, BlockCommitted(self.now, action.block.header)))
         elif isinstance(action, BuildBlock):
+            # With the transactions a test put in `mempool` (none: an empty block).
             parent = self.chains[node][-1].header
-            header = build_header(self.genesis.chain_id, parent, action.timestamp, [], action.proposer, action.extra)
-            self.pending.append((node, BlockBuilt(self.now, Block(header, ()))))
+            transactions = list(self.mempool)
+            header = build_header(self.genesis.chain_id, parent, action.timestamp, transactions, action.proposer,
+                                  action.extra)
+            self.pending.append((node, BlockBuilt(self.now, Block(header, tuple(transactions)))))
         elif isinstance(action, (ReadIndexReady, ReadIndexFailed)):
             self.reads[node].append(action)
         elif not isinstance(action, SetTimer):

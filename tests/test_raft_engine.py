@@ -27,6 +27,7 @@ from consensus.engine import (
 )
 from ledger.codec import DecodeError
 from ledger.block import Block, build_header
+from ledger.transaction import new_transfer
 from consensus.raft import messages
 from consensus.raft.engine import RaftEngine
 from consensus.raft.log import term_of
@@ -542,3 +543,23 @@ def test_with_transactions_waiting_the_next_blocks_append_carries_the_commit_ind
     assert ((), 2) not in appends  # no note of its own
     assert appends.count(((3,), 2)) == 2  # block 3's append to each follower carries commit 2
     assert [len(chain) for chain in cluster.chains] == [4, 4, 4]
+
+
+def test_transactions_counted_while_their_block_was_on_its_way_start_no_empty_block():
+    """The mempool's count of waiting transactions includes those of the block on its way
+    (it drops them at commit): once that block commits they wait no more, and the leader
+    sends its commit note instead of building an empty block."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    engine = cluster.engines[0]
+    cluster.cut = {(1, 0), (2, 0)}  # the followers store block 2; their answers wait
+    cluster.mempool = [new_transfer(key("raft-test-sender"), "raft-test", 0, b"\x01" * 20, 1)]
+    cluster.submit(0)
+    assert engine.log.last_index == 2 and engine.commit_index == 1
+    cluster.feed(0, TxsAvailable(cluster.now, 1))  # counted while block 2 holds it
+    cluster.heal()
+    since = len(cluster.actions[0])
+    cluster.heartbeat(0)
+    assert engine.commit_index == 2 and engine.log.last_index == 2
+    assert not any(isinstance(a, BuildBlock) for a in cluster.actions[0][since:])
+    assert ((), 2) in [(tuple(b.height for b in d.entries), d.commit) for _, d, _ in sent_appends(cluster, 0, since)]
