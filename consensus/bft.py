@@ -23,7 +23,7 @@ One height at a time:
 
 The block of height h + 1 carries the certificate of height h in its header's
 `extra` (CometBFT's LastCommit), so the chain alone proves every block but the newest
-final; `verify_certificate` checks one (pure).
+final; `verify_certificate` checks one (pure), and consensus/bft_headers.py the headers.
 
 Safety across restarts: every signature goes through one guard (CometBFT's
 "last sign state"): the engine never signs at a (height, round, step) below the last
@@ -52,25 +52,16 @@ CometBFT's timeout_commit).  Later rounds never wait.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
-from enum import IntEnum
-from functools import lru_cache
-from typing import Any
-
 from ledger import crypto
 from ledger.address import address_of
-from ledger.block import HASH_SIZE, Block, BlockHeader
-from ledger.codec import DecodeError, Reader, Writer
+from ledger.block import Block, BlockHeader
+from ledger.codec import DecodeError
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
-from ledger.evidence import EvidenceRecord
 from ledger.state import ValidatorUpdate
 
 from consensus.bft_messages import (
-    MAX_BLOCK_BYTES,
     MAX_BLOCK_EVIDENCE,
     BlockExtra,
-    MAX_CERTIFICATE_BYTES,
     Certificate,
     Decision,
     Evidence,
@@ -109,204 +100,22 @@ from consensus.engine import (
     Tick,
     TxsAvailable,
 )
-from consensus.validators import MAX_VALIDATORS, InvalidValidatorSet, ValidatorSchedule, ValidatorSet
+from consensus.bft_headers import HeaderRules, evidence_record
+from consensus.bft_state import BftParams, LastSigned, SavedState, Step
+from consensus.validators import ValidatorSchedule, ValidatorSet
 
 __all__ = ["BftEngine", "BftParams", "Step", "verify_certificate", "InvalidCertificate"]
 
-PERSIST_VERSION = 1
 MAX_FUTURE_ROUNDS = 4  # rounds above round_p + 1 kept per validator (their newest ones)
 MAX_PROPOSAL_LOOKAHEAD = 64  # proposals further ahead than this many rounds are ignored
 MAX_EVIDENCE = 1000  # kept for the API; older ones are dropped (they were reported)
-MAX_SIGNED_PAYLOAD = 1024
-MAX_EVIDENCE_AGE = 10_000  # heights; the runtime keeps this many recent headers in memory
 NIL = None
-
-
-class Step(IntEnum):
-    PROPOSE = 1
-    PREVOTE = 2
-    PRECOMMIT = 3
-
-
-# ----------------------------------------------------------------------------- parameters
-
-_TIMEOUT_LIMIT = 24 * 3600 * 1000
-
-
-@dataclass(frozen=True)
-class BftParams:
-    timeout_propose_ms: int = 3000
-    timeout_prevote_ms: int = 1000
-    timeout_precommit_ms: int = 1000
-    timeout_delta_ms: int = 500
-    create_empty_blocks: bool = False
-    max_block_interval_ms: int = 0  # 0: round 0 waits for transactions as long as it takes
-    min_block_interval_ms: int = 0
-    gossip_interval_ms: int = 1000
-    # Evidence older than this many heights can no longer go into a block.  It bounds the
-    # headers a block's evidence is checked against for duplicates (`ancestors_needed`).
-    evidence_max_age: int = 100
-
-    def timeout_propose(self, round: int) -> int:
-        return self.timeout_propose_ms + round * self.timeout_delta_ms
-
-    def timeout_prevote(self, round: int) -> int:
-        return self.timeout_prevote_ms + round * self.timeout_delta_ms
-
-    def timeout_precommit(self, round: int) -> int:
-        return self.timeout_precommit_ms + round * self.timeout_delta_ms
-
-    @classmethod
-    def from_genesis(cls, params: Any) -> tuple[BftParams, ValidatorSet]:
-        """Validate genesis `engine.params`; a misspelt key is an error, not a default."""
-        if not isinstance(params, dict):
-            raise ValueError("bft engine: genesis engine.params must be an object")
-        known = {"validators", "timeout_propose_ms", "timeout_prevote_ms", "timeout_precommit_ms",
-                 "timeout_delta_ms", "create_empty_blocks", "max_block_interval_ms", "min_block_interval_ms",
-                 "gossip_interval_ms", "evidence_max_age"}
-        unknown = sorted(set(params) - known)
-        if unknown:
-            raise ValueError(f"bft engine: unknown engine.params {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-        try:
-            validators = ValidatorSet.from_genesis(params.get("validators"))
-        except InvalidValidatorSet as exc:
-            raise ValueError(f"bft engine: {exc}") from None
-        empty = params.get("create_empty_blocks", False)
-        if not isinstance(empty, bool):
-            raise ValueError("bft engine: engine.params.create_empty_blocks must be true or false")
-        defaults = cls()
-        return cls(
-            timeout_propose_ms=_int_param(params, "timeout_propose_ms", 1, defaults.timeout_propose_ms),
-            timeout_prevote_ms=_int_param(params, "timeout_prevote_ms", 1, defaults.timeout_prevote_ms),
-            timeout_precommit_ms=_int_param(params, "timeout_precommit_ms", 1, defaults.timeout_precommit_ms),
-            timeout_delta_ms=_int_param(params, "timeout_delta_ms", 0, defaults.timeout_delta_ms),
-            create_empty_blocks=empty,
-            max_block_interval_ms=_int_param(params, "max_block_interval_ms", 0, 0),
-            min_block_interval_ms=_int_param(params, "min_block_interval_ms", 0, 0),
-            gossip_interval_ms=_int_param(params, "gossip_interval_ms", 1, defaults.gossip_interval_ms),
-            evidence_max_age=_int_param(params, "evidence_max_age", 1, defaults.evidence_max_age, MAX_EVIDENCE_AGE),
-        ), validators
-
-
-def _int_param(params: dict, name: str, low: int, default: int, high: int = _TIMEOUT_LIMIT) -> int:
-    value = params.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"bft engine: engine.params.{name} must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-# ----------------------------------------------------------------------------- persisted state
-
-
-@dataclass(frozen=True, slots=True)
-class _Signed:
-    """The last thing this validator signed (the double-sign guard)."""
-
-    height: int
-    round: int
-    step: Step
-    payload: bytes
-    signature: bytes
-
-    @property
-    def hrs(self) -> tuple[int, int, int]:
-        return (self.height, self.round, int(self.step))
-
-
-@dataclass(frozen=True, slots=True)
-class _Saved:
-    signer: bytes
-    height: int
-    round: int
-    step: Step
-    locked: tuple[int, bytes] | None
-    valid: tuple[int, bytes] | None
-    signed: _Signed | None
-    # Our votes of (height, round), both of them: after a restart they are repeated, not
-    # re-signed.  Without the prevote a validator that restarted in the precommit step
-    # could leave its round with too few prevotes ever to arm a timeout.
-    own_votes: tuple[bytes, ...]
-    # The valid value (lines 42-43) and the prevotes that made it valid (its POL): a
-    # validator locked on it can still re-propose it after a restart (lines 15-16, 28).
-    # Lost, the locked validators would prevote nil on every other value for ever.
-    valid_block: bytes
-    pol_votes: tuple[bytes, ...]
-    certificate: bytes  # the newest certificate this validator decided (b"" if none)
-
-    def encode(self) -> bytes:
-        writer = Writer().u8(PERSIST_VERSION).fixed(self.signer, 20).u64(self.height).u32(self.round).u8(int(self.step))
-        for pair in (self.locked, self.valid):
-            if pair is None:
-                writer.u8(0)
-            else:
-                writer.u8(1).u32(pair[0]).fixed(pair[1], HASH_SIZE)
-        if self.signed is None:
-            writer.u8(0)
-        else:
-            s = self.signed
-            writer.u8(1).u64(s.height).u32(s.round).u8(int(s.step)).var_bytes(s.payload).fixed(s.signature, 64)
-        writer.u8(len(self.own_votes))
-        for vote in self.own_votes:
-            writer.var_bytes(vote)
-        writer.var_bytes(self.valid_block).u32(len(self.pol_votes))
-        for vote in self.pol_votes:
-            writer.var_bytes(vote)
-        return writer.var_bytes(self.certificate).bytes()
-
-    @classmethod
-    def decode(cls, data: bytes) -> _Saved:
-        reader = Reader(data)
-        version = reader.u8("state.version")
-        if version != PERSIST_VERSION:
-            raise DecodeError("state.version", f"unknown version {version}")
-        signer = reader.fixed(20, "state.signer")
-        height = reader.amount("state.height")
-        round = reader.u32("state.round")
-        step = _read_step(reader, "state.step")
-        pairs: list[tuple[int, bytes] | None] = []
-        for name in ("state.locked", "state.valid"):
-            flag = reader.u8(name)
-            if flag not in (0, 1):
-                raise DecodeError(name, "flag must be 0 or 1")
-            pairs.append((reader.u32(name), reader.fixed(HASH_SIZE, name)) if flag else None)
-        flag = reader.u8("state.signed")
-        if flag not in (0, 1):
-            raise DecodeError("state.signed", "flag must be 0 or 1")
-        signed = None
-        if flag:
-            signed = _Signed(
-                reader.amount("state.signed.height"), reader.u32("state.signed.round"),
-                _read_step(reader, "state.signed.step"), reader.var_bytes("state.signed.payload", MAX_SIGNED_PAYLOAD),
-                reader.fixed(64, "state.signed.signature"),
-            )
-        count = reader.u8("state.own_votes")
-        if count > 2:
-            raise DecodeError("state.own_votes", f"{count} votes; a round has at most a prevote and a precommit")
-        own_votes = tuple(reader.var_bytes("state.own_votes", MAX_SIGNED_PAYLOAD) for _ in range(count))
-        valid_block = reader.var_bytes("state.valid_block", MAX_BLOCK_BYTES)
-        count = reader.u32("state.pol_votes")
-        if count > MAX_VALIDATORS:
-            raise DecodeError("state.pol_votes", f"{count} votes exceeds {MAX_VALIDATORS}")
-        pol_votes = tuple(reader.var_bytes("state.pol_votes", MAX_SIGNED_PAYLOAD) for _ in range(count))
-        for vote in own_votes + pol_votes:
-            Vote.decode(vote)
-        certificate = reader.var_bytes("state.certificate", MAX_CERTIFICATE_BYTES)
-        reader.finish()
-        return cls(signer, height, round, step, pairs[0], pairs[1], signed, own_votes, valid_block, pol_votes,
-                   certificate)
-
-
-def _read_step(reader: Reader, field: str) -> Step:
-    value = reader.u8(field)
-    if value not in (1, 2, 3):
-        raise DecodeError(field, f"unknown step {value}")
-    return Step(value)
 
 
 # ----------------------------------------------------------------------------- the engine
 
 
-class BftEngine(Engine):
+class BftEngine(HeaderRules, Engine):
     """Tendermint for one node.  `signer` is the node key: a validator's key makes it vote,
     any other key (or None) makes it a follower."""
 
@@ -345,7 +154,7 @@ class BftEngine(Engine):
         self.locked_hash: bytes | None = None
         self.valid_round = -1
         self.valid_hash: bytes | None = None
-        self._signed: _Signed | None = None
+        self._signed: LastSigned | None = None
         self._encoded_valid: tuple[bytes | None, bytes] = (None, b"")
         self._now = 0
         self._future: list[tuple[str, Proposal | Vote]] = []  # messages for the next height
@@ -455,7 +264,7 @@ class BftEngine(Engine):
         self.decided = None
         self._timeouts.clear()
         self._timer_at = None
-        saved = _Saved.decode(event.persisted) if event.persisted else None  # corrupt: refuse to run
+        saved = SavedState.decode(event.persisted) if event.persisted else None  # corrupt: refuse to run
         self._enter_height(event.head.height + 1, start=False)
         self._adopt_stored_head(event)
         if saved is not None and self.address is not None and saved.signer == self.address:
@@ -623,7 +432,7 @@ class BftEngine(Engine):
             if hrs == last.hrs:
                 return last.signature if last.payload == payload else None
         signature = self.signer.sign(domain, payload)
-        self._signed = _Signed(self.height, self.round, step, payload, signature)
+        self._signed = LastSigned(self.height, self.round, step, payload, signature)
         if vote is not None:  # counted before the Persist, so the Persist holds it
             self._add_vote(Vote(vote[0], self.height, self.round, vote[1], self.address, signature))
         self._persist()
@@ -652,7 +461,7 @@ class BftEngine(Engine):
             valid_block = self._encoded_valid[1]
             signers = self._by_value.get((self.valid_round, VoteType.PREVOTE), {}).get(self.valid_hash, {})
             pol_votes = tuple(vote.encode() for vote in signers.values())
-        return _Saved(
+        return SavedState(
             self.address, self.height, self.round, self.step,
             (self.locked_round, self.locked_hash) if self.locked_hash is not None else None,
             (self.valid_round, self.valid_hash) if self.valid_hash is not None else None,
@@ -1272,93 +1081,9 @@ class BftEngine(Engine):
         return extra
 
     # ================================================================== pure checks
+    # The header rules are in consensus/bft_headers.py (HeaderRules).
     def _proposer_address(self, round: int) -> bytes:
         return self.schedule.proposer(self.height, round).address
-
-    def verify_header(self, header: BlockHeader, ancestors: Sequence[BlockHeader], now_ms: int | None = None) -> None:
-        """A block's header on top of `ancestors[-1]`: it extends it, its proposer is a
-        validator whose key sealed it, and its `extra` is a valid certificate of the parent
-        (empty on block 1: genesis is final by definition).  This proves the PARENT final;
-        the block itself is final once a certificate of it is seen (the next header's
-        extra, or the one its Commit or a DECISION carries): see `verify_commit`."""
-        if not ancestors:
-            raise ValueError("verify_header needs at least the parent header")
-        parent = ancestors[-1]
-        if header.parent != parent.hash or header.height != parent.height + 1:
-            raise InvalidSeal(f"block {header.height} does not extend the given parent")
-        if header.timestamp < parent.timestamp:
-            raise InvalidSeal("block timestamp is before its parent's")
-        member = self.schedule.at(header.height).get(header.proposer)
-        if member is None:
-            raise InvalidSeal(f"block proposer {header.proposer.hex()} is not a validator")
-        if not crypto.verify_digest(member.public_key, header.sealing_digest(), header.seal):
-            raise InvalidSeal("block seal is not its proposer's signature")
-        try:
-            extra = BlockExtra.decode(header.extra)
-        except DecodeError as exc:
-            raise InvalidSeal(f"block extra does not decode: {exc}") from None
-        if header.height == 1:
-            if extra.certificate is not None:
-                raise InvalidSeal("block 1 carries no certificate (genesis needs none)")
-        elif extra.certificate is None:
-            raise InvalidSeal(f"block {header.height} lacks the commit certificate of its parent")
-        else:
-            verify_certificate(extra.certificate, parent, self.schedule.at(parent.height))
-        if extra.evidence:
-            self._check_evidence(header, extra.evidence, ancestors)
-
-    def _check_evidence(self, header: BlockHeader, evidence: tuple[Evidence, ...], ancestors: Sequence[BlockHeader]) -> None:
-        """Each piece valid, of a height before the block and at most `evidence_max_age` before
-        it, recorded once: not twice in the block, not in a block among `ancestors`."""
-        oldest = header.height - self.params.evidence_max_age
-        earlier = set()
-        for ancestor in ancestors[-self.params.evidence_max_age:]:
-            earlier.update(_recorded_keys(ancestor.extra))
-        seen = set()
-        for index, item in enumerate(evidence):
-            try:
-                verify_evidence(item, self.schedule.at(item.height), self.chain_id)
-            except InvalidEvidence as exc:
-                raise InvalidSeal(f"block evidence {index}: {exc}") from None
-            if not oldest <= item.height < header.height:
-                raise InvalidSeal(
-                    f"block evidence {index} is for height {item.height}: a block at {header.height} records "
-                    f"evidence from heights {max(1, oldest)} to {header.height - 1}"
-                )
-            if item.key in seen or item.key in earlier:
-                raise InvalidSeal(f"block evidence {index} is already recorded")
-            seen.add(item.key)
-
-    def verify_seal(self, header: BlockHeader, parent: BlockHeader) -> None:
-        self.verify_header(header, (parent,))
-
-    def parent_certificate(self, header: BlockHeader) -> bytes:
-        try:
-            certificate = BlockExtra.decode(header.extra).certificate
-        except DecodeError:
-            return b""
-        return certificate.encode() if certificate is not None else b""
-
-    def certificate_signers(self, certificate: bytes) -> list[tuple[bytes, int]]:
-        try:
-            decoded = Certificate.decode(certificate) if certificate else None
-        except DecodeError:
-            return []
-        if decoded is None:
-            return []
-        validators = self.schedule.at(decoded.height)
-        return [(address, validators.power_of([address])) for address in decoded.signers]
-
-    def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
-        try:
-            evidence = BlockExtra.decode(header.extra).evidence
-        except DecodeError:
-            return []
-        return [_evidence_record(item) for item in evidence]
-
-    def verify_commit(self, header: BlockHeader, certificate: bytes) -> Certificate:
-        """Raise InvalidCertificate unless `certificate` proves `header` final."""
-        return verify_certificate(certificate, header, self.schedule.at(header.height))
 
     def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
         return head_height
@@ -1386,7 +1111,7 @@ class BftEngine(Engine):
             ),
             total_power=validators.total_power,
             quorum_power=validators.quorum_power,
-            evidence=tuple(_evidence_record(evidence) for evidence in list(self.evidence.values())),
+            evidence=tuple(evidence_record(evidence) for evidence in list(self.evidence.values())),
             details={
                 "address": address.hex() if address else None,
                 "waiting_for_transactions": self.waiting_for_txs,
@@ -1434,18 +1159,3 @@ class BftEngine(Engine):
             }
             for round in rounds
         }
-
-
-def _evidence_record(evidence: Evidence) -> EvidenceRecord:
-    """Evidence as the chain records it (and as the API shows it, whatever the engine)."""
-    return EvidenceRecord(evidence.validator, evidence.height, evidence.round, evidence.kind_name, evidence.encode())
-
-
-@lru_cache(maxsize=256)
-def _recorded_keys(extra: bytes) -> frozenset[tuple[bytes, int, int, int]]:
-    """The evidence keys a (verified, committed) header's extra records; cached because
-    each new block with evidence checks them against the recent headers."""
-    try:
-        return frozenset(item.key for item in BlockExtra.decode(extra).evidence)
-    except DecodeError:
-        return frozenset()
