@@ -1,9 +1,9 @@
-"""Alembic environment and versions of the chain store schema (ledger/store.py), and
+"""Alembic environment and versions of the chain store schema (ledger/schema.py), and
 the upgrade a node runs on start.
 
 The upgrade lives here, not in ledger/store.py, because env.py imports the store:
 the store is the ground floor and knows only the revision it expects
-(ledger.store.SCHEMA_REVISION), not the scripts that produce it.  A package, so the
+(ledger.schema.SCHEMA_REVISION), not the scripts that produce it.  A package, so the
 script directory ships with an installed node and is found through this module's
 location.
 """

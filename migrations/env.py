@@ -15,7 +15,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from ledger.store import make_engine, metadata
+from ledger.schema import metadata
+from ledger.store import make_engine
 
 config = context.config
 if config.config_file_name and "connection" not in config.attributes:

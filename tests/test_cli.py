@@ -18,7 +18,8 @@ import pytest
 
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis, dev_genesis
-from ledger.store import ChainStore, metadata
+from ledger.schema import metadata
+from ledger.store import ChainStore
 import migrations
 from node import __version__
 from tests.nodeproc import free_port, run_cli

@@ -1,4 +1,4 @@
-"""Alembic owns the schema: the migrations must build exactly what ledger/store.py declares."""
+"""Alembic owns the schema: the migrations must build exactly what ledger/schema.py declares."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from ledger.store import SCHEMA_REVISION, ChainStore, make_engine, metadata
+from ledger.schema import SCHEMA_REVISION, metadata
+from ledger.store import ChainStore, make_engine
 import migrations
 from migrations import migrations_dir
 
@@ -144,7 +145,7 @@ def test_upgrade_finds_its_migrations_from_any_working_directory(tmp_path, monke
 
 
 def test_the_revision_the_store_expects_is_the_newest_migration():
-    """A new revision must bump ledger.store.SCHEMA_REVISION, which `initialize` checks."""
+    """A new revision must bump ledger.schema.SCHEMA_REVISION, which `initialize` checks."""
     assert migrations.head_revision() == SCHEMA_REVISION
     assert ScriptDirectory(str(migrations_dir())).get_current_head() == SCHEMA_REVISION
 

@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2025-11-27
 
-The schema is written out here, not imported from ledger/store.py, so this
+The schema is written out here, not imported from ledger/schema.py, so this
 revision keeps creating the same tables after the code moves on.
 """
 

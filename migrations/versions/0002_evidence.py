@@ -4,7 +4,7 @@ Revision ID: 0002
 Revises: 0001
 Create Date: 2026-11-27
 
-Written out here, not imported from ledger/store.py, so this revision keeps creating
+Written out here, not imported from ledger/schema.py, so this revision keeps creating
 the same table after the code moves on.
 """
 

@@ -5,7 +5,7 @@ Revises: 0002
 Create Date: 2026-12-02
 
 Added before proof of stake uses them, so that change needs no migration of its own.
-Written out here, not imported from ledger/store.py, so this revision keeps adding
+Written out here, not imported from ledger/schema.py, so this revision keeps adding
 the same columns after the code moves on.
 """
 
