@@ -32,6 +32,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -81,7 +82,29 @@ def put_loop(url: str, bodies: list[str], seconds: float) -> tuple[list[float], 
         return latencies, time.perf_counter() - start
 
 
-async def paced_client(host: str, port: int, path: str, bodies: list[str], start: float, interval: float) -> list[float]:
+def final(status: bytes, answer: bytes) -> bool:
+    """The node's answer to a `?wait=final` transfer says it is final."""
+    return b" 200 " in status and json.loads(answer).get("status") == "final"
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 answer: its status line and its body (by Content-Length, or chunked)."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    status, _, rest = head.partition(b"\r\n")
+    headers = dict(line.lower().split(b":", 1) for line in rest.split(b"\r\n") if b":" in line)
+    if b"content-length" in headers:
+        return status, await reader.readexactly(int(headers[b"content-length"]))
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        chunk = await reader.readexactly(size + 2)  # and its CRLF
+        if size == 0:
+            return status, body
+        body += chunk[:-2]
+
+
+async def paced_client(host: str, port: int, path: str, bodies: list[str], start: float, interval: float,
+                       accepted: Callable[[bytes, bytes], bool]) -> list[float]:
     """One client's share of an open loop, on a keep-alive connection of its own: bodies[i]
     is due at start + i * interval; each latency (ms) runs from the moment it was due."""
     reader, writer = await asyncio.open_connection(host, port)  # connected before the clock starts
@@ -95,31 +118,29 @@ async def paced_client(host: str, port: int, path: str, bodies: list[str], start
             if pause > 0:
                 await asyncio.sleep(pause)
             writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status, _, rest = head.partition(b"\r\n")
-            length = next(int(line.split(b":", 1)[1]) for line in rest.split(b"\r\n")
-                          if line.lower().startswith(b"content-length:"))
-            answer = await reader.readexactly(length)
-            if b" 200 " not in status or json.loads(answer).get("status") != "final":
-                raise RuntimeError(f"not final: {status!r} {answer[:200]!r}")
+            status, answer = await read_answer(reader)
+            if not accepted(status, answer):
+                raise RuntimeError(f"refused: {status!r} {answer[:200]!r}")
             latencies.append((time.perf_counter() - due) * 1000)
     finally:
         writer.close()
     return latencies
 
 
-def paced(url: str, shares: list[list[str]], rate: float) -> tuple[list[float], float]:
+def paced(url: str, shares: list[list[str]], rate: float,
+          accepted: Callable[[bytes, bytes], bool] = final) -> tuple[list[float], float]:
     """Every client's share at once, the clients' schedules interleaved: the latencies (ms)
     and the time taken.  The clients are coroutines of one event loop writing prepared
     requests, so the load generator takes little of the machine the nodes share (8 httpx
-    threads took a third of a core at 500/s, and that showed in the nodes' latency)."""
+    threads took a third of a core at 500/s, and that showed in the nodes' latency).
+    `accepted(status line, body)` says whether an answer is the one awaited."""
     address = httpx.URL(url)
     path = address.raw_path.decode()
     interval = len(shares) / rate
 
     async def all_clients() -> tuple[list[float], float]:
         start = time.perf_counter() + 0.5  # every client made and connected by then
-        runs = [paced_client(address.host, address.port, path, share, start + k / rate, interval)
+        runs = [paced_client(address.host, address.port, path, share, start + k / rate, interval, accepted)
                 for k, share in enumerate(shares)]
         latencies = [latency for run in await asyncio.gather(*runs) for latency in run]
         return latencies, time.perf_counter() - start
