@@ -2,7 +2,7 @@
 pipeline alone (build, seal, write, commit), without the API in front of it.
 
     python bench/block_pipeline.py
-    python bench/block_pipeline.py -n 300000
+    python bench/block_pipeline.py -n 300000 --senders 300
 
 A node runs in this process on a SQLite file (its store thread as in `ledger node`); its
 mempool is filled with N signed transfers (BENCHMARK.md's shape: funded senders, fresh
@@ -37,12 +37,14 @@ from node.config import NodeConfig  # noqa: E402
 from node.runtime import Node  # noqa: E402
 
 RECIPIENTS = 1_000
+NONCE_WINDOW = 1_000  # the mempool admits a sender's nonces this far ahead of its account
+DRAIN_TIMEOUT_SECONDS = 300
 
 
 async def drain(node: Node, transactions: list) -> tuple[float, int]:
     """Seconds from the first signal until every transfer is committed, and blocks made."""
-    await node.start()
     try:
+        await node.start()
         now = node.now_ms()
         with node.lock:
             for tx in transactions:
@@ -51,7 +53,12 @@ async def drain(node: Node, transactions: list) -> tuple[float, int]:
         first = node.head.height
         started = time.perf_counter()
         node.signal_txs()
+        deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
         while len(node.pool):
+            if node.failure is not None:
+                raise RuntimeError(f"the node stopped: {node.failure}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{len(node.pool)} transfers still wait after {DRAIN_TIMEOUT_SECONDS} s")
             await asyncio.sleep(0.002)
         return time.perf_counter() - started, node.head.height - first
     finally:
@@ -63,8 +70,8 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100_000, help="transfers in the backlog [100,000]")
     parser.add_argument("--senders", type=int, default=100)
     args = parser.parse_args()
-    if not 1 <= args.senders <= 10_000 or not args.senders <= args.n <= 1_000_000:
-        parser.error("--senders is 1 to 10,000 and -n from --senders to 1,000,000")
+    if not 1 <= args.senders <= 10_000 or not args.senders <= args.n <= min(1_000_000, NONCE_WINDOW * args.senders):
+        parser.error(f"--senders is 1 to 10,000 and -n from --senders to 1,000,000, at most {NONCE_WINDOW:,} a sender")
     authority = make_keys(1, b"bench-pipeline-authority")[0]
     senders = make_keys(args.senders, b"bench-pipeline")
     genesis = dev_genesis(authority.public_key)

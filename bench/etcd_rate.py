@@ -80,6 +80,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.rate <= 5_000 or not 0 < args.seconds <= 600 or not 1 <= args.clients <= 64:
         parser.error("--rate is up to 5,000, --seconds up to 600, --clients 1 to 64")
+    if args.rate < args.clients / 4 or args.seconds * args.rate < args.clients:
+        parser.error("--rate must be at least --clients / 4, and --seconds long enough for a put from each client")
     etcd = shutil.which("etcd")
     if etcd is None:
         sys.exit("etcd is not installed: bash ../shared/peers/etcd_bench.sh installs it (Debian's etcd-server)")

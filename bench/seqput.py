@@ -46,7 +46,8 @@ from ledger.crypto import sha256  # noqa: E402
 from ledger.transaction import new_transfer  # noqa: E402
 from node.testnet import TESTNET_CHAIN_ID  # noqa: E402
 
-MAX_RATE = 2_000  # transfers signed ahead: enough for --seconds at this rate
+MAX_RATE = 2_000
+ANSWER_TIMEOUT_SECONDS = 60  # a `?wait=final` answer comes within 30 s, final or not  # transfers signed ahead: enough for --seconds at this rate
 
 
 async def entry_node(http: httpx.AsyncClient, urls: list[str]) -> int:
@@ -108,8 +109,9 @@ async def paced_client(host: str, port: int, path: str, bodies: list[str], start
     """One client's share of an open loop, on a keep-alive connection of its own: bodies[i]
     is due at start + i * interval; each latency (ms) runs from the moment it was due."""
     reader, writer = await asyncio.open_connection(host, port)  # connected before the clock starts
+    encoded = [body.encode() for body in bodies]
     requests = [(f"POST {path} HTTP/1.1\r\nhost: {host}:{port}\r\ncontent-type: application/json\r\n"
-                 f"content-length: {len(body)}\r\n\r\n{body}").encode() for body in bodies]
+                 f"content-length: {len(body)}\r\n\r\n").encode() + body for body in encoded]
     latencies = []
     try:
         for i, request in enumerate(requests):
@@ -118,7 +120,13 @@ async def paced_client(host: str, port: int, path: str, bodies: list[str], start
             if pause > 0:
                 await asyncio.sleep(pause)
             writer.write(request)
-            status, answer = await read_answer(reader)
+            try:
+                status, answer = await asyncio.wait_for(read_answer(reader), ANSWER_TIMEOUT_SECONDS)
+            except asyncio.IncompleteReadError:
+                raise RuntimeError("the server closed the connection (Connection: close, or an idle "
+                                   "keep-alive timed out: each client must send more often than every 5 s)") from None
+            except asyncio.TimeoutError:
+                raise RuntimeError(f"no answer within {ANSWER_TIMEOUT_SECONDS} s") from None
             if not accepted(status, answer):
                 raise RuntimeError(f"refused: {status!r} {answer[:200]!r}")
             latencies.append((time.perf_counter() - due) * 1000)
@@ -211,6 +219,8 @@ def main() -> None:
         parser.error("--nodes is 1 to 16, --seconds 0 to 600")
     if not 0 <= args.rate <= MAX_RATE or not 1 <= args.clients <= 64:
         parser.error(f"--rate is 0 to {MAX_RATE}, --clients 1 to 64")
+    if args.rate and args.rate < args.clients / 4:
+        parser.error("--rate must be at least --clients / 4: a client quiet for 5 s loses its keep-alive connection")
     with tempfile.TemporaryDirectory(prefix="bench-seqput-") as workdir:
         print(asyncio.run(run(args, Path(workdir))), flush=True)
 

@@ -110,7 +110,7 @@ class Cluster:
         self.tick(node, after_ms=HEARTBEAT_MS)
 
     def submit(self, node: int) -> None:
-        """The leader's mempool has transactions: it builds (an empty block, for these tests)."""
+        """The leader's mempool has transactions: it builds (with what `mempool` holds, none unless a test says)."""
         self.feed(node, TxsAvailable(self.now, 1))
         self.run()
 

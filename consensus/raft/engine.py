@@ -560,11 +560,13 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
     def _on_committed(self, header: BlockHeader, recent: tuple[BlockHeader, ...]) -> None:
         log = self.log
         assert log is not None
+        moved = header.height > log.head.height  # not the head repeated
         log.committed(header, recent)
-        # The mempool drops a committed block's transactions, and the count of waiting ones
-        # it last gave included them: counted still, they would start an empty block (the
-        # runtime's next TxsAvailable says how many wait now).
-        self._txs_waiting = max(0, self._txs_waiting - header.tx_count)
+        if moved:
+            # The mempool drops a committed block's transactions, and the count of waiting
+            # ones it last gave included them: counted still, they would start an empty block
+            # (the runtime's next TxsAvailable says how many wait now).
+            self._txs_waiting = max(0, self._txs_waiting - header.tx_count)
         if header.height > 0:
             self.proposed[header.proposer] = self.proposed.get(header.proposer, 0) + 1
             self.last_signed[header.proposer] = header.height
