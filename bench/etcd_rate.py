@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,29 +26,10 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import percentile  # noqa: E402
+from network import cpu_seconds, free_port_run, percentile  # noqa: E402
 from seqput import paced  # noqa: E402
 
 MEMBERS = 3
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for sock in sockets:
-        sock.bind(("127.0.0.1", 0))
-    ports = [sock.getsockname()[1] for sock in sockets]
-    for sock in sockets:
-        sock.close()
-    return ports
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime + stime
-    return total / os.sysconf("SC_CLK_TCK")
 
 
 def leader_url(clients: list[str]) -> str:
@@ -85,7 +64,8 @@ def main() -> None:
     etcd = shutil.which("etcd")
     if etcd is None:
         sys.exit("etcd is not installed: bash ../shared/peers/etcd_bench.sh installs it (Debian's etcd-server)")
-    ports = free_ports(2 * MEMBERS)
+    base = free_port_run(2 * MEMBERS)
+    ports = list(range(base, base + 2 * MEMBERS))
     clients = [f"http://127.0.0.1:{port}" for port in ports[:MEMBERS]]
     peers = [f"http://127.0.0.1:{port}" for port in ports[MEMBERS:]]
     cluster = ",".join(f"m{i}={peer}" for i, peer in enumerate(peers))
@@ -105,9 +85,9 @@ def main() -> None:
                      "--initial-cluster-state", "new", "--logger", "zap", "--log-outputs", f"{workdir}/m{i}.log"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL))
             leader = leader_url(clients)
-            before = cpu_seconds([member.pid for member in members])
+            before = sum(cpu_seconds(member.pid) for member in members)
             latencies, elapsed = paced(f"{leader}/v3/kv/put", shares, args.rate, ok)
-            used = cpu_seconds([member.pid for member in members]) - before
+            used = sum(cpu_seconds(member.pid) for member in members) - before
         finally:
             for member in members:
                 member.terminate()

@@ -46,8 +46,8 @@ from ledger.crypto import sha256  # noqa: E402
 from ledger.transaction import new_transfer  # noqa: E402
 from node.testnet import TESTNET_CHAIN_ID  # noqa: E402
 
-MAX_RATE = 2_000
-ANSWER_TIMEOUT_SECONDS = 60  # a `?wait=final` answer comes within 30 s, final or not  # transfers signed ahead: enough for --seconds at this rate
+MAX_RATE = 2_000  # transfers signed ahead: enough for --seconds at this rate
+ANSWER_TIMEOUT_SECONDS = 60  # a `?wait=final` answer comes within 30 s, final or not
 
 
 async def entry_node(http: httpx.AsyncClient, urls: list[str]) -> int:

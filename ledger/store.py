@@ -57,7 +57,6 @@ RESERVED_META_KEYS = frozenset({META_GENESIS_HASH, META_HEAD})
 MAX_META_KEY = 64
 
 
-
 # --- errors and records ----------------------------------------------------------------------
 
 
