@@ -61,7 +61,9 @@ class Cluster:
         self.actions: list[list[Action]] = [[] for _ in range(members)]  # every action each returned
         self.rewrite = None  # (src, dst, message bytes) -> message bytes or None (dropped)
         self.reads: list[list] = [[] for _ in range(members)]  # ReadIndex answers each node gave
-        self.mempool: list = []  # the transactions every block built holds (the engine reads none of them)
+        # The transactions the next block built holds (the engine reads none of them); as a
+        # node's mempool does, it drops those of a block any node commits.
+        self.mempool: list = []
         for node in range(members):
             self.start(node)
         self.run()
@@ -143,9 +145,10 @@ class Cluster:
             chain = self.chains[node]
             assert action.block.header.parent == chain[-1].hash, "a commit must extend the head"
             chain.append(action.block)
+            self.mempool = [tx for tx in self.mempool if tx not in action.block.transactions]
             self.pending.append((node, BlockCommitted(self.now, action.block.header)))
         elif isinstance(action, BuildBlock):
-            # With the transactions a test put in `mempool` (none: an empty block).
+            # With the transactions `mempool` holds (none unless a test put some: an empty block).
             parent = self.chains[node][-1].header
             transactions = list(self.mempool)
             header = build_header(self.genesis.chain_id, parent, action.timestamp, transactions, action.proposer,

@@ -563,3 +563,27 @@ def test_transactions_counted_while_their_block_was_on_its_way_start_no_empty_bl
     assert engine.commit_index == 2 and engine.log.last_index == 2
     assert not any(isinstance(a, BuildBlock) for a in cluster.actions[0][since:])
     assert ((), 2) in [(tuple(b.height for b in d.entries), d.commit) for _, d, _ in sent_appends(cluster, 0, since)]
+
+
+def test_transactions_that_arrived_while_a_block_was_on_its_way_are_built_at_its_commit():
+    """The count taken while a block is on its way holds its transactions and newer ones:
+    at its commit only its own stop waiting, and the leader builds the next block at once
+    with the newer ones (not a heartbeat later, and not with the committed ones again)."""
+    cluster = Cluster(3)
+    elect(cluster, 0)
+    engine = cluster.engines[0]
+    sender = key("raft-test-sender")
+    first, second = (new_transfer(sender, "raft-test", nonce, b"\x01" * 20, 1) for nonce in (0, 1))
+    cluster.cut = {(1, 0), (2, 0)}  # the followers store block 2; their answers wait
+    cluster.mempool = [first]
+    cluster.submit(0)
+    assert engine.log.last_index == 2 and engine.commit_index == 1
+    cluster.mempool.append(second)
+    cluster.feed(0, TxsAvailable(cluster.now, 2))  # block 2's transfer and the new one
+    cluster.heal()
+    since = len(cluster.actions[0])
+    cluster.heartbeat(0)
+    assert any(isinstance(a, BuildBlock) for a in cluster.actions[0][since:])
+    assert engine.log.last_index == 3
+    assert [tx.id for tx in engine.log.block_at(2).transactions] == [first.id]
+    assert [tx.id for tx in engine.log.block_at(3).transactions] == [second.id]
