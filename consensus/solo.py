@@ -23,7 +23,7 @@ from enum import Enum
 from ledger import crypto
 from ledger.address import address_of
 from ledger.block import BlockHeader
-from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
+from ledger.engine_status import EngineStatus, ValidatorStatus
 
 from consensus.engine import (
     Action,

@@ -10,7 +10,7 @@ from ledger.genesis import dev_genesis
 from ledger.hdkeys import dev_keys
 from ledger.transaction import new_transfer
 from node.gossip import REQUEST_TIMEOUT_MS, TxGossip
-from node.p2p.messages import GetBlocks, TxAnnounce, TxBatch, TxRequest
+from node.p2p.messages import GetBlocks, TxAnnounce, TxRequest
 from node.sync import BlockSync
 
 KEY = dev_keys(1)[0]

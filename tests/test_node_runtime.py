@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import threading
 
-import pytest
-
 from api.service import Accepted, Rejection
 from ledger.address import address_of
 from ledger.crypto import PrivateKey

@@ -24,7 +24,6 @@ from consensus.pos.messages import (
     Attestation,
     AttesterSlashing,
     Checkpoint,
-    PosExtra,
     ProposerSlashing,
     decode_message,
     encode_message,

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from ledger import crypto
-from ledger.address import address_of
 from ledger.block import Block, BlockHeader, InvalidSeal
 from ledger.codec import DecodeError, Reader, Writer
 from ledger.engine_status import Checkpoint as StatusCheckpoint

@@ -45,7 +45,6 @@ from consensus.bft_messages import (
     SignedProposal,
     Status,
     Vote,
-    VoteType,
     decode_message,
     encode_message,
 )
