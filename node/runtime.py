@@ -7,9 +7,10 @@ the trip to the thread would cost more); the in-memory state and the mempool mov
 after the block is durable.  The mempool and the state are touched by the
 event loop; API reads from worker threads take `lock`.
 
-The parts around the loop: blocks from peers go through the importer (node/importer.py),
-the API reads through node/reads.py, live events leave through node/events.py and
-`wait=final` requests wait in node/finality.py.
+The parts around the loop: transactions come in through node/admission.py and peers'
+messages through node/peer_events.py; blocks from peers go through the importer
+(node/importer.py), the API reads through node/reads.py, live events leave through
+node/events.py and `wait=final` requests wait in node/finality.py.
 """
 
 from __future__ import annotations
@@ -25,22 +26,21 @@ from collections.abc import Awaitable, Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from api.service import Accepted, Event, Rejection, SubmitResult, TxStatusName
+from api.service import Event
 from consensus import engine as ev
 from consensus.registry import create_engine
 from ledger.address import address_of, decode_address
 from ledger.block import Block, BlockHeader, InvalidBlock, build_header
-from ledger.codec import DecodeError
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
-from ledger.mempool import Mempool, MempoolRejection
+from ledger.mempool import Mempool
 from ledger.merkle import EMPTY_ROOT
 from ledger.state import Account, BlockEffects, State, StateError
 from ledger.store import ChainStore
-from ledger.transaction import InvalidTransaction, Transaction
 from ledger.validate import BLOCK_REFUSALS, BlockRules, apply_block, validate_block, validate_header
 import migrations
 from node.admin import MAX_FAULT_RECORDS, ClusterControl, LinkFaultControl
+from node.admission import Admission
 from node.read_index import ReadBarrier
 from node.config import NodeConfig
 from node.dev import DevControls, InLoop
@@ -51,9 +51,10 @@ from node.importer import BlockImporter, Import
 from node.metrics import NodeMetrics
 from node.mining import ProcessMiner
 from node.p2p import messages as wire
-from node.p2p.network import Network, PeerInfo
+from node.p2p.network import Network
+from node.peer_events import PeerEvents
 from node.reads import ChainReads
-from node.signatures import ADMIT_AHEAD, InlineChecks, SignatureChecks, SignaturePool, workers_for
+from node.signatures import InlineChecks, SignatureChecks, SignaturePool, workers_for
 from node.sync import BlockSync
 
 log = logging.getLogger("ledger.node")
@@ -100,7 +101,7 @@ class _Built:
     effects: BlockEffects
 
 
-class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
+class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
     """One node: store + state + mempool + engine, behind the api.service.NodeService protocol."""
 
     def __init__(
@@ -566,174 +567,6 @@ class Node(ChainReads, LinkFaultControl, ClusterControl, ReadBarrier):
             "final": header.height <= self.finalized_height,
             "transactions": [tx.id.hex() for tx in block.transactions[:100]],
         }
-
-    # ------------------------------------------------------------------ NodeService: writes
-    async def submit(self, transactions: list[Transaction]) -> list[SubmitResult]:
-        return await self._admit(transactions, None)
-
-    def _pending_tx(self, tx_id: bytes) -> Transaction | None:
-        with self.lock:
-            return self.pool.get(tx_id)
-
-    async def _admit(self, transactions: list[Transaction], origin: str | None) -> list[SubmitResult]:
-        if self._stopping:
-            return [Rejection("shutting_down", "the node is shutting down")] * len(transactions)
-        checks = await self._check_stateless(transactions)
-        if self._stopping:
-            return [Rejection("shutting_down", "the node is shutting down")] * len(transactions)
-        results: list[SubmitResult] = []
-        now = self.now_ms()
-        admitted: list[Transaction] = []
-        with self.lock:
-            for tx, problem in zip(transactions, checks):
-                if problem is not None:
-                    results.append(Rejection(problem.reason, str(problem), problem.field))
-                    continue
-                try:
-                    added = self.pool.add(tx, now, verified=True)
-                except MempoolRejection as exc:
-                    results.append(Rejection(exc.reason, exc.message, exc.field))
-                    continue
-                results.append(Accepted(tx.id, duplicate=not added))
-                if added:
-                    admitted.append(tx)
-        used = [i for i, r in enumerate(results) if isinstance(r, Rejection) and r.reason == "nonce_too_low"]
-        if used:
-            # Submitting is idempotent (docs/api.md): a transaction already on the chain, sent
-            # again by a client whose answer was lost, is a known duplicate, not a nonce error.
-            stored = await self.reading(self._stored_ids, [transactions[i].id for i in used])
-            for i in used:
-                if transactions[i].id in stored:
-                    results[i] = Accepted(transactions[i].id, duplicate=True)
-        rejected = [r for r in results if isinstance(r, Rejection)]
-        for rejection in rejected:
-            self.metrics.rejected.labels(rejection.reason).inc()
-        if admitted:
-            self.metrics.admitted.inc(len(admitted))
-            self.metrics.mempool_size.set(len(self.pool))
-            self.signal_txs()
-            if self.gossip is not None:
-                self.gossip.admitted(admitted, origin)
-            if self.hub:
-                for tx in admitted[:100]:
-                    self.publish("tx", self._tx_event(tx))
-        return results
-
-    def _stored_ids(self, tx_ids: list[bytes]) -> set[bytes]:
-        return {tx_id for tx_id in tx_ids if self.store.transaction(tx_id) is not None}
-
-    async def _check_stateless(self, transactions: list[Transaction]) -> list[InvalidTransaction | None]:
-        """Each transaction's stateless problem, or None.  A batch large enough goes partly to the
-        signature workers while the loop checks its own share (not in a thread: every
-        libsecp256k1 call would drop and re-take the GIL against the loop, which measured
-        slower).  What the workers do not vouch for is checked here, which also gives the
-        reason of a refusal."""
-        good: Container[bytes] = ()
-        batch = self.signatures.begin(len(transactions), ADMIT_AHEAD)
-        if batch is not None:
-            batch.add(transactions)
-            good = await batch.finish()
-            if self._stopping:
-                return [None] * len(transactions)  # the caller refuses them all: no checks owed
-        chain_id = self.genesis.chain_id
-        out: list[InvalidTransaction | None] = []
-        for tx in transactions:
-            if tx.id in good:
-                out.append(None)
-                continue
-            try:
-                tx.check_stateless(chain_id, staking=self.rules.staking)
-                out.append(None)
-            except InvalidTransaction as exc:
-                out.append(exc)
-        return out
-
-    def _tx_event(self, tx: Transaction) -> dict:
-        return {
-            "id": tx.id.hex(),
-            "sender": self.genesis.address(tx.sender_address),
-            "recipient": self.genesis.address(tx.recipient),
-            "amount": tx.amount,
-            "fee": tx.fee,
-            "nonce": tx.nonce,
-            "status": "pending",
-        }
-
-    async def wait_final(self, tx_ids: list[bytes], timeout: float) -> dict[bytes, TxStatusName]:
-        async def status_of(tx_id: bytes) -> TxStatusName:
-            record = await self.reading(self.transaction, tx_id)
-            return record.status if record is not None else "unknown"
-
-        return await self.finality.wait(tx_ids, timeout, status_of, lambda tx_id: tx_id in self.pool)
-
-    # ------------------------------------------------------------------ peers (PeerHandler)
-    def on_peer_connected(self, peer: PeerInfo) -> None:
-        log.info("peer %s connected (%s, height %d)", peer.id[:12], peer.address or "inbound", peer.head_height)
-        self.feed(ev.PeerConnected(self.now_ms(), peer.id))
-        self.sync.on_peer_status(peer)
-
-    def on_peer_disconnected(self, peer_id: str) -> None:
-        log.info("peer %s disconnected", peer_id[:12])
-        self.feed(ev.PeerDisconnected(self.now_ms(), peer_id))
-        self.sync.peer_gone(peer_id)
-        if self.gossip is not None:
-            self.gossip.peer_gone(peer_id)
-
-    def on_peer_message(self, peer_id: str, message: object) -> None:
-        if self._stopping:
-            return
-        gossip = self.gossip
-        assert gossip is not None and self.network is not None
-        if isinstance(message, wire.TxAnnounce):
-            gossip.on_announce(peer_id, message.ids)
-        elif isinstance(message, wire.TxRequest):
-            gossip.on_request(peer_id, message.ids)
-        elif isinstance(message, wire.TxBatch):
-            asyncio.get_running_loop().create_task(gossip.on_batch(peer_id, message.transactions))
-        elif isinstance(message, wire.NewBlock):
-            try:
-                if self.importer.have_block(Block.decode_header(message.block)):
-                    return  # pushed by several peers: the header says we have it, skip the body
-                block = Block.decode(message.block, self.genesis.max_block_transactions)
-            except DecodeError as exc:
-                self.network.penalize(peer_id, 50, f"undecodable block: {exc}")
-                return
-            self.feed(Import([block], peer_id, relay=True))
-        elif isinstance(message, wire.GetBlocks):
-            asyncio.get_running_loop().create_task(self.sync.serve(peer_id, message))
-        elif isinstance(message, wire.Blocks):
-            asked = self.sync.awaits(peer_id)
-            blocks = self.sync.decode_response(peer_id, message)
-            if blocks is not None:
-                # Only an answer this node asked for is checked ahead: a peer that sends blocks
-                # unasked gets no work done for them before their import.
-                verdicts = self._check_early(blocks) if asked else None
-                self.feed(Import(blocks, peer_id, relay=False, verdicts=verdicts))
-        elif isinstance(message, wire.Status):
-            for peer in self.network.peers():
-                if peer.id == peer_id:
-                    self.sync.on_peer_status(peer)
-        elif isinstance(message, wire.EngineMessage):
-            self.feed(ev.PeerMessage(self.now_ms(), peer_id, message.payload))
-
-    def _check_early(self, blocks: list[Block]) -> asyncio.Future[frozenset[bytes]] | None:
-        try:
-            return self.importer.check_early(blocks)
-        except Exception:  # noqa: BLE001 - the import checks everything itself; sync must go on
-            log.exception("checking a sync answer ahead failed")
-            return None
-
-    async def _import(self, item: Import) -> None:
-        assert self.network is not None
-        head_before = self.head.hash
-        try:
-            await self.importer.import_blocks(item)
-        finally:
-            if not item.relay:
-                # While syncing, peers hear our new head once a batch, not once a block; and
-                # sync asks for more even when the batch failed to commit.
-                self.network.update_status(self.head.height, self.head.hash, self.finalized_height)
-                self.sync.after_import(head_before)
 
     def _execute(self, block: Block) -> ev.BlockExecuted:
         """Check a proposed block on our head without committing it (ABCI's ProcessProposal)."""
