@@ -21,8 +21,7 @@ from ledger.transaction import Transaction, new_stake, new_unstake
 from wallet.errors import BadInput, NotFound
 from wallet.node import DEFAULT_NODE, Network, Rejected, connect, node_errors
 
-# wallet.cli imports this module last, to register the commands on its app.
-from wallet.cli import (  # noqa: E402
+from wallet.cli_shared import (
     ChainIdOpt,
     FromOpt,
     JsonOpt,
