@@ -20,7 +20,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from consensus.pow import PowParams
 from ledger.genesis import ENGINES
-from node.sim.harness import BYZANTINE_KINDS_BY_ENGINE, Simulation, SimConfig, SimulationFailure, Slot
+from node.sim.config import BYZANTINE_KINDS_BY_ENGINE, SimConfig, SimulationFailure
+from node.sim.harness import Simulation, Slot
 
 FAULTS = ("none", "crash", "partition", "byzantine")
 DURATION = 24.0  # virtual seconds of workload

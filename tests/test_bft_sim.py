@@ -10,7 +10,8 @@ import re
 import pytest
 
 from node.sim import __main__ as cli
-from node.sim.harness import FAULT_KINDS, SimConfig, SimulationFailure, run_seed
+from node.sim.config import FAULT_KINDS, SimConfig, SimulationFailure
+from node.sim.harness import run_seed
 
 SEEDS = range(1, 11)
 COMMIT = re.compile(r"^\s*([\d.]+) (n\d+) commit (\d+) ")

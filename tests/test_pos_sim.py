@@ -11,7 +11,8 @@ import re
 import pytest
 
 from node.sim import __main__ as cli
-from node.sim.harness import FAULT_KINDS, SimConfig, run_seed
+from node.sim.config import FAULT_KINDS, SimConfig
+from node.sim.harness import run_seed
 
 SEEDS = range(1, 9)
 EPOCH_S = 2.0  # 500 ms slots, 4 an epoch

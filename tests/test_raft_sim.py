@@ -12,7 +12,8 @@ import re
 import pytest
 
 from node.sim import __main__ as cli
-from node.sim.harness import FAULT_KINDS, SimConfig, run_seed
+from node.sim.config import FAULT_KINDS, SimConfig
+from node.sim.harness import run_seed
 from node.sim.raft_checks import RaftChecks
 from raft_cluster import ELECTION_MS, Cluster
 

@@ -19,7 +19,8 @@ from consensus.solo import SoloEngine
 from node.p2p.messages import NewBlock, Status, TxAnnounce
 from node.p2p.network import PeerInfo
 from node.sim import __main__ as cli
-from node.sim.harness import FAULT_KINDS, SimConfig, SimulationFailure, run_seed
+from node.sim.config import FAULT_KINDS, SimConfig, SimulationFailure
+from node.sim.harness import run_seed
 from node.sim.loop import ACTOR, SimulationIdle, VirtualTimeLoop, inline_blocking, run
 from node.sim.network import BAN_SECONDS, SimHub, SimNetwork
 

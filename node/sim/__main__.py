@@ -19,7 +19,8 @@ import concurrent.futures
 import sys
 import time
 
-from node.sim.harness import BYZANTINE_KINDS, CONSENSUS, FAULT_KINDS, SimConfig, SimulationFailure, run_seed
+from node.sim.config import BYZANTINE_KINDS, CONSENSUS, FAULT_KINDS, SimConfig, SimulationFailure
+from node.sim.harness import run_seed
 
 MAX_SEEDS = 1_000_000
 

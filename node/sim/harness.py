@@ -35,7 +35,7 @@ import hashlib
 import logging
 import random
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -55,19 +55,15 @@ from node.config import NodeConfig
 from node.runtime import Node
 from node.sim import pos_byzantine
 from node.sim.workload import Workload, seeded_streams
-from node.sim.byzantine import MODES as BFT_BYZANTINE_KINDS
 from node.sim.byzantine import Adversary, ByzantineNetwork, ByzantineValidator
 from node.sim.loop import ACTOR, VirtualTimeLoop, inline_blocking, run
-from node.sim.network import Faults, HubStats, SimHub, SimNetwork
-from node.sim.pos_setup import partition_bound_seconds, pos_genesis
+from node.sim.network import SimHub, SimNetwork
+from node.sim.pos_setup import pos_genesis
+from node.sim.config import SimConfig, SimResult, SimulationFailure, Trace
+from node.sim.faults import FaultInjection
 from node.sim.invariants import InvariantChecks
 from node.sim.raft_checks import MembershipChurn, RaftChecks, raft_genesis
 
-CONSENSUS = ("solo", "pow", "bft", "pos", "raft")
-# What a Byzantine validator may do, by engine (the command line offers the union).
-BYZANTINE_KINDS_BY_ENGINE = {"bft": BFT_BYZANTINE_KINDS, "pos": pos_byzantine.MODES}
-BYZANTINE_KINDS = tuple(dict.fromkeys(BFT_BYZANTINE_KINDS + pos_byzantine.MODES))
-FAULT_KINDS = ("delay", "drop", "duplicate", "reorder", "partition", "crash")
 GENESIS_MS = 1_767_225_600_000
 EPOCH_MS = GENESIS_MS + 60_000  # virtual time 0 on the nodes' clocks
 CHAIN_ID = "ledger-sim"
@@ -76,202 +72,6 @@ POW_TARGET = round_target(MAX_TARGET >> 10)  # about 2,000 hashes a block: the r
 POW_REWARD = 50 * 10**9
 POLL_SECONDS = 0.1
 RESUBMIT_SECONDS = 2.0
-
-
-class SimulationFailure(AssertionError):
-    """An invariant broke (or the nodes did not converge): the seed, where, and how to replay it."""
-
-    def __init__(self, seed: int, step: int, at: float, reason: str, trace: list[str], replay: str, digest: str):
-        self.seed = seed
-        self.step = step
-        self.at = at
-        self.reason = reason
-        self.trace = trace
-        self.replay = replay
-        self.digest = digest
-        lines = "\n".join(f"    {line}" for line in trace)
-        super().__init__(
-            f"seed {seed}: {reason} (step {step}, t={at:.3f}s)\n  replay: {replay}\n  trace, last events:\n{lines}"
-        )
-
-
-@dataclass(frozen=True)
-class SimConfig:
-    seed: int
-    nodes: int = 4
-    consensus: str = "solo"
-    faults: frozenset[str] = frozenset(FAULT_KINDS)
-    duration: float = 20.0  # virtual seconds of workload under faults
-    converge_within: float = 60.0  # virtual seconds allowed after everything heals
-    tx_per_second: float = 20.0
-    senders: int = 6
-    block_interval_ms: int = 1000  # solo: an empty block this long after the head
-    fault_gap: tuple[float, float] = (0.5, 3.0)  # virtual seconds between faults
-    # A partition heals by itself after this long (None: only a drawn heal ends it).  Proof of
-    # work needs a bound: a branch that grows past the finality depth on each side of a
-    # split would make two nodes finalize different blocks, which is PoW's known limit and
-    # not a bug to report.
-    max_partition: float | None = None
-    pow_block_ms: int = 1000
-    pow_finality_depth: int = 12
-    # Proof of stake: every node a validator of equal stake (node/sim/pos_setup.py).
-    pos_slot_ms: int = 500
-    pos_slots_per_epoch: int = 4
-    # BFT: every node a validator of equal power.  Its timeouts run on virtual time too.
-    bft_max_block_interval_ms: int = 0  # 0: blocks only while transactions are pending
-    # At most this many nodes down at once (None: all but one).  BFT with 3f+1 validators
-    # stays live with f down, so a bound of f lets a test demand commits during the faults.
-    max_down: int | None = None
-    # BFT and PoS: this many validators are Byzantine (`node.sim.byzantine`,
-    # `node.sim.pos_byzantine`), chosen by the seed, each behaving as `byzantine_kind` says.
-    # Safety and liveness are promised up to f of 3f + 1;
-    # more is allowed, to see the invariants catch what then goes wrong.
-    byzantine: int = 0
-    byzantine_kind: str = "mix"
-    # Partitions laid at fixed virtual times, beside the drawn faults: (start, end, the node
-    # indices of one side).  For named scenarios in tests (a 2|2 split for so long).
-    scripted_partitions: tuple[tuple[float, float, tuple[int, ...]], ...] = ()
-    # Crashes laid at fixed virtual times: (start, end, node index), down from start to end.
-    scripted_crashes: tuple[tuple[float, float, int], ...] = ()
-    # Raft: the genesis names all nodes but the last as members, and every 1-4 virtual
-    # seconds the leader is asked to add a node or remove one (node/sim/raft_checks.py).
-    membership_changes: bool = False
-    # Loop iterations a run may take (a run of the defaults takes about 10,000): beyond it,
-    # something spins without letting virtual time pass.  Counted, not timed, so it replays.
-    max_steps: int = 500_000
-    # Messages in one virtual second (a busy run of the defaults sends a few hundred): beyond
-    # it, nodes are feeding a storm (say, each answer triggering more requests).
-    max_messages_per_second: int = 20_000
-    trace_tail: int = 60
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ValueError("seed: a non-negative integer")
-        if not 1 <= self.nodes <= 32:
-            raise ValueError("nodes: 1 to 32")
-        if self.consensus not in CONSENSUS:
-            raise ValueError(f"consensus: one of {', '.join(CONSENSUS)}")
-        unknown = set(self.faults) - set(FAULT_KINDS)
-        if unknown:
-            raise ValueError(f"unknown fault kinds {', '.join(sorted(unknown))} (known: {', '.join(FAULT_KINDS)})")
-        if self.duration <= 0 or self.converge_within <= 0 or self.tx_per_second < 0:
-            raise ValueError("duration and converge_within must be positive, tx_per_second non-negative")
-        if not 1 <= self.senders <= 100:
-            raise ValueError("senders: 1 to 100")
-        low, high = self.fault_gap
-        if not 0 < low <= high:
-            raise ValueError("fault_gap: 0 < low <= high")
-        if self.max_steps < 1 or self.max_messages_per_second < 1:
-            raise ValueError("max_steps and max_messages_per_second: at least 1")
-        if self.max_partition is not None and self.max_partition <= 0:
-            raise ValueError("max_partition: positive, or None")
-        if self.max_down is not None and not 0 <= self.max_down < self.nodes:
-            raise ValueError("max_down: 0 to nodes - 1, or None")
-        if isinstance(self.byzantine, bool) or not isinstance(self.byzantine, int) or not 0 <= self.byzantine < self.nodes:
-            raise ValueError("byzantine: 0 to nodes - 1 validators (at most f of 3f + 1 keeps the chain safe)")
-        if self.membership_changes and (self.consensus != "raft" or self.nodes < 2):
-            raise ValueError("membership changes (--membership): only with --consensus raft and at least 2 nodes")
-        if self.byzantine and self.consensus not in BYZANTINE_KINDS_BY_ENGINE:
-            raise ValueError("byzantine: only with --consensus bft or pos (validators that sign)")
-        for start, end, side in self.scripted_partitions:
-            if not 0 <= start < end or not side or not set(side) < set(range(self.nodes)):
-                raise ValueError("scripted_partitions: (start, end, side) with 0 <= start < end and side a proper "
-                                 "subset of the node indices")
-        for start, end, index in self.scripted_crashes:
-            if not 0 <= start < end or not 0 <= index < self.nodes:
-                raise ValueError("scripted_crashes: (start, end, node index) with 0 <= start < end")
-        kinds = BYZANTINE_KINDS_BY_ENGINE.get(self.consensus, BFT_BYZANTINE_KINDS)
-        if self.byzantine_kind not in kinds:
-            raise ValueError(f"byzantine_kind: under {self.consensus}, one of {', '.join(kinds)}")
-
-    @property
-    def max_faulty(self) -> int:
-        """f: the most validators of `nodes` (of equal power) that BFT tolerates."""
-        return (self.nodes - 1) // 3
-
-    @property
-    def partition_limit(self) -> float | None:
-        if self.max_partition is None and self.consensus == "pos":
-            return partition_bound_seconds(self.pos_slot_ms, self.pos_slots_per_epoch)
-        if self.max_partition is not None or self.consensus != "pow":
-            return self.max_partition
-        # Long enough to fork, short enough that no branch nears the finality depth.
-        return self.pow_finality_depth * self.pow_block_ms / 4000
-
-    def replay_command(self) -> str:
-        faults = ",".join(sorted(self.faults)) or "none"
-        defaults = SimConfig(seed=0)
-        options = [f"--seeds {self.seed} --consensus {self.consensus} --nodes {self.nodes} --faults {faults} "
-                   f"--duration {self.duration:g}"]
-        # Whatever differs from the command line's defaults, so the command replays this run.
-        if self.converge_within != defaults.converge_within:
-            options.append(f"--converge-within {self.converge_within:g}")
-        if self.tx_per_second != defaults.tx_per_second:
-            options.append(f"--tx-rate {self.tx_per_second:g}")
-        if self.fault_gap != defaults.fault_gap:
-            options.append(f"--fault-gap {self.fault_gap[0]:g},{self.fault_gap[1]:g}")
-        if self.max_down is not None:
-            options.append(f"--max-down {self.max_down}")
-        if self.byzantine:
-            options.append(f"--byzantine {self.byzantine} --byzantine-kind {self.byzantine_kind}")
-        if self.membership_changes:
-            options.append("--membership")
-        return "python -m node.sim " + " ".join(options) + " --trace"
-
-
-@dataclass
-class SimResult:
-    seed: int
-    digest: str  # of the whole trace: equal for two runs of one seed
-    steps: int
-    virtual_seconds: float
-    wall_seconds: float
-    head_height: int
-    submitted: int  # distinct transfers created by the workload
-    final: int  # of them, final on every node at the end
-    faults: Counter  # fault kinds applied
-    stats: HubStats
-    converged_after: float  # virtual seconds from the heal to one head
-    links: int  # peer links of the full mesh
-    reorgs: int  # times a node's head moved to another branch
-    byzantine: tuple[str, ...] = ()  # labels of the Byzantine validators
-    byzantine_actions: Counter = field(default_factory=Counter)  # what they did, by kind of lie
-    evidence: Counter = field(default_factory=Counter)  # label of the accused -> pieces seen on honest nodes
-
-    def announces_per_tx_link(self) -> float:
-        """Transaction ids announced, per final transaction and peer link (both directions)."""
-        return self.stats.announced_ids / max(1, self.final * self.links)
-
-    def messages_per_tx(self) -> float:
-        return self.stats.messages() / max(1, self.final)
-
-
-class Trace:
-    """Every event of a run, hashed into a digest; the last few kept for a failure report."""
-
-    MESSAGE_PREFIXES = ("send ", "drop ")
-
-    def __init__(self, clock: Callable[[], float], keep: int, echo: Callable[[str], None] | None = None):
-        self._clock = clock
-        self._hash = hashlib.sha256()
-        self.tail: deque[str] = deque(maxlen=keep)  # events other than single messages
-        self.messages: deque[str] = deque(maxlen=max(1, keep // 3))
-        self.events = 0
-        self.echo = echo  # e.g. print: the whole trace as it happens
-
-    def __call__(self, text: str) -> None:
-        line = f"{self._clock():11.6f} {text}"
-        self._hash.update(line.encode() + b"\n")
-        (self.messages if text.startswith(self.MESSAGE_PREFIXES) else self.tail).append(line)
-        self.events += 1
-        if self.echo is not None:
-            self.echo(line)
-
-    def digest(self) -> str:
-        return self._hash.hexdigest()
-
-    def report(self) -> list[str]:
-        return list(self.tail) + [f"last {len(self.messages)} messages:"] + [f"  {line}" for line in self.messages]
 
 
 class SimMiner:
@@ -361,7 +161,7 @@ class _ErrorLog(logging.Handler):
         self.records.append(text)
 
 
-class Simulation(InvariantChecks):
+class Simulation(FaultInjection, InvariantChecks):
     """One seeded run.  `on_node(slot, node)` is called for every node created, before it starts
     (tests use it to break a node on purpose; engines use it to wire a simulated miner)."""
 
@@ -688,138 +488,6 @@ class Simulation(InvariantChecks):
 
         # In the node's context: a crash kills a submission in flight with the node.
         self.loop.create_task(submit(), context=slot.context)
-
-    # ------------------------------------------------------------------ faults
-    def _fault_menu(self) -> list[str]:
-        enabled = self.config.faults
-        menu = [kind for kind in FAULT_KINDS if kind in enabled]
-        if enabled & {"delay", "drop", "duplicate", "reorder"}:
-            menu.append("calm")
-        if "partition" in enabled:
-            menu.append("heal")
-        if "crash" in enabled:
-            menu.append("restart")
-        return menu
-
-    async def _inject_faults(self) -> None:
-        rng = self.fault_rng
-        menu = self._fault_menu()
-        if not menu:
-            return
-        while True:
-            await asyncio.sleep(rng.uniform(*self.config.fault_gap))
-            kind = rng.choice(menu)
-            applied = self._apply_fault(kind)
-            if applied is not None:
-                self.faults_applied[kind] += 1
-                self.trace(f"fault {kind}: {applied}")
-
-    async def _churn_membership(self) -> None:
-        assert self.churn is not None
-        while True:
-            await asyncio.sleep(self.membership_rng.uniform(1.0, 4.0))
-            self.churn.step([slot.node for slot in self.slots])
-
-    def _apply_fault(self, kind: str) -> str | None:
-        rng = self.fault_rng
-        hub = self.hub
-        faults = hub.faults
-        if kind == "delay":
-            low = rng.uniform(1, 30)
-            faults.delay_ms = (low, low + rng.uniform(0, 400))
-            return faults.describe()
-        if kind == "drop":
-            faults.drop = rng.uniform(0.02, 0.3)
-            return faults.describe()
-        if kind == "duplicate":
-            faults.duplicate = rng.uniform(0.02, 0.3)
-            return faults.describe()
-        if kind == "reorder":
-            faults.reorder = not faults.reorder
-            return faults.describe()
-        if kind == "calm":
-            hub.faults = Faults()
-            return hub.faults.describe()
-        if kind == "partition":
-            limit = self.config.partition_limit
-            if len(self.slots) < 2:
-                return None
-            if limit is not None and (hub.partitioned or self.loop.time() - self._whole_since < limit):
-                # Under a bound, splits do not follow each other back to back (that would
-                # isolate a node for longer than the bound): the network stays whole as long.
-                return None
-            ids = [slot.node_id for slot in self.slots]
-            rng.shuffle(ids)
-            cut = rng.randint(1, len(ids) - 1)
-            groups = [ids[:cut], ids[cut:]]
-            hub.partition(groups)
-            self._partitions += 1
-            if limit is not None:
-                self.loop.call_later(limit, self._end_partition, self._partitions)
-            return " | ".join(",".join(sorted(hub.label(n) for n in group)) for group in groups)
-        if kind == "heal":
-            if hub.partitioned:
-                self._whole_since = self.loop.time()
-            hub.heal()
-            return "one network again"
-        if kind == "crash":
-            live = self._live()
-            if len(live) < 2:
-                return None  # keep one node up to take transactions
-            if self.config.max_down is not None and len(self.slots) - len(live) >= self.config.max_down:
-                return None
-            victim = rng.choice(live)
-            self._crash(victim)
-            return victim.label
-        if kind == "restart":
-            down = [slot for slot in self.slots if slot.node is None]
-            if not down:
-                return None
-            slot = rng.choice(down)
-            self._start(slot)
-            return slot.label
-        raise ValueError(f"unknown fault {kind}")
-
-    def _scripted_partition(self, side: tuple[int, ...]) -> None:
-        ids = [slot.node_id for slot in self.slots]
-        groups = [[ids[i] for i in side], [ids[i] for i in range(len(ids)) if i not in side]]
-        self.hub.partition(groups)
-        self._partitions += 1
-        self.faults_applied["partition"] += 1
-        self.trace("fault partition: " + " | ".join(",".join(sorted(self.hub.label(n) for n in group)) for group in groups))
-
-    def _scripted_heal(self) -> None:
-        self._whole_since = self.loop.time()
-        self.hub.heal()
-        self.faults_applied["heal"] += 1
-        self.trace("fault heal: scripted")
-
-    def _scripted_crash(self, slot: Slot) -> None:
-        if slot.running:
-            self._crash(slot)
-            self.faults_applied["crash"] += 1
-            self.trace(f"fault crash: {slot.label} (scripted)")
-
-    def _scripted_restart(self, slot: Slot) -> None:
-        if slot.node is None and self.loop.time() < self._heal_time:
-            self._start(slot)
-            self.faults_applied["restart"] += 1
-            self.trace(f"fault restart: {slot.label} (scripted)")
-
-    def _end_partition(self, number: int) -> None:
-        if number == self._partitions and self.hub.partitioned and self.loop.time() < self._heal_time:
-            self._whole_since = self.loop.time()
-            self.hub.heal()
-            self.faults_applied["heal"] += 1
-            self.trace(f"fault heal: partition {number} ended after {self.config.partition_limit:g}s")
-
-    def _heal_everything(self) -> None:
-        self.hub.faults = Faults()
-        self.hub.heal()
-        for slot in self.slots:
-            if slot.node is None:
-                self._start(slot)
-        self.trace("all faults healed, every node running")
 
     # ------------------------------------------------------------------ invariants
     def _after_step(self) -> None:

@@ -27,7 +27,8 @@ from node.sim.network import SimHub
 from node.sim.raft_checks import RaftChecks
 
 if TYPE_CHECKING:
-    from node.sim.harness import SimConfig, Slot, Trace
+    from node.sim.config import SimConfig, Trace
+    from node.sim.harness import Slot
 
 
 class InvariantChecks:
