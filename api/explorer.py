@@ -13,18 +13,21 @@ live update is the same server-rendered template as the first render.
 
 Performance: a page costs a handful of store queries, never one per row (the
 dashboard's 100-block charts come from one `service.blocks(None, 100)` call).
+
+This module holds the pages: what each reads from the service, how it renders, the
+routes.  What a page shows once the records are read (text, charts, rows) is in
+`api.explorer_format`, which needs no service; what a URL or the search box names is
+parsed and looked up in `api.explorer_input`, mixed into `Explorer`.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +36,29 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from api import explorer_consensus
+from api.explorer_format import (
+    BlockRow,
+    PeerRow,
+    TxRow,
+    ValidatorRow,
+    _FINALITY_NOTES,
+    _NO_VALIDATOR_SET,
+    _sole_validator,
+    ago_text,
+    dashboard_charts,
+    duration_text,
+    format_units,
+    iso_time,
+    network_events,
+    payload_text,
+    short_address,
+    short_hex,
+    utc_text,
+)
+from api.explorer_input import ExplorerInput, MAX_QUERY_LENGTH, PageError, _echo
 from api.service import BlockRecord, NodeInfo, NodeService, TxRecord
-from ledger import crypto
-from ledger.address import ADDRESS_SIZE, InvalidAddress, address_of, bech32m_decode, decode_address
 from ledger.codec import MAX_AMOUNT
-from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
+from ledger.engine_status import Finality, ValidatorStatus
 from ledger.genesis import Genesis
 from ledger.transaction import Transaction, TxKind
 
@@ -52,12 +73,7 @@ BLOCKS_PAGE = 25
 ACCOUNT_PAGE = 25
 BLOCK_TX_PAGE = 100
 MEMPOOL_PAGE = 100
-MAX_QUERY_LENGTH = 200  # longer search input cannot be a height, hash or address
-MAX_ECHO = 80  # how much of a bad input a page repeats back
 
-_HEX64 = re.compile(r"(?:0x)?([0-9a-fA-F]{64})")
-_HEIGHT = re.compile(r"#?([0-9]{1,19})")
-_PUBLIC_KEY = re.compile(r"(?:0x)?((?:02|03)[0-9a-fA-F]{64})")
 _CURSOR = re.compile(r"([0-9]{1,19}):([0-9]{1,10})")
 
 _STATIC_TYPES = {
@@ -81,309 +97,11 @@ _REPORT_HEADERS = {
 MAX_REPORT_BYTES = 32 * 1024 * 1024
 
 
-# --- formatting (also the Jinja2 filters) ---------------------------------------------------
-
-
-def format_units(units: int, decimals: int) -> str:
-    """`units` of the smallest denomination as a decimal string, in integer arithmetic
-    (a float would round 9,007,199,254,740,993 units): 1234500000 at 9 decimals is "1.2345"."""
-    if units < 0:
-        return "-" + format_units(-units, decimals)
-    whole, fraction = divmod(units, 10**decimals)
-    text = f"{whole:,}"
-    if decimals and fraction:
-        text += "." + f"{fraction:0{decimals}d}".rstrip("0")
-    return text
-
-
-def short_hex(value: str, keep: int = 8) -> str:
-    """The ends of a long hex string, for lists where the full value sits in a link title."""
-    return value if len(value) <= 2 * keep + 1 else f"{value[:keep]}…{value[-keep:]}"
-
-
-def short_address(value: str) -> str:
-    prefix, sep, data = value.rpartition("1")
-    if not sep or len(data) <= 14:
-        return value
-    return f"{prefix}1{data[:6]}…{data[-6:]}"
-
-
-def utc_text(ms: int | None) -> str:
-    if ms is None:
-        return "—"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def iso_time(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def ago_text(ms: int | None, now_ms: int | None = None) -> str:
-    """'12 s ago' style; the page's script keeps it current."""
-    if ms is None:
-        return "—"
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    seconds = max(0, (now_ms - ms) // 1000)
-    if seconds < 60:
-        return f"{seconds} s ago"
-    if seconds < 3600:
-        return f"{seconds // 60} min ago"
-    if seconds < 86400:
-        return f"{seconds // 3600} h ago"
-    return f"{seconds // 86400} d ago"
-
-
-def duration_text(ms: float | None) -> str:
-    if ms is None:
-        return "—"
-    if ms < 1000:
-        return f"{ms:.0f} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.2f} s"
-    return f"{ms / 60_000:.1f} min"
-
-
-def payload_text(payload: bytes) -> str | None:
-    """The payload as text when it is printable UTF-8 (a memo), else None."""
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-    return text if text.isprintable() else None
-
-
-# --- charts (SVG drawn on the server) ------------------------------------------------------
-
-CHART_WIDTH = 600
-CHART_HEIGHT = 140
-CHART_MIN_SLOTS = 30
-
-
-@dataclass(frozen=True)
-class ChartMark:
-    x: float
-    y: float
-    width: float
-    height: float
-    label: str
-
-
-@dataclass(frozen=True)
-class Chart:
-    key: str
-    title: str
-    summary: str  # the chart in words, for screen readers
-    kind: str  # "bars" or "line"
-    marks: list[ChartMark]
-    line_points: str  # SVG polyline points (kind "line")
-    area_points: str
-    y_top: str  # axis labels
-    y_middle: str
-    x_first: str
-    x_last: str
-    slot: float = 0.0  # the width one block takes
-    width: int = CHART_WIDTH
-    height: int = CHART_HEIGHT
-
-    @property
-    def empty(self) -> bool:
-        return not self.marks
-
-
-def nice_ceiling(value: float) -> float:
-    """The smallest 1, 2 or 5 times a power of ten at or above `value` (an axis top)."""
-    if value <= 0:
-        return 1
-    power = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 5, 10):
-        if value <= step * power * (1 + 1e-9):
-            return step * power
-    return 10 * power
-
-
-def _axis_number(value: float, unit: str) -> str:
-    text = f"{value:g}" if value < 1e6 else f"{value:,.0f}"
-    return f"{text} {unit}".strip()
-
-
-def build_chart(
-    key: str, title: str, unit: str, points: Sequence[tuple[int, float]], kind: str, describe: Callable[[int, float], str]
-) -> Chart:
-    """`points` are (block height, value), oldest first."""
-    if not points:
-        return Chart(key, title, f"{title}: not enough blocks yet", kind, [], "", "", "", "", "", "")
-    values = [value for _, value in points]
-    top = nice_ceiling(max(values))
-    # A young chain's few blocks keep a bar's width; they fill the chart from the left.
-    slots = max(len(points), CHART_MIN_SLOTS)
-    step = CHART_WIDTH / slots
-    marks = []
-    line = []
-    for position, (height, value) in enumerate(points):
-        bar_height = CHART_HEIGHT * value / top
-        x = position * step
-        marks.append(ChartMark(round(x, 2), round(CHART_HEIGHT - bar_height, 2), round(max(step * 0.8, 0.5), 2),
-                               round(bar_height, 2), describe(height, value)))
-        line.append(f"{x + step / 2:.2f},{CHART_HEIGHT - bar_height:.2f}")
-    area = ""
-    if line:
-        first_x = line[0].split(",")[0]
-        last_x = line[-1].split(",")[0]
-        area = f"{first_x},{CHART_HEIGHT} " + " ".join(line) + f" {last_x},{CHART_HEIGHT}"
-    average = sum(values) / len(values)
-    summary = (
-        f"{title}, blocks {points[0][0]} to {points[-1][0]}: "
-        f"highest {_axis_number(max(values), unit)}, average {_axis_number(round(average, 2), unit)}"
-    )
-    first, last = f"#{points[0][0]}", f"#{points[-1][0]}"
-    if slots > len(points):  # the right edge is not the newest block: name the range on the left
-        first, last = (f"{first} – {last}" if first != last else first), ""
-    return Chart(
-        key, title, summary, kind, marks, " ".join(line), area,
-        _axis_number(top, unit), _axis_number(top / 2, unit), first, last, round(step, 3),
-    )
-
-
-NETWORK_EVENT_ROWS = 8
-
-
-def network_events(extra: dict, address: Callable[[bytes], str] = lambda raw: raw.hex()) -> list[dict]:
-    """Faults laid on the node's links, reorgs and elections (an engine with a leader says
-    who led each term), newest first, as one line each: when the network was cut, slowed or
-    healed, and what that did to the chain."""
-    events = []
-    for fault in extra.get("faults") or []:
-        if isinstance(fault, dict) and isinstance(fault.get("at"), int):
-            events.append({"at": fault["at"], "kind": "fault", "text": str(fault.get("description", ""))})
-    for reorg in extra.get("reorgs") or []:
-        if isinstance(reorg, dict) and isinstance(reorg.get("at"), int):
-            events.append({"at": reorg["at"], "kind": "reorg", "text": (
-                f"{reorg.get('depth')} blocks replaced above height {reorg.get('fork_height')}, "
-                f"{reorg.get('returned_to_mempool')} transactions back to the mempool")})
-    engine = extra.get("engine") if isinstance(extra.get("engine"), dict) else {}
-    details = engine.get("details") if isinstance(engine.get("details"), dict) else {}
-    for seen in details.get("leaders_seen") or []:
-        try:
-            leader = address(bytes.fromhex(seen["leader"]))
-        except (TypeError, KeyError, ValueError):
-            continue
-        if isinstance(seen.get("at"), int):
-            events.append({"at": seen["at"], "kind": "election", "text": f"{leader} leads term {seen.get('term')}"})
-    events.sort(key=lambda event: event["at"], reverse=True)
-    return events[:NETWORK_EVENT_ROWS]
-
-
-def dashboard_charts(newest_first: Sequence[BlockRecord]) -> tuple[Chart, Chart]:
-    headers = [record.header for record in reversed(newest_first)]
-    produced = [header for header in headers if header.height > 0]  # the genesis block carries no transactions
-    tx_points = [(header.height, float(header.tx_count)) for header in produced]
-    # The genesis timestamp is fixed in the genesis file, so the gap to block 1 says nothing.
-    interval_points = [
-        (current.height, (current.timestamp - previous.timestamp) / 1000)
-        for previous, current in zip(headers, headers[1:])
-        if previous.height > 0 and current.height == previous.height + 1
-    ]
-    transactions = build_chart(
-        "tx-per-block", "Transactions per block", "", tx_points, "bars",
-        lambda height, value: f"Block #{height}: {value:.0f} transaction{'' if value == 1 else 's'}",
-    )
-    intervals = build_chart(
-        "block-interval", "Block interval", "s", interval_points, "line",
-        lambda height, value: f"Block #{height}: {value:.3f} s after its parent",
-    )
-    return transactions, intervals
-
-
-# --- rows the templates show ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BlockRow:
-    height: int
-    hash: str
-    timestamp: int
-    tx_count: int
-    proposer: str
-    status: str
-    confirmations: int
-
-
-@dataclass(frozen=True)
-class TxRow:
-    id: str
-    sender: str
-    recipient: str
-    amount: int
-    fee: int
-    nonce: int
-    status: str
-    block_height: int | None = None
-    index: int | None = None
-    timestamp: int | None = None
-    confirmations: int = 0
-    direction: str = ""  # on an account page: "in", "out" or "self"
-
-
-@dataclass(frozen=True)
-class ValidatorRow:
-    address: str  # bech32m
-    power: str
-    blocks_proposed: str
-    last_signed: int | None
-    note: str = ""
-
-
-# What the validators page says about finality, by how the engine finalizes (not by its name).
-_FINALITY_NOTES = {
-    Finality.AT_COMMIT: "One authority seals every block; a block is final when it commits.",
-    Finality.CERTIFICATE: ("A block is final once validators holding {quorum} of the {total} voting power "
-                           "sign its commit certificate."),
-    Finality.REPLICATION: "A block is final once a majority of the members store it.",
-    Finality.CHECKPOINT: "A block is final once 2/3 of the stake finalizes its epoch's checkpoint.",
-}
-_NO_VALIDATOR_SET = {
-    Finality.DEPTH: "Proof of work has no validator set: any miner may extend the chain.",
-}
-
-
-def _sole_validator(status: EngineStatus) -> ValidatorStatus | None:
-    """The one authority that seals every block on its own (a dev chain), if that is the set."""
-    if status.finality is Finality.AT_COMMIT and status.validators is not None and len(status.validators) == 1:
-        return status.validators[0]
-    return None
-
-
-@dataclass(frozen=True)
-class PeerRow:
-    node_id: str
-    address: str
-    direction: str
-    height: int | None
-
-
 @dataclass(frozen=True)
 class StaticAsset:
     body: bytes
     media_type: str
     etag: str
-
-
-class PageError(Exception):
-    """Answered with the explorer's error page (HTML), never the API's problem+json."""
-
-    def __init__(self, status: int, title: str, message: str, query: str = ""):
-        super().__init__(message)
-        self.status = status
-        self.title = title
-        self.message = message
-        self.query = query
-        self.from_search = False  # the search box then shows the query again, ready to be corrected
-
-
-def _echo(text: str) -> str:
-    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + "…"
 
 
 def _load_static() -> dict[str, StaticAsset]:
@@ -400,7 +118,7 @@ def _load_static() -> dict[str, StaticAsset]:
 # --- the explorer ---------------------------------------------------------------------------
 
 
-class Explorer:
+class Explorer(ExplorerInput):
     """Builds each page's context from the service and renders it."""
 
     def __init__(self, service: NodeService, compare_report: Path | None = None):
@@ -492,40 +210,6 @@ class Explorer:
             return self.render(fragment, context, info=info)
         return self.render(template, context, info=info)
 
-    # --- parsing outside input ------------------------------------------------------------
-    @staticmethod
-    def parse_height(text: str) -> int | None:
-        match = _HEIGHT.fullmatch(text)
-        if match is None:
-            return None
-        height = int(match.group(1))
-        return height if height <= MAX_AMOUNT else None
-
-    @staticmethod
-    def parse_hash(text: str) -> bytes | None:
-        match = _HEX64.fullmatch(text)
-        return bytes.fromhex(match.group(1)) if match else None
-
-    def parse_address(self, text: str) -> bytes:
-        """The account of an address of this network; PageError(404) naming what is wrong."""
-        if len(text) > MAX_QUERY_LENGTH:
-            raise PageError(404, "Not an address", "That is too long to be an address.", text)
-        try:
-            return decode_address(text, self.prefix)
-        except ValueError as exc:
-            reason = str(exc)
-            raise PageError(404, "Not an address of this network",
-                            f"{reason[:1].upper()}{reason[1:]}. Addresses here start with '{self.prefix}1'.", text) from None
-
-    @staticmethod
-    def query_int(request: Request, name: str) -> int | None:
-        text = request.query_params.get(name)
-        if text is None or text == "":
-            return None
-        if not text.isascii() or not text.isdigit() or len(text) > 19 or int(text) > MAX_AMOUNT:
-            raise PageError(400, "Bad page parameter", f"'{name}' is a whole number, got '{_echo(text)}'.")
-        return int(text)
-
     # --- pages ----------------------------------------------------------------------------
     def dashboard(self, request: Request) -> HTMLResponse:
         info = self.service.node_info()
@@ -596,18 +280,6 @@ class Explorer:
             "newer": newer, "older": older, "first_page": before is None,
         }
         return self.page(request, "blocks.html", "blocks_live.html", context, info)
-
-    def find_block(self, ref: str, with_transactions: bool = True) -> BlockRecord:
-        parsed: int | bytes | None = self.parse_height(ref)
-        if parsed is None:
-            parsed = self.parse_hash(ref)
-        if parsed is None:
-            raise PageError(404, "Not a block", "A block is named by its height or its 64-hex-digit hash.", ref)
-        record = self.service.block(parsed, with_transactions=with_transactions)
-        if record is None:
-            what = f"at height {parsed}" if isinstance(parsed, int) else parsed.hex()
-            raise PageError(404, "Block not found", f"This chain has no block {what}.", ref)
-        return record
 
     def block_page(self, request: Request, ref: str) -> HTMLResponse:
         live = request.query_params.get("fragment") == "live"
@@ -794,56 +466,6 @@ class Explorer:
                                         str(entry.get("direction", "")), height if isinstance(height, int) else None))
         context = {"nav": "peers", "page_title": "Peers", "peers": rows}
         return self.render("peers.html", context, info=info)
-
-    def search(self, request: Request) -> Response:
-        query = (request.query_params.get("q") or "").strip()
-        try:
-            return self.find(query)
-        except PageError as error:
-            error.from_search = True
-            raise
-
-    def find(self, query: str) -> Response:
-        """A 303 redirect to the page of a height, block hash, transaction id or address."""
-        if not query:
-            raise PageError(404, "Nothing to search for",
-                            "Type a block height, a block hash, a transaction id or an address.")
-        if len(query) > MAX_QUERY_LENGTH:
-            raise PageError(404, "Not found", "No height, hash, id or address is that long.", query)
-        height = self.parse_height(query)
-        if height is not None:
-            if self.service.block(height, with_transactions=False) is None:
-                head = self.service.node_info().height
-                raise PageError(404, "Block not found", f"No block at height {height} yet: the head is at {head}.", query)
-            return RedirectResponse(f"/explorer/block/{height}", status_code=303)
-        digest = self.parse_hash(query)
-        if digest is not None:
-            if self.service.block(digest, with_transactions=False) is not None:
-                return RedirectResponse(f"/explorer/block/{digest.hex()}", status_code=303)
-            if self.service.transaction(digest) is not None:
-                return RedirectResponse(f"/explorer/tx/{digest.hex()}", status_code=303)
-            raise PageError(404, "Not found", "No block hash and no transaction id on this node matches.", query)
-        public_key = _PUBLIC_KEY.fullmatch(query)
-        if public_key is not None and crypto.is_valid_public_key(bytes.fromhex(public_key.group(1))):
-            # A sender's public key (as a transaction shows it) names its account too.
-            account = address_of(bytes.fromhex(public_key.group(1)))
-            return RedirectResponse(f"/explorer/account/{self.address(account)}", status_code=303)
-        if query.lower().startswith(self.prefix + "1"):
-            account = self.parse_address(query)
-            return RedirectResponse(f"/explorer/account/{self.address(account)}", status_code=303)
-        try:
-            _, data = bech32m_decode(query)
-        except InvalidAddress:
-            data = b""
-        if len(data) == ADDRESS_SIZE:
-            # The same key's account under another prefix (a wallet that showed dev1... on a
-            # tst network): the 20 bytes name the account, the prefix only the network.
-            return RedirectResponse(f"/explorer/account/{self.address(data)}", status_code=303)
-        raise PageError(
-            404, "Not found",
-            f"Search takes a block height, a block hash, a transaction id or an address starting with '{self.prefix}1'.",
-            query,
-        )
 
     def static(self, request: Request, name: str) -> Response:
         asset = self.assets.get(name)

@@ -21,7 +21,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from api.app import create_app
-from api.explorer import CHART_BLOCKS, LATEST_BLOCKS_SCANNED, format_units, network_events, nice_ceiling
+from api.explorer import CHART_BLOCKS, LATEST_BLOCKS_SCANNED
+from api.explorer_format import format_units, network_events, nice_ceiling
 from ledger.address import address_of, encode_address
 from ledger.codec import MAX_AMOUNT
 from ledger.crypto import PrivateKey
