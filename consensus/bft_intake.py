@@ -68,18 +68,18 @@ class MessageIntake:
     _now: int
     _out: list[Action]
 
-    # Defined by BftEngine, which comes first in its own MRO: these only declare them.
-    def _stop_waiting(self) -> None: ...
-
-    def _progress(self, round: int) -> None: ...
-
-    def _proposer_address(self, round: int) -> bytes: ...
-
-    def _consider_block(self, block: Block) -> None: ...
-
     if TYPE_CHECKING:
-        # EvidenceAndStatus's (consensus/bft_report.py), which follows this class among
-        # BftEngine's bases: a stub here would shadow it, so it exists for type checkers only.
+        # Defined by BftEngine, and _report by EvidenceAndStatus (consensus/bft_report.py),
+        # which follows this class among BftEngine's bases: declared for type checkers only,
+        # so a stub can neither shadow the real method nor stand in for a missing one.
+        def _stop_waiting(self) -> None: ...
+
+        def _progress(self, round: int) -> None: ...
+
+        def _proposer_address(self, round: int) -> bytes: ...
+
+        def _consider_block(self, block: Block) -> None: ...
+
         def _report(self, evidence: Evidence) -> None: ...
 
     def _on_peer_message(self, peer: str, data: bytes) -> None:

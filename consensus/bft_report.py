@@ -8,6 +8,8 @@ evidence they catch and read back what to record.  Mixed into BftEngine, whose s
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ledger.block import Block, BlockHeader
 from ledger.codec import DecodeError
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
@@ -59,8 +61,10 @@ class EvidenceAndStatus:
     _last_signed_height: dict[bytes, int]
     _out: list[Action]
 
-    # Defined by BftEngine, which comes first in its own MRO: these only declare them.
-    def _proposer_address(self, round: int) -> bytes: ...
+    if TYPE_CHECKING:
+        # Defined by BftEngine: declared for type checkers only, so the stub can never
+        # stand in for a missing method.
+        def _proposer_address(self, round: int) -> bytes: ...
 
     # ------------------------------------------------------------------ evidence
     def _report(self, evidence: Evidence) -> None:
