@@ -441,17 +441,7 @@ def testnet(
                       style="dim", highlight=False)
         while not stopping:
             fleet.lay_faults()  # on nodes that (re)started since a partition, delay or loss was set
-            cells = []
-            for row in fleet.status():
-                if row["state"] == "down":
-                    cells.append(f"{row['node']} down ({row['exit']})")
-                elif row["height"] is None:
-                    cells.append(f"{row['node']} {row['state']}")
-                else:
-                    # f=: the finalized height, where finality trails the head (pow, pos)
-                    final = f" f={row['finalized']}" if row["finalized"] not in (None, row["height"]) else ""
-                    cells.append(f"{row['node']} h={row['height']}{final} p={row['peers']}"
-                                 + (" paused" if row["state"] == "paused" else ""))
+            cells = [status_cell(row) for row in fleet.status()]
             console.print("  " + " | ".join(cells), end="\r" if console.is_terminal else "\n", highlight=False)
             for _ in range(10 if console.is_terminal else 50):
                 if stopping:
@@ -468,6 +458,20 @@ def testnet(
         fleet.stop_all()
         if sys.exc_info()[0] is None:  # a stop, not a failure
             console.print("all nodes stopped")
+
+
+def status_cell(row: dict) -> str:
+    """One node in the testnet's live status line, from a `Fleet.status()` row."""
+    if row["state"] == "down":
+        return f"{row['node']} down ({row['exit']})"
+    if row["height"] is None:
+        return f"{row['node']} {row['state']}"
+    # f=: the finalized height, where finality trails the head (pow, pos)
+    final = f" f={row['finalized']}" if row["finalized"] not in (None, row["height"]) else ""
+    # Raft: who leads, so that a failover shows as it happens
+    leading = " leader" if row["role"] == "leader" else ""
+    paused = " paused" if row["state"] == "paused" else ""
+    return f"{row['node']} h={row['height']}{final} p={row['peers']}{leading}{paused}"
 
 
 def _control(directory: Path, command: str, *args: str) -> dict:

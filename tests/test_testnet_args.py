@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
+from node.cli import app, status_cell
 from node import testnet as launcher
 from node.testnet import check_request, write_network
 
@@ -103,3 +103,21 @@ def test_more_nodes_than_the_folder_holds_add_followers_with_fresh_keys(tmp_path
     assert (directory / "genesis.json").read_bytes() == genesis_before
     assert [(directory / f"node{i}" / "config.toml").read_bytes() for i in range(3)] == configs_before
     assert launcher.add_nodes(directory, 4, 28100, 29100) == []  # nothing more to add
+
+
+def _row(**changes) -> dict:
+    row = {"node": "node1", "state": "up", "exit": None, "height": 7, "finalized": 7, "peers": 2, "role": "follower"}
+    row.update(changes)
+    return row
+
+
+@pytest.mark.parametrize(("row", "cell"), [
+    (_row(), "node1 h=7 p=2"),
+    (_row(role="leader"), "node1 h=7 p=2 leader"),  # Raft: a failover shows in the live line
+    (_row(role="validator"), "node1 h=7 p=2"),
+    (_row(finalized=5, role="leader", state="paused"), "node1 h=7 f=5 p=2 leader paused"),
+    (_row(state="down", exit="killed by SIGKILL", height=None), "node1 down (killed by SIGKILL)"),
+    (_row(height=None, role=None), "node1 up"),
+])
+def test_the_live_status_line_names_each_nodes_height_peers_and_the_raft_leader(row, cell):
+    assert status_cell(row) == cell
