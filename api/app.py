@@ -5,9 +5,9 @@ uvicorn on its own event loop.  Writes (`submit`, `wait_final`) are awaited on
 that loop; reads are plain service calls, so their routes are plain functions
 that FastAPI runs in worker threads.
 
-Every error is RFC 9457 problem+json (see api/problems.py and docs/api.md).
-Bodies are size-checked by a pure ASGI middleware before anything reads them,
-then parsed once with the json module: the batch route is the hot path and
+Every error is RFC 9457 problem+json (api/error_handling.py, api/problems.py and
+docs/api.md).  Bodies are size-checked by a pure ASGI middleware before anything reads
+them, then parsed once with the json module: the batch route is the hot path and
 decodes raw items straight into Transactions, keeping pydantic for the items
 submitted field by field.
 """
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -24,26 +23,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
-from starlette.routing import Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.dev import dev_router
 from api.events import KEEPALIVE_SECONDS, EventStreamResponse
 from api.explorer import explorer_router
 from api.admin import add_admin_routes
+from api.error_handling import install_error_handling
 from api.json_body import json_body
 from api.openapi import body_schema, install_openapi, ref
 from api.problems import (
-    REASON_BY_STATUS,
     ProblemException,
     problem,
-    problem_bytes,
     problem_from_errors,
     problem_of,
     problem_response,
@@ -84,8 +78,6 @@ from ledger.codec import MAX_AMOUNT
 from ledger.evidence import EvidenceRecord
 from ledger.transaction import Transaction, accepted_kinds
 
-logger = logging.getLogger(__name__)
-
 DEFAULT_WAIT_SECONDS = 30.0
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
@@ -97,143 +89,6 @@ try:
     API_VERSION = package_version("ledger-node")
 except PackageNotFoundError:  # running from a checkout that is not installed
     API_VERSION = "0.1.0"
-
-
-# --- middleware ----------------------------------------------------------------------------
-
-
-async def _send_problem(send: Send, document: dict[str, Any], extra_headers: list[tuple[bytes, bytes]] = ()) -> None:
-    body = problem_bytes(document)
-    headers = [
-        (b"content-type", b"application/problem+json"),
-        (b"content-length", str(len(body)).encode()),
-        *extra_headers,
-    ]
-    await send({"type": "http.response.start", "status": document["status"], "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-class BodyTooLarge(ProblemException):
-    pass
-
-
-class BodyLimitMiddleware:
-    """Refuse request bodies over `max_body_bytes` with 413, before anything parses them:
-    at once when Content-Length says so, and while streaming when a chunked body (or a
-    lying Content-Length) grows past the limit."""
-
-    def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
-        self.app = app
-        self.max_body_bytes = max_body_bytes
-
-    def _too_large(self) -> dict[str, Any]:
-        return problem("body_too_large", f"request bodies are at most {self.max_body_bytes} bytes")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    declared = int(value)
-                    if declared < 0:
-                        raise ValueError
-                except ValueError:
-                    await _send_problem(send, problem("bad_content_length", "Content-Length is not a byte count"))
-                    return
-                if declared > self.max_body_bytes:
-                    await _send_problem(send, self._too_large(), [(b"connection", b"close")])
-                    return
-
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body_bytes:
-                    raise BodyTooLarge(self._too_large(), {"connection": "close"})
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as exc:
-            # Normally the exception handler answers; this covers a read outside any route.
-            if started:
-                raise
-            await _send_problem(send, exc.document, [(b"connection", b"close")])
-
-
-class CatchAllMiddleware:
-    """Log any unhandled error and answer 500 problem+json: a traceback never reaches the client."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = False
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception:
-            logger.exception("unhandled error answering %s %s", scope.get("method"), scope.get("path"))
-            if started:
-                raise
-            await _send_problem(send, problem("internal_error", "the node failed to answer; see its log"))
-
-
-# --- exception handlers --------------------------------------------------------------------
-
-
-_LOCATION_KINDS = {"body", "query", "path", "header", "cookie"}
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
-    errors = []
-    for error in exc.errors():
-        location = tuple(error.get("loc", ()))
-        if location and location[0] in _LOCATION_KINDS:
-            location = location[1:]
-        errors.append({**error, "loc": location})
-    described = describe_errors(errors) or [InvalidInput("invalid_field", "invalid request")]
-    return problem_response(problem_from_errors(described))
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    if isinstance(exc, ProblemException):
-        return problem_response(exc.document, exc.headers)
-    reason = REASON_BY_STATUS.get(exc.status_code, "http_error")
-    headers = exc.headers
-    if exc.status_code == 405:
-        # The router names the methods of the first route on the path; a path served by
-        # several routes (one per method) allows them all.
-        allowed = {method for route in request.app.routes if isinstance(route, Route)
-                   and route.path == request.url.path for method in (route.methods or ())}
-        if allowed:
-            headers = {**(headers or {}), "Allow": ", ".join(sorted(allowed))}
-    return problem_response(problem(reason, str(exc.detail), status=exc.status_code), headers)
-
-
-async def _invalid_input(request: Request, exc: InvalidInput) -> Response:
-    return problem_response(problem_of(exc))
 
 
 # --- request parsing -----------------------------------------------------------------------
@@ -724,12 +579,7 @@ def create_app(
     )
     app.state.service = service
     ctx = _Context(service, service.genesis.address_prefix, max_batch, float(max_wait_seconds))
-    app.add_exception_handler(RequestValidationError, _validation_error)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http_error)  # type: ignore[arg-type]
-    app.add_exception_handler(InvalidInput, _invalid_input)  # type: ignore[arg-type]
-    # add_middleware puts the last one outermost: the catch-all wraps the body limit.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
-    app.add_middleware(CatchAllMiddleware)
+    install_error_handling(app, max_body_bytes)
     _add_transaction_routes(app, ctx)
     _add_chain_routes(app, ctx)
     _add_node_routes(app, ctx, keepalive_seconds)
