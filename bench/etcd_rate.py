@@ -26,7 +26,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import cpu_seconds, free_port_run, percentile  # noqa: E402
+from nodes import cpu_seconds, free_port_run, percentile  # noqa: E402
 from seqput import paced  # noqa: E402
 
 MEMBERS = 3

@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import CpuMeter, message_counters, percentile, prepare_network, running, wait_all_ready  # noqa: E402
+from nodes import CpuMeter, message_counters, percentile, prepare_network, running, wait_all_ready  # noqa: E402
 from throughput import make_keys  # noqa: E402
 
 from ledger.address import address_of  # noqa: E402
