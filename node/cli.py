@@ -385,7 +385,7 @@ def testnet(
 
     _check_ports(api_port, p2p_port, nodes)
     try:  # every refusal comes before --fresh deletes anything
-        consensus = check_request(directory, nodes, consensus, fresh, db)
+        consensus = check_request(directory, nodes, consensus, fresh, db, api_port, p2p_port)
     except TestnetError as exc:
         fail(str(exc))
     if fresh and directory.exists():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import shlex
 import signal
 import socket
 import subprocess
@@ -106,25 +107,41 @@ def _toml_value(value) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
-def _command(directory: Path, nodes: int, consensus: str | None = None, *extra: str) -> str:
-    """The launcher command line that would run this request, for an error to suggest."""
+def _command(directory: Path, nodes: int, consensus: str | None = None, *extra: str, kept: tuple[str, ...] = ()) -> str:
+    """The launcher command line that would run this request, for an error to suggest;
+    `kept` are the request's other options (ports, database), which every suggestion keeps."""
     words = ["ledger testnet", f"--nodes {nodes}"]
     if consensus is not None:
         words.append(f"--consensus {consensus}")
     if directory != Path("testnet"):
-        words.append(f"--dir {directory}")
-    return "`" + " ".join(words + list(extra)) + "`"
+        words.append(f"--dir {shlex.quote(str(directory))}")
+    return "`" + " ".join(words + list(kept) + list(extra)) + "`"
 
 
-def check_request(directory: Path, nodes: int, consensus: str | None, fresh: bool, db: str = "sqlite") -> str:
+def _options_kept(api_port: int, p2p_port: int, db: str) -> tuple[str, ...]:
+    """The options besides --nodes, --consensus and --dir that differ from their defaults."""
+    kept = []
+    if api_port != 8000:
+        kept.append(f"--api-port {api_port}")
+    if p2p_port != 9000:
+        kept.append(f"--p2p-port {p2p_port}")
+    if db != "sqlite":
+        kept.append(f"--db {shlex.quote(db)}")
+    return tuple(kept)
+
+
+def check_request(directory: Path, nodes: int, consensus: str | None, fresh: bool, db: str = "sqlite",
+                  api_port: int = 8000, p2p_port: int = 9000) -> str:
     """The engine `ledger testnet` would run for these arguments, or TestnetError saying why
-    not and which command would do what was asked.  Reads only: it runs before --fresh deletes
-    anything, so a refused request leaves the folder as it was."""
+    not and which command would do what was asked (with the same ports and database).  Reads
+    only: it runs before --fresh deletes anything, so a refused request leaves the folder as it
+    was."""
+    kept = _options_kept(api_port, p2p_port, db)
     if not 1 <= nodes <= 64:
         raise TestnetError(f"--nodes is 1 to 64, not {nodes}")
     if consensus is not None and consensus not in CONSENSUS:
         raise TestnetError(f"--consensus is one of {', '.join(CONSENSUS)}, not {consensus!r}; "
-                           f"e.g. {_command(directory, nodes, CONSENSUS[-1])}")
+                           f"e.g. {_command(directory, nodes, CONSENSUS[-1], kept=kept)}")
     if db != "sqlite" and not db.startswith(("postgresql://", "postgresql+psycopg://")):
         raise TestnetError(f"--db {db!r}: sqlite, or a postgresql:// server URL")
     genesis_file = directory / "genesis.json"
@@ -134,16 +151,17 @@ def check_request(directory: Path, nodes: int, consensus: str | None, fresh: boo
         existing = Genesis.load(genesis_file).engine
     except (InvalidGenesis, OSError) as exc:
         raise TestnetError(f"{directory} holds no usable network ({exc}); "
-                           f"{_command(directory, nodes, consensus, '--fresh')} deletes it and starts a new one") from None
+                           f"{_command(directory, nodes, consensus, '--fresh', kept=kept)} deletes it and starts a new one") from None
     if consensus is not None and consensus != existing:
         raise TestnetError(
-            f"{directory} holds a {existing} network, not {consensus}: {_command(directory, nodes)} runs it as it is, "
-            f"{_command(directory, nodes, consensus, '--fresh')} deletes it and starts a {consensus} one, "
-            f"{_command(Path(f'testnet-{consensus}'), nodes, consensus)} keeps it and starts one beside it")
+            f"{directory} holds a {existing} network, not {consensus}: {_command(directory, nodes, kept=kept)} runs it "
+            f"as it is, {_command(directory, nodes, consensus, '--fresh', kept=kept)} deletes it and starts a "
+            f"{consensus} one, {_command(Path(f'testnet-{consensus}'), nodes, consensus, kept=kept)} keeps it and "
+            "starts one beside it")
     held = held_nodes(directory)
     if held > nodes:
-        raise TestnetError(f"{directory} holds a network of {held} nodes, not {nodes}: {_command(directory, held)} "
-                           f"runs it, {_command(directory, nodes, consensus, '--fresh')} deletes it and starts "
+        raise TestnetError(f"{directory} holds a network of {held} nodes, not {nodes}: {_command(directory, held, kept=kept)} "
+                           f"runs it, {_command(directory, nodes, consensus, '--fresh', kept=kept)} deletes it and starts "
                            f"one of {nodes}")
     return existing  # with more nodes than it holds, the new ones join it (add_nodes)
 

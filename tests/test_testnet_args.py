@@ -57,6 +57,20 @@ def test_the_refusal_names_the_commands_that_would_do_it(bft_testnet):
     assert "`ledger testnet --nodes 4 --consensus solo --dir testnet-solo` keeps it" in text
 
 
+def test_the_suggested_commands_keep_the_ports_and_the_database_asked_for(bft_testnet):
+    db = "postgresql://postgres@127.0.0.1/my chains"
+    with pytest.raises(launcher.TestnetError) as refused:
+        check_request(bft_testnet, 4, "raft", fresh=False, db=db, api_port=28000, p2p_port=29000)
+    kept = "--api-port 28000 --p2p-port 29000 --db 'postgresql://postgres@127.0.0.1/my chains'"
+    text = str(refused.value)
+    assert f"`ledger testnet --nodes 4 --dir {bft_testnet} {kept}` runs it as it is" in text
+    assert f"`ledger testnet --nodes 4 --consensus raft --dir {bft_testnet} {kept} --fresh` deletes it" in text
+    assert f"`ledger testnet --nodes 4 --consensus raft --dir testnet-raft {kept}` keeps it" in text
+    with pytest.raises(launcher.TestnetError) as refused:
+        check_request(bft_testnet, 2, None, fresh=False, api_port=28000)
+    assert f"`ledger testnet --nodes 4 --dir {bft_testnet} --api-port 28000` runs it" in str(refused.value)
+
+
 def test_what_is_accepted(bft_testnet, tmp_path):
     assert check_request(bft_testnet, 4, None, fresh=False) == "bft"  # the chain on disk wins
     assert check_request(bft_testnet, 4, "bft", fresh=False) == "bft"
