@@ -10,7 +10,7 @@ import pytest
 
 from consensus.pos import beacon
 from consensus.pos.messages import Attestation, AttesterSlashing, Checkpoint, PosExtra, slashable_votes
-from consensus.pos.engine import Guard
+from consensus.pos.guard import Guard
 from ledger.block import InvalidSeal
 from ledger.codec import Reader
 from ledger.staking import StakeChange, StakeOp, StakeOpKind

@@ -9,20 +9,19 @@ justified checkpoint) and target (this epoch's checkpoint on that head).  Attest
 gossiped, weigh in LMD-GHOST (forkchoice.py) and are included in later blocks, where they
 count for Casper FFG (beacon.py).  The engine chooses the head and says so with SetHead.
 
-The double-sign guard (a validator's own slashing protection): the newest slot proposed
-and the newest FFG vote signed are in the `Persist` that precedes every signed message,
-and a vote is signed only when its target epoch is beyond every earlier one (or the very
-same vote again) and its source no older: such a vote can neither double nor surround.
+Every signed message is preceded by a `Persist` of the double-sign guard
+(consensus/pos/guard.py): what this validator signed last, so that it never signs a
+slashable pair, even across a restart.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from ledger import crypto
 from ledger.block import Block, BlockHeader, InvalidSeal
-from ledger.codec import DecodeError, Reader, Writer
+from ledger.codec import DecodeError
 from ledger.engine_status import Checkpoint as StatusCheckpoint
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 from ledger.evidence import EvidenceRecord
@@ -49,6 +48,7 @@ from consensus.engine import (
 from consensus.pos import beacon, labels
 from consensus.pos.beacon import BeaconState, Chain
 from consensus.pos.forkchoice import BlockTree
+from consensus.pos.guard import Guard, decode_saved, encode_saved
 from consensus.pos.messages import (
     DOMAIN_RANDAO,
     Attestation,
@@ -68,54 +68,6 @@ MAX_POOL = 4096  # attestations waiting for a block
 MAX_SEEN_VOTES = 64  # per validator, for slashing detection
 MAX_STATES = 10_000
 MAX_EVIDENCE_SHOWN = 100
-
-
-@dataclass(frozen=True, slots=True)
-class Guard:
-    """What this validator signed last: enough to never sign a slashable pair."""
-
-    proposed_slot: int = -1
-    source: Checkpoint | None = None
-    target: Checkpoint | None = None
-
-    def may_propose(self, slot: int) -> bool:
-        return slot > self.proposed_slot
-
-    def may_vote(self, source: Checkpoint, target: Checkpoint) -> bool:
-        if self.target is None or self.source is None:
-            return True
-        if (source, target) == (self.source, self.target):
-            return True
-        return target.epoch > self.target.epoch and source.epoch >= self.source.epoch
-
-
-def _encode_saved(key: bytes, guard: Guard, states: Sequence[BeaconState]) -> bytes:
-    w = Writer().u8(1).var_bytes(key).u64(guard.proposed_slot + 1).u8(guard.target is not None)
-    if guard.target is not None and guard.source is not None:
-        guard.source.write(w)
-        guard.target.write(w)
-    w.u8(len(states))
-    for state in states:
-        w.var_bytes(beacon.encode_state(state))
-    return w.bytes()
-
-
-def _decode_saved(data: bytes) -> tuple[bytes, Guard, list[BeaconState]]:
-    r = Reader(data)
-    if r.u8("saved.version") != 1:
-        raise DecodeError("saved.version", "unknown proof-of-stake saved state")
-    key = r.var_bytes("saved.key", 33)
-    proposed = r.u64("saved.proposed") - 1
-    guard = Guard(proposed)
-    if r.u8("saved.voted"):
-        guard = Guard(proposed, Checkpoint.read(r, "saved.source"), Checkpoint.read(r, "saved.target"))
-    states = []
-    for _ in range(r.u8("saved.states")):
-        inner = Reader(r.var_bytes("saved.state", 1 << 24))
-        states.append(beacon.read_state(inner))
-        inner.finish()
-    r.finish()
-    return key, guard, states
 
 
 class PosEngine(Engine):
@@ -282,7 +234,7 @@ class PosEngine(Engine):
     def _on_started(self, event: Started) -> None:
         saved_states: list[BeaconState] = []
         if event.persisted:
-            key, guard, saved_states = _decode_saved(event.persisted)  # corrupt: refuse to run
+            key, guard, saved_states = decode_saved(event.persisted)  # corrupt: refuse to run
             if self._key is not None and key == self._key.public_key:
                 self.guard = guard
         recent = event.recent or (event.head,)
@@ -660,7 +612,7 @@ class PosEngine(Engine):
         finalized = self.tree.state(self.tree.finalized.root)
         if finalized is not None and finalized is not states[0]:
             states.append(finalized)
-        self._out.append(Persist(_encode_saved(key, self.guard, states)))
+        self._out.append(Persist(encode_saved(key, self.guard, states)))
 
     def _prune_states(self) -> None:
         """Forget states below the finalized anchor; past MAX_STATES, also those of blocks the
