@@ -171,6 +171,8 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
         self._engine_task: asyncio.Task | None = None
         self._housekeeping_task: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = 0  # the deadline the armed timer was set for
+        self._timer_at = 0  # the engine's deadline now (_set_timer)
         self.state: State
         self.pool: Mempool
         self._head: BlockHeader
@@ -367,13 +369,31 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
             raise NotImplementedError(f"the runtime cannot perform {type(action).__name__}")
 
     def _set_timer(self, at_ms: int) -> None:
+        """The engine's one deadline, replacing the last.  A later deadline leaves the armed
+        timer alone (it re-arms for the rest when it fires): a Raft leader moves its heartbeat
+        with every block and a follower its election timeout with every append, and a loop
+        timer cancelled and made anew each step cost a few percent of the node's CPU."""
+        self._timer_at = at_ms
         if self._timer is not None:
+            if self._timer_due <= at_ms:
+                return
             self._timer.cancel()
-        loop = asyncio.get_running_loop()
+        self._arm_timer(at_ms)
+
+    def _arm_timer(self, at_ms: int) -> None:
         delay = max(0.0, (at_ms - self.now_ms()) / 1000)
+        self._timer_due = at_ms
+        self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        at_ms = self._timer_at
+        if at_ms > self._timer_due:
+            self._arm_timer(at_ms)  # moved later since this one was armed
+            return
         # The engine boundary promises a Tick at or after the deadline; the wall clock and the
         # loop's monotonic clock can disagree by a millisecond.
-        self._timer = loop.call_later(delay, lambda: self.feed(ev.Tick(max(self.now_ms(), at_ms))))
+        self.feed(ev.Tick(max(self.now_ms(), at_ms)))
 
     def _build_block(self, request: ev.BuildBlock) -> Block:
         if request.parent != self.head.hash:
