@@ -44,6 +44,7 @@ from node.admission import Admission
 from node.read_index import ReadBarrier
 from node.config import NodeConfig
 from node.dev import DevControls, InLoop
+from node.engine_timer import EngineTimer
 from node.events import EventHub
 from node.finality import FinalityWaiters
 from node.gossip import TxGossip
@@ -170,9 +171,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
         self._stopping = False
         self._engine_task: asyncio.Task | None = None
         self._housekeeping_task: asyncio.Task | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_due = 0  # the deadline the armed timer was set for
-        self._timer_at = 0  # the engine's deadline now (_set_timer)
+        self.timer = EngineTimer(self.now_ms, lambda at_ms: self.feed(ev.Tick(at_ms)))
         self.state: State
         self.pool: Mempool
         self._head: BlockHeader
@@ -234,8 +233,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
         await self.signatures.close()
         if self.gossip is not None:
             await self.gossip.stop()
-        if self._timer is not None:
-            self._timer.cancel()
+        self.timer.cancel()
         if self._housekeeping_task is not None:
             self._housekeeping_task.cancel()
         if self._engine_task is not None:
@@ -356,7 +354,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
             self.evidence = self.evidence[-99:] + [action.evidence]
             log.warning("evidence of validator misbehaviour: %s", action.evidence.hex()[:64])
         elif isinstance(action, ev.SetTimer):
-            self._set_timer(action.at)
+            self.timer.set(action.at)
         elif isinstance(action, ev.Persist):
             # Durable (fsync) before any later action's message leaves: the double-sign guard.
             await self._write(len(action.state) <= INLINE_WRITE_BYTES, self.store.set_meta, ENGINE_STATE_KEY,
@@ -367,33 +365,6 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
             self.read_answered(action)
         else:
             raise NotImplementedError(f"the runtime cannot perform {type(action).__name__}")
-
-    def _set_timer(self, at_ms: int) -> None:
-        """The engine's one deadline, replacing the last.  A later deadline leaves the armed
-        timer alone (it re-arms for the rest when it fires): a Raft leader moves its heartbeat
-        with every block and a follower its election timeout with every append, and a loop
-        timer cancelled and made anew each step cost a few percent of the node's CPU."""
-        self._timer_at = at_ms
-        if self._timer is not None:
-            if self._timer_due <= at_ms:
-                return
-            self._timer.cancel()
-        self._arm_timer(at_ms)
-
-    def _arm_timer(self, at_ms: int) -> None:
-        delay = max(0.0, (at_ms - self.now_ms()) / 1000)
-        self._timer_due = at_ms
-        self._timer = asyncio.get_running_loop().call_later(delay, self._timer_fired)
-
-    def _timer_fired(self) -> None:
-        self._timer = None
-        at_ms = self._timer_at
-        if at_ms > self._timer_due:
-            self._arm_timer(at_ms)  # moved later since this one was armed
-            return
-        # The engine boundary promises a Tick at or after the deadline; the wall clock and the
-        # loop's monotonic clock can disagree by a millisecond.
-        self.feed(ev.Tick(max(self.now_ms(), at_ms)))
 
     def _build_block(self, request: ev.BuildBlock) -> Block:
         if request.parent != self.head.hash:

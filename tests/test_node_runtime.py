@@ -324,30 +324,3 @@ def test_a_signal_of_transactions_a_block_took_meanwhile_starts_no_empty_block(t
 
     assert asyncio.run(scenario()) == 1, "no empty block for a signal whose transactions are gone"
 
-
-def test_the_engine_timer_ticks_once_at_or_after_its_latest_deadline(tmp_path):
-    """SetTimer replaces the deadline before it.  A later one leaves the loop's timer armed (it
-    re-arms for the rest when it fires); an earlier one re-arms at once.  Either way one Tick
-    comes, never before the deadline in force."""
-    from consensus import engine as ev
-
-    node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
-    ticks: list[tuple[int, int]] = []  # (the Tick's time, the wall clock when it came)
-    node.feed = lambda event: ticks.append((event.now, node.now_ms())) if isinstance(event, ev.Tick) else None
-
-    async def scenario(first: int, second: int) -> int:
-        ticks.clear()
-        start = node.now_ms()
-        node._set_timer(start + first)
-        await asyncio.sleep(0.01)
-        node._set_timer(start + second)
-        await asyncio.sleep((max(first, second) + 100) / 1000)
-        return start + second
-
-    for first, second in ((40, 120), (200, 60), (50, 50)):
-        deadline = asyncio.run(scenario(first, second))
-        assert len(ticks) == 1, (first, second, ticks)
-        [(tick_at, came_at)] = ticks
-        # (The loop's clock and the wall clock may disagree by a millisecond.)
-        assert tick_at >= deadline and came_at >= deadline - 2, (first, second, ticks, deadline)
-        assert node._timer is None  # nothing left armed
