@@ -171,7 +171,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
         self._stopping = False
         self._engine_task: asyncio.Task | None = None
         self._housekeeping_task: asyncio.Task | None = None
-        self.timer = EngineTimer(self.now_ms, lambda at_ms: self.feed(ev.Tick(at_ms)))
+        self.engine_timer = EngineTimer(self.now_ms, lambda at_ms: self.feed(ev.Tick(at_ms)))
         self.state: State
         self.pool: Mempool
         self._head: BlockHeader
@@ -233,7 +233,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
         await self.signatures.close()
         if self.gossip is not None:
             await self.gossip.stop()
-        self.timer.cancel()
+        self.engine_timer.cancel()
         if self._housekeeping_task is not None:
             self._housekeeping_task.cancel()
         if self._engine_task is not None:
@@ -354,7 +354,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
             self.evidence = self.evidence[-99:] + [action.evidence]
             log.warning("evidence of validator misbehaviour: %s", action.evidence.hex()[:64])
         elif isinstance(action, ev.SetTimer):
-            self.timer.set(action.at)
+            self.engine_timer.set(action.at)
         elif isinstance(action, ev.Persist):
             # Durable (fsync) before any later action's message leaves: the double-sign guard.
             await self._write(len(action.state) <= INLINE_WRITE_BYTES, self.store.set_meta, ENGINE_STATE_KEY,

@@ -323,4 +323,3 @@ def test_a_signal_of_transactions_a_block_took_meanwhile_starts_no_empty_block(t
             await node.stop()
 
     assert asyncio.run(scenario()) == 1, "no empty block for a signal whose transactions are gone"
-
