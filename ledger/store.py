@@ -16,7 +16,6 @@ the store is byte for byte what went in.  The reads are in ledger/store_reads.py
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +31,7 @@ from ledger.address import address_of
 from ledger.block import Block, BlockHeader
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis
+from ledger.sqlite_writer import KeptConnection
 from ledger.state import Account, BlockEffects, decode_undo, encode_undo
 from ledger.store_reads import StoredTx, StoreReads, account_transactions_query
 from ledger.schema import (
@@ -47,6 +47,14 @@ from ledger.schema import (
     TX_COLUMNS,
     undo_table,
 )
+
+EVIDENCE_COLUMNS = ("height", "idx", "validator", "offence_height", "round", "kind", "data")
+# A block of at most this many transactions is written, on a SQLite file, on a connection
+# kept for these writes (Raft and BFT write one a round): the pool's ceremony costs it more
+# than SQLite's own work.  A larger one goes through the pool, whose connections' caches
+# hold the index pages it touches; a kept connection with a cache as large would add its
+# 16 MiB to the node's memory.
+KEPT_BLOCK_TRANSACTIONS = 64
 
 _NO_STAKE_COLUMNS = (0, 0, 0, 0)
 
@@ -161,9 +169,14 @@ class ChainStore(StoreReads):
         # Only the shared in-memory connection needs readers serialized too.
         self._use_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
         self._engine = make_engine(parsed)
-        # A SQLite file writes durable meta on a connection of its own (_put_meta_synced).
-        self._writes_synced_alone = self.backend == "sqlite" and not _is_memory_sqlite(parsed)
-        self._synced: sqlite3.Connection | None = None
+        # A SQLite file writes small blocks, and durable meta, on connections kept for them
+        # (ledger/sqlite_writer.py, SQLite's default cache of 2 MiB each); the pool serves
+        # reads and the other writes.
+        self._block_writer: KeptConnection | None = None
+        self._durable_meta: KeptConnection | None = None
+        if self.backend == "sqlite" and not _is_memory_sqlite(parsed):
+            self._block_writer = KeptConnection(parsed, self._engine.dialect, "NORMAL")
+            self._durable_meta = KeptConnection(parsed, self._engine.dialect, "FULL")
         if self.backend == "sqlite":
             self._insert = sqlite.insert
             if _is_memory_sqlite(parsed):
@@ -187,6 +200,7 @@ class ChainStore(StoreReads):
         self._upsert_accounts_sql = self._positional_sql(account_upsert, ACCOUNT_COLUMNS)
         self._insert_block_sql = self._positional_sql(blocks_table.insert(), BLOCK_COLUMNS)
         self._insert_undo_sql = self._positional_sql(undo_table.insert(), ("height", "data"))
+        self._insert_evidence_sql = self._positional_sql(evidence_table.insert(), EVIDENCE_COLUMNS)
         self._upsert_meta_sql = self._positional_sql(meta_upsert, ("key", "value"))
         self._head_sql = str(
             sa.select(blocks_table.c.height, blocks_table.c.hash).order_by(blocks_table.c.height.desc()).limit(1)
@@ -218,8 +232,8 @@ class ChainStore(StoreReads):
     @contextlib.contextmanager
     def _durable_writing(self) -> Iterator[Connection]:
         """A write that is on disk when its commit returns, power cut included: PostgreSQL
-        (a file SQLite database has its own connection, _put_meta_synced; an in-memory one
-        has no disk).
+        (a file SQLite database has a connection of its own for these, _durable_meta; an
+        in-memory one has no disk).
 
         Block commits do not pay for this: a block lost after a power cut is fetched
         again from peers, while a lost signing record can make a validator sign twice."""
@@ -232,33 +246,16 @@ class ChainStore(StoreReads):
                     conn.exec_driver_sql("SET LOCAL synchronous_commit = on")
                 yield conn
 
-    def _put_meta_synced(self, key: str, value: bytes) -> None:
-        """SQLite on a file: a durable meta write on a connection kept for these alone, at
-        synchronous=FULL for good.  On a pooled connection the level was switched to FULL
-        and back around each write, which with the checkout cost a Raft follower's or a BFT
-        validator's Persist about half as much again as the disk's own sync."""
-        with self._write_lock:
-            driver = self._synced
-            try:
-                if driver is None:
-                    args, kwargs = self._engine.dialect.create_connect_args(self.url)
-                    driver = sqlite3.connect(*args, **{**kwargs, "isolation_level": None, "check_same_thread": False})
-                    driver.execute("PRAGMA busy_timeout=30000")
-                    driver.execute("PRAGMA synchronous=FULL")
-                    self._synced = driver
-                driver.execute("BEGIN IMMEDIATE")
-                driver.execute(self._upsert_meta_sql, (key, value))
-                driver.execute("COMMIT")
-            except BaseException as exc:
-                # Closing rolls back what the failure left open; the next write connects anew.
-                self._synced = None
-                if driver is not None:
-                    with contextlib.suppress(sqlite3.Error):
-                        driver.close()
-                if isinstance(exc, sqlite3.Error):
-                    raise sa.exc.DBAPIError.instance(None, None, exc, sqlite3.Error,
-                                                     dialect=self._engine.dialect) from exc
-                raise
+    @contextlib.contextmanager
+    def _block_writing(self, transactions: int) -> Iterator[Any]:
+        """A driver cursor in a write transaction for a block's rows: for a small block on a
+        SQLite file the connection kept for them, else a pooled connection's."""
+        if self._block_writer is not None and transactions <= KEPT_BLOCK_TRANSACTIONS:
+            with self._write_lock, self._block_writer.transaction() as cursor:
+                yield cursor
+            return
+        with self._writing() as conn, _driver_cursor(conn) as cursor:
+            yield cursor
 
     # --- schema ----------------------------------------------------------------------------
 
@@ -331,7 +328,8 @@ class ChainStore(StoreReads):
                 raise StoreConflict("the database holds a chain already")
             self._insert_genesis(conn, genesis)
             for block, effects, certificate, evidence in blocks:
-                self._commit_prepared(conn, [(block, self._prepare(block, effects, evidence), certificate)])
+                with _driver_cursor(conn) as cursor:
+                    self._commit_prepared(cursor, [(block, self._prepare(block, effects, evidence), certificate)])
                 height = block.header.height
         return height
 
@@ -349,8 +347,8 @@ class ChainStore(StoreReads):
             )
         prepared = self._prepare(block, effects, evidence)
         try:
-            with self._writing() as conn:
-                self._commit_prepared(conn, [(block, prepared, certificate)])
+            with self._block_writing(len(block.transactions)) as cursor:
+                self._commit_prepared(cursor, [(block, prepared, certificate)])
         except sa.exc.IntegrityError as exc:
             raise StoreConflict(
                 f"block {header.height} conflicts with stored data (a transaction or block already stored): {exc.orig}"
@@ -381,14 +379,18 @@ class ChainStore(StoreReads):
                 reverted = []
                 while fork_height is not None and self._head_row(conn)[0] > fork_height:
                     reverted.append(self._revert_head(conn))
-                self._commit_prepared(conn, prepared)
+                with _driver_cursor(conn) as cursor:
+                    self._commit_prepared(cursor, prepared)
         except sa.exc.IntegrityError as exc:
             raise StoreConflict(f"the blocks conflict with stored data: {exc.orig}") from None
         return reverted
 
     def _head_row(self, conn: Connection) -> tuple[int, bytes]:
         with _driver_cursor(conn) as cursor:
-            head = cursor.execute(self._head_sql).fetchone()
+            return self._head_of(cursor)
+
+    def _head_of(self, cursor: Any) -> tuple[int, bytes]:
+        head = cursor.execute(self._head_sql).fetchone()
         if head is None:
             raise NotInitialized("the store holds no genesis block: call initialize first")
         return head[0], bytes(head[1])
@@ -403,23 +405,25 @@ class ChainStore(StoreReads):
             for index, (tx, raw) in enumerate(zip(block.transactions, raws))
         ]
         account_rows = _account_rows(effects.changes.items())
-        evidence_rows = [
-            {"height": height, "idx": index, "validator": item.validator, "offence_height": item.height,
-             "round": item.round, "kind": item.kind, "data": item.data}
+        evidence_rows = [  # in EVIDENCE_COLUMNS order
+            (height, index, item.validator, item.height, item.round, item.kind, item.data)
             for index, item in enumerate(evidence)
         ]
         return raws, tx_rows, account_rows, encode_undo(effects.undo), evidence_rows
 
-    def _commit_prepared(self, conn: Connection, items: Sequence[tuple[Block, tuple, bytes]]) -> None:
+    def _commit_prepared(self, cursor: Any, items: Sequence[tuple[Block, tuple, bytes]]) -> None:
         """Blocks that extend the head one after another, each with its prepared rows and
         certificate: every statement runs once for all of them (a sync answer's 500 blocks
-        cost what one block's statements cost, plus their rows)."""
-        head_height, head_hash = self._head_row(conn)
+        cost what one block's statements cost, plus their rows).  The statements go to the
+        driver's cursor of a write transaction: SQLAlchemy's statement handling costs ~40 us
+        a statement, more than SQLite's work for a block of a few transfers (Raft and BFT
+        write one a round)."""
+        head_height, head_hash = self._head_of(cursor)
         block_rows: list[tuple] = []
         tx_rows: list[tuple] = []
         account_rows: dict[bytes, tuple] = {}  # an account changed by several blocks ends as the last left it
         undo_rows: list[tuple[int, bytes]] = []
-        evidence_rows: list[dict] = []
+        evidence_rows: list[tuple] = []
         for block, (raws, txs, accounts, undo_data, evidence), certificate in items:
             header = block.header
             if header.height != head_height + 1:
@@ -435,21 +439,18 @@ class ChainStore(StoreReads):
             head_height, head_hash = header.height, block.hash
         if not block_rows:
             return
-        # The driver's own cursor: SQLAlchemy's statement handling costs ~40 us a statement,
-        # more than SQLite's work for a block of a few transfers (Raft and BFT write one a round).
-        with _driver_cursor(conn) as cursor:
-            cursor.executemany(self._insert_block_sql, block_rows)
-            if self.backend == "postgresql":
-                _copy_rows(cursor, tx_rows, list(account_rows.values()))
-            else:
-                if tx_rows:
-                    cursor.executemany(self._insert_transactions_sql, tx_rows)
-                if account_rows:
-                    cursor.executemany(self._upsert_accounts_sql, list(account_rows.values()))
-            cursor.executemany(self._insert_undo_sql, undo_rows)
+        cursor.executemany(self._insert_block_sql, block_rows)
+        if self.backend == "postgresql":
+            _copy_rows(cursor, tx_rows, list(account_rows.values()))
+        else:
+            if tx_rows:
+                cursor.executemany(self._insert_transactions_sql, tx_rows)
+            if account_rows:
+                cursor.executemany(self._upsert_accounts_sql, list(account_rows.values()))
+        cursor.executemany(self._insert_undo_sql, undo_rows)
         if evidence_rows:
-            conn.execute(evidence_table.insert(), evidence_rows)
-        self._put_meta(conn, META_HEAD, head_hash)
+            cursor.executemany(self._insert_evidence_sql, evidence_rows)
+        cursor.execute(self._upsert_meta_sql, (META_HEAD, head_hash))
 
     @staticmethod
     def _block_row(block: Block, raws: list[bytes], certificate: bytes) -> tuple:
@@ -511,17 +512,22 @@ class ChainStore(StoreReads):
             raise ValueError(f"meta key '{key}' is maintained by the store itself")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("meta value must be bytes")
-        if durable and self._writes_synced_alone:
-            self._put_meta_synced(key, bytes(value))
+        if durable and self._durable_meta is not None:
+            with self._write_lock, self._durable_meta.transaction() as cursor:
+                cursor.execute(self._upsert_meta_sql, (key, bytes(value)))
             return
         with self._durable_writing() if durable else self._writing() as conn:
             self._put_meta(conn, key, bytes(value))
 
     def writes_at_once(self) -> bool:
-        """Whether a write begun now would start without waiting: on SQLite (no network
-        round trip that could stall), with no write under way and a pooled connection idle."""
+        """Whether a small block's commit (at most KEPT_BLOCK_TRANSACTIONS) or a durable meta
+        write begun now would start without waiting: on SQLite (no network round trip that
+        could stall), with no write under way and a connection for it idle (a file's are
+        kept for these writes alone)."""
         if self.backend != "sqlite" or self._write_lock.locked():
             return False
+        if self._block_writer is not None:
+            return True
         pool = self._engine.pool
         return not isinstance(pool, QueuePool) or pool.checkedin() > 0
 
@@ -532,9 +538,9 @@ class ChainStore(StoreReads):
     def close(self) -> None:
         try:
             with self._write_lock:
-                synced, self._synced = self._synced, None
-                if synced is not None:
-                    synced.close()
+                for kept in (self._block_writer, self._durable_meta):
+                    if kept is not None:
+                        kept.close()
         finally:
             self._engine.dispose()
 

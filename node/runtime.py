@@ -36,7 +36,7 @@ from ledger.genesis import Genesis
 from ledger.mempool import Mempool
 from ledger.merkle import EMPTY_ROOT
 from ledger.state import Account, BlockEffects, State, StateError
-from ledger.store import ChainStore
+from ledger.store import KEPT_BLOCK_TRANSACTIONS, ChainStore
 from ledger.validate import BLOCK_REFUSALS, BlockRules, apply_block, validate_block, validate_header
 import migrations
 from node.admin import MAX_FAULT_RECORDS, ClusterControl, LinkFaultControl
@@ -68,6 +68,8 @@ MAX_REANNOUNCE = 4_096
 COMMIT_RETRY_SECONDS = (0.1, 0.5, 2.0)
 # Store writes at most this large are done on the loop instead of the store thread (Node._write).
 INLINE_WRITE_TRANSACTIONS = 16
+# ...on SQLite's connection kept for small blocks, never a pooled one the loop could wait for.
+assert INLINE_WRITE_TRANSACTIONS <= KEPT_BLOCK_TRANSACTIONS
 INLINE_WRITE_BYTES = 64 * 1024
 
 

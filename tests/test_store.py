@@ -26,6 +26,7 @@ from ledger.store import (
     ChainStoreError,
     GenesisMismatch,
     NotInitialized,
+    KEPT_BLOCK_TRANSACTIONS,
     NotNextBlock,
     SchemaOutOfDate,
     StoreConflict,
@@ -551,15 +552,33 @@ def test_a_durable_meta_write_alone_commits_with_a_full_sync(lax_store):
         Chain().commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
         lax_store.set_meta("engine", b"c")
     if lax_store.backend == "sqlite":
-        # A file database writes durably on a connection of its own, kept at FULL: the
-        # pooled ones, which commit blocks, stay at NORMAL.
-        assert commits.levels() == [lax, lax, lax]
-        assert SQLITE_SYNCHRONOUS[lax_store._synced.execute("PRAGMA synchronous").fetchone()[0]] == durable
+        # A file database writes durable meta on a connection of its own, kept at FULL, and
+        # blocks on another kept at NORMAL; the pooled ones stay at NORMAL.
+        assert commits.levels() == [lax, lax]
+        assert SQLITE_SYNCHRONOUS[lax_store._durable_meta.connection.execute("PRAGMA synchronous").fetchone()[0]] == durable
+        assert SQLITE_SYNCHRONOUS[lax_store._block_writer.connection.execute("PRAGMA synchronous").fetchone()[0]] == lax
     else:
         assert commits.levels() == [lax, durable, lax, lax]
         # One connection throughout: the durable write put it back to the lax level.
         assert len(commits.connections()) == 1
     assert lax_store.get_meta("engine") == b"c"
+
+
+def test_a_small_block_on_a_sqlite_file_commits_on_its_kept_connection_a_large_one_through_the_pool(lax_store):
+    if lax_store.backend != "sqlite":
+        pytest.skip("PostgreSQL writes every block through the pool")
+    chain = Chain()
+    with WriteCommits(lax_store) as commits:
+        chain.commit(lax_store, [(1, ADDRESSES[2], 1, 0)] * KEPT_BLOCK_TRANSACTIONS)
+        assert commits.levels() == []
+        kept = lax_store._block_writer.connection
+        assert kept is not None
+        chain.commit(lax_store, [(1, ADDRESSES[2], 1, 0)] * (KEPT_BLOCK_TRANSACTIONS + 1))
+        assert commits.levels() == ["normal"]
+    assert lax_store._block_writer.connection is kept
+    assert lax_store.head().hash == chain.head.hash
+    assert [lax_store.block(height).header.tx_count for height in (1, 2)] == [KEPT_BLOCK_TRANSACTIONS,
+                                                                            KEPT_BLOCK_TRANSACTIONS + 1]
 
 
 def test_a_durable_meta_value_round_trips_and_outlives_the_store(store_url):
@@ -605,14 +624,14 @@ def test_a_failed_durable_sqlite_write_keeps_the_previous_value_and_the_next_one
     try:
         migrations.upgrade(store)
         store.set_meta("engine", b"old", durable=True)
-        synced = store._synced
+        synced = store._durable_meta.connection
         # The disk is full for that connection: no page beyond those the file has.
         synced.execute(f"PRAGMA max_page_count={synced.execute('PRAGMA page_count').fetchone()[0]}")
         with pytest.raises(sa.exc.OperationalError, match="full"):
             store.set_meta("engine", bytes(1 << 20), durable=True)
         assert store.get_meta("engine") == b"old"
         store.set_meta("engine", b"new", durable=True)  # on a new connection
-        assert store._synced is not synced and store.get_meta("engine") == b"new"
+        assert store._durable_meta.connection is not synced and store.get_meta("engine") == b"new"
     finally:
         store.close()
     with ChainStore(f"sqlite:///{tmp_path / 'chain.db'}") as reopened:

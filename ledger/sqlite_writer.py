@@ -1,0 +1,86 @@
+"""A SQLite file's connection kept open for one kind of write, at one synchronous level.
+
+The chain store writes two things on every Raft or BFT round, both small: the engine's
+state (durable: synced at FULL before the node answers) and the committed block, of a
+few transfers (at NORMAL: a block lost to a power cut is fetched again from peers).  Through SQLAlchemy's
+pool each such write paid for a checkout, a `begin` event and the transaction's
+bookkeeping, more than SQLite's own work for a block of a few transfers; on a connection
+kept for the purpose it pays for `BEGIN IMMEDIATE` and `COMMIT` alone, and the
+synchronous level is set once rather than switched around each write.
+
+The store's write lock is held around every use: one writer at a time in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterator
+from typing import Any
+
+import sqlalchemy as sa
+
+SYNCHRONOUS_LEVELS = ("NORMAL", "FULL")
+
+
+class KeptConnection:
+    """A driver connection opened on first use with `synchronous` set for good, and
+    opened again after a failure of the database (whose state it may have left unknown).
+    Its page cache is SQLite's default (2 MiB): the writes it is kept for touch few pages."""
+
+    def __init__(self, url: sa.URL, dialect: sa.Dialect, synchronous: str):
+        assert synchronous in SYNCHRONOUS_LEVELS, synchronous
+        self._url = url
+        self._dialect = dialect
+        self._synchronous = synchronous
+        self.connection: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        args, kwargs = self._dialect.create_connect_args(self._url)
+        driver = sqlite3.connect(*args, **{**kwargs, "isolation_level": None, "check_same_thread": False})
+        try:
+            driver.execute("PRAGMA busy_timeout=30000")
+            driver.execute(f"PRAGMA synchronous={self._synchronous}")
+        except BaseException:
+            driver.close()
+            raise
+        return driver
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Cursor]:
+        """A cursor inside a write transaction, committed when the block ends.  An error of
+        the database comes out as SQLAlchemy's (as the pooled connections' do) and closes
+        the connection; any other exception rolls the transaction back and keeps it."""
+        driver = None
+        try:
+            driver = self.connection or self._open()
+            self.connection = driver
+            driver.execute("BEGIN IMMEDIATE")
+            cursor = driver.cursor()
+            try:
+                yield cursor
+            finally:
+                cursor.close()
+            driver.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._discard(driver)
+            raise sa.exc.DBAPIError.instance(None, None, exc, sqlite3.Error, dialect=self._dialect) from exc
+        except BaseException:
+            if driver is not None and driver.in_transaction:
+                try:
+                    driver.execute("ROLLBACK")
+                except sqlite3.Error:
+                    self._discard(driver)
+            raise
+
+    def _discard(self, driver: Any) -> None:
+        """Closing rolls back whatever the failure left open; the next write connects anew."""
+        self.connection = None
+        if driver is not None:
+            with contextlib.suppress(sqlite3.Error):
+                driver.close()
+
+    def close(self) -> None:
+        driver, self.connection = self.connection, None
+        if driver is not None:
+            driver.close()

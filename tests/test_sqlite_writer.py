@@ -1,0 +1,100 @@
+"""The SQLite connection kept for one kind of write (ledger/sqlite_writer.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.sqlite_writer import KeptConnection
+
+SYNCHRONOUS = {1: "NORMAL", 2: "FULL"}
+
+
+@pytest.fixture
+def database(tmp_path):
+    url = sa.make_url(f"sqlite:///{tmp_path / 'kept.db'}")
+    with contextlib.closing(sqlite3.connect(url.database)) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        setup.commit()
+    return url
+
+
+def rows(url) -> list[tuple]:
+    with contextlib.closing(sqlite3.connect(url.database)) as reader:
+        return reader.execute("SELECT k, v FROM t ORDER BY k").fetchall()
+
+
+@pytest.mark.parametrize("level", ["NORMAL", "FULL"])
+def test_a_write_commits_at_the_level_the_connection_was_opened_with(database, level):
+    kept = KeptConnection(database, sa.create_engine(database).dialect, level)
+    try:
+        with kept.transaction() as cursor:
+            cursor.execute("INSERT INTO t VALUES (1, 'a')")
+        assert rows(database) == [(1, "a")]
+        assert SYNCHRONOUS[kept.connection.execute("PRAGMA synchronous").fetchone()[0]] == level
+    finally:
+        kept.close()
+
+
+@pytest.fixture
+def kept(database):
+    connection = KeptConnection(database, sa.create_engine(database).dialect, "NORMAL")
+    yield connection
+    connection.close()
+
+
+def insert(kept: KeptConnection, *values: tuple) -> None:
+    with kept.transaction() as cursor:
+        cursor.executemany("INSERT INTO t VALUES (?, ?)", values)
+
+
+def test_an_exception_of_the_caller_rolls_back_and_keeps_the_connection(database, kept):
+    insert(kept, (1, "a"))
+    connection = kept.connection
+    with pytest.raises(ValueError, match="refused"):
+        with kept.transaction() as cursor:
+            cursor.execute("INSERT INTO t VALUES (2, 'b')")
+            raise ValueError("refused by the caller")
+    assert rows(database) == [(1, "a")]
+    assert kept.connection is connection and not connection.in_transaction
+    insert(kept, (3, "c"))
+    assert rows(database) == [(1, "a"), (3, "c")]
+
+
+def test_a_database_error_comes_out_as_sqlalchemys_and_the_next_write_connects_anew(database, kept):
+    insert(kept, (1, "a"))
+    connection = kept.connection
+    with pytest.raises(sa.exc.IntegrityError):
+        insert(kept, (2, "b"), (1, "again"))
+    assert rows(database) == [(1, "a")]
+    assert kept.connection is None
+    insert(kept, (2, "b"))
+    assert kept.connection is not connection
+    assert rows(database) == [(1, "a"), (2, "b")]
+
+
+def test_a_write_waits_for_another_connections_write_rather_than_failing(database, kept):
+    """BEGIN IMMEDIATE with a busy timeout: a second writer queues behind the first."""
+    other = sqlite3.connect(database.database, isolation_level=None, timeout=5)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t VALUES (1, 'other')")
+        done = threading.Event()
+
+        def write():
+            insert(kept, (2, "kept"))
+            done.set()
+
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert not done.wait(0.2)
+        other.execute("COMMIT")
+        writer.join(10)
+        assert done.is_set() and rows(database) == [(1, "other"), (2, "kept")]
+    finally:
+        other.close()
