@@ -29,7 +29,8 @@ candidate while they hear from a live leader; a leader starts its term with an e
 Members are named by their public keys; who they are is the membership the last entry of
 the log names (consensus/raft/membership.py: voters, and learners that only follow), which
 an operator changes one server at a time (consensus/raft/operators.py, with leadership
-transfer).
+transfer).  What the engine reports, its status and the explorer's labels for a block, is
+in consensus/raft/report.py.
 
 Durability: `currentTerm`, `votedFor` and the uncommitted entries are `Persist`ed before
 any vote or acknowledgement that depends on them leaves the node.  The leader builds a
@@ -38,13 +39,11 @@ block only when nothing is uncommitted, so the runtime always builds on its head
 
 from __future__ import annotations
 
-from collections import deque
-
 from ledger import crypto
-from ledger.address import address_of, encode_address
+from ledger.address import address_of
 from ledger.block import Block, BlockHeader, InvalidSeal, build_header
 from ledger.codec import DecodeError
-from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
+from ledger.engine_status import Finality
 
 from consensus.engine import (
     Action,
@@ -70,9 +69,10 @@ from consensus.engine import (
 from consensus.raft import FOLLOWER, LEADER
 from consensus.raft.elections import ElectionPart
 from consensus.raft.log import RaftLog, decode_saved, encode_saved, term_of
-from consensus.raft.membership import MAX_MEMBERS, Membership, Memberships, encode_extra
+from consensus.raft.membership import Membership, Memberships, encode_extra
 from consensus.raft.operators import OperatorPart
 from consensus.raft.reads import ReadIndexPart
+from consensus.raft.report import ReportPart
 from consensus.raft.messages import (
     MAX_APPEND_BYTES,
     MAX_ENTRIES,
@@ -90,8 +90,7 @@ from consensus.raft.messages import (
 )
 
 
-
-class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
+class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, ReportPart, Engine):
     name = "raft"
     finality = Finality.REPLICATION
     ancestors_needed = 64  # terms of recent entries, to match a follower's log after a restart
@@ -135,11 +134,7 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
         self._last_append: tuple[tuple | None, bytes] = (None, b"")  # leader: (what it says, signed bytes)
         self._init_operators()
         self._init_reads()
-        self.proposed: dict[bytes, int] = {}  # address -> blocks it appended that this node saw committed
-        self.last_signed: dict[bytes, int] = {}  # address -> height of the newest of them
-        self.elections = 0  # elections this node started
-        self.leaders_seen: deque[tuple[int, int, bytes]] = deque(maxlen=16)  # (when, term, leader), newest last
-        self.refused_messages = 0
+        self._init_report()
 
     # ------------------------------------------------------------------ members
     @property
@@ -167,16 +162,6 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
 
     def finalized_height(self, head_height: int, head_hash: bytes | None = None) -> int:
         return head_height  # only committed entries reach the store
-
-    def block_labels(self, header: BlockHeader, parent: BlockHeader | None) -> list[tuple[str, str]]:
-        if header.height == 0:
-            return []
-        labels = [("term", str(term_of(header))), ("leader", encode_address(self.address_prefix, header.proposer))]
-        change = self.memberships.change(header, parent) if parent is not None else None
-        if change is not None:
-            step, key = change
-            labels.append(("membership", f"{step} {encode_address(self.address_prefix, self.memberships.address(key))}"))
-        return labels
 
     # ------------------------------------------------------------------ events
     def handle(self, event: Event) -> list[Action]:
@@ -626,58 +611,3 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, Engine):
     def _persist(self) -> None:
         assert self.log is not None
         self._out.append(Persist(encode_saved(self.term, self.voted_for, self.log.entries)))
-
-    # ------------------------------------------------------------------ status
-    def status(self) -> EngineStatus:
-        log = self.log
-        head = log.head.height if log is not None else None
-        members = self._members() if log is not None else self.genesis_members
-
-        def hex_address(key: bytes | None) -> str | None:
-            return self.memberships.address(key).hex() if key is not None else None
-
-        def validator(key: bytes, power: int) -> ValidatorStatus:
-            address = self.memberships.address(key)
-            return ValidatorStatus(address=address, public_key=key, power=power,
-                                   blocks_proposed=self.proposed.get(address, 0),
-                                   last_signed_height=self.last_signed.get(address))
-
-        leader = hex_address(self.leader)
-        return EngineStatus(
-            engine=self.name,
-            finality=self.finality,
-            role=("observer" if self.me is None else "learner" if self.key in members.learners else self.role),
-            phase="not started" if log is None else (
-                f"leading term {self.term}" if self.role == LEADER else
-                f"following {leader[:12]} in term {self.term}" if leader is not None else
-                f"electing in term {self.term}"),
-            height=head + 1 if head is not None else None,
-            term=self.term,
-            # Learners are listed with power 0: they follow the log but count toward no majority.
-            validators=tuple([validator(k, 1) for k in members.voters] + [validator(k, 0) for k in members.learners]),
-            total_power=len(members.voters),
-            quorum_power=members.majority,
-            details={
-                "leader": leader,
-                "voted_for": hex_address(self.voted_for),
-                "commit_index": self.commit_index,
-                "last_index": log.last_index if log is not None else 0,
-                "last_term": log.last_term if log is not None else 0,
-                "member": hex_address(self.me),
-                "voters": [hex_address(k) for k in members.voters],
-                "learners": [hex_address(k) for k in members.learners],
-                "membership_change_pending": log is not None and self._change_pending(),
-                "accepts_membership_change": self._may_change_membership(),
-                "member_limit": MAX_MEMBERS,
-                "match_index": {hex_address(m): i for m, i in sorted(self.match_index.items())}
-                if self.role == LEADER else {},
-                "transferring_to": hex_address(self._transfer_to),
-                "elections_started": self.elections,
-                "leaders_seen": [{"at": at, "term": term, "leader": hex_address(leader)}
-                                 for at, term, leader in self.leaders_seen],
-                "election_timeout_ms": self.params.election_timeout_ms,
-                "heartbeat_ms": self.params.heartbeat_ms,
-                "refused_messages": self.refused_messages,
-            },
-        )
-
