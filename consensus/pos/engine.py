@@ -11,7 +11,8 @@ count for Casper FFG (beacon.py).  The engine chooses the head and says so with 
 
 Every signed message is preceded by a `Persist` of the double-sign guard
 (consensus/pos/guard.py): what this validator signed last, so that it never signs a
-slashable pair, even across a restart.
+slashable pair, even across a restart.  What the engine reports (its status, a block's
+evidence records) is in consensus/pos/report.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from dataclasses import replace
 from ledger import crypto
 from ledger.block import Block, BlockHeader, InvalidSeal
 from ledger.codec import DecodeError
-from ledger.engine_status import Checkpoint as StatusCheckpoint
-from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
+from ledger.engine_status import Finality
 from ledger.evidence import EvidenceRecord
 from ledger.staking import StakeChange, StakeOp, stake_changes_of
 
@@ -63,6 +63,7 @@ from consensus.pos.messages import (
     slashable_votes,
 )
 from consensus.pos.params import PosParams
+from consensus.pos.report import ReportPart
 
 MAX_POOL = 4096  # attestations waiting for a block
 MAX_SEEN_VOTES = 64  # per validator, for slashing detection
@@ -70,7 +71,7 @@ MAX_STATES = 10_000
 MAX_EVIDENCE_SHOWN = 100
 
 
-class PosEngine(Engine):
+class PosEngine(ReportPart, Engine):
     name = "pos"
     finality = Finality.CHECKPOINT
     # Enough recent headers to rebuild the states since a persisted one after a restart.
@@ -187,26 +188,6 @@ class PosEngine(Engine):
 
     def block_labels(self, header: BlockHeader, parent: BlockHeader | None) -> list[tuple[str, str]]:
         return labels.block_labels(self.chain, header, parent)
-
-    def block_evidence(self, header: BlockHeader) -> list[EvidenceRecord]:
-        if header.height == 0:
-            return []
-        extra = PosExtra.decode(header.extra)
-        state = self._states.get(header.hash) or self._head_state()
-        records = []
-        for item in extra.proposer_slashings:
-            records.append(self._record(item, state))
-        for item in extra.attester_slashings:
-            records.append(self._record(item, state))
-        return records
-
-    def _record(self, item: ProposerSlashing | AttesterSlashing, state: BeaconState) -> EvidenceRecord:
-        validator = state.validators[item.validator] if item.validator < len(state.validators) else None
-        owner = validator.owner if validator is not None else bytes(20)
-        if isinstance(item, ProposerSlashing):
-            return EvidenceRecord(owner, item.first.slot, 0, "proposer_equivocation", encode_message(item))
-        kind = slashable_votes(item.first, item.second) or "invalid"
-        return EvidenceRecord(owner, item.second.slot, 0, kind, encode_message(item))
 
     # ------------------------------------------------------------------ events
     def handle(self, event: Event) -> list[Action]:
@@ -630,59 +611,3 @@ class PosEngine(Engine):
             for block_hash in spare[: len(self._states) - MAX_STATES // 2]:
                 del self._states[block_hash]
                 self._headers.pop(block_hash, None)
-
-    # ------------------------------------------------------------------ status
-    def status(self) -> EngineStatus:
-        # Asked before Started too (a node that is still opening): the genesis state then.
-        state = self._head_state() if self.head is not None else self.genesis_state
-        slot = self.current_slot()
-        epoch = slot // self.params.slots_per_epoch
-        index = self._my_index(state)
-        total = sum(state.epoch_stake)
-        return EngineStatus(
-            engine=self.name,
-            finality=self.finality,
-            role="validator" if index is not None else "follower",
-            phase="not started" if self.head is None else f"slot {slot} of epoch {epoch}",
-            height=self.head.height + 1 if self.head is not None else None,
-            slot=slot,
-            epoch=epoch,
-            justified=StatusCheckpoint(state.justified.epoch, state.justified.root),
-            finalized=StatusCheckpoint(state.finalized.epoch, state.finalized.root),
-            validators=tuple(
-                ValidatorStatus(
-                    address=v.owner, public_key=v.key, power=v.stake, blocks_proposed=self.proposed.get(i, 0),
-                    jailed=v.slashed, slashed=v.slashed_amount, status=v.status(epoch),
-                    attested_previous_epoch=i in state.previous_votes, attested_current_epoch=i in state.votes,
-                )
-                for i, v in enumerate(state.validators)
-            ),
-            total_power=total,
-            quorum_power=(2 * total + 2) // 3,
-            evidence=tuple(self.evidence_seen.values()),
-            details={
-                "slot": slot,
-                "slot_ms": self.params.slot_ms,
-                "slots_per_epoch": self.params.slots_per_epoch,
-                "head_slot": state.slot,
-                # The best checkpoints any known branch reached (the fork choice starts there).
-                "store_justified": {"epoch": self.tree.justified.epoch, "root": self.tree.justified.root.hex()},
-                "store_finalized": {"epoch": self.tree.finalized.epoch, "root": self.tree.finalized.root.hex()},
-                "missed_slots": state.missed,
-                "randao_mix": state.randao_mix.hex(),
-                "validator_index": index,
-                "participation": {
-                    "previous_epoch": sorted(state.previous_votes),
-                    "current_epoch": sorted(state.votes),
-                },
-                "registry": [
-                    {"index": i, "owner": v.owner.hex(), "activation_epoch": None if v.activation_epoch == beacon.FAR else v.activation_epoch,
-                     "exit_epoch": None if v.exit_epoch == beacon.FAR else v.exit_epoch, "unbonding": v.unbonding,
-                     "release_epoch": v.release_epoch, "exit_requested": v.exit_requested}
-                    for i, v in enumerate(state.validators)
-                ],
-                "attestation_pool": len(self.pool),
-                "refused_messages": self.refused_messages,
-                "params": self.params.to_json(),
-            },
-        )
