@@ -63,10 +63,9 @@ from ledger.block import Block, BlockHeader
 from ledger.engine_status import Finality
 from ledger.state import ValidatorUpdate
 
+from consensus.bft_evidence import BlockExtra, Evidence
 from consensus.bft_messages import (
-    BlockExtra,
     Certificate,
-    Evidence,
     InvalidCertificate,
     Proposal,
     SignedProposal,

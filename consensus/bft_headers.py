@@ -14,14 +14,8 @@ from ledger.block import BlockHeader, InvalidSeal
 from ledger.codec import DecodeError
 from ledger.evidence import EvidenceRecord
 
-from consensus.bft_messages import (
-    BlockExtra,
-    Certificate,
-    Evidence,
-    InvalidEvidence,
-    verify_certificate,
-    verify_evidence,
-)
+from consensus.bft_evidence import BlockExtra, Evidence, InvalidEvidence, verify_evidence
+from consensus.bft_messages import Certificate, verify_certificate
 from consensus.bft_state import BftParams
 from consensus.validators import ValidatorSchedule
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 from ledger.block import Block, BlockHeader
 from ledger.codec import DecodeError
 
+from consensus.bft_evidence import Evidence
 from consensus.bft_messages import (
     Certificate,
     Decision,
-    Evidence,
     InvalidCertificate,
     Proposal,
     SignedProposal,

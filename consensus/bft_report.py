@@ -15,16 +15,8 @@ from ledger.codec import DecodeError
 from ledger.engine_status import EngineStatus, Finality, ValidatorStatus
 
 from consensus.bft_headers import evidence_record
-from consensus.bft_messages import (
-    MAX_BLOCK_EVIDENCE,
-    BlockExtra,
-    Certificate,
-    Evidence,
-    InvalidEvidence,
-    Vote,
-    VoteType,
-    verify_evidence,
-)
+from consensus.bft_evidence import MAX_BLOCK_EVIDENCE, BlockExtra, Evidence, InvalidEvidence, verify_evidence
+from consensus.bft_messages import Certificate, Vote, VoteType
 from consensus.bft_state import BftParams, Step
 from consensus.engine import Action, ReportEvidence
 from consensus.validators import ValidatorSchedule, ValidatorSet

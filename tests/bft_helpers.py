@@ -9,8 +9,8 @@ import heapq
 from dataclasses import dataclass, field
 
 from consensus.bft import BftEngine, BftParams
+from consensus.bft_evidence import BlockExtra
 from consensus.bft_messages import (
-    BlockExtra,
     Certificate,
     Proposal,
     SignedProposal,

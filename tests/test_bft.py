@@ -42,13 +42,10 @@ from bft_helpers import (
     vote_bytes,
 )
 from consensus.bft import BftEngine, BftParams, Step
+from consensus.bft_evidence import MAX_BLOCK_EVIDENCE, BlockExtra, Evidence, EvidenceType, verify_evidence
 from consensus.bft_messages import (
-    MAX_BLOCK_EVIDENCE,
-    BlockExtra,
     Certificate,
     Decision,
-    Evidence,
-    EvidenceType,
     InvalidCertificate,
     Proposal,
     SignedProposal,
@@ -58,7 +55,6 @@ from consensus.bft_messages import (
     decode_message,
     encode_message,
     verify_certificate,
-    verify_evidence,
 )
 from consensus.engine import (
     BlockBuilt,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from consensus.bft_evidence import Evidence, verify_evidence
 from consensus.bft_messages import (
-    Evidence,
     Proposal,
     SignedProposal,
     Status,
@@ -26,7 +26,6 @@ from consensus.bft_messages import (
     VoteType,
     decode_message,
     encode_message,
-    verify_evidence,
 )
 from ledger import crypto
 from ledger.address import address_of

@@ -17,13 +17,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from consensus.bft_evidence import Evidence, EvidenceType, InvalidEvidence, verify_evidence
 from consensus.bft_messages import (
     MAX_ROUND,
     Certificate,
     Decision,
-    Evidence,
-    EvidenceType,
-    InvalidEvidence,
     MessageType,
     Proposal,
     SignedProposal,
@@ -32,7 +30,6 @@ from consensus.bft_messages import (
     VoteType,
     decode_message,
     encode_message,
-    verify_evidence,
 )
 from consensus.validators import MAX_VALIDATORS, validator_set_of
 from ledger import crypto

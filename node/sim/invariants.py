@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter, OrderedDict
 from typing import TYPE_CHECKING
 
-from consensus.bft_messages import Evidence, InvalidEvidence, verify_evidence
+from consensus.bft_evidence import Evidence, InvalidEvidence, verify_evidence
 from ledger.address import address_of
 from ledger.block import Block
 from ledger.crypto import PrivateKey
