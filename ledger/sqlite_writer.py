@@ -40,6 +40,10 @@ class KeptConnection:
         driver = sqlite3.connect(*args, **{**kwargs, "isolation_level": None, "check_same_thread": False})
         try:
             driver.execute("PRAGMA busy_timeout=30000")
+            # As the pool's connections open it (ledger/store.py): a level of NORMAL is safe
+            # against a killed process only in WAL mode, so this connection does not count
+            # on another having set it first (a no-op once the file is in WAL mode).
+            driver.execute("PRAGMA journal_mode=WAL")
             driver.execute(f"PRAGMA synchronous={self._synchronous}")
         except BaseException:
             driver.close()

@@ -18,7 +18,7 @@ SYNCHRONOUS = {1: "NORMAL", 2: "FULL"}
 def database(tmp_path):
     url = sa.make_url(f"sqlite:///{tmp_path / 'kept.db'}")
     with contextlib.closing(sqlite3.connect(url.database)) as setup:
-        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("PRAGMA journal_mode=WAL")  # as the store's pool leaves it
         setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
         setup.commit()
     return url
@@ -51,6 +51,23 @@ def kept(database):
 def insert(kept: KeptConnection, *values: tuple) -> None:
     with kept.transaction() as cursor:
         cursor.executemany("INSERT INTO t VALUES (?, ?)", values)
+
+
+def test_a_file_in_rollback_journal_mode_is_put_in_wal_mode(tmp_path):
+    """NORMAL is safe against a killed process only in WAL mode: the kept connection does
+    not count on the pool's having set it."""
+    url = sa.make_url(f"sqlite:///{tmp_path / 'journal.db'}")
+    with contextlib.closing(sqlite3.connect(url.database)) as setup:
+        setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+        assert setup.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    kept = KeptConnection(url, sa.create_engine(url).dialect, "NORMAL")
+    try:
+        insert(kept, (1, "a"))
+    finally:
+        kept.close()
+    with contextlib.closing(sqlite3.connect(url.database)) as reader:
+        assert reader.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert rows(url) == [(1, "a")]
 
 
 def test_an_exception_of_the_caller_rolls_back_and_keeps_the_connection(database, kept):
