@@ -49,10 +49,10 @@ from ledger.schema import (
 )
 
 EVIDENCE_COLUMNS = ("height", "idx", "validator", "offence_height", "round", "kind", "data")
-# A block of at most this many transactions is written, on a SQLite file, on a connection
-# kept for these writes (Raft and BFT write one a round): the pool's ceremony costs it more
+# A block of at most this many transactions is written, on a SQLite file, on the connection
+# kept for small writes (Raft and BFT write one a round): the pool's ceremony costs it more
 # than SQLite's own work.  A larger one goes through the pool, whose connections' caches
-# hold the index pages it touches; a kept connection with a cache as large would add its
+# hold the index pages it touches; the kept connection with a cache as large would add its
 # 16 MiB to the node's memory.
 KEPT_BLOCK_TRANSACTIONS = 64
 
@@ -169,14 +169,11 @@ class ChainStore(StoreReads):
         # Only the shared in-memory connection needs readers serialized too.
         self._use_lock: contextlib.AbstractContextManager = contextlib.nullcontext()
         self._engine = make_engine(parsed)
-        # A SQLite file writes small blocks, and durable meta, on connections kept for them
-        # (ledger/sqlite_writer.py, SQLite's default cache of 2 MiB each); the pool serves
-        # reads and the other writes.
-        self._block_writer: KeptConnection | None = None
-        self._durable_meta: KeptConnection | None = None
+        # A SQLite file writes small blocks, and durable meta, on a connection kept for them
+        # (ledger/sqlite_writer.py); the pool serves reads and the other writes.
+        self._kept: KeptConnection | None = None
         if self.backend == "sqlite" and not _is_memory_sqlite(parsed):
-            self._block_writer = KeptConnection(parsed, self._engine.dialect, "NORMAL")
-            self._durable_meta = KeptConnection(parsed, self._engine.dialect, "FULL")
+            self._kept = KeptConnection(parsed, self._engine.dialect)
         if self.backend == "sqlite":
             self._insert = sqlite.insert
             if _is_memory_sqlite(parsed):
@@ -232,8 +229,8 @@ class ChainStore(StoreReads):
     @contextlib.contextmanager
     def _durable_writing(self) -> Iterator[Connection]:
         """A write that is on disk when its commit returns, power cut included: PostgreSQL
-        (a file SQLite database has a connection of its own for these, _durable_meta; an
-        in-memory one has no disk).
+        (a file SQLite database commits these on the connection kept for small writes,
+        _kept, at FULL; an in-memory one has no disk).
 
         Block commits do not pay for this: a block lost after a power cut is fetched
         again from peers, while a lost signing record can make a validator sign twice."""
@@ -249,9 +246,9 @@ class ChainStore(StoreReads):
     @contextlib.contextmanager
     def _block_writing(self, transactions: int) -> Iterator[Any]:
         """A driver cursor in a write transaction for a block's rows: for a small block on a
-        SQLite file the connection kept for them, else a pooled connection's."""
-        if self._block_writer is not None and transactions <= KEPT_BLOCK_TRANSACTIONS:
-            with self._write_lock, self._block_writer.transaction() as cursor:
+        SQLite file the connection kept for small writes, else a pooled connection's."""
+        if self._kept is not None and transactions <= KEPT_BLOCK_TRANSACTIONS:
+            with self._write_lock, self._kept.transaction("NORMAL") as cursor:
                 yield cursor
             return
         with self._writing() as conn, _driver_cursor(conn) as cursor:
@@ -504,16 +501,16 @@ class ChainStore(StoreReads):
         """Node metadata (engine state); the chain's own keys are refused.
 
         Any write survives a killed process.  durable=True also survives a power cut
-        once this returns: SQLite syncs its WAL at this commit (a connection of its own
-        at synchronous=FULL), PostgreSQL waits for its WAL flush (synchronous_commit on).
+        once this returns: SQLite syncs its WAL at this commit (on a file, the connection
+        kept for small writes, at synchronous=FULL), PostgreSQL waits for its WAL flush (synchronous_commit on).
         For what must never be forgotten, such as what a validator last signed."""
         key = _meta_key(key)
         if key in RESERVED_META_KEYS:
             raise ValueError(f"meta key '{key}' is maintained by the store itself")
         if not isinstance(value, (bytes, bytearray, memoryview)):
             raise TypeError("meta value must be bytes")
-        if durable and self._durable_meta is not None:
-            with self._write_lock, self._durable_meta.transaction() as cursor:
+        if durable and self._kept is not None:
+            with self._write_lock, self._kept.transaction("FULL") as cursor:
                 cursor.execute(self._upsert_meta_sql, (key, bytes(value)))
             return
         with self._durable_writing() if durable else self._writing() as conn:
@@ -526,7 +523,7 @@ class ChainStore(StoreReads):
         kept for these writes alone)."""
         if self.backend != "sqlite" or self._write_lock.locked():
             return False
-        if self._block_writer is not None:
+        if self._kept is not None:
             return True
         pool = self._engine.pool
         return not isinstance(pool, QueuePool) or pool.checkedin() > 0
@@ -538,9 +535,8 @@ class ChainStore(StoreReads):
     def close(self) -> None:
         try:
             with self._write_lock:
-                for kept in (self._block_writer, self._durable_meta):
-                    if kept is not None:
-                        kept.close()
+                if self._kept is not None:
+                    self._kept.close()
         finally:
             self._engine.dispose()
 

@@ -1,4 +1,4 @@
-"""The SQLite connection kept for one kind of write (ledger/sqlite_writer.py)."""
+"""The SQLite connection kept for the small writes of every round (ledger/sqlite_writer.py)."""
 
 from __future__ import annotations
 
@@ -29,28 +29,32 @@ def rows(url) -> list[tuple]:
         return reader.execute("SELECT k, v FROM t ORDER BY k").fetchall()
 
 
-@pytest.mark.parametrize("level", ["NORMAL", "FULL"])
-def test_a_write_commits_at_the_level_the_connection_was_opened_with(database, level):
-    kept = KeptConnection(database, sa.create_engine(database).dialect, level)
-    try:
-        with kept.transaction() as cursor:
-            cursor.execute("INSERT INTO t VALUES (1, 'a')")
-        assert rows(database) == [(1, "a")]
-        assert SYNCHRONOUS[kept.connection.execute("PRAGMA synchronous").fetchone()[0]] == level
-    finally:
-        kept.close()
-
-
 @pytest.fixture
 def kept(database):
-    connection = KeptConnection(database, sa.create_engine(database).dialect, "NORMAL")
+    connection = KeptConnection(database, sa.create_engine(database).dialect)
     yield connection
     connection.close()
 
 
-def insert(kept: KeptConnection, *values: tuple) -> None:
-    with kept.transaction() as cursor:
+def insert(kept: KeptConnection, *values: tuple, level: str = "NORMAL") -> str:
+    """Insert `values` in one transaction at `level`; the level in force inside it."""
+    with kept.transaction(level) as cursor:
         cursor.executemany("INSERT INTO t VALUES (?, ?)", values)
+        return SYNCHRONOUS[cursor.execute("PRAGMA synchronous").fetchone()[0]]
+
+
+def test_each_write_commits_at_the_level_it_names_and_the_level_is_set_only_when_it_changes(database, kept):
+    levels = ["FULL", "NORMAL", "NORMAL", "FULL", "FULL", "NORMAL"]
+    statements: list[str] = []
+    insert(kept, (0, "opens the connection"), level="NORMAL")
+    kept.connection.set_trace_callback(statements.append)
+    in_force = [insert(kept, (index + 1, level), level=level) for index, level in enumerate(levels)]
+    assert in_force == levels
+    assert [s for s in statements if s.startswith("PRAGMA synchronous=")] == [
+        "PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL", "PRAGMA synchronous=FULL", "PRAGMA synchronous=NORMAL"]
+    assert len(rows(database)) == 1 + len(levels)
+    kept.close()  # a write after closing opens a new connection, at the level it asks for
+    assert insert(kept, (100, "reopened"), level="NORMAL") == "NORMAL"
 
 
 def test_a_file_in_rollback_journal_mode_is_put_in_wal_mode(tmp_path):
@@ -60,7 +64,7 @@ def test_a_file_in_rollback_journal_mode_is_put_in_wal_mode(tmp_path):
     with contextlib.closing(sqlite3.connect(url.database)) as setup:
         setup.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
         assert setup.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
-    kept = KeptConnection(url, sa.create_engine(url).dialect, "NORMAL")
+    kept = KeptConnection(url, sa.create_engine(url).dialect)
     try:
         insert(kept, (1, "a"))
     finally:
@@ -74,7 +78,7 @@ def test_an_exception_of_the_caller_rolls_back_and_keeps_the_connection(database
     insert(kept, (1, "a"))
     connection = kept.connection
     with pytest.raises(ValueError, match="refused"):
-        with kept.transaction() as cursor:
+        with kept.transaction("NORMAL") as cursor:
             cursor.execute("INSERT INTO t VALUES (2, 'b')")
             raise ValueError("refused by the caller")
     assert rows(database) == [(1, "a")]
@@ -84,13 +88,14 @@ def test_an_exception_of_the_caller_rolls_back_and_keeps_the_connection(database
 
 
 def test_a_database_error_comes_out_as_sqlalchemys_and_the_next_write_connects_anew(database, kept):
-    insert(kept, (1, "a"))
+    insert(kept, (1, "a"), level="NORMAL")
     connection = kept.connection
     with pytest.raises(sa.exc.IntegrityError):
-        insert(kept, (2, "b"), (1, "again"))
+        insert(kept, (2, "b"), (1, "again"), level="NORMAL")
     assert rows(database) == [(1, "a")]
     assert kept.connection is None
-    insert(kept, (2, "b"))
+    # The new connection is set to the level asked for, not left at SQLite's default (FULL).
+    assert insert(kept, (2, "b"), level="NORMAL") == "NORMAL"
     assert kept.connection is not connection
     assert rows(database) == [(1, "a"), (2, "b")]
 

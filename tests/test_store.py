@@ -546,22 +546,32 @@ def lax_store(store_url):
 
 def test_a_durable_meta_write_alone_commits_with_a_full_sync(lax_store):
     lax, durable = LAX[lax_store.backend], DURABLE[lax_store.backend]
+    chain = Chain()
     with WriteCommits(lax_store) as commits:
         lax_store.set_meta("engine", b"a")
         lax_store.set_meta("engine", b"b", durable=True)
-        Chain().commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
+        chain.commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
         lax_store.set_meta("engine", b"c")
     if lax_store.backend == "sqlite":
-        # A file database writes durable meta on a connection of its own, kept at FULL, and
-        # blocks on another kept at NORMAL; the pooled ones stay at NORMAL.
+        # A file database writes durable meta and small blocks on a connection kept for
+        # them (the pooled ones, at NORMAL, wrote the other two), each at its own level.
         assert commits.levels() == [lax, lax]
-        assert SQLITE_SYNCHRONOUS[lax_store._durable_meta.connection.execute("PRAGMA synchronous").fetchone()[0]] == durable
-        assert SQLITE_SYNCHRONOUS[lax_store._block_writer.connection.execute("PRAGMA synchronous").fetchone()[0]] == lax
+        statements: list[str] = []
+        lax_store._kept.connection.set_trace_callback(statements.append)
+        lax_store.set_meta("engine", b"d", durable=True)
+        chain.commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
+        chain.commit(lax_store, [(1, ADDRESSES[2], 10, 1)])
+        lax_store.set_meta("engine", b"e", durable=True)
+        assert [s for s in statements if s.startswith(("PRAGMA synchronous", "BEGIN", "COMMIT"))] == [
+            "PRAGMA synchronous=FULL", "BEGIN IMMEDIATE", "COMMIT",
+            "PRAGMA synchronous=NORMAL", "BEGIN IMMEDIATE", "COMMIT", "BEGIN IMMEDIATE", "COMMIT",
+            "PRAGMA synchronous=FULL", "BEGIN IMMEDIATE", "COMMIT"]
+        assert lax_store.get_meta("engine") == b"e"
     else:
         assert commits.levels() == [lax, durable, lax, lax]
         # One connection throughout: the durable write put it back to the lax level.
         assert len(commits.connections()) == 1
-    assert lax_store.get_meta("engine") == b"c"
+        assert lax_store.get_meta("engine") == b"c"
 
 
 def test_a_small_block_on_a_sqlite_file_commits_on_its_kept_connection_a_large_one_through_the_pool(lax_store):
@@ -571,11 +581,11 @@ def test_a_small_block_on_a_sqlite_file_commits_on_its_kept_connection_a_large_o
     with WriteCommits(lax_store) as commits:
         chain.commit(lax_store, [(1, ADDRESSES[2], 1, 0)] * KEPT_BLOCK_TRANSACTIONS)
         assert commits.levels() == []
-        kept = lax_store._block_writer.connection
+        kept = lax_store._kept.connection
         assert kept is not None
         chain.commit(lax_store, [(1, ADDRESSES[2], 1, 0)] * (KEPT_BLOCK_TRANSACTIONS + 1))
         assert commits.levels() == ["normal"]
-    assert lax_store._block_writer.connection is kept
+    assert lax_store._kept.connection is kept
     assert lax_store.head().hash == chain.head.hash
     assert [lax_store.block(height).header.tx_count for height in (1, 2)] == [KEPT_BLOCK_TRANSACTIONS,
                                                                             KEPT_BLOCK_TRANSACTIONS + 1]
@@ -606,7 +616,7 @@ def test_a_durable_meta_write_on_in_memory_sqlite():
 
 def test_a_failed_durable_write_keeps_the_previous_value_and_restores_the_lax_level(lax_store):
     if lax_store.backend == "sqlite":
-        pytest.skip("SQLite writes durably on a connection of its own: the next test")
+        pytest.skip("A SQLite file writes durably on the connection kept for small writes: the next test")
     lax, durable = LAX[lax_store.backend], DURABLE[lax_store.backend]
     lax_store.set_meta("engine", b"old", durable=True)
     with WriteCommits(lax_store) as commits:
@@ -624,14 +634,14 @@ def test_a_failed_durable_sqlite_write_keeps_the_previous_value_and_the_next_one
     try:
         migrations.upgrade(store)
         store.set_meta("engine", b"old", durable=True)
-        synced = store._durable_meta.connection
+        synced = store._kept.connection
         # The disk is full for that connection: no page beyond those the file has.
         synced.execute(f"PRAGMA max_page_count={synced.execute('PRAGMA page_count').fetchone()[0]}")
         with pytest.raises(sa.exc.OperationalError, match="full"):
             store.set_meta("engine", bytes(1 << 20), durable=True)
         assert store.get_meta("engine") == b"old"
         store.set_meta("engine", b"new", durable=True)  # on a new connection
-        assert store._durable_meta.connection is not synced and store.get_meta("engine") == b"new"
+        assert store._kept.connection is not synced and store.get_meta("engine") == b"new"
     finally:
         store.close()
     with ChainStore(f"sqlite:///{tmp_path / 'chain.db'}") as reopened:
