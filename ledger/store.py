@@ -502,7 +502,8 @@ class ChainStore(StoreReads):
 
         Any write survives a killed process.  durable=True also survives a power cut
         once this returns: SQLite syncs its WAL at this commit (on a file, the connection
-        kept for small writes, at synchronous=FULL), PostgreSQL waits for its WAL flush (synchronous_commit on).
+        kept for small writes, at synchronous=FULL), PostgreSQL waits for its WAL flush
+        (synchronous_commit on).
         For what must never be forgotten, such as what a validator last signed."""
         key = _meta_key(key)
         if key in RESERVED_META_KEYS:
@@ -519,8 +520,8 @@ class ChainStore(StoreReads):
     def writes_at_once(self) -> bool:
         """Whether a small block's commit (at most KEPT_BLOCK_TRANSACTIONS) or a durable meta
         write begun now would start without waiting: on SQLite (no network round trip that
-        could stall), with no write under way and a connection for it idle (a file's are
-        kept for these writes alone)."""
+        could stall), with no write under way and a connection for it idle (a file keeps
+        one for these writes alone)."""
         if self.backend != "sqlite" or self._write_lock.locked():
             return False
         if self._kept is not None:
