@@ -466,6 +466,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
             self.state.commit(effects)
             self.head = header
             self.pool.remove_committed(block.transactions)
+            ready = self.pool.ready_count()
         self.metrics.block_committed(len(block.transactions), elapsed)
         self._advance_finality([tx.id for tx in block.transactions])
         self._update_gauges()
@@ -473,8 +474,7 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
         if announce and self.network is not None:
             self.network.update_status(header.height, header.hash, self.finalized_height)
         self.recent.append(header)
-        self.head_changed(ev.BlockCommitted(self.now_ms(), header, tuple(self.recent), effects.validator_updates))
-        ready = self.pool.ready_count()
+        self.head_changed(ev.BlockCommitted(self.now_ms(), header, tuple(self.recent), effects.validator_updates, ready))
         if not ready:
             self.work_since_ms = None
         if ready and not self._stopping:

@@ -64,6 +64,9 @@ class Cluster:
         # The transactions the next block built holds (the engine reads none of them); as a
         # node's mempool does, it drops those of a block any node commits.
         self.mempool: list = []
+        # Whether a BlockCommitted says how many transactions still wait, as the runtime's
+        # does after its own Commit (the mempool above: every node shares it).
+        self.report_ready = False
         for node in range(members):
             self.start(node)
         self.run()
@@ -146,7 +149,8 @@ class Cluster:
             assert action.block.header.parent == chain[-1].hash, "a commit must extend the head"
             chain.append(action.block)
             self.mempool = [tx for tx in self.mempool if tx not in action.block.transactions]
-            self.pending.append((node, BlockCommitted(self.now, action.block.header)))
+            ready = len(self.mempool) if self.report_ready else None
+            self.pending.append((node, BlockCommitted(self.now, action.block.header, txs_ready=ready)))
         elif isinstance(action, BuildBlock):
             # With the transactions `mempool` holds (none unless a test put some: an empty block).
             parent = self.chains[node][-1].header

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 
 from api.service import Accepted, Rejection
@@ -109,6 +110,36 @@ def test_blocks_fill_up_to_the_genesis_limit_and_stay_ordered(tmp_path):
             await node.stop()
 
     run(scenario())
+
+
+def test_the_engine_hears_at_each_commit_how_many_transactions_still_wait(tmp_path):
+    """A BlockCommitted from the runtime's own commit counts what the mempool holds once the
+    block's transactions are gone, so an engine can build the next block on it at once."""
+    from consensus import engine as ev
+
+    async def scenario():
+        genesis = dataclasses.replace(GENESIS, max_block_transactions=64)
+        node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}"), genesis, NODE_KEY)
+        heard = []
+        handle = node.engine.handle
+        node.engine.handle = lambda event: (heard.append(event) if isinstance(event, ev.BlockCommitted) else None,
+                                            handle(event))[1]
+        await node.start()
+        try:
+            txs = [new_transfer(KEYS[i % 3], CHAIN, i // 3, BOB, 1) for i in range(300)]
+            assert all(isinstance(r, Accepted) for r in await node.submit(txs))
+            await node.wait_final([tx.id for tx in txs], timeout=30)
+        finally:
+            await node.stop()
+        return heard
+
+    heard = [event for event in run(scenario()) if event.header.height > 0]
+    assert len(heard) >= 5  # the genesis limit splits them
+    left = 300
+    for event in heard:
+        left -= event.header.tx_count
+        assert event.txs_ready == left
+    assert left == 0
 
 
 def test_a_small_block_is_written_on_the_loop_and_a_large_one_on_the_store_thread(tmp_path, monkeypatch):

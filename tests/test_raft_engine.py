@@ -545,18 +545,31 @@ def test_with_transactions_waiting_the_next_blocks_append_carries_the_commit_ind
     assert [len(chain) for chain in cluster.chains] == [4, 4, 4]
 
 
-def test_transactions_counted_while_their_block_was_on_its_way_start_no_empty_block():
+def block_on_its_way(report_ready: bool = False) -> tuple[Cluster, list]:
+    """A leader (S0) whose block 2, holding the first of two transfers from one sender, the
+    followers have stored while their answers wait (cut until the test heals the cluster)."""
+    cluster = Cluster(3)
+    cluster.report_ready = report_ready
+    elect(cluster, 0)
+    sender = key("raft-test-sender")
+    transfers = [new_transfer(sender, "raft-test", nonce, b"\x01" * 20, 1) for nonce in (0, 1)]
+    cluster.cut = {(1, 0), (2, 0)}
+    cluster.mempool = transfers[:1]
+    cluster.submit(0)
+    engine = cluster.engines[0]
+    assert engine.log.last_index == 2 and engine.commit_index == 1
+    return cluster, transfers
+
+
+@pytest.mark.parametrize("report_ready, counted", [(False, 1), (True, 3)])
+def test_transactions_counted_while_their_block_was_on_its_way_start_no_empty_block(report_ready, counted):
     """The mempool's count of waiting transactions includes those of the block on its way
     (it drops them at commit): once that block commits they wait no more, and the leader
-    sends its commit note instead of building an empty block."""
-    cluster = Cluster(3)
-    elect(cluster, 0)
+    sends its commit note instead of building an empty block.  When the runtime's
+    BlockCommitted says how many wait, that count wins over any taken before."""
+    cluster, _ = block_on_its_way(report_ready)
     engine = cluster.engines[0]
-    cluster.cut = {(1, 0), (2, 0)}  # the followers store block 2; their answers wait
-    cluster.mempool = [new_transfer(key("raft-test-sender"), "raft-test", 0, b"\x01" * 20, 1)]
-    cluster.submit(0)
-    assert engine.log.last_index == 2 and engine.commit_index == 1
-    cluster.feed(0, TxsAvailable(cluster.now, 1))  # counted while block 2 holds it
+    cluster.feed(0, TxsAvailable(cluster.now, counted))  # counted while block 2 holds one of them
     cluster.heal()
     since = len(cluster.actions[0])
     cluster.heartbeat(0)
@@ -569,15 +582,8 @@ def test_transactions_that_arrived_while_a_block_was_on_its_way_are_built_at_its
     """The count taken while a block is on its way holds its transactions and newer ones:
     at its commit only its own stop waiting, and the leader builds the next block at once
     with the newer ones (not a heartbeat later, and not with the committed ones again)."""
-    cluster = Cluster(3)
-    elect(cluster, 0)
+    cluster, (first, second) = block_on_its_way()
     engine = cluster.engines[0]
-    sender = key("raft-test-sender")
-    first, second = (new_transfer(sender, "raft-test", nonce, b"\x01" * 20, 1) for nonce in (0, 1))
-    cluster.cut = {(1, 0), (2, 0)}  # the followers store block 2; their answers wait
-    cluster.mempool = [first]
-    cluster.submit(0)
-    assert engine.log.last_index == 2 and engine.commit_index == 1
     cluster.mempool.append(second)
     cluster.feed(0, TxsAvailable(cluster.now, 2))  # block 2's transfer and the new one
     cluster.heal()
@@ -587,3 +593,22 @@ def test_transactions_that_arrived_while_a_block_was_on_its_way_are_built_at_its
     assert engine.log.last_index == 3
     assert [tx.id for tx in engine.log.block_at(2).transactions] == [first.id]
     assert [tx.id for tx in engine.log.block_at(3).transactions] == [second.id]
+
+
+def test_told_at_commit_that_transactions_wait_the_leader_builds_at_once_without_a_note():
+    """The runtime's BlockCommitted says how many transactions wait once the block's are gone:
+    the leader builds the next block on it at once, and that block's append carries the commit
+    index.  A note of its own ahead of the append would have a follower apply the committed
+    block before it stored and answered the new one, on every round of a loaded leader."""
+    cluster, (_, second) = block_on_its_way(report_ready=True)
+    engine = cluster.engines[0]
+    cluster.mempool.append(second)  # arrived meanwhile; no TxsAvailable reached the engine yet
+    cluster.heal()
+    since = len(cluster.actions[0])
+    cluster.heartbeat(0)
+    appends = [(tuple(b.height for b in d.entries), d.commit) for _, d, _ in sent_appends(cluster, 0, since)]
+    assert ((), 2) not in appends  # no note of its own
+    assert appends.count(((3,), 2)) == 2
+    assert [tx.id for tx in engine.log.block_at(3).transactions] == [second.id]
+    assert [len(chain) for chain in cluster.chains] == [4, 4, 4]
+

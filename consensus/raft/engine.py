@@ -180,7 +180,7 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, ReportPart, Engine):
         elif isinstance(event, BlockBuilt):
             self._on_built(event.block)
         elif isinstance(event, BlockCommitted):
-            self._on_committed(event.header, event.recent)
+            self._on_committed(event.header, event.recent, event.txs_ready)
         elif isinstance(event, LeadershipTransferRequested):
             self._on_transfer_requested(event.to)
         elif isinstance(event, MembershipChangeRequested):
@@ -542,12 +542,17 @@ class RaftEngine(ElectionPart, ReadIndexPart, OperatorPart, ReportPart, Engine):
         self._txs_waiting = 0  # until the mempool says again
         self._append(sealed)
 
-    def _on_committed(self, header: BlockHeader, recent: tuple[BlockHeader, ...]) -> None:
+    def _on_committed(self, header: BlockHeader, recent: tuple[BlockHeader, ...], txs_ready: int | None) -> None:
         log = self.log
         assert log is not None
         moved = header.height > log.head.height  # not the head repeated
         log.committed(header, recent)
-        if moved:
+        if txs_ready is not None:
+            # What waits now is known: the next block is built at once, and its append
+            # carries the commit index, not a note of its own ahead of it (a follower would
+            # apply the note's block before it stored and answered the new one).
+            self._txs_waiting = txs_ready
+        elif moved:
             # The mempool drops a committed block's transactions, and the count of waiting
             # ones it last gave included them: counted still, they would start an empty block
             # (the runtime's next TxsAvailable says how many wait now).
