@@ -17,6 +17,7 @@ from ledger.address import InvalidAddress, address_of, decode_address, encode_ad
 from ledger.block import ZERO_HASH, Block, BlockHeader
 from ledger.codec import MAX_AMOUNT, Writer
 from ledger.merkle import EMPTY_ROOT
+from ledger.staking import Stake
 from ledger.transaction import CHAIN_ID_PATTERN
 
 MAX_GENESIS_FILE = 16 * 1024 * 1024
@@ -109,8 +110,6 @@ class Genesis:
 
     def initial_accounts(self) -> dict[bytes, tuple]:
         """Every account at genesis as ledger.state.Account: allocations, and stakes bonded."""
-        from ledger.state import Stake
-
         accounts: dict[bytes, tuple] = {address: (balance, 0, None) for address, balance in self.allocations.items()}
         for stake in self.stakes:
             balance, nonce, held = accounts.get(stake.owner, (0, 0, None))

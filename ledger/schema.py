@@ -52,7 +52,7 @@ accounts_table = sa.Table(
     sa.Column("address", sa.LargeBinary, primary_key=True),
     sa.Column("balance", sa.BigInteger, nullable=False),
     sa.Column("nonce", sa.BigInteger, nullable=False),
-    # ledger.state.Stake, all 0 for an account without stake (migration 0003)
+    # ledger.staking.Stake, all 0 for an account without stake (migration 0003)
     sa.Column("bonded", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("unbonding", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("release_epoch", sa.BigInteger, nullable=False, server_default="0"),

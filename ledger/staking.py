@@ -17,15 +17,30 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from ledger import crypto
 from ledger.codec import MAX_AMOUNT, DecodeError, Reader, Writer
 from ledger.transaction import Transaction, TxKind
 
-# ledger/state.py applies ops with `apply_op`; the names it lends back are imported where
-# used, so the two modules do not import each other at load time.
-
 ADDRESS_SIZE = 20
+
+
+class Stake(NamedTuple):
+    """What an account holds for proof of stake, beside its spendable balance.
+
+    An account without stake holds None, never Stake(): one value has one form, in
+    memory, in the accounts table and in undo records."""
+
+    bonded: int = 0  # locked as validator stake; still part of the supply
+    unbonding: int = 0  # leaving the bond, part of the supply, spendable from release_epoch
+    release_epoch: int = 0
+    slashed: int = 0  # destroyed from this account's stake so far, in total
+
+
+class BadStakeOp(ValueError):
+    """An op the account it names cannot bear (ledger/state.py reports it as the
+    StateError `bad_stake_op`: the block is invalid)."""
 
 
 class StakeOpKind(IntEnum):
@@ -94,11 +109,8 @@ def stake_changes_of(transactions: Iterable[Transaction]) -> tuple[StakeChange, 
     return tuple(changes)
 
 
-def stake_of(bonded: int, unbonding: int, release_epoch: int, slashed: int):
-    """An account's stake (ledger.state.Stake), None when it holds none (one value, one form:
-    never Stake())."""
-    from ledger.state import Stake
-
+def stake_of(bonded: int, unbonding: int, release_epoch: int, slashed: int) -> Stake | None:
+    """An account's stake, None when it holds none (one value, one form: never Stake())."""
     if bonded or unbonding or release_epoch or slashed:
         return Stake(bonded, unbonding, release_epoch, slashed)
     return None
@@ -106,16 +118,13 @@ def stake_of(bonded: int, unbonding: int, release_epoch: int, slashed: int):
 
 def apply_op(load: Callable[[bytes], tuple], op: StakeOp) -> tuple[bytes, tuple, int, int]:
     """The account `op` changes, its new value (ledger.state.Account), and the money it issued
-    and burnt.  Raises StateError(`bad_stake_op`) if the account cannot bear it: the block is
-    invalid."""
-    from ledger.state import StateError
-
+    and burnt.  Raises BadStakeOp if the account cannot bear it."""
     balance, nonce, stake = load(op.address)
     bonded, unbonding, release, slashed = stake if stake is not None else (0, 0, 0, 0)
     amount, issued, burned = op.amount, 0, 0
 
-    def refuse(why: str) -> StateError:
-        return StateError("bad_stake_op", f"{StakeOpKind(op.kind).name.lower()} of {amount} on {op.address.hex()}: {why}")
+    def refuse(why: str) -> BadStakeOp:
+        return BadStakeOp(f"{StakeOpKind(op.kind).name.lower()} of {amount} on {op.address.hex()}: {why}")
 
     if op.kind == StakeOpKind.REWARD:
         if balance + amount > MAX_AMOUNT:

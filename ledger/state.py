@@ -18,24 +18,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
 
 from ledger import staking
 from ledger.codec import MAX_AMOUNT, DecodeError, Reader, Writer
+from ledger.staking import Stake
 from ledger.transaction import Transaction, TxKind
-
-
-class Stake(NamedTuple):
-    """What an account holds for proof of stake, beside its spendable balance.
-
-    An account without stake holds None, never Stake(): one value has one form, in
-    memory, in the accounts table and in undo records."""
-
-    bonded: int = 0  # locked as validator stake; still part of the supply
-    unbonding: int = 0  # leaving the bond, part of the supply, spendable from release_epoch
-    release_epoch: int = 0
-    slashed: int = 0  # destroyed from this account's stake so far, in total
-
 
 # (balance, nonce, stake): a plain tuple, not a NamedTuple, because the transfer path
 # builds two per transaction and a tuple subclass made apply_transactions 1.3-1.7x slower
@@ -98,7 +85,10 @@ def apply_transactions(
 
     issued = burned = 0
     for op in ops:
-        address, value, created, destroyed = staking.apply_op(load, op)
+        try:
+            address, value, created, destroyed = staking.apply_op(load, op)
+        except staking.BadStakeOp as exc:
+            raise StateError("bad_stake_op", str(exc)) from None
         changes[address] = value
         issued += created
         burned += destroyed

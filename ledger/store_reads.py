@@ -21,7 +21,8 @@ from ledger.block import HASH_SIZE, Block, BlockHeader
 from ledger.codec import Writer
 from ledger.evidence import EvidenceRecord
 from ledger.schema import ACCOUNT_COLUMNS, accounts_table, blocks_table, evidence_table, transactions_table, undo_table
-from ledger.state import Account, Stake, decode_undo
+from ledger.staking import Stake
+from ledger.state import Account, decode_undo
 from ledger.transaction import Transaction
 
 

@@ -37,7 +37,8 @@ from ledger.codec import DecodeError
 from ledger.crypto import InvalidKey, PrivateKey
 from ledger.evidence import EvidenceRecord
 from ledger.genesis import Genesis, InvalidGenesis
-from ledger.state import Account, BlockEffects, Stake, State
+from ledger.staking import Stake
+from ledger.state import Account, BlockEffects, State
 from ledger.store import ChainStore, parse_url
 from ledger.validate import BLOCK_REFUSALS, BlockRules, validate_block
 from node.config import NodeConfig

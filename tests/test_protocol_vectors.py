@@ -32,7 +32,8 @@ from ledger.block import Block, BlockHeader
 from ledger.genesis import Genesis
 from ledger.hdkeys import ExtendedKey, mnemonic_to_seed
 from ledger.merkle import merkle_root
-from ledger.state import Stake, decode_undo, encode_undo
+from ledger.staking import Stake
+from ledger.state import decode_undo, encode_undo
 from ledger.transaction import Transaction
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

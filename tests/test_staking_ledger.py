@@ -14,8 +14,8 @@ from ledger.block import Block, InvalidBlock, build_header
 from ledger.codec import DecodeError, Reader, Writer
 from ledger.genesis import Genesis, GenesisStake, InvalidGenesis
 from ledger.mempool import Mempool, MempoolRejection
-from ledger.staking import StakeChange, StakeOp, StakeOpKind, stake_changes_of
-from ledger.state import Stake, State, StateError, apply_transactions, decode_undo, encode_undo
+from ledger.staking import Stake, StakeChange, StakeOp, StakeOpKind, stake_changes_of
+from ledger.state import State, StateError, apply_transactions, decode_undo, encode_undo
 from ledger.transaction import InvalidTransaction, new_stake, new_transfer, new_unstake, Transaction
 from ledger.validate import BlockRules, validate_block
 

@@ -20,7 +20,8 @@ from ledger.block import Block, build_header
 from ledger.codec import MAX_AMOUNT
 from ledger.genesis import dev_genesis
 from ledger.hdkeys import dev_keys
-from ledger.state import BlockEffects, Stake, State
+from ledger.staking import Stake
+from ledger.state import BlockEffects, State
 from ledger.store import (
     ChainStore,
     ChainStoreError,
