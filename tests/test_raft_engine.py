@@ -28,7 +28,7 @@ from consensus.engine import (
 from ledger.codec import DecodeError
 from ledger.block import Block, build_header
 from ledger.transaction import new_transfer
-from consensus.raft import messages
+from consensus.raft import messages, replication
 from consensus.raft.engine import RaftEngine
 from consensus.raft.log import term_of
 from consensus.raft.membership import encode_extra
@@ -107,7 +107,7 @@ def run_figure_8(cluster: Cluster) -> dict:
 
 
 def test_figure_8_an_entry_of_an_older_term_is_not_committed_by_counting_replicas(monkeypatch):
-    monkeypatch.setattr(raft_engine, "MAX_ENTRIES", 1)
+    monkeypatch.setattr(replication, "MAX_ENTRIES", 1)
     seen = run_figure_8(Cluster(5))
     assert seen["stored_on_majority"] == [0, 2, 3]  # the situation of Figure 8 (c)
     assert seen["leader_commit"] == 1 and seen["committed_old"] == []  # ... and it is not committed
@@ -118,7 +118,7 @@ def test_figure_8_an_entry_of_an_older_term_is_not_committed_by_counting_replica
 def test_figure_8_with_the_naive_commit_rule_loses_a_committed_block(monkeypatch):
     """The test can fail: a leader that commits whatever a majority stores commits the
     term-1 block in (c), and S4 then commits another block at that height in (d)."""
-    monkeypatch.setattr(raft_engine, "MAX_ENTRIES", 1)
+    monkeypatch.setattr(replication, "MAX_ENTRIES", 1)
 
     def naive(self):
         stored = sorted([self.log.last_index] + list(self.match_index.values()), reverse=True)
@@ -612,3 +612,19 @@ def test_told_at_commit_that_transactions_wait_the_leader_builds_at_once_without
     assert [tx.id for tx in engine.log.block_at(3).transactions] == [second.id]
     assert [len(chain) for chain in cluster.chains] == [4, 4, 4]
 
+
+
+def test_no_part_of_the_engine_hides_a_method_behind_a_stub():
+    """RaftEngine is put together from parts (elections, replication, reads, operators,
+    report) that declare what they call elsewhere as `...` stubs: one that comes earlier in
+    the method order than the real method would silently replace it with a no-op."""
+    import inspect
+
+    def is_stub(function) -> bool:
+        lines = [line.strip() for line in inspect.getsource(function).splitlines()]
+        return lines[-1].endswith(": ...") and len(lines) == 1
+
+    for name in dir(raft_engine.RaftEngine):
+        resolved = inspect.getattr_static(raft_engine.RaftEngine, name)
+        if inspect.isfunction(resolved):
+            assert not is_stub(resolved), f"RaftEngine.{name} resolves to a stub"
