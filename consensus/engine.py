@@ -89,10 +89,11 @@ class BlockCommitted:
     recent: tuple[BlockHeader, ...] = ()
     # The validator-set changes executing this block decided (ledger.state.ValidatorUpdate).
     validator_updates: tuple[ValidatorUpdate, ...] = ()
-    # How many transactions the mempool holds ready once this block's are gone, when the
-    # runtime knows (it committed the block itself); None otherwise.  An engine that builds
-    # on each commit (Raft) can build the next block at once instead of waiting for a
-    # TxsAvailable.
+    # How many transactions the mempool holds ready, counted when the engine takes the event
+    # (as TxsAvailable.count), for a block this node stored (its own or an import); None
+    # where the head moved without one (a dropped block, a reorg to an ancestor, a dev
+    # revert).  An engine that builds on each commit (Raft) builds the next block at once
+    # instead of waiting for a TxsAvailable.
     txs_ready: int | None = None
 
 

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable, Container, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from api.service import Event
@@ -268,6 +268,9 @@ class Node(Admission, PeerEvents, ChainReads, LinkFaultControl, ClusterControl, 
                 # then the engine reacts (for Raft, signing its followers' commit notes).
                 await asyncio.sleep(0)
                 event = self._head_events.popleft()
+                if event.txs_ready is not None:
+                    with self.lock:  # as for TxsAvailable: what is ready now, not at the commit
+                        event = replace(event, txs_ready=self.pool.ready_count())
             else:
                 event = await self._events.get()
             if event is _WAKE:

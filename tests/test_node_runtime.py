@@ -142,6 +142,33 @@ def test_the_engine_hears_at_each_commit_how_many_transactions_still_wait(tmp_pa
     assert left == 0
 
 
+def test_the_count_a_commit_carries_is_taken_again_when_the_engine_takes_it(tmp_path):
+    """Transactions may leave the mempool between a commit and the engine's turn (expiry, or a
+    bad one dropped): the engine hears what is ready when it takes the event, as with
+    TxsAvailable, so a count gone stale starts no empty block."""
+    from consensus import engine as ev
+
+    async def scenario():
+        node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
+        heard = []
+        handle = node.engine.handle
+        node.engine.handle = lambda event: (heard.append(event) if isinstance(event, ev.BlockCommitted) else None,
+                                            handle(event))[1]
+        await node.start()
+        try:
+            node.head_changed(ev.BlockCommitted(node.now_ms(), node.head, tuple(node.recent), (), 5))
+            node.head_changed(ev.BlockCommitted(node.now_ms(), node.head, tuple(node.recent)))
+            for _ in range(100):
+                if len(heard) == 2:
+                    break
+                await asyncio.sleep(0.01)
+        finally:
+            await node.stop()
+        return heard
+
+    assert [event.txs_ready for event in run(scenario())] == [0, None]  # nothing waits; None stays None
+
+
 def test_a_small_block_is_written_on_the_loop_and_a_large_one_on_the_store_thread(tmp_path, monkeypatch):
     """Handing a write of a few transfers to the store thread and back costs about as much as
     the write; a large block goes there so the loop admits transactions meanwhile."""
