@@ -1,7 +1,7 @@
 """Dev-chain routes, like anvil's `evm_mine`, `evm_snapshot` and `evm_revert`: under /v1/dev.
 
 Only a dev chain's sealing node (solo's authority) performs them; any other node answers
-409 `not_a_dev_chain`.  The node side is `NodeService.dev`, a DevChain (node/dev.py).
+409 `not_a_dev_chain`.  The node side is `NodeService.dev`, node/dev.py's DevControls.
 """
 
 from __future__ import annotations

@@ -36,7 +36,8 @@ from ledger.block import Block, BlockHeader
 from ledger.crypto import PrivateKey
 from ledger.genesis import Genesis
 from ledger.hdkeys import DEV_MNEMONIC, dev_keys
-from ledger.state import Stake, State
+from ledger.staking import Stake
+from ledger.state import State
 from ledger.transaction import new_transfer
 from tests.nodeproc import NodeProcess, NodeProcesses, wait_for
 

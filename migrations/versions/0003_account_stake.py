@@ -1,4 +1,4 @@
-"""Stake columns on accounts (ledger.state.Stake), 0 for every existing account.
+"""Stake columns on accounts (ledger.staking.Stake), 0 for every existing account.
 
 Revision ID: 0003
 Revises: 0002
