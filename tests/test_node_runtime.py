@@ -112,18 +112,25 @@ def test_blocks_fill_up_to_the_genesis_limit_and_stay_ordered(tmp_path):
     run(scenario())
 
 
+def commits_heard(node: Node) -> list:
+    """Every BlockCommitted the node's engine takes from now on, in order."""
+    from consensus import engine as ev
+
+    heard = []
+    handle = node.engine.handle
+    node.engine.handle = lambda event: (heard.append(event) if isinstance(event, ev.BlockCommitted) else None,
+                                        handle(event))[1]
+    return heard
+
+
 def test_the_engine_hears_at_each_commit_how_many_transactions_still_wait(tmp_path):
     """A BlockCommitted from the runtime's own commit counts what the mempool holds once the
     block's transactions are gone, so an engine can build the next block on it at once."""
-    from consensus import engine as ev
 
     async def scenario():
         genesis = dataclasses.replace(GENESIS, max_block_transactions=64)
         node = Node(NodeConfig(data_dir=tmp_path, db=f"sqlite:///{tmp_path / 'chain.db'}"), genesis, NODE_KEY)
-        heard = []
-        handle = node.engine.handle
-        node.engine.handle = lambda event: (heard.append(event) if isinstance(event, ev.BlockCommitted) else None,
-                                            handle(event))[1]
+        heard = commits_heard(node)
         await node.start()
         try:
             txs = [new_transfer(KEYS[i % 3], CHAIN, i // 3, BOB, 1) for i in range(300)]
@@ -150,10 +157,7 @@ def test_the_count_a_commit_carries_is_taken_again_when_the_engine_takes_it(tmp_
 
     async def scenario():
         node = make_node(tmp_path, f"sqlite:///{tmp_path / 'chain.db'}")
-        heard = []
-        handle = node.engine.handle
-        node.engine.handle = lambda event: (heard.append(event) if isinstance(event, ev.BlockCommitted) else None,
-                                            handle(event))[1]
+        heard = commits_heard(node)
         await node.start()
         try:
             node.head_changed(ev.BlockCommitted(node.now_ms(), node.head, tuple(node.recent), (), 5))
